@@ -1,1 +1,3 @@
-//! Placeholder.
+//! I/O-free core of limanet's user-mode networks.
+
+pub mod dhcp;

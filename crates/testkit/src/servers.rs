@@ -1,0 +1,336 @@
+//! Small servers that run as threads of the test process but listen inside a chosen network
+//! namespace (the socket is created there with [`Netns::run_in`]): TCP echo, UDP echo and a
+//! minimal HTTP server for file and large-transfer tests. Each stops when dropped.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::checksum::{sha256_reader, PatternReader};
+use crate::error::IoContext;
+use crate::{Netns, Result};
+
+/// How often the server threads look at their stop flag.
+const STOP_POLL: Duration = Duration::from_millis(50);
+
+type Handler = Arc<dyn Fn(TcpStream) + Send + Sync>;
+
+/// Binds a TCP listener in `ns` (or the current namespace when `None`).
+fn bind_tcp(ns: Option<&Netns>, addr: SocketAddr) -> Result<TcpListener> {
+    let bind = move || TcpListener::bind(addr).ctx(|| format!("cannot bind TCP {addr}"));
+    match ns {
+        Some(ns) => ns.run_in(bind)?,
+        None => bind(),
+    }
+}
+
+/// Common part of the TCP servers: an accept thread and one thread per connection.
+#[derive(Debug)]
+struct TcpServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl TcpServer {
+    fn start(name: &str, listener: TcpListener, handler: Handler) -> Result<Self> {
+        let addr = listener
+            .local_addr()
+            .ctx(|| format!("{name}: local address"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let (stop2, conns2) = (stop.clone(), conns.clone());
+        let name2 = name.to_string();
+        let accept = std::thread::Builder::new()
+            .name(format!("{name}-accept"))
+            .spawn(move || accept_loop(&name2, listener, &stop2, &conns2, handler))
+            .ctx(|| format!("{name}: cannot spawn thread"))?;
+        tracing::debug!(server = name, %addr, "listening");
+        Ok(TcpServer {
+            addr,
+            stop,
+            accept: Some(accept),
+            conns,
+        })
+    }
+}
+
+/// Waits until `fd` is readable or the timeout passes.
+fn poll_readable(fd: i32, timeout: Duration) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: `p` is a valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut p, 1, ms) > 0 }
+}
+
+fn accept_loop(
+    name: &str,
+    listener: TcpListener,
+    stop: &AtomicBool,
+    conns: &Mutex<Vec<TcpStream>>,
+    handler: Handler,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        if !poll_readable(listener.as_raw_fd(), STOP_POLL) {
+            continue;
+        }
+        let stream = match listener.accept() {
+            Ok((s, peer)) => {
+                tracing::debug!(server = name, %peer, "accepted");
+                s
+            }
+            Err(e) => {
+                tracing::debug!(server = name, error = %e, "accept failed");
+                continue;
+            }
+        };
+        if let (Ok(clone), Ok(mut list)) = (stream.try_clone(), conns.lock()) {
+            list.push(clone);
+        }
+        let h = handler.clone();
+        if let Err(e) = std::thread::Builder::new()
+            .name(format!("{name}-conn"))
+            .spawn(move || h(stream))
+        {
+            tracing::warn!(server = name, error = %e, "cannot spawn connection thread");
+        }
+    }
+}
+
+impl Drop for TcpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+        // Unblocks connection threads still reading.
+        if let Ok(list) = self.conns.lock() {
+            for c in list.iter() {
+                let _ = c.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+}
+
+/// A TCP echo server: sends back every byte it receives, per connection, until EOF.
+#[derive(Debug)]
+pub struct TcpEchoServer {
+    inner: TcpServer,
+}
+
+impl TcpEchoServer {
+    /// Listens on `addr` inside `ns` (port 0 picks a free port; see [`TcpEchoServer::addr`]).
+    pub fn start(ns: &Netns, addr: SocketAddr) -> Result<Self> {
+        Self::start_in(Some(ns), addr)
+    }
+
+    /// Listens on `addr` in `ns`, or in the current namespace when `ns` is `None`.
+    pub fn start_in(ns: Option<&Netns>, addr: SocketAddr) -> Result<Self> {
+        let listener = bind_tcp(ns, addr)?;
+        let handler: Handler = Arc::new(|s: TcpStream| {
+            let _ = echo(s);
+        });
+        Ok(TcpEchoServer {
+            inner: TcpServer::start("tcp-echo", listener, handler)?,
+        })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+}
+
+fn echo(s: TcpStream) -> std::io::Result<()> {
+    let mut r = s.try_clone()?;
+    let mut w = s;
+    std::io::copy(&mut r, &mut w)?;
+    w.shutdown(std::net::Shutdown::Write)
+}
+
+/// A UDP echo server: sends every datagram back to its sender.
+///
+/// Bind a specific address when the namespace has several: a wildcard socket replies from the
+/// interface's primary address, which NAT tests would (rightly) drop.
+#[derive(Debug)]
+pub struct UdpEchoServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UdpEchoServer {
+    /// Binds `addr` inside `ns` (port 0 picks a free port).
+    pub fn start(ns: &Netns, addr: SocketAddr) -> Result<Self> {
+        Self::start_in(Some(ns), addr)
+    }
+
+    /// Binds `addr` in `ns`, or in the current namespace when `ns` is `None`.
+    pub fn start_in(ns: Option<&Netns>, addr: SocketAddr) -> Result<Self> {
+        let bind = move || UdpSocket::bind(addr).ctx(|| format!("cannot bind UDP {addr}"));
+        let sock = match ns {
+            Some(ns) => ns.run_in(bind)??,
+            None => bind()?,
+        };
+        let addr = sock.local_addr().ctx(|| "udp-echo: local address".into())?;
+        sock.set_read_timeout(Some(STOP_POLL))
+            .ctx(|| "udp-echo: set timeout".into())?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("udp-echo".into())
+            .spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                while !stop2.load(Ordering::Relaxed) {
+                    if let Ok((n, peer)) = sock.recv_from(&mut buf) {
+                        let _ = sock.send_to(&buf[..n], peer);
+                    }
+                }
+            })
+            .ctx(|| "udp-echo: cannot spawn thread".into())?;
+        Ok(UdpEchoServer {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for UdpEchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A minimal HTTP/1.0 server (one request per connection, `Connection: close`), enough for
+/// curl, busybox wget and large transfers:
+///
+/// - `GET /bytes/<n>` and `GET /bytes/<n>?seed=<s>`: `n` bytes of
+///   [`PatternReader::new(s, n)`](PatternReader) (seed 0 by default), streamed;
+/// - `GET /<path>`: the file under the root directory, if one was given (no `..`);
+/// - `POST` or `PUT` with `Content-Length`: replies with the hex SHA-256 of the body and `\n`
+///   (so a guest can upload and the test compares hashes);
+/// - anything else: 404.
+#[derive(Debug)]
+pub struct HttpServer {
+    inner: TcpServer,
+}
+
+impl HttpServer {
+    /// Listens on `addr` inside `ns`, serving files from `root` if given.
+    pub fn start(ns: &Netns, addr: SocketAddr, root: Option<PathBuf>) -> Result<Self> {
+        Self::start_in(Some(ns), addr, root)
+    }
+
+    /// Listens on `addr` in `ns`, or in the current namespace when `ns` is `None`.
+    pub fn start_in(ns: Option<&Netns>, addr: SocketAddr, root: Option<PathBuf>) -> Result<Self> {
+        let listener = bind_tcp(ns, addr)?;
+        let root = Arc::new(root);
+        let handler: Handler = Arc::new(move |s: TcpStream| {
+            if let Err(e) = serve_http(s, root.as_ref().as_deref()) {
+                tracing::debug!(error = %e, "http: connection failed");
+            }
+        });
+        Ok(HttpServer {
+            inner: TcpServer::start("http", listener, handler)?,
+        })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+}
+
+fn serve_http(s: TcpStream, root: Option<&std::path::Path>) -> std::io::Result<()> {
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut reader = BufReader::new(s.try_clone()?);
+    let mut w = s;
+    let mut request = String::new();
+    reader.read_line(&mut request)?;
+    let mut parts = request.split_whitespace();
+    let method = parts.next().unwrap_or("").to_string();
+    let target = parts.next().unwrap_or("/").to_string();
+    let mut content_length: u64 = 0;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.trim().eq_ignore_ascii_case("content-length") {
+                content_length = v.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    tracing::debug!(%method, %target, "http request");
+    match method.as_str() {
+        "POST" | "PUT" => {
+            let (hash, _) = sha256_reader((&mut reader).take(content_length))?;
+            let body = format!("{hash}\n");
+            respond(&mut w, "200 OK", body.len() as u64, &mut body.as_bytes())
+        }
+        "GET" => {
+            let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+            if let Some(n) = path.strip_prefix("/bytes/") {
+                let Ok(n) = n.parse::<u64>() else {
+                    return not_found(&mut w);
+                };
+                let seed = query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("seed="))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                return respond(&mut w, "200 OK", n, &mut PatternReader::new(seed, n));
+            }
+            let Some(root) = root else {
+                return not_found(&mut w);
+            };
+            let rel = path.trim_start_matches('/');
+            if rel.split('/').any(|c| c == "..") {
+                return not_found(&mut w);
+            }
+            match std::fs::File::open(root.join(rel)) {
+                Ok(mut f) => {
+                    let len = f.metadata()?.len();
+                    respond(&mut w, "200 OK", len, &mut f)
+                }
+                Err(_) => not_found(&mut w),
+            }
+        }
+        _ => not_found(&mut w),
+    }
+}
+
+fn not_found(w: &mut TcpStream) -> std::io::Result<()> {
+    let body = b"not found\n";
+    respond(w, "404 Not Found", body.len() as u64, &mut &body[..])
+}
+
+fn respond(w: &mut TcpStream, status: &str, len: u64, body: &mut dyn Read) -> std::io::Result<()> {
+    write!(
+        w,
+        "HTTP/1.0 {status}\r\nContent-Length: {len}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n"
+    )?;
+    std::io::copy(body, w)?;
+    w.flush()?;
+    w.shutdown(std::net::Shutdown::Write)
+}

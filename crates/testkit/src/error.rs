@@ -25,6 +25,9 @@ pub enum Error {
         "{what} needs root (running as uid {uid}): run the tests as root, e.g. `sudo -E cargo test`"
     )]
     NotRoot { what: String, uid: u32 },
+    /// A QEMU guest did not do what the test expected; `console` is its serial output.
+    #[error("guest failed: {reason}\n----- guest console -----\n{console}\n-----")]
+    Guest { reason: String, console: String },
     /// Something on the machine is missing or not as expected (a package, a kernel module...).
     #[error("{0}")]
     Environment(String),

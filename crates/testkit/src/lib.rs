@@ -23,6 +23,7 @@
 //! ```
 
 pub mod checksum;
+mod cpio;
 mod error;
 pub mod netns;
 pub mod process;
@@ -33,7 +34,7 @@ pub mod wait;
 pub use error::{Error, Result};
 pub use netns::{unique_name, Netns, TestHost};
 pub use process::ChildGuard;
-pub use qemu::{GuestOutput, QemuGuest, QemuOptions};
+pub use qemu::{GuestCommand, GuestOutput, QemuGuest, QemuOptions};
 pub use wait::{wait_for, wait_for_path, wait_for_port};
 
 /// Fails with [`Error::NotRoot`] unless the process runs as root.

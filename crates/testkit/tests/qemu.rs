@@ -1,0 +1,68 @@
+//! Boots a real guest under QEMU (needs root for the netns and to read the kernel image).
+
+use std::time::Duration;
+
+use limanet_testkit::servers::HttpServer;
+use limanet_testkit::{Netns, QemuGuest, QemuOptions};
+
+#[test]
+fn guest_gets_a_dhcp_lease_from_slirp_and_reaches_the_host_loopback() {
+    // QEMU runs in a private netns with only lo: slirp's "host" is that namespace, so nothing
+    // the guest does can leave it.
+    let ns = Netns::new("ltkq").unwrap();
+    ns.sysctl("net.ipv4.ping_group_range", "0 2147483647")
+        .unwrap();
+    let http = HttpServer::start(&ns, "127.0.0.1:0".parse().unwrap(), None).unwrap();
+    let port = http.addr().port();
+    let script = format!(
+        "set -e\n\
+         ip -4 addr show dev eth0\n\
+         ping -c 1 -W 5 10.0.2.2\n\
+         wget -q -O /tmp/data http://10.0.2.2:{port}/bytes/100000?seed=3\n\
+         echo GUEST-SHA=$(sha256sum /tmp/data)\n"
+    );
+    let out = QemuGuest::spawn(&QemuOptions {
+        netdevs: [
+            "-netdev",
+            "user,id=n0,net=10.0.2.0/24",
+            "-device",
+            "virtio-net-pci,netdev=n0",
+        ]
+        .map(String::from)
+        .to_vec(),
+        script,
+        netns: Some(ns.name().to_string()),
+        timeout: Duration::from_secs(60),
+        ..Default::default()
+    })
+    .unwrap();
+    println!("{}", out.console);
+    if let Err(e) = out.check() {
+        panic!("{e}");
+    }
+    assert!(out.console.contains("LIMANET-BOOTED"));
+    assert!(out.console.contains("LIMANET-DHCP=ok"), "{}", out.console);
+    assert_eq!(out.lease("ip").as_deref(), Some("10.0.2.15"));
+    assert_eq!(out.lease("router").as_deref(), Some("10.0.2.2"));
+    assert!(out.console.contains("inet 10.0.2.15/24"), "{}", out.console);
+    let want = limanet_testkit::checksum::PatternReader::new(3, 100_000).sha256();
+    assert!(
+        out.console.contains(&format!("GUEST-SHA={want}")),
+        "{}",
+        out.console
+    );
+}
+
+#[test]
+fn failing_script_exit_code_is_reported() {
+    let out = QemuGuest::spawn(&QemuOptions {
+        script: "echo about-to-fail; exit 3\n".into(),
+        dhcp: false,
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(out.exit_code, Some(3), "{}", out.console);
+    assert!(!out.timed_out);
+    assert!(out.console.contains("about-to-fail"));
+    assert!(out.check().is_err());
+}

@@ -950,3 +950,190 @@ proptest! {
         }
     }
 }
+
+/// A smoltcp device whose frames the test carries to and from the server.
+mod smoltcp_client {
+    use std::collections::VecDeque;
+    use std::net::Ipv4Addr;
+    use std::time::{Duration, Instant};
+
+    use limanet_netstack::dhcp::{DhcpConfig, DhcpServer, MacAddr};
+    use smoltcp::iface::{Config, Interface, SocketSet};
+    use smoltcp::phy::{self, ChecksumCapabilities, Device, DeviceCapabilities, Medium};
+    use smoltcp::socket::dhcpv4;
+    use smoltcp::time::Instant as SmolInstant;
+    use smoltcp::wire::{
+        EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress, IpCidr,
+        IpProtocol, Ipv4Cidr, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr,
+    };
+
+    const GUEST_MAC: MacAddr = [0x52, 0x55, 0x55, 0x12, 0x34, 0x56];
+    const GATEWAY_MAC: MacAddr = [0x5a, 0x94, 0xef, 0xe4, 0x0c, 0xdd];
+
+    #[derive(Default)]
+    struct Pipe {
+        to_guest: VecDeque<Vec<u8>>,
+        from_guest: VecDeque<Vec<u8>>,
+    }
+
+    struct Rx(Vec<u8>);
+    struct Tx<'a>(&'a mut VecDeque<Vec<u8>>);
+
+    impl phy::RxToken for Rx {
+        fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+            f(&self.0)
+        }
+    }
+
+    impl phy::TxToken for Tx<'_> {
+        fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+            let mut buf = vec![0; len];
+            let r = f(&mut buf);
+            self.0.push_back(buf);
+            r
+        }
+    }
+
+    impl Device for Pipe {
+        type RxToken<'a> = Rx;
+        type TxToken<'a> = Tx<'a>;
+
+        fn receive(&mut self, _: SmolInstant) -> Option<(Rx, Tx<'_>)> {
+            let frame = self.to_guest.pop_front()?;
+            Some((Rx(frame), Tx(&mut self.from_guest)))
+        }
+
+        fn transmit(&mut self, _: SmolInstant) -> Option<Tx<'_>> {
+            Some(Tx(&mut self.from_guest))
+        }
+
+        fn capabilities(&self) -> DeviceCapabilities {
+            let mut caps = DeviceCapabilities::default();
+            caps.medium = Medium::Ethernet;
+            caps.max_transmission_unit = 1514;
+            caps
+        }
+    }
+
+    /// What the stack does with a guest frame: DHCP requests go to the
+    /// server, replies come back as real Ethernet/IPv4/UDP frames with
+    /// checksums (smoltcp verifies them).
+    fn serve(server: &mut DhcpServer, now: Instant, frame: &[u8]) -> Option<Vec<u8>> {
+        let eth = EthernetFrame::new_checked(frame).ok()?;
+        if eth.ethertype() != EthernetProtocol::Ipv4 {
+            return None;
+        }
+        let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+        let udp = UdpPacket::new_checked(ip.payload()).ok()?;
+        if ip.next_header() != IpProtocol::Udp || udp.dst_port() != 67 {
+            return None;
+        }
+        let src_mac = eth.src_addr().0;
+        let reply = server
+            .handle(now, src_mac, udp.payload())
+            .expect("valid client message")?;
+
+        let server_ip = server.config().server_ip;
+        let udp_repr = UdpRepr {
+            src_port: 67,
+            dst_port: 68,
+        };
+        let ip_repr = Ipv4Repr {
+            src_addr: server_ip,
+            dst_addr: reply.dst_ip,
+            next_header: IpProtocol::Udp,
+            payload_len: udp_repr.header_len() + reply.payload.len(),
+            hop_limit: 64,
+        };
+        let eth_repr = EthernetRepr {
+            src_addr: EthernetAddress(GATEWAY_MAC),
+            dst_addr: EthernetAddress(reply.dst_mac),
+            ethertype: EthernetProtocol::Ipv4,
+        };
+        let mut buf = vec![0; eth_repr.buffer_len() + ip_repr.buffer_len() + ip_repr.payload_len];
+        let mut eth = EthernetFrame::new_unchecked(&mut buf[..]);
+        eth_repr.emit(&mut eth);
+        let mut ip = Ipv4Packet::new_unchecked(eth.payload_mut());
+        let caps = ChecksumCapabilities::default();
+        ip_repr.emit(&mut ip, &caps);
+        let mut udp = UdpPacket::new_unchecked(ip.payload_mut());
+        udp_repr.emit(
+            &mut udp,
+            &IpAddress::Ipv4(server_ip),
+            &IpAddress::Ipv4(reply.dst_ip),
+            reply.payload.len(),
+            |p| p.copy_from_slice(&reply.payload),
+            &caps,
+        );
+        Some(buf)
+    }
+
+    #[test]
+    fn smoltcp_dhcp_client_gets_configured_and_renews() {
+        let start = Instant::now();
+        let mut server = DhcpServer::new(DhcpConfig::default()).expect("default config");
+        let mut pipe = Pipe::default();
+        let mut iface = Interface::new(
+            Config::new(EthernetAddress(GUEST_MAC).into()),
+            &mut pipe,
+            SmolInstant::from_millis(0),
+        );
+        let mut client = dhcpv4::Socket::new();
+        // Short leases make the client renew within the test.
+        client.set_max_lease_duration(Some(smoltcp::time::Duration::from_secs(10)));
+        let mut sockets = SocketSet::new(vec![]);
+        let handle = sockets.add(client);
+
+        let mut configured = 0;
+        for step in 0..600u64 {
+            let ts = SmolInstant::from_millis(step as i64 * 100);
+            let now = start + Duration::from_millis(step * 100);
+            iface.poll(ts, &mut pipe, &mut sockets);
+            while let Some(frame) = pipe.from_guest.pop_front() {
+                if let Some(reply) = serve(&mut server, now, &frame) {
+                    pipe.to_guest.push_back(reply);
+                }
+            }
+            iface.poll(ts, &mut pipe, &mut sockets);
+            match sockets.get_mut::<dhcpv4::Socket>(handle).poll() {
+                Some(dhcpv4::Event::Configured(config)) => {
+                    assert_eq!(
+                        config.address,
+                        Ipv4Cidr::new(Ipv4Addr::new(192, 168, 5, 15), 24)
+                    );
+                    assert_eq!(config.router, Some(Ipv4Addr::new(192, 168, 5, 2)));
+                    assert_eq!(
+                        config.dns_servers.as_slice(),
+                        &[Ipv4Addr::new(192, 168, 5, 3)]
+                    );
+                    assert_eq!(config.server.identifier, Ipv4Addr::new(192, 168, 5, 2));
+                    iface.update_ip_addrs(|addrs| {
+                        addrs.clear();
+                        addrs
+                            .push(IpCidr::Ipv4(config.address))
+                            .expect("address slot");
+                    });
+                    configured += 1;
+                }
+                // The socket reports "deconfigured" once at start.
+                Some(dhcpv4::Event::Deconfigured) if configured > 0 => {
+                    panic!("client lost its lease at step {step}")
+                }
+                Some(dhcpv4::Event::Deconfigured) | None => {}
+            }
+        }
+        assert_eq!(configured, 1, "configured once, then renewed silently");
+        let leases = server.leases();
+        assert_eq!(leases.len(), 1);
+        assert_eq!(
+            (leases[0].ip, leases[0].mac),
+            (Ipv4Addr::new(192, 168, 5, 15), GUEST_MAC)
+        );
+        // The lease was renewed: it runs from a recent renewal, not from the first ACK.
+        let expires = leases[0].expires.expect("dynamic lease");
+        assert!(
+            expires > start + Duration::from_secs(3600 + 30),
+            "lease renewed"
+        );
+    }
+}

@@ -951,74 +951,24 @@ proptest! {
     }
 }
 
-/// A smoltcp device whose frames the test carries to and from the server.
-mod smoltcp_client {
-    use std::collections::VecDeque;
-    use std::net::Ipv4Addr;
-    use std::time::{Duration, Instant};
+/// What the stack does with guest frames, done by hand for the client tests.
+mod frames {
+    use std::time::Instant;
 
-    use limanet_netstack::dhcp::{DhcpConfig, DhcpServer, MacAddr};
-    use smoltcp::iface::{Config, Interface, SocketSet};
-    use smoltcp::phy::{self, ChecksumCapabilities, Device, DeviceCapabilities, Medium};
-    use smoltcp::socket::dhcpv4;
-    use smoltcp::time::Instant as SmolInstant;
+    use limanet_netstack::dhcp::{DhcpServer, MacAddr};
+    use smoltcp::phy::ChecksumCapabilities;
     use smoltcp::wire::{
-        EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress, IpCidr,
-        IpProtocol, Ipv4Cidr, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr,
+        EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress, IpProtocol,
+        Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr,
     };
 
-    const GUEST_MAC: MacAddr = [0x52, 0x55, 0x55, 0x12, 0x34, 0x56];
-    const GATEWAY_MAC: MacAddr = [0x5a, 0x94, 0xef, 0xe4, 0x0c, 0xdd];
-
-    #[derive(Default)]
-    struct Pipe {
-        to_guest: VecDeque<Vec<u8>>,
-        from_guest: VecDeque<Vec<u8>>,
-    }
-
-    struct Rx(Vec<u8>);
-    struct Tx<'a>(&'a mut VecDeque<Vec<u8>>);
-
-    impl phy::RxToken for Rx {
-        fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-            f(&self.0)
-        }
-    }
-
-    impl phy::TxToken for Tx<'_> {
-        fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-            let mut buf = vec![0; len];
-            let r = f(&mut buf);
-            self.0.push_back(buf);
-            r
-        }
-    }
-
-    impl Device for Pipe {
-        type RxToken<'a> = Rx;
-        type TxToken<'a> = Tx<'a>;
-
-        fn receive(&mut self, _: SmolInstant) -> Option<(Rx, Tx<'_>)> {
-            let frame = self.to_guest.pop_front()?;
-            Some((Rx(frame), Tx(&mut self.from_guest)))
-        }
-
-        fn transmit(&mut self, _: SmolInstant) -> Option<Tx<'_>> {
-            Some(Tx(&mut self.from_guest))
-        }
-
-        fn capabilities(&self) -> DeviceCapabilities {
-            let mut caps = DeviceCapabilities::default();
-            caps.medium = Medium::Ethernet;
-            caps.max_transmission_unit = 1514;
-            caps
-        }
-    }
+    /// Lima's fixed gateway MAC.
+    pub const GATEWAY_MAC: MacAddr = [0x5a, 0x94, 0xef, 0xe4, 0x0c, 0xdd];
 
     /// What the stack does with a guest frame: DHCP requests go to the
     /// server, replies come back as real Ethernet/IPv4/UDP frames with
     /// checksums (smoltcp verifies them).
-    fn serve(server: &mut DhcpServer, now: Instant, frame: &[u8]) -> Option<Vec<u8>> {
+    pub fn serve(server: &mut DhcpServer, now: Instant, frame: &[u8]) -> Option<Vec<u8>> {
         let eth = EthernetFrame::new_checked(frame).ok()?;
         if eth.ethertype() != EthernetProtocol::Ipv4 {
             return None;
@@ -1067,6 +1017,69 @@ mod smoltcp_client {
         );
         Some(buf)
     }
+}
+
+/// A smoltcp device whose frames the test carries to and from the server.
+mod smoltcp_client {
+    use std::collections::VecDeque;
+    use std::net::Ipv4Addr;
+    use std::time::{Duration, Instant};
+
+    use limanet_netstack::dhcp::{DhcpConfig, DhcpServer, MacAddr};
+    use smoltcp::iface::{Config, Interface, SocketSet};
+    use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
+    use smoltcp::socket::dhcpv4;
+    use smoltcp::time::Instant as SmolInstant;
+    use smoltcp::wire::{EthernetAddress, IpCidr, Ipv4Cidr};
+
+    use super::frames;
+
+    const GUEST_MAC: MacAddr = [0x52, 0x55, 0x55, 0x12, 0x34, 0x56];
+
+    #[derive(Default)]
+    struct Pipe {
+        to_guest: VecDeque<Vec<u8>>,
+        from_guest: VecDeque<Vec<u8>>,
+    }
+
+    struct Rx(Vec<u8>);
+    struct Tx<'a>(&'a mut VecDeque<Vec<u8>>);
+
+    impl phy::RxToken for Rx {
+        fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+            f(&self.0)
+        }
+    }
+
+    impl phy::TxToken for Tx<'_> {
+        fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+            let mut buf = vec![0; len];
+            let r = f(&mut buf);
+            self.0.push_back(buf);
+            r
+        }
+    }
+
+    impl Device for Pipe {
+        type RxToken<'a> = Rx;
+        type TxToken<'a> = Tx<'a>;
+
+        fn receive(&mut self, _: SmolInstant) -> Option<(Rx, Tx<'_>)> {
+            let frame = self.to_guest.pop_front()?;
+            Some((Rx(frame), Tx(&mut self.from_guest)))
+        }
+
+        fn transmit(&mut self, _: SmolInstant) -> Option<Tx<'_>> {
+            Some(Tx(&mut self.from_guest))
+        }
+
+        fn capabilities(&self) -> DeviceCapabilities {
+            let mut caps = DeviceCapabilities::default();
+            caps.medium = Medium::Ethernet;
+            caps.max_transmission_unit = 1514;
+            caps
+        }
+    }
 
     #[test]
     fn smoltcp_dhcp_client_gets_configured_and_renews() {
@@ -1090,7 +1103,7 @@ mod smoltcp_client {
             let now = start + Duration::from_millis(step * 100);
             iface.poll(ts, &mut pipe, &mut sockets);
             while let Some(frame) = pipe.from_guest.pop_front() {
-                if let Some(reply) = serve(&mut server, now, &frame) {
+                if let Some(reply) = frames::serve(&mut server, now, &frame) {
                     pipe.to_guest.push_back(reply);
                 }
             }
@@ -1135,5 +1148,227 @@ mod smoltcp_client {
             expires > start + Duration::from_secs(3600 + 30),
             "lease renewed"
         );
+    }
+}
+
+/// busybox udhcpc on one end of a veth pair inside a private network
+/// namespace; the test serves the other end through an AF_PACKET socket.
+mod busybox_udhcpc {
+    use std::collections::HashMap;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::path::PathBuf;
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    use limanet_netstack::dhcp::{DhcpConfig, DhcpServer};
+    use limanet_testkit::netns::{unique_name, Netns};
+    use limanet_testkit::process::ChildGuard;
+
+    use super::frames;
+
+    /// A scratch directory removed on drop.
+    struct TempDir(PathBuf);
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A raw socket bound to `ifname`, created in the calling thread's namespace,
+    /// with a short receive timeout.
+    fn packet_socket(ifname: &str) -> std::io::Result<OwnedFd> {
+        let name = std::ffi::CString::new(ifname).expect("interface name without NUL");
+        let proto = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: plain socket(2); the fd is owned right away.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh, valid descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: name is a valid C string.
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if index == 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: sockaddr_ll is plain data; zero is a valid starting value.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = proto;
+        addr.sll_ifindex = index as i32;
+        // SAFETY: addr is a valid sockaddr_ll of the size passed.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let timeout = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
+        // SAFETY: timeout is a valid timeval of the size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(fd)
+    }
+
+    /// One frame, or `None` on timeout.
+    fn recv(fd: &OwnedFd) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; 2048];
+        // SAFETY: buf is valid for writes of its length.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let n = usize::try_from(n).ok()?;
+        buf.truncate(n);
+        Some(buf)
+    }
+
+    fn send(fd: &OwnedFd, frame: &[u8]) {
+        // SAFETY: frame is valid for reads of its length.
+        let n = unsafe { libc::send(fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        assert_eq!(
+            n,
+            frame.len() as isize,
+            "send: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    #[test]
+    fn busybox_udhcpc_accepts_lease_and_options() {
+        let ns = Netns::new("dhcp").expect("network namespace (tests run as root)");
+        ns.run(
+            "ip",
+            &["link", "add", "c0", "type", "veth", "peer", "name", "s0"],
+        )
+        .expect("veth pair");
+        for dev in ["c0", "s0"] {
+            ns.run("ip", &["link", "set", dev, "up"]).expect("link up");
+        }
+        let mac_text = ns
+            .run("cat", &["/sys/class/net/c0/address"])
+            .expect("client MAC");
+
+        let dir = TempDir(std::env::temp_dir().join(unique_name("limanet-dhcp")));
+        std::fs::create_dir_all(&dir.0).expect("temp dir");
+        let env_file = dir.0.join("bound.env");
+        let script = dir.0.join("udhcpc.script");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\n[ \"$1\" = bound ] && env > {}\nexit 0\n",
+                env_file.display()
+            ),
+        )
+        .expect("write script");
+        Command::new("chmod")
+            .arg("755")
+            .arg(&script)
+            .status()
+            .expect("chmod");
+
+        let sock = ns
+            .run_in(|| packet_socket("s0"))
+            .expect("setns")
+            .expect("AF_PACKET socket");
+        let mut server = DhcpServer::new(DhcpConfig {
+            hostname: Some("lima-test".into()),
+            search_domains: vec![
+                "eng.apple.com".into(),
+                "marketing.apple.com".into(),
+                "lima.net".into(),
+            ],
+            mtu: 9000,
+            ..DhcpConfig::default()
+        })
+        .expect("config");
+
+        let script_arg = script.to_string_lossy().into_owned();
+        let mut client = ChildGuard::spawn(
+            "udhcpc",
+            ns.command("busybox").args([
+                "udhcpc",
+                "-f",
+                "-q",
+                "-n",
+                "-i",
+                "c0",
+                "-t",
+                "10",
+                "-T",
+                "1",
+                "-s",
+                &script_arg,
+            ]),
+        )
+        .expect("spawn busybox udhcpc");
+
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = client.try_wait().expect("wait for udhcpc") {
+                break status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "udhcpc did not finish:\n{}",
+                client.logs()
+            );
+            if let Some(frame) = recv(&sock) {
+                if let Some(reply) = frames::serve(&mut server, Instant::now(), &frame) {
+                    send(&sock, &reply);
+                }
+            }
+        };
+        assert!(
+            status.success(),
+            "udhcpc failed: {status}\n{}",
+            client.logs()
+        );
+
+        let env = std::fs::read_to_string(&env_file).expect("udhcpc ran the bound script");
+        let env: HashMap<&str, &str> = env.lines().filter_map(|l| l.split_once('=')).collect();
+        let expect = [
+            ("ip", "192.168.5.15"),
+            ("subnet", "255.255.255.0"),
+            ("router", "192.168.5.2"),
+            ("dns", "192.168.5.3"),
+            ("serverid", "192.168.5.2"),
+            ("broadcast", "192.168.5.255"),
+            ("lease", "3600"),
+            ("mtu", "9000"),
+            ("hostname", "lima-test"),
+            ("search", "eng.apple.com marketing.apple.com lima.net"),
+        ];
+        for (key, want) in expect {
+            assert_eq!(
+                env.get(key).map(|v| v.trim()),
+                Some(want),
+                "udhcpc variable {key}; env: {env:?}"
+            );
+        }
+        let leases = server.leases();
+        assert_eq!(leases.len(), 1);
+        let mac = leases[0]
+            .mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        assert_eq!(mac, mac_text.trim());
     }
 }

@@ -572,6 +572,18 @@ impl DhcpServer {
             .map(|(&ip, _)| ip)
     }
 
+    /// The MAC address `ip` is bound to (static or dynamic lease), if any.
+    /// Cheaper than searching [`DhcpServer::leases`].
+    pub fn mac_of(&self, ip: Ipv4Addr) -> Option<MacAddr> {
+        if let Some(&mac) = self.static_by_ip.get(&ip) {
+            return Some(mac);
+        }
+        self.entries
+            .get(&ip)
+            .filter(|e| matches!(e.state, State::Bound(_)))
+            .map(|e| e.mac)
+    }
+
     /// Ends leases, offers and declines that ran out at `now`. [`DhcpServer::handle`]
     /// does this itself; call it before [`DhcpServer::leases`] for an exact view.
     pub fn expire(&mut self, now: Instant) {

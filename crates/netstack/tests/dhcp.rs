@@ -173,6 +173,8 @@ fn first_client_gets_15_second_gets_16() {
     assert_eq!(h.server.address_of(MAC_A), Some(ip(15)));
     assert_eq!(h.server.address_of(MAC_B), Some(ip(16)));
     assert_eq!(h.server.address_of(MAC_C), None);
+    assert_eq!(h.server.mac_of(ip(16)), Some(MAC_B));
+    assert_eq!(h.server.mac_of(ip(17)), None);
     let leases = h.server.leases();
     assert_eq!(leases.len(), 2);
     assert_eq!((leases[0].ip, leases[0].mac), (ip(15), MAC_A));
@@ -356,6 +358,7 @@ fn static_lease_is_honoured_and_never_given_to_others() {
     assert!(leases
         .iter()
         .any(|l| l.ip == ip(100) && l.mac == MAC_B && l.expires.is_none()));
+    assert_eq!(h.server.mac_of(ip(15)), Some(MAC_C));
     // Static leases survive RELEASE.
     h.release(MAC_B, ip(100));
     assert_eq!(h.server.address_of(MAC_B), Some(ip(100)));

@@ -1,0 +1,1 @@
+//! `network create` and `network delete`: edits of networks.yaml.

@@ -1,0 +1,192 @@
+//! The crate's error type. Messages follow Lima's wording (with Go's `%#q` quoting) wherever
+//! Lima has one, so users and scripts see the same text.
+
+use crate::identifiers::IdentifierError;
+use crate::quote::go_quote_backtick as q;
+use std::path::PathBuf;
+
+fn qp(p: &std::path::Path) -> String {
+    q(&p.to_string_lossy())
+}
+
+/// Errors from loading, validating and editing the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Neither `$LIMA_HOME` nor `$HOME` is set.
+    #[error("cannot determine LIMA_HOME: neither $LIMA_HOME nor $HOME is set")]
+    NoHome,
+    /// A file or directory operation failed.
+    #[error("{action} {}: {source}", qp(.path))]
+    Io {
+        /// What was being done, e.g. "cannot read".
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// `_config` could not be created.
+    #[error("could not create {} directory: {source}", qp(.path))]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A YAML syntax or type error, with its position.
+    #[error("{}:{line}:{column}: {message}", .file.display())]
+    Parse {
+        /// The file.
+        file: PathBuf,
+        /// 1-based line (0 when unknown).
+        line: u64,
+        /// 1-based column (0 when unknown).
+        column: u64,
+        /// What is wrong.
+        message: String,
+    },
+    /// `Check(name)` failed.
+    #[error("network {} is not defined", q(.0))]
+    NotDefined(String),
+    /// `paths.socketVMNet` is empty.
+    #[error("socketVMNet is not set")]
+    SocketVmnetNotSet,
+    /// The daemon executable is missing.
+    #[error("daemon {} (path={}) is not available: limanet's socket_vmnet-compatible daemon is not installed", q(.daemon), q(.path))]
+    DaemonNotInstalled {
+        /// The daemon name (`socket_vmnet`).
+        daemon: String,
+        /// The configured path.
+        path: String,
+    },
+    /// A daemon name other than `socket_vmnet`.
+    #[error("unknown daemon type {}", q(.0))]
+    UnknownDaemon(String),
+    /// `group` is not an identifier.
+    #[error("invalid group {}: {source}", q(.group))]
+    InvalidGroup {
+        /// The value.
+        group: String,
+        /// Why.
+        source: IdentifierError,
+    },
+    /// A network name is not an identifier.
+    #[error("invalid network name {}: {source}", q(.name))]
+    InvalidNetworkName {
+        /// The value.
+        name: String,
+        /// Why.
+        source: IdentifierError,
+    },
+    /// A network mode is not an identifier.
+    #[error("invalid mode {} for network {}: {source}", q(.mode), q(.network))]
+    InvalidMode {
+        /// The value.
+        mode: String,
+        /// The network.
+        network: String,
+        /// Why.
+        source: IdentifierError,
+    },
+    /// A network interface is not an identifier.
+    #[error("invalid interface {} for network {}: {source}", q(.interface), q(.network))]
+    InvalidInterface {
+        /// The value.
+        interface: String,
+        /// The network.
+        network: String,
+        /// Why.
+        source: IdentifierError,
+    },
+    /// A `paths` field failed the path-security check.
+    #[error("networks.yaml field {} error: {source}", q(&format!("paths.{}", .field)))]
+    PathField {
+        /// The YAML field name (`socketVMNet`, `varRun`, `sudoers`).
+        field: &'static str,
+        /// Why.
+        source: crate::pathsec::PathError,
+    },
+    /// `paths.socketVMNet` does not exist.
+    #[error("networks.yaml: {} (`paths.socketVMNet`) has to be installed", q(.0))]
+    SocketVmnetMissing(String),
+    /// A mode this version does not know.
+    #[error("network {} has unknown mode {}; expected one of user-v2, host, shared, bridged", q(.network), q(.mode))]
+    UnknownMode {
+        /// The network.
+        network: String,
+        /// The mode.
+        mode: String,
+    },
+    /// A network setting needed for the operation is missing.
+    #[error("network {} has no {field} set", q(.network))]
+    MissingField {
+        /// The network.
+        network: String,
+        /// The YAML field.
+        field: &'static str,
+    },
+    /// A derived socket or file path is longer than the kernel allows.
+    #[error("usernet {what} path {} too long: must be less than UNIX_PATH_MAX={max} characters, but is {len}", q(.path))]
+    PathTooLong {
+        /// `socket` or `leases`.
+        what: &'static str,
+        /// The path.
+        path: String,
+        /// The limit.
+        max: usize,
+        /// The actual length.
+        len: usize,
+    },
+    /// `network create` with an existing name.
+    #[error("network {} already exists", q(.0))]
+    AlreadyExists(String),
+    /// `network create` with an invalid combination of flags or values.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// `varRun` exists but the daemon could not write to it.
+    #[error("{} doesn't seem to be writable by the daemon (gid:{gid}) group", q(.path))]
+    VarRunNotWritable {
+        /// varRun.
+        path: String,
+        /// The daemon group's gid.
+        gid: u32,
+    },
+    /// No sudoers file to check.
+    #[error("no sudoers file defined in {}", qp(.0))]
+    NoSudoersFile(PathBuf),
+    /// The sudoers file could not be read.
+    #[error("can't read {}: {source}: (Hint: {hint})", q(.file))]
+    SudoersUnreadable {
+        /// The file.
+        file: String,
+        /// Why.
+        source: std::io::Error,
+        /// How to fix it.
+        hint: String,
+    },
+    /// The sudoers file differs from what `limanet sudoers` prints.
+    #[error("sudoers file {} is out of sync and must be regenerated (Hint: {hint})", q(.file))]
+    SudoersOutOfSync {
+        /// The file.
+        file: String,
+        /// How to fix it.
+        hint: String,
+    },
+    /// The password-less sudo probe failed.
+    #[error("passwordLessSudo error: {0}")]
+    PasswordLessSudo(String),
+}
+
+impl ConfigError {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
+        ConfigError::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+}

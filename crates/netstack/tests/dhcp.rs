@@ -277,6 +277,35 @@ fn same_mac_keeps_its_address() {
 }
 
 #[test]
+fn release_or_decline_of_another_clients_address_is_ignored() {
+    let mut h = Harness::new(DhcpConfig::default());
+    assert_eq!(h.dora(MAC_A), Some(ip(15)));
+    h.release(MAC_B, ip(15));
+    let reply = h.send(
+        MAC_B,
+        MessageType::Decline,
+        Opts {
+            requested: Some(ip(15)),
+            server_id: Some(SERVER),
+            ..Opts::default()
+        },
+    );
+    assert!(reply.is_none());
+    assert_eq!(h.server.address_of(MAC_A), Some(ip(15)));
+    // A RELEASE addressed to another server is not ours to act on.
+    h.send(
+        MAC_A,
+        MessageType::Release,
+        Opts {
+            ciaddr: Some(ip(15)),
+            server_id: Some(ip(99)),
+            ..Opts::default()
+        },
+    );
+    assert_eq!(h.server.address_of(MAC_A), Some(ip(15)));
+}
+
+#[test]
 fn released_address_is_reused_when_nothing_else_is_free() {
     let mut h = Harness::new(DhcpConfig {
         pool_end: ip(16),
@@ -1373,5 +1402,123 @@ mod busybox_udhcpc {
             .collect::<Vec<_>>()
             .join(":");
         assert_eq!(mac, mac_text.trim());
+    }
+}
+
+/// One step of a random client conversation.
+#[derive(Debug, Clone)]
+struct Step {
+    client: usize,
+    kind: MessageType,
+    requested: Option<u8>,
+    server_id: Option<bool>,
+    ciaddr: Option<u8>,
+    advance_secs: u64,
+}
+
+fn step_strategy() -> impl Strategy<Value = Step> {
+    let kinds = prop_oneof![
+        Just(MessageType::Discover),
+        Just(MessageType::Request),
+        Just(MessageType::Decline),
+        Just(MessageType::Release),
+        Just(MessageType::Inform),
+    ];
+    // Addresses around the pool, the reserved one, the static one and a foreign one.
+    let addr = prop_oneof![14u8..=21, Just(3u8), Just(99u8)];
+    (
+        0usize..6,
+        kinds,
+        proptest::option::of(addr.clone()),
+        proptest::option::of(any::<bool>()),
+        proptest::option::of(addr),
+        prop_oneof![Just(0u64), 1u64..100, Just(4000u64)],
+    )
+        .prop_map(
+            |(client, kind, requested, server_id, ciaddr, advance_secs)| Step {
+                client,
+                kind,
+                requested,
+                server_id,
+                ciaddr,
+                advance_secs,
+            },
+        )
+}
+
+proptest! {
+    /// Whatever clients say, bindings stay consistent: one address per
+    /// client, one client per address, reserved and foreign addresses never
+    /// handed out, the static address only to its owner.
+    #[test]
+    fn random_conversations_keep_bindings_consistent(steps in proptest::collection::vec(step_strategy(), 1..60)) {
+        let macs: Vec<MacAddr> = (0..6u8).map(|i| [0x52, 0x55, 0x55, 0, 1, i]).collect();
+        let config = DhcpConfig {
+            pool_end: ip(19),
+            reserved: vec![SERVER, ip(3), ip(17)],
+            static_leases: vec![(ip(20), macs[5])],
+            ..DhcpConfig::default()
+        };
+        let mut h = Harness::new(config);
+        // What each client was told it holds: address and lease end.
+        let mut model: std::collections::HashMap<MacAddr, (Ipv4Addr, Instant)> = Default::default();
+        for step in steps {
+            h.now += Duration::from_secs(step.advance_secs);
+            model.retain(|_, (_, until)| *until > h.now);
+            let mac = macs[step.client];
+            let o = Opts {
+                requested: step.requested.map(ip),
+                server_id: step.server_id.map(|ours| if ours { SERVER } else { ip(99) }),
+                ciaddr: step.ciaddr.map(ip),
+                broadcast: false,
+            };
+            if let Some(reply) = h.send(mac, step.kind, o) {
+                let msg = decode(&reply);
+                let yiaddr = msg.yiaddr();
+                if yiaddr != Ipv4Addr::UNSPECIFIED {
+                    prop_assert!(matches!(msg_type(&msg), MessageType::Offer | MessageType::Ack));
+                    let last = yiaddr.octets()[3];
+                    prop_assert!((15..=20).contains(&last) && last != 17, "handed out {yiaddr}");
+                    prop_assert!(last != 20 || mac == macs[5], "static address to {mac:?}");
+                    prop_assert!(mac != macs[5] || last == 20, "static client got {yiaddr}");
+                    if msg_type(&msg) == MessageType::Ack {
+                        model.insert(mac, (yiaddr, h.now + Duration::from_secs(3600)));
+                    }
+                }
+            }
+            // RELEASE and DECLINE to us end the client's dynamic binding.
+            let to_us = o.server_id != Some(ip(99));
+            let held = model.get(&mac).map(|(a, _)| *a);
+            let ends = match step.kind {
+                MessageType::Release => o.ciaddr.is_some() && o.ciaddr == held,
+                MessageType::Decline => o.requested.is_some() && o.requested == held,
+                _ => false,
+            };
+            if ends && to_us && mac != macs[5] {
+                model.remove(&mac);
+            }
+            h.server.expire(h.now);
+            let leases = h.server.leases();
+            let mut ips: Vec<_> = leases.iter().map(|l| l.ip).collect();
+            let mut owners: Vec<_> = leases.iter().map(|l| l.mac).collect();
+            ips.dedup();
+            owners.sort();
+            owners.dedup();
+            prop_assert_eq!(ips.len(), leases.len(), "address bound twice: {:?}", leases);
+            prop_assert_eq!(owners.len(), leases.len(), "client bound twice: {:?}", leases);
+            for l in &leases {
+                let last = l.ip.octets()[3];
+                prop_assert!(l.ip.octets()[..3] == [192, 168, 5] && (15..=20).contains(&last) && last != 17);
+                prop_assert_eq!(last == 20, l.mac == macs[5]);
+                prop_assert_eq!(h.server.address_of(l.mac), Some(l.ip));
+                prop_assert_eq!(h.server.mac_of(l.ip), Some(l.mac));
+                if l.expires.is_some() {
+                    prop_assert_eq!(model.get(&l.mac).map(|(a, _)| *a), Some(l.ip), "binding nobody was ACKed");
+                }
+            }
+            for (mac, (addr, _)) in &model {
+                prop_assert_eq!(h.server.address_of(*mac), Some(*addr), "binding lost for {:?}", mac);
+            }
+        }
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::error::IoContext;
 use crate::process::run;
-use crate::{require_root, Error, Result};
+use crate::{require_root, ChildGuard, Error, Result};
 
 /// Linux interface names hold at most 15 bytes.
 const IFNAMSIZ_MAX: usize = 15;
@@ -83,6 +83,26 @@ impl Netns {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.name, program]);
         c
+    }
+
+    /// Spawns `program args...` inside the namespace as a [`ChildGuard`] (output captured).
+    pub fn spawn(&self, name: &str, program: &str, args: &[&str]) -> Result<ChildGuard> {
+        ChildGuard::spawn(name, self.command(program).args(args))
+    }
+
+    /// Writes `/etc/netns/<name>/<file>`: `ip netns exec` (so [`Netns::command`],
+    /// [`Netns::run`], [`Netns::spawn`]) bind-mounts it over `/etc/<file>` for processes it
+    /// starts. Use it for a hermetic `resolv.conf` or `hosts`. Threads in [`Netns::run_in`] do not
+    /// see it (they share the test process's mounts). Removed on drop.
+    pub fn set_etc(&self, file: &str, contents: &str) -> Result<()> {
+        let dir = self.etc_dir();
+        std::fs::create_dir_all(&dir).ctx(|| format!("cannot create {}", dir.display()))?;
+        let path = dir.join(file);
+        std::fs::write(&path, contents).ctx(|| format!("cannot write {}", path.display()))
+    }
+
+    fn etc_dir(&self) -> PathBuf {
+        PathBuf::from("/etc/netns").join(&self.name)
     }
 
     /// Runs a short command inside the namespace; returns its stdout or an error with stderr.
@@ -170,6 +190,10 @@ impl Drop for Netns {
         }
         if let Err(e) = run(Command::new("ip").args(["netns", "del", &self.name])) {
             eprintln!("limanet-testkit: cannot delete netns {}: {e}", self.name);
+        }
+        let etc = self.etc_dir();
+        if etc.exists() {
+            let _ = std::fs::remove_dir_all(&etc);
         }
     }
 }

@@ -129,6 +129,30 @@ impl Default for QemuOptions {
     }
 }
 
+impl QemuOptions {
+    /// Adds a virtio-net NIC backed by `-netdev <backend>,id=nN` (N counts the NICs added so
+    /// far), e.g. `with_nic("stream,addr.type=unix,addr.path=/run/x.sock", Some("52:55:55:12:34:56"))`
+    /// or `with_nic("user,net=10.0.2.0/24", None)`. The first NIC is eth0 in the guest.
+    pub fn with_nic(mut self, backend: &str, mac: Option<&str>) -> Self {
+        let id = format!(
+            "n{}",
+            self.netdevs.iter().filter(|a| *a == "-netdev").count()
+        );
+        let mut device = format!("virtio-net-pci,netdev={id}");
+        if let Some(mac) = mac {
+            device.push_str(",mac=");
+            device.push_str(mac);
+        }
+        self.netdevs.extend([
+            "-netdev".to_string(),
+            format!("{backend},id={id}"),
+            "-device".to_string(),
+            device,
+        ]);
+        self
+    }
+}
+
 /// What a finished guest printed and returned.
 #[derive(Debug, Clone)]
 pub struct GuestOutput {

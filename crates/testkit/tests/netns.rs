@@ -194,3 +194,27 @@ fn http_server_streams_patterns_files_and_hashes_uploads() {
     assert_eq!(up.trim(), sha256_hex(b"upload-body"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn etc_files_are_private_to_the_namespace() {
+    let ns = Netns::new("ltk").unwrap();
+    ns.set_etc("hosts", "203.0.113.9 fake.example\n").unwrap();
+    ns.set_etc("resolv.conf", "nameserver 127.0.0.53\n")
+        .unwrap();
+    let got = ns.run("getent", &["hosts", "fake.example"]).unwrap();
+    assert!(got.starts_with("203.0.113.9"), "{got}");
+    let resolv = ns.run("cat", &["/etc/resolv.conf"]).unwrap();
+    assert_eq!(resolv, "nameserver 127.0.0.53\n");
+    let etc = std::path::PathBuf::from("/etc/netns").join(ns.name());
+    assert!(etc.exists());
+    drop(ns);
+    assert!(!etc.exists());
+}
+
+#[test]
+fn spawned_processes_run_inside_the_namespace() {
+    let ns = Netns::new("ltk").unwrap();
+    let mut g = ns.spawn("ip-link", "ip", &["-o", "link", "show"]).unwrap();
+    assert!(g.wait_timeout(Duration::from_secs(5)).unwrap().success());
+    assert_eq!(g.stdout().lines().count(), 1, "{}", g.stdout());
+}

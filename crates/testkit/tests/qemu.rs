@@ -16,26 +16,28 @@ fn guest_gets_a_dhcp_lease_from_slirp_and_reaches_the_host_loopback() {
     let port = http.addr().port();
     let script = format!(
         "set -e\n\
-         ip -4 addr show dev eth0\n\
+         ip addr show dev eth0\n\
          ping -c 1 -W 5 10.0.2.2\n\
          wget -q -O /tmp/data http://10.0.2.2:{port}/bytes/100000?seed=3\n\
          echo GUEST-SHA=$(sha256sum /tmp/data)\n"
     );
-    let out = QemuGuest::spawn(&QemuOptions {
-        netdevs: [
-            "-netdev",
-            "user,id=n0,net=10.0.2.0/24",
-            "-device",
-            "virtio-net-pci,netdev=n0",
-        ]
-        .map(String::from)
-        .to_vec(),
+    let opts = QemuOptions {
         script,
         netns: Some(ns.name().to_string()),
         timeout: Duration::from_secs(60),
         ..Default::default()
-    })
-    .unwrap();
+    }
+    .with_nic("user,net=10.0.2.0/24", Some("52:55:55:00:00:01"));
+    assert_eq!(
+        opts.netdevs,
+        [
+            "-netdev",
+            "user,net=10.0.2.0/24,id=n0",
+            "-device",
+            "virtio-net-pci,netdev=n0,mac=52:55:55:00:00:01"
+        ]
+    );
+    let out = QemuGuest::spawn(&opts).unwrap();
     println!("{}", out.console);
     if let Err(e) = out.check() {
         panic!("{e}");
@@ -45,6 +47,11 @@ fn guest_gets_a_dhcp_lease_from_slirp_and_reaches_the_host_loopback() {
     assert_eq!(out.lease("ip").as_deref(), Some("10.0.2.15"));
     assert_eq!(out.lease("router").as_deref(), Some("10.0.2.2"));
     assert!(out.console.contains("inet 10.0.2.15/24"), "{}", out.console);
+    assert!(
+        out.console.contains("link/ether 52:55:55:00:00:01"),
+        "{}",
+        out.console
+    );
     let want = limanet_testkit::checksum::PatternReader::new(3, 100_000).sha256();
     assert!(
         out.console.contains(&format!("GUEST-SHA={want}")),

@@ -1,0 +1,374 @@
+#!/usr/bin/env bash
+# Throughput and latency of limanet and its peers, side by side in ONE run on this machine.
+#
+# Everything runs inside a private "bench host" network namespace (its 127.0.0.1 is the host
+# loopback where iperf3 and tcp-rr servers listen), so no traffic leaves the machine. Each peer
+# connects a fresh "guest" namespace to it; iperf3 and tcp-rr clients run in the guest:
+#
+#   loopback     iperf3 client in the bench host itself, to 127.0.0.1 (kernel reference)
+#   veth         veth pair bench host <-> guest, guest -> 10.99.0.1 (kernel reference)
+#   slirp4netns  slirp4netns --configure --mtu=M --netns-type=path; guest -> 10.0.2.2
+#   pasta        pasta --runas 0 -f --config-net -m M --netns PATH; guest -> gateway 192.0.2.1
+#                (pasta maps connections to the gateway address to the host loopback)
+#   limanet      limanet usernet --mtu M --netns PATH; guest -> 192.168.5.2
+#
+# Directions: "g->h" = guest sends (iperf3 client), "h->g" = host sends (iperf3 -R).
+# Needs root. See bench/README.md for options and how to read the output.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+secs=${BENCH_SECONDS:-5}
+rr_secs=${BENCH_RR_SECONDS:-3}
+repeat=${BENCH_REPEAT:-1}
+mtus=${BENCH_MTUS:-"1500 65520"}
+peers=${BENCH_PEERS:-"loopback veth slirp4netns pasta limanet"}
+out=${BENCH_OUT:-$root/bench/results/throughput.md}
+limanet_bin=${LIMANET_BIN:-}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}
+
+usage() {
+  cat <<EOF
+usage: bench/throughput.sh [--seconds N] [--rr-seconds N] [--repeat N] [--mtus "1500 65520"]
+                           [--peers "loopback veth slirp4netns pasta limanet"]
+                           [--limanet PATH] [--out FILE]
+Environment equivalents: BENCH_SECONDS BENCH_RR_SECONDS BENCH_REPEAT BENCH_MTUS BENCH_PEERS
+LIMANET_BIN BENCH_OUT. Without --limanet, the script builds it (cargo build --release -p limanet)
+and skips limanet with a message if that fails.
+EOF
+}
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --seconds) secs=$2; shift 2 ;;
+    --rr-seconds) rr_secs=$2; shift 2 ;;
+    --repeat) repeat=$2; shift 2 ;;
+    --mtus) mtus=$2; shift 2 ;;
+    --peers) peers=$2; shift 2 ;;
+    --limanet) limanet_bin=$2; shift 2 ;;
+    --out) out=$2; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
+  esac
+done
+
+[ "$(id -u)" -eq 0 ] || { echo "bench/throughput.sh needs root (network namespaces)" >&2; exit 1; }
+for tool in iperf3 jq ip; do
+  command -v "$tool" >/dev/null || { echo "missing $tool (scripts/install-deps)" >&2; exit 1; }
+done
+
+log() { echo "[bench $(date -u +%H:%M:%S)] $*" >&2; }
+
+bh=lnbh$$          # the bench host namespace
+g=""               # the current guest namespace
+bg_pids=()         # background processes to kill on exit
+work=$(mktemp -d /tmp/limanet-bench.XXXXXX)
+results=$work/results.tsv   # peer  mtu  metric  value
+notes=()
+
+kill_ns() {
+  local ns=$1
+  [ -e "/run/netns/$ns" ] || return 0
+  local pids
+  pids=$(ip netns pids "$ns" 2>/dev/null || true)
+  [ -n "$pids" ] && kill -9 $pids 2>/dev/null || true
+  ip netns del "$ns" 2>/dev/null || true
+}
+
+cleanup() {
+  local p
+  for p in "${bg_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -n "$g" ] && kill_ns "$g"
+  kill_ns "$bh"
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+hx() { ip netns exec "$bh" "$@"; }     # run in the bench host
+gx() { ip netns exec "$g" "$@"; }      # run in the guest
+
+# --- binaries -------------------------------------------------------------------------------
+log "building tcp-rr"
+cargo build --quiet --release --manifest-path "$root/Cargo.toml" -p limanet-testkit --bin tcp-rr
+tcp_rr=$CARGO_TARGET_DIR/release/tcp-rr
+
+if [[ " $peers " == *" limanet "* ]] && [ -z "$limanet_bin" ]; then
+  log "building limanet"
+  if cargo build --quiet --release --manifest-path "$root/Cargo.toml" -p limanet; then
+    limanet_bin=$CARGO_TARGET_DIR/release/limanet
+  else
+    notes+=("limanet skipped: \`cargo build --release -p limanet\` failed")
+    peers=${peers//limanet/}
+  fi
+fi
+
+# --- the bench host ---------------------------------------------------------------------------
+ip netns add "$bh"
+hx ip link set lo up
+# pasta copies its namespace's address and default gateway from the host's default-route
+# interface: give the bench host one, a veth pair with both ends inside it (no dummy module on
+# every kernel); nothing routed there reaches anything.
+hx ip link add bh0 type veth peer name bh1
+hx ip addr add 192.0.2.10/24 dev bh0
+hx ip link set bh1 up
+hx ip link set bh0 up
+hx ip route add default via 192.0.2.1
+hx sysctl -qw net.ipv4.ping_group_range="0 2147483647"
+hx iperf3 -s -p 5201 >/dev/null 2>&1 &
+bg_pids+=($!)
+hx "$tcp_rr" server 0.0.0.0:5300 >/dev/null 2>&1 &
+bg_pids+=($!)
+for _ in $(seq 100); do
+  hx bash -c 'exec 3<>/dev/tcp/127.0.0.1/5201 && exec 3<>/dev/tcp/127.0.0.1/5300' 2>/dev/null && break
+  sleep 0.05
+done
+
+# --- measurements -----------------------------------------------------------------------------
+record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$results"; }
+
+median() { sort -g | awk '{v[NR]=$1} END {if (NR) print v[int((NR+1)/2)]; else print "fail"}'; }
+
+# iperf3 NAME MTU METRIC TARGET [extra iperf3 args]; runs in the guest (or bench host: loopback).
+iperf() {
+  local name=$1 mtu=$2 metric=$3 target=$4; shift 4
+  local runner=gx i bps vals=""
+  [ "$name" = loopback ] && runner=hx
+  for i in $(seq "$repeat"); do
+    if bps=$($runner timeout $((secs + 20)) iperf3 -c "$target" -p 5201 -t "$secs" -J "$@" 2>/dev/null |
+      jq -er '.end.sum_received.bits_per_second'); then
+      vals+="$(awk -v b="$bps" 'BEGIN {printf "%.3f", b / 1e9}')"$'\n'
+    else
+      log "$name mtu $mtu $metric: iperf3 failed"
+    fi
+  done
+  local v
+  v=$(printf '%s' "$vals" | grep . | median)
+  log "$name mtu $mtu $metric: $v Gbit/s"
+  record "$name" "$mtu" "$metric" "$v"
+}
+
+# rr NAME MTU TARGET: TCP_RR and TCP_CRR via tcp-rr.
+rr() {
+  local name=$1 mtu=$2 target=$3 runner=gx line
+  [ "$name" = loopback ] && runner=hx
+  if line=$($runner timeout $((rr_secs + 20)) "$tcp_rr" rr "$target:5300" "$rr_secs"); then
+    record "$name" "$mtu" rr_mean "$(sed -E 's/.*mean_us=([0-9.]+).*/\1/' <<<"$line")"
+    record "$name" "$mtu" rr_p50 "$(sed -E 's/.*p50_us=([0-9.]+).*/\1/' <<<"$line")"
+    record "$name" "$mtu" rr_p99 "$(sed -E 's/.*p99_us=([0-9.]+).*/\1/' <<<"$line")"
+    log "$name mtu $mtu: $line"
+  else
+    log "$name mtu $mtu: tcp-rr rr failed"
+  fi
+  if line=$($runner timeout $((rr_secs + 20)) "$tcp_rr" crr "$target:5300" "$rr_secs"); then
+    record "$name" "$mtu" crr_rate "$(sed -E 's/.*rate_per_s=([0-9.]+).*/\1/' <<<"$line")"
+    record "$name" "$mtu" crr_p50 "$(sed -E 's/.*p50_us=([0-9.]+).*/\1/' <<<"$line")"
+    log "$name mtu $mtu: $line"
+  else
+    log "$name mtu $mtu: tcp-rr crr failed"
+  fi
+}
+
+measure() {
+  local name=$1 mtu=$2 target=$3
+  iperf "$name" "$mtu" g2h "$target"
+  iperf "$name" "$mtu" h2g "$target" -R
+  rr "$name" "$mtu" "$target"
+}
+
+new_guest() {
+  g=lnbg$$-$1
+  ip netns add "$g"
+  gx ip link set lo up
+  # CRR opens many short connections from the guest: let it reuse TIME_WAIT ports.
+  gx sysctl -qw net.ipv4.tcp_tw_reuse=1
+}
+
+end_guest() {
+  local p
+  for p in "${bg_pids[@]:2}"; do kill "$p" 2>/dev/null || true; done
+  bg_pids=("${bg_pids[@]:0:2}")
+  kill_ns "$g"
+  g=""
+}
+
+# wait_addr ADDR PID: waits (10 s) until the guest has ADDR on some interface, while the helper
+# process PID (the peer) still runs.
+wait_addr() {
+  local i
+  for i in $(seq 200); do
+    kill -0 "$2" 2>/dev/null || return 1
+    gx ip -4 -o addr show 2>/dev/null | grep -q " $1/" && return 0
+    sleep 0.05
+  done
+  return 1
+}
+
+run_peer() {
+  local name=$1 mtu=$2 pid
+  case "$name" in
+    loopback)
+      measure loopback "lo" 127.0.0.1
+      ;;
+    veth)
+      new_guest veth
+      hx ip link add vb0 type veth peer name vg0 netns "$g"
+      hx ip addr add 10.99.0.1/24 dev vb0
+      gx ip addr add 10.99.0.2/24 dev vg0
+      hx ip link set vb0 mtu "$mtu" up
+      gx ip link set vg0 mtu "$mtu" up
+      measure veth "$mtu" 10.99.0.1
+      end_guest
+      ;;
+    slirp4netns)
+      new_guest slirp
+      hx slirp4netns --configure --mtu="$mtu" --netns-type=path "/run/netns/$g" tap0 \
+        >"$work/slirp.log" 2>&1 &
+      pid=$!; bg_pids+=("$pid")
+      if wait_addr 10.0.2.100 "$pid"; then
+        measure slirp4netns "$mtu" 10.0.2.2
+      else
+        log "slirp4netns did not come up: $(tail -3 "$work/slirp.log")"
+      fi
+      end_guest
+      ;;
+    pasta)
+      new_guest pasta
+      hx pasta --runas 0 -f -q --config-net --ipv4-only -m "$mtu" -I tap0 \
+        -t none -u none -T none -U none --netns "/run/netns/$g" >"$work/pasta.log" 2>&1 &
+      pid=$!; bg_pids+=("$pid")
+      if wait_addr 192.0.2.10 "$pid"; then
+        measure pasta "$mtu" 192.0.2.1
+      else
+        log "pasta did not come up: $(tail -3 "$work/pasta.log")"
+      fi
+      end_guest
+      ;;
+    limanet)
+      new_guest limanet
+      hx "$limanet_bin" usernet --mtu "$mtu" --netns "/run/netns/$g" >"$work/limanet.log" 2>&1 &
+      pid=$!; bg_pids+=("$pid")
+      if wait_addr 192.168.5.15 "$pid"; then
+        measure limanet "$mtu" 192.168.5.2
+      else
+        local why
+        why=$(tail -3 "$work/limanet.log" | tr '\n' ' ')
+        log "limanet skipped at MTU $mtu: it did not configure 192.168.5.15 on tap0: $why"
+        notes+=("limanet skipped at MTU $mtu: \`limanet usernet\` did not come up (${why:-no output})")
+      fi
+      end_guest
+      ;;
+    *) log "unknown peer $name"; notes+=("unknown peer $name ignored") ;;
+  esac
+}
+
+started=$(date -u '+%Y-%m-%d %H:%M UTC')
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+for peer in $peers; do
+  if [ "$peer" = loopback ]; then
+    run_peer loopback lo
+    continue
+  fi
+  for mtu in $mtus; do
+    log "== $peer, MTU $mtu"
+    run_peer "$peer" "$mtu"
+  done
+done
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# --- report -----------------------------------------------------------------------------------
+cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
+pasta_ver=$(dpkg-query -W -f='${Version}' passt 2>/dev/null || echo unknown)
+slirp_ver=$(slirp4netns --version 2>/dev/null | awk '/^slirp4netns/ {v=$3} /^libslirp/ {l=$2} END {print v " (libslirp " l ")"}')
+iperf_ver=$(iperf3 --version | head -1 | awk '{print $2}')
+limanet_ver="not measured"
+if [ -n "$limanet_bin" ] && [ -x "$limanet_bin" ]; then
+  limanet_ver="$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?') ($limanet_bin)"
+fi
+
+mkdir -p "$(dirname "$out")"
+{
+  echo "# Throughput and latency: limanet and peers, one run"
+  echo
+  echo "Generated by \`bench/throughput.sh\` on $started. Quote ratios from the same run only:"
+  echo "the machine is shared and noisy."
+  echo
+  echo "## Machine"
+  echo
+  echo "- CPU: $cpu, nproc $(nproc)"
+  echo "- kernel: $(uname -r)"
+  echo "- load average before / after: $load_before / $load_after"
+  echo "- iperf3 $iperf_ver; slirp4netns $slirp_ver; pasta (Debian passt) $pasta_ver; limanet $limanet_ver"
+  echo "- iperf3: single TCP stream, ${secs} s per cell, median of $repeat run(s); tcp-rr: ${rr_secs} s per cell"
+  echo
+  awk -F'\t' -v userspace="slirp4netns pasta limanet" '
+    function fmt(v) { return (v == "" ? "–" : v) }
+    BEGIN { n = split(userspace, u, " "); for (i = 1; i <= n; i++) isuser[u[i]] = 1 }
+    {
+      key = $1 SUBSEP $2
+      if (!(key in seen)) { seen[key] = 1; order[++rows] = key }
+      val[$1, $2, $3] = $4
+      if (($1 in isuser) && $4 != "fail" && $4 != "") {
+        mk = $2 SUBSEP $3
+        if (!(mk in lo) || $4 + 0 < lo[mk]) lo[mk] = $4 + 0
+        if (!(mk in hi) || $4 + 0 > hi[mk]) hi[mk] = $4 + 0
+      }
+    }
+    function ratio(v, base) {
+      if (v == "" || v == "fail" || base == "" || base + 0 == 0) return "–"
+      return sprintf("%.2f", v / base)
+    }
+    END {
+      print "## Absolute numbers"
+      print ""
+      print "| peer | MTU | g→h Gbit/s | h→g Gbit/s | RR mean µs | RR p50 µs | RR p99 µs | CRR conn/s | CRR p50 µs |"
+      print "|---|---|---|---|---|---|---|---|---|"
+      for (r = 1; r <= rows; r++) {
+        split(order[r], k, SUBSEP); p = k[1]; m = k[2]
+        printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", p, m,
+          fmt(val[p, m, "g2h"]), fmt(val[p, m, "h2g"]), fmt(val[p, m, "rr_mean"]),
+          fmt(val[p, m, "rr_p50"]), fmt(val[p, m, "rr_p99"]), fmt(val[p, m, "crr_rate"]),
+          fmt(val[p, m, "crr_p50"])
+      }
+      print ""
+      print "## Ratios within this run"
+      print ""
+      print "Against the slowest / fastest user-mode peer (slirp4netns, pasta, limanet) at the same"
+      print "MTU. Throughput and CRR rate: value ÷ slowest and value ÷ fastest (higher is better)."
+      print "RR p50 latency: value ÷ best (lowest) and value ÷ worst (lower is better)."
+      print ""
+      print "| peer | MTU | g→h ÷slowest | g→h ÷fastest | h→g ÷slowest | h→g ÷fastest | RR p50 ÷best | RR p50 ÷worst | CRR ÷slowest | CRR ÷fastest |"
+      print "|---|---|---|---|---|---|---|---|---|---|"
+      for (r = 1; r <= rows; r++) {
+        split(order[r], k, SUBSEP); p = k[1]; m = k[2]
+        if (m == "lo") continue
+        printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", p, m,
+          ratio(val[p, m, "g2h"], lo[m, "g2h"]), ratio(val[p, m, "g2h"], hi[m, "g2h"]),
+          ratio(val[p, m, "h2g"], lo[m, "h2g"]), ratio(val[p, m, "h2g"], hi[m, "h2g"]),
+          ratio(val[p, m, "rr_p50"], lo[m, "rr_p50"]), ratio(val[p, m, "rr_p50"], hi[m, "rr_p50"]),
+          ratio(val[p, m, "crr_rate"], lo[m, "crr_rate"]), ratio(val[p, m, "crr_rate"], hi[m, "crr_rate"])
+      }
+    }' "$results"
+  echo
+  echo "## Setup"
+  echo
+  echo "All inside a private bench-host netns (iperf3 -s and \`tcp-rr server\` on its 127.0.0.1)."
+  echo "g→h: \`iperf3 -c HOST -t $secs\` in the guest netns; h→g: the same with \`-R\`."
+  echo "RR: \`tcp-rr rr\` (1-byte ping-pong on one connection, TCP_NODELAY); CRR: \`tcp-rr crr\`"
+  echo "(connect, 1-byte request/response, close)."
+  echo
+  echo "| peer | how the guest netns is connected | host loopback as seen from the guest |"
+  echo "|---|---|---|"
+  echo "| loopback | none: client in the bench host (kernel reference) | 127.0.0.1 |"
+  echo "| veth | veth pair, MTU M on both ends (kernel reference; not host loopback) | 10.99.0.1 |"
+  echo "| slirp4netns | \`slirp4netns --configure --mtu=M --netns-type=path /run/netns/G tap0\` | 10.0.2.2 |"
+  echo "| pasta | \`pasta --runas 0 -f --config-net --ipv4-only -m M -I tap0 -t none -u none -T none -U none --netns /run/netns/G\` | 192.0.2.1 (gateway, mapped to host loopback) |"
+  echo "| limanet | \`limanet usernet --mtu M --netns /run/netns/G\` | 192.168.5.2 |"
+  if [ ${#notes[@]} -gt 0 ]; then
+    echo
+    echo "## Notes"
+    echo
+    for n in "${notes[@]}"; do echo "- $n"; done
+  fi
+} >"$out"
+log "wrote $out"
+cat "$out"

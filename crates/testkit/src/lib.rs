@@ -21,6 +21,25 @@
 //! }).unwrap();
 //! assert_eq!(&reply, b"hi");
 //! ```
+//!
+//! A real guest (QEMU TCG, ~5-10 s): DHCP on eth0, then the script; markers on the console.
+//!
+//! ```no_run
+//! use limanet_testkit::{Netns, QemuGuest, QemuOptions};
+//!
+//! let ns = Netns::new("q").unwrap(); // slirp's "host" is this namespace: nothing leaves it
+//! let out = QemuGuest::spawn(
+//!     &QemuOptions {
+//!         script: "ip addr show dev eth0\n".into(),
+//!         netns: Some(ns.name().into()),
+//!         ..Default::default()
+//!     }
+//!     .with_nic("user", None),
+//! )
+//! .unwrap();
+//! out.check().unwrap(); // error carries the whole console
+//! assert_eq!(out.lease("ip").as_deref(), Some("10.0.2.15"));
+//! ```
 
 pub mod checksum;
 mod cpio;

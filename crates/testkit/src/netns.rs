@@ -155,6 +155,21 @@ impl Netns {
         })?
     }
 
+    /// Waits until some interface in the namespace has address `addr` (e.g. a TAP configured by
+    /// the daemon under test).
+    pub fn wait_for_addr(&self, addr: std::net::IpAddr, timeout: Duration) -> Result<()> {
+        let needle = format!(" {addr}/");
+        crate::wait::wait_for(
+            &format!("address {addr} in netns {}", self.name),
+            timeout,
+            || {
+                self.run("ip", &["-o", "addr", "show"])
+                    .map(|out| out.contains(&needle))
+                    .unwrap_or(false)
+            },
+        )
+    }
+
     /// Pids of processes inside the namespace (`ip netns pids`).
     pub fn pids(&self) -> Result<Vec<i32>> {
         let out = run(Command::new("ip").args(["netns", "pids", &self.name]))?;

@@ -297,9 +297,15 @@ pub struct GuestCommand {
 impl GuestCommand {
     /// A `Command` for [`GuestCommand::argv`].
     pub fn to_command(&self) -> Command {
-        let mut c = Command::new(&self.argv[0]);
-        c.args(&self.argv[1..]);
-        c
+        match self.argv.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args);
+                c
+            }
+            // Only if a caller emptied `argv`; running nothing fails clearly at spawn.
+            None => Command::new(""),
+        }
     }
 
     /// The initramfs file passed with `-initrd`.

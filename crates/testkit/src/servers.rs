@@ -158,10 +158,9 @@ fn echo(s: TcpStream) -> std::io::Result<()> {
     w.shutdown(std::net::Shutdown::Write)
 }
 
-/// A UDP echo server: sends every datagram back to its sender.
-///
-/// Bind a specific address when the namespace has several: a wildcard socket replies from the
-/// interface's primary address, which NAT tests would (rightly) drop.
+/// A UDP echo server: sends every datagram back to its sender, from the address it was sent to
+/// (`IP_PKTINFO`/`IPV6_PKTINFO`), so a wildcard-bound server answers correctly in a namespace
+/// with several addresses (which NAT tests need: a reply from another address is rightly dropped).
 #[derive(Debug)]
 pub struct UdpEchoServer {
     addr: SocketAddr,
@@ -185,6 +184,7 @@ impl UdpEchoServer {
         let addr = sock.local_addr().ctx(|| "udp-echo: local address".into())?;
         sock.set_read_timeout(Some(STOP_POLL))
             .ctx(|| "udp-echo: set timeout".into())?;
+        pktinfo::enable(&sock, addr.is_ipv6()).ctx(|| "udp-echo: enable PKTINFO".into())?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
@@ -192,8 +192,13 @@ impl UdpEchoServer {
             .spawn(move || {
                 let mut buf = vec![0u8; 65536];
                 while !stop2.load(Ordering::Relaxed) {
-                    if let Ok((n, peer)) = sock.recv_from(&mut buf) {
-                        let _ = sock.send_to(&buf[..n], peer);
+                    if let Err(e) = pktinfo::echo_one(&sock, &mut buf) {
+                        if !matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) {
+                            tracing::debug!(error = %e, "udp-echo");
+                        }
                     }
                 }
             })
@@ -333,4 +338,129 @@ fn respond(w: &mut TcpStream, status: &str, len: u64, body: &mut dyn Read) -> st
     std::io::copy(body, w)?;
     w.flush()?;
     w.shutdown(std::net::Shutdown::Write)
+}
+
+/// Receiving a datagram's destination address and replying from it.
+mod pktinfo {
+    use std::mem::{size_of, zeroed};
+    use std::net::UdpSocket;
+    use std::os::fd::AsRawFd;
+
+    fn setsockopt_on(sock: &UdpSocket, level: i32, opt: i32) -> std::io::Result<()> {
+        let one: libc::c_int = 1;
+        // SAFETY: valid fd, pointer to a c_int with its correct length.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                level,
+                opt,
+                (&one as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+
+    /// Asks for the destination address of each datagram (both families on a v6 socket, which
+    /// also receives IPv4-mapped traffic).
+    pub(super) fn enable(sock: &UdpSocket, v6: bool) -> std::io::Result<()> {
+        if v6 {
+            setsockopt_on(sock, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)?;
+        }
+        setsockopt_on(sock, libc::IPPROTO_IP, libc::IP_PKTINFO)
+    }
+
+    /// Control buffer, aligned for `cmsghdr`.
+    #[repr(C, align(8))]
+    struct Control([u8; 128]);
+
+    /// Receives one datagram and sends it back from the address it was sent to.
+    pub(super) fn echo_one(sock: &UdpSocket, buf: &mut [u8]) -> std::io::Result<()> {
+        let fd = sock.as_raw_fd();
+        // SAFETY: all pointers in `msg` point to live, correctly sized locals; the cmsg macros
+        // are used within the lengths the kernel returned; reads/writes of the pktinfo structs
+        // use unaligned accesses.
+        unsafe {
+            let mut peer: libc::sockaddr_storage = zeroed();
+            let mut iov = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            };
+            let mut control = Control([0; 128]);
+            let mut msg: libc::msghdr = zeroed();
+            msg.msg_name = (&mut peer as *mut libc::sockaddr_storage).cast();
+            msg.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.0.as_mut_ptr().cast();
+            msg.msg_controllen = control.0.len();
+            let n = libc::recvmsg(fd, &mut msg, 0);
+            if n < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The reply's control message: the same kind as received, with the source set.
+            let mut reply = Control([0; 128]);
+            let mut reply_len = 0usize;
+            let mut cm = libc::CMSG_FIRSTHDR(&msg);
+            while !cm.is_null() {
+                let (level, kind) = ((*cm).cmsg_level, (*cm).cmsg_type);
+                if level == libc::IPPROTO_IP && kind == libc::IP_PKTINFO {
+                    let got: libc::in_pktinfo =
+                        std::ptr::read_unaligned(libc::CMSG_DATA(cm).cast());
+                    let info = libc::in_pktinfo {
+                        ipi_ifindex: 0,
+                        ipi_spec_dst: got.ipi_addr,
+                        ipi_addr: libc::in_addr { s_addr: 0 },
+                    };
+                    reply_len = put(&mut reply, level, kind, info);
+                    break;
+                }
+                if level == libc::IPPROTO_IPV6 && kind == libc::IPV6_PKTINFO {
+                    let got: libc::in6_pktinfo =
+                        std::ptr::read_unaligned(libc::CMSG_DATA(cm).cast());
+                    reply_len = put(&mut reply, level, kind, got);
+                    break;
+                }
+                cm = libc::CMSG_NXTHDR(&msg, cm);
+            }
+            let mut iov = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: n as usize,
+            };
+            let mut out: libc::msghdr = zeroed();
+            out.msg_name = (&mut peer as *mut libc::sockaddr_storage).cast();
+            out.msg_namelen = msg.msg_namelen;
+            out.msg_iov = &mut iov;
+            out.msg_iovlen = 1;
+            if reply_len > 0 {
+                out.msg_control = reply.0.as_mut_ptr().cast();
+                out.msg_controllen = reply_len;
+            }
+            if libc::sendmsg(fd, &out, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes one control message holding `data` at the start of `buf`; returns its space.
+    ///
+    /// # Safety
+    /// `buf` must be large enough for `CMSG_SPACE(size_of::<T>())` (128 bytes is, for pktinfo).
+    unsafe fn put<T>(buf: &mut Control, level: i32, kind: i32, data: T) -> usize {
+        let len = size_of::<T>() as u32;
+        let mut msg: libc::msghdr = zeroed();
+        msg.msg_control = buf.0.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(len) as usize;
+        let cm = libc::CMSG_FIRSTHDR(&msg);
+        (*cm).cmsg_level = level;
+        (*cm).cmsg_type = kind;
+        (*cm).cmsg_len = libc::CMSG_LEN(len) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cm).cast(), data);
+        msg.msg_controllen
+    }
 }

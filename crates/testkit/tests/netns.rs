@@ -92,12 +92,25 @@ fn wait_for_times_out_with_a_clear_message() {
 #[test]
 fn test_host_reaches_the_fake_internet_and_servers_work() {
     let th = TestHost::new().unwrap();
+    th.host
+        .wait_for_addr("203.0.113.1".parse().unwrap(), Duration::from_secs(1))
+        .unwrap();
+    th.internet
+        .wait_for_addr("2001:db8:203::2".parse().unwrap(), Duration::from_secs(1))
+        .unwrap();
+    assert!(th
+        .host
+        .wait_for_addr("203.0.113.2".parse().unwrap(), Duration::from_millis(100))
+        .is_err());
     let echo = TcpEchoServer::start(&th.internet, addr("0.0.0.0:7")).unwrap();
     let echo6 = TcpEchoServer::start(&th.internet, addr("[::]:8")).unwrap();
-    let udp = UdpEchoServer::start(&th.internet, addr("203.0.113.3:7")).unwrap();
+    // Wildcard: the reply to 203.0.113.3 must come from 203.0.113.3, not the primary address.
+    let udp = UdpEchoServer::start(&th.internet, addr("0.0.0.0:7")).unwrap();
+    let udp6 = UdpEchoServer::start(&th.internet, addr("[::]:9")).unwrap();
     assert_eq!(echo.addr().port(), 7);
     assert_eq!(udp.addr().port(), 7);
     assert_eq!(echo6.addr().port(), 8);
+    assert_eq!(udp6.addr().port(), 9);
 
     let (r1, r2, r6, ru) = th
         .host
@@ -116,11 +129,22 @@ fn test_host_reaches_the_fake_internet_and_servers_work() {
             let mut buf = [0u8; 64];
             let (n, from) = u.recv_from(&mut buf).unwrap();
             assert_eq!(from, addr("203.0.113.3:7"));
+            let first = buf[..n].to_vec();
+            // The v6 wildcard socket serves IPv4 (mapped) and IPv6, each from the right address.
+            u.send_to(b"mapped", "203.0.113.3:9").unwrap();
+            let (m, from) = u.recv_from(&mut buf).unwrap();
+            assert_eq!((&buf[..m], from), (&b"mapped"[..], addr("203.0.113.3:9")));
+            let u6 = UdpSocket::bind("[::]:0").unwrap();
+            u6.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            u6.send_to(b"six", "[2001:db8:203::2]:9").unwrap();
+            let mut b6 = [0u8; 16];
+            let (m, from) = u6.recv_from(&mut b6).unwrap();
+            assert_eq!((&b6[..m], from), (&b"six"[..], addr("[2001:db8:203::2]:9")));
             (
                 tcp("203.0.113.2:7"),
                 tcp("203.0.113.3:7"),
                 tcp("[2001:db8:203::2]:8"),
-                buf[..n].to_vec(),
+                first,
             )
         })
         .unwrap();

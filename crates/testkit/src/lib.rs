@@ -43,6 +43,7 @@
 
 pub mod checksum;
 mod cpio;
+pub mod dhcp;
 mod error;
 pub mod netns;
 pub mod process;
@@ -50,6 +51,7 @@ pub mod qemu;
 pub mod servers;
 pub mod wait;
 
+pub use dhcp::Lease;
 pub use error::{Error, Result};
 pub use netns::{unique_name, Netns, TestHost};
 pub use process::ChildGuard;

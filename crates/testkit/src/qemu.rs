@@ -4,7 +4,8 @@
 //!
 //! Console markers printed by the guest's `/init` (one per line):
 //! - `LIMANET-BOOTED`: userspace is up, modules loaded;
-//! - `LIMANET-LEASE ip=<a> mask=<n> router=<r> dns=<d> mtu=<m> domain=<s>`: the DHCP lease applied;
+//! - `LIMANET-LEASE ip=<a> mask=<n> router=<r> dns=<d,..> mtu=<m> domain=<s> search=<s,..>
+//!   lease=<secs> serverid=<a>`: the DHCP lease applied (see [`crate::Lease`]);
 //! - `LIMANET-DHCP=ok` or `LIMANET-DHCP=fail`;
 //! - `LIMANET-TEST-EXIT=<code>`: `/test.sh` finished with that exit code.
 
@@ -15,6 +16,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::cpio::CpioWriter;
+use crate::dhcp::Lease;
 use crate::error::IoContext;
 use crate::process::{describe, scratch_dir};
 use crate::{ChildGuard, Error, Result};
@@ -51,7 +53,7 @@ for d in /sys/class/net/eth*; do
 done
 echo LIMANET-BOOTED
 if [ -e /sys/class/net/eth0 ] && ! grep -q 'limanet.dhcp=0' /proc/cmdline; then
-  if udhcpc -i eth0 -s /udhcpc.script -q -n -t 10 -T 1; then
+  if udhcpc -i eth0 -s /udhcpc.script -q -n -t 10 -T 1 -O mtu -O search; then
     echo LIMANET-DHCP=ok
   else
     echo LIMANET-DHCP=fail
@@ -67,30 +69,6 @@ echo "LIMANET-TEST-EXIT=$code"
 # Let the serial line drain before the machine disappears.
 sleep 0.2
 poweroff -f
-"#;
-
-const UDHCPC_SCRIPT: &str = r#"#!/bin/sh
-# Applies a busybox udhcpc lease: address, MTU, default route, resolv.conf.
-case "$1" in
-  deconfig)
-    ip addr flush dev "$interface"
-    ip link set "$interface" up
-    ;;
-  bound|renew)
-    ip addr flush dev "$interface"
-    ip addr add "$ip/${mask:-24}" dev "$interface"
-    [ -n "$mtu" ] && ip link set "$interface" mtu "$mtu"
-    for r in $router; do
-      ip route add default via "$r" dev "$interface"
-      break
-    done
-    : > /etc/resolv.conf
-    [ -n "$domain" ] && echo "search $domain" >> /etc/resolv.conf
-    for d in $dns; do echo "nameserver $d" >> /etc/resolv.conf; done
-    echo "LIMANET-LEASE ip=$ip mask=$mask router=$router dns=$dns mtu=$mtu domain=$domain"
-    ;;
-esac
-exit 0
 "#;
 
 /// What to run and how.
@@ -165,6 +143,11 @@ pub struct GuestOutput {
 }
 
 impl GuestOutput {
+    /// The DHCP lease the guest applied (first `LIMANET-LEASE` line), if any.
+    pub fn parsed_lease(&self) -> Option<Lease> {
+        Lease::parse(&self.console)
+    }
+
     /// The value of the first `LIMANET-LEASE` field `key` (`ip`, `mask`, `router`, `dns`, `mtu`,
     /// `domain`), if a lease was applied.
     pub fn lease(&self, key: &str) -> Option<String> {
@@ -276,7 +259,11 @@ fn build_base() -> Result<Base> {
     }
     w.file("lib/modules/order", 0o644, order.as_bytes());
     w.file("init", 0o755, INIT.as_bytes());
-    w.file("udhcpc.script", 0o755, UDHCPC_SCRIPT.as_bytes());
+    w.file(
+        "udhcpc.script",
+        0o755,
+        crate::dhcp::UDHCPC_SCRIPT.as_bytes(),
+    );
     w.file("etc/resolv.conf", 0o644, b"");
     w.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n");
     w.file("etc/group", 0o644, b"root:x:0:\n");

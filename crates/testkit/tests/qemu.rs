@@ -46,6 +46,10 @@ fn guest_gets_a_dhcp_lease_from_slirp_and_reaches_the_host_loopback() {
     assert!(out.console.contains("LIMANET-DHCP=ok"), "{}", out.console);
     assert_eq!(out.lease("ip").as_deref(), Some("10.0.2.15"));
     assert_eq!(out.lease("router").as_deref(), Some("10.0.2.2"));
+    let lease = out.parsed_lease().unwrap();
+    assert_eq!(lease.ip, std::net::Ipv4Addr::new(10, 0, 2, 15));
+    assert_eq!(lease.prefix, 24);
+    assert_eq!(lease.dns, [std::net::Ipv4Addr::new(10, 0, 2, 3)]);
     assert!(out.console.contains("inet 10.0.2.15/24"), "{}", out.console);
     assert!(
         out.console.contains("link/ether 52:55:55:00:00:01"),

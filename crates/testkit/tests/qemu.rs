@@ -77,3 +77,61 @@ fn failing_script_exit_code_is_reported() {
     assert!(out.console.contains("about-to-fail"));
     assert!(out.check().is_err());
 }
+
+/// The shape of a limanet VM test, with passt as the daemon: QEMU's `-netdev stream` to a unix
+/// socket served by a user-mode network in the test host netns.
+#[test]
+fn guest_over_a_stream_socket_served_by_passt() {
+    let th = limanet_testkit::TestHost::new().unwrap();
+    let http = HttpServer::start(&th.host, "127.0.0.1:0".parse().unwrap(), None).unwrap();
+    let sock =
+        std::env::temp_dir().join(format!("{}.sock", limanet_testkit::unique_name("ltkpasst")));
+    let sock_s = sock.to_string_lossy().to_string();
+    // passt hands out the host's nameservers: give it a private resolv.conf, not the machine's.
+    th.host
+        .set_etc("resolv.conf", "nameserver 203.0.113.53\n")
+        .unwrap();
+    let _passt = th
+        .host
+        .spawn(
+            "passt",
+            "passt",
+            &[
+                "-f", "-q", "--runas", "0", "-s", &sock_s, "-t", "none", "-u", "none",
+            ],
+        )
+        .unwrap();
+    limanet_testkit::wait_for_path(&sock, Duration::from_secs(10)).unwrap();
+    let port = http.addr().port();
+    let opts = QemuOptions {
+        script: format!(
+            "set -e\n\
+             wget -q -O /tmp/d http://203.0.113.2:{port}/bytes/300000?seed=9\n\
+             echo GUEST-SHA=$(sha256sum /tmp/d)\n"
+        ),
+        netns: Some(th.host.name().to_string()),
+        ..Default::default()
+    }
+    .with_nic(
+        &format!("stream,server=off,addr.type=unix,addr.path={sock_s}"),
+        None,
+    );
+    let out = QemuGuest::spawn(&opts).unwrap();
+    let _ = std::fs::remove_file(&sock);
+    println!("{}", out.console);
+    if let Err(e) = out.check() {
+        panic!("{e}");
+    }
+    // passt hands the guest the host's address and gateway, and its MTU.
+    let lease = out.parsed_lease().unwrap();
+    assert_eq!(lease.ip, limanet_testkit::TestHost::HOST_ADDR);
+    assert_eq!(lease.router, Some(limanet_testkit::TestHost::INTERNET_ADDR));
+    assert_eq!(lease.mtu, Some(65520));
+    assert_eq!(lease.dns, [std::net::Ipv4Addr::new(203, 0, 113, 53)]);
+    let want = limanet_testkit::checksum::PatternReader::new(9, 300_000).sha256();
+    assert!(
+        out.console.contains(&format!("GUEST-SHA={want}")),
+        "{}",
+        out.console
+    );
+}

@@ -90,11 +90,13 @@ impl Lease {
     }
 }
 
-/// Writes the udhcpc script to the scratch directory once per process; returns its path.
+/// Writes the udhcpc script to the scratch directory (named by its hash, so one file serves
+/// every process and version); returns its path.
 fn script_path() -> Result<PathBuf> {
-    let path = scratch_dir()?.join(format!("udhcpc-{}.sh", std::process::id()));
+    let hash = crate::checksum::sha256_hex(UDHCPC_SCRIPT.as_bytes());
+    let path = scratch_dir()?.join(format!("udhcpc-{}.sh", &hash[..16]));
     if !path.exists() {
-        let tmp = path.with_extension("tmp");
+        let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
         std::fs::write(&tmp, UDHCPC_SCRIPT).ctx(|| format!("cannot write {}", tmp.display()))?;
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))

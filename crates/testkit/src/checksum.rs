@@ -91,17 +91,21 @@ impl Read for PatternReader {
         let want = usize::try_from(self.remaining)
             .unwrap_or(usize::MAX)
             .min(buf.len());
-        let mut i = 0;
-        while i < want {
-            if self.pending_len == 0 {
-                self.pending = self.next_word();
-                self.pending_len = 8;
-            }
-            let start = 8 - self.pending_len;
-            let n = self.pending_len.min(want - i);
-            buf[i..i + n].copy_from_slice(&self.pending[start..start + n]);
-            self.pending_len -= n;
-            i += n;
+        let out = &mut buf[..want];
+        // Leftover bytes of the last word first, then whole words, then a partial word.
+        let n = self.pending_len.min(out.len());
+        let start = 8 - self.pending_len;
+        out[..n].copy_from_slice(&self.pending[start..start + n]);
+        self.pending_len -= n;
+        let mut chunks = out[n..].chunks_exact_mut(8);
+        for chunk in &mut chunks {
+            chunk.copy_from_slice(&self.next_word());
+        }
+        let tail = chunks.into_remainder();
+        if !tail.is_empty() {
+            self.pending = self.next_word();
+            tail.copy_from_slice(&self.pending[..tail.len()]);
+            self.pending_len = 8 - tail.len();
         }
         self.remaining -= want as u64;
         Ok(want)
@@ -142,18 +146,20 @@ mod tests {
     fn pattern_is_reproducible_and_independent_of_read_sizes() {
         let mut a = Vec::new();
         PatternReader::new(7, 1001).read_to_end(&mut a).unwrap();
-        let mut b = Vec::new();
-        let mut r = PatternReader::new(7, 1001);
-        let mut buf = [0u8; 3];
-        loop {
-            let n = r.read(&mut buf).unwrap();
-            if n == 0 {
-                break;
-            }
-            b.extend_from_slice(&buf[..n]);
-        }
         assert_eq!(a.len(), 1001);
-        assert_eq!(a, b);
+        for size in [1, 3, 7, 8, 9, 13, 4096] {
+            let mut b = Vec::new();
+            let mut r = PatternReader::new(7, 1001);
+            let mut buf = vec![0u8; size];
+            loop {
+                let n = r.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                b.extend_from_slice(&buf[..n]);
+            }
+            assert_eq!(a, b, "read size {size}");
+        }
         assert_eq!(PatternReader::new(7, 1001).sha256(), sha256_hex(&a));
         assert_ne!(PatternReader::new(8, 1001).sha256(), sha256_hex(&a));
     }

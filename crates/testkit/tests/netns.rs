@@ -177,17 +177,20 @@ fn http_server_streams_patterns_files_and_hashes_uploads() {
     let http = HttpServer::start(&th.internet, addr("203.0.113.2:80"), Some(dir.clone())).unwrap();
     assert_eq!(http.addr(), addr("203.0.113.2:80"));
 
-    let len = 20 * 1024 * 1024;
+    // 100 MB, the size of the project's large-transfer tests.
+    let len = 100 * 1024 * 1024;
+    let t = std::time::Instant::now();
     let got = th
         .host
         .run(
             "sh",
             &[
                 "-c",
-                "curl -sf http://203.0.113.2/bytes/20971520?seed=5 | sha256sum",
+                "curl -sf http://203.0.113.2/bytes/104857600?seed=5 | sha256sum",
             ],
         )
         .unwrap();
+    println!("100 MB over HTTP + sha256sum: {:?}", t.elapsed());
     assert_eq!(
         got.split_whitespace().next(),
         Some(PatternReader::new(5, len).sha256().as_str())

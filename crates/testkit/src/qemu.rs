@@ -244,17 +244,14 @@ fn build_base() -> Result<Base> {
         let Some(file) = path.file_name().and_then(|f| f.to_str()) else {
             continue;
         };
-        match std::fs::read(&path) {
-            Ok(data) => {
+        match read_module(&path)? {
+            Some(data) => {
                 w.file(&format!("lib/modules/{file}"), 0o644, &data);
                 order.push_str(file);
                 order.push('\n');
             }
-            // Debian ships these uncompressed; a missing one is built into the kernel.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                tracing::debug!(module = %path.display(), "not found, assuming built in");
-            }
-            Err(e) => return Err(Error::io(format!("cannot read {}", path.display()), e)),
+            // A module that is not there is built into the kernel.
+            None => tracing::debug!(module = %path.display(), "not found, assuming built in"),
         }
     }
     w.file("lib/modules/order", 0o644, order.as_bytes());
@@ -271,6 +268,39 @@ fn build_base() -> Result<Base> {
         kernel,
         initramfs: Arc::new(w.finish()),
     })
+}
+
+/// Reads a kernel module, `path` itself (Debian 12 ships plain `.ko`) or a compressed sibling
+/// (`.ko.xz`, `.ko.zst`, `.ko.gz`, as newer kernels ship), decompressed: busybox insmod loads
+/// plain ELF only. `None` if none exists.
+fn read_module(path: &Path) -> Result<Option<Vec<u8>>> {
+    match std::fs::read(path) {
+        Ok(data) => return Ok(Some(data)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(format!("cannot read {}", path.display()), e)),
+    }
+    for (ext, tool) in [("xz", "xz"), ("zst", "zstd"), ("gz", "gzip")] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(".");
+        name.push(ext);
+        let compressed = PathBuf::from(name);
+        if compressed.exists() {
+            let out = Command::new(tool)
+                .arg("-dc")
+                .arg(&compressed)
+                .output()
+                .ctx(|| format!("cannot run {tool} to decompress {}", compressed.display()))?;
+            if !out.status.success() {
+                return Err(Error::Environment(format!(
+                    "{tool} -dc {} failed: {}",
+                    compressed.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+            return Ok(Some(out.stdout));
+        }
+    }
+    Ok(None)
 }
 
 /// A QEMU command line plus the per-guest initramfs it references (deleted on drop).
@@ -438,5 +468,30 @@ impl QemuGuest {
             exit_code,
             timed_out,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modules_are_read_plain_or_decompressed() {
+        let dir = scratch_dir()
+            .unwrap()
+            .join(format!("modtest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a.ko"), b"plain").unwrap();
+        std::fs::write(dir.join("b.ko"), b"squeezed").unwrap();
+        let st = Command::new("xz").arg(dir.join("b.ko")).status().unwrap();
+        assert!(st.success());
+        assert!(dir.join("b.ko.xz").exists() && !dir.join("b.ko").exists());
+        assert_eq!(read_module(&dir.join("a.ko")).unwrap().unwrap(), b"plain");
+        assert_eq!(
+            read_module(&dir.join("b.ko")).unwrap().unwrap(),
+            b"squeezed"
+        );
+        assert_eq!(read_module(&dir.join("c.ko")).unwrap(), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

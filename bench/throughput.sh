@@ -79,7 +79,7 @@ cleanup() {
   for p in "${bg_pids[@]}"; do kill "$p" 2>/dev/null || true; done
   [ -n "$g" ] && kill_ns "$g"
   kill_ns "$bh"
-  rm -rf "$work"
+  rm -rf "/etc/netns/$bh" "$work"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -104,6 +104,10 @@ fi
 
 # --- the bench host ---------------------------------------------------------------------------
 ip netns add "$bh"
+# Peers read /etc/resolv.conf for their DNS forwarders: give them a private one (`ip netns exec`
+# bind-mounts /etc/netns/NAME/*), so nothing could ever reach the machine's real resolver.
+mkdir -p "/etc/netns/$bh"
+echo "nameserver 127.0.0.53" >"/etc/netns/$bh/resolv.conf"
 hx ip link set lo up
 # pasta copies its namespace's address and default gateway from the host's default-route
 # interface: give the bench host one, a veth pair with both ends inside it (no dummy module on

@@ -1,1 +1,13 @@
-//! Placeholder.
+//! Linux data plane for limanet: one mio event loop per network, frame transports (QEMU stream
+//! and datagram sockets, Lima's fd socket, TAP devices in network namespaces) and the host
+//! sockets that the netstack's flows are translated onto.
+
+pub mod network;
+pub mod pcap;
+pub mod sockets;
+pub mod sys;
+pub mod tap;
+pub mod transport;
+
+pub use network::{Exit, Forward, Listen, Network, NetworkError, Options};
+pub use tap::{create_tap_in, open_netns, TapConfig};

@@ -1,10 +1,400 @@
-//! Not implemented yet.
+//! `limanet usernet`: serve a user-mode network to VMs and network namespaces.
 
-/// Command-line arguments.
+use anyhow::{bail, Context, Result};
+use limanet_netstack::{MacDisplay, NetConfig};
+use limanet_runtime::{Exit, Forward, Listen, Network, Options, TapConfig};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use tracing::{info, warn};
+
+/// Options that shape a user-mode network (shared by `usernet` and `run`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct NetworkArgs {
+    /// Address layout: Lima's default network, or a user-v2 network (gateway .2 also serving
+    /// DNS, guests from .1).
+    #[arg(long, value_enum, default_value = "default")]
+    pub mode: Mode,
+    /// The subnet.
+    #[arg(long, default_value = "192.168.5.0/24")]
+    pub subnet: String,
+    /// First address handed out by DHCP (default: .15, or .1 in user-v2 mode).
+    #[arg(long)]
+    pub dhcp_start: Option<Ipv4Addr>,
+    /// Link MTU announced by DHCP, 576 to 65520.
+    #[arg(long, default_value_t = 1500)]
+    pub mtu: u16,
+    /// Static DHCP lease (repeatable).
+    #[arg(long = "lease", value_name = "IP=MAC")]
+    pub leases: Vec<String>,
+    /// Static DHCP leases, comma separated (Lima's `limactl usernet --leases` form).
+    #[arg(long = "leases", value_name = "IP=MAC,...", value_delimiter = ',')]
+    pub leases_list: Vec<String>,
+    /// Port forward from the host into the guest (repeatable), like QEMU's hostfwd:
+    /// `tcp|udp:[HOSTADDR:]HOSTPORT:[GUESTADDR:]GUESTPORT`. Binds 127.0.0.1 unless an address
+    /// is given; the guest address defaults to the first DHCP address.
+    #[arg(long = "forward", value_name = "SPEC")]
+    pub forwards: Vec<Forward>,
+    /// Do not map the gateway address to the host's 127.0.0.1.
+    #[arg(long)]
+    pub no_host_loopback: bool,
+    /// Instance name: `lima-<NAME>` resolves to the first guest address, and DHCP hands out
+    /// the host name `lima-<NAME>`.
+    #[arg(long)]
+    pub instance: Option<String>,
+    /// Static DNS entry, NAME=IP or NAME=OTHER-NAME (repeatable).
+    #[arg(long = "host", value_name = "NAME=VALUE")]
+    pub hosts: Vec<String>,
+    /// DNS servers announced by DHCP instead of the embedded DNS (repeatable).
+    #[arg(long = "dhcp-dns", value_name = "IP")]
+    pub dhcp_dns: Vec<Ipv4Addr>,
+    /// Upstream DNS servers for forwarded queries (default: resolv.conf's nameservers).
+    #[arg(long = "dns-upstream", value_name = "IP[:PORT]")]
+    pub dns_upstreams: Vec<String>,
+    /// resolv.conf to read upstream servers and search domains from.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    pub resolv_conf: PathBuf,
+    /// Answer AAAA queries in the embedded DNS.
+    #[arg(long)]
+    pub dns_ipv6: bool,
+    /// Do not run the embedded DNS server.
+    #[arg(long)]
+    pub no_dns: bool,
+    /// Write every frame to this pcap file.
+    #[arg(long)]
+    pub pcap: Option<PathBuf>,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Default,
+    #[value(name = "user-v2")]
+    UserV2,
+}
+
+/// `limanet usernet` arguments.
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    #[command(flatten)]
+    pub net: NetworkArgs,
+    /// Serve QEMU `-netdev stream`/`-netdev socket` clients on this unix socket (repeatable).
+    #[arg(long = "listen-qemu", value_name = "PATH")]
+    pub listen_qemu: Vec<PathBuf>,
+    /// Serve QEMU `-netdev dgram` and vfkit clients on this unix datagram socket (repeatable).
+    #[arg(long = "listen-dgram", value_name = "PATH")]
+    pub listen_dgram: Vec<PathBuf>,
+    /// Serve Lima's fd-passing clients on this unix socket (repeatable).
+    #[arg(long = "listen-fd", alias = "listen", value_name = "PATH")]
+    pub listen_fd: Vec<PathBuf>,
+    /// Attach a network namespace (path or PID) through a TAP device inside it (repeatable).
+    #[arg(long, value_name = "PATH|PID")]
+    pub netns: Vec<String>,
+    /// Name of the TAP device created in each namespace.
+    #[arg(long, default_value = "tap0")]
+    pub tap_name: String,
+    /// Leave the TAP device unconfigured (the guest runs its own DHCP client).
+    #[arg(long)]
+    pub no_configure: bool,
+    /// Write the daemon's PID here once every socket listens; removed on exit.
+    #[arg(long, short = 'p')]
+    pub pidfile: Option<PathBuf>,
+    /// HTTP API socket (accepted for Lima compatibility; the API itself is not served yet).
+    #[arg(long, short = 'e')]
+    pub endpoint: Option<PathBuf>,
+}
+
+/// A parsed `--subnet`.
+pub fn parse_subnet(s: &str) -> Result<(Ipv4Addr, u8)> {
+    let (ip, prefix) = s
+        .split_once('/')
+        .with_context(|| format!("invalid subnet {s:?}: expected ADDRESS/PREFIX"))?;
+    let ip: Ipv4Addr = ip
+        .parse()
+        .with_context(|| format!("invalid subnet address in {s:?}"))?;
+    let prefix: u8 = prefix
+        .parse()
+        .with_context(|| format!("invalid prefix length in {s:?}"))?;
+    Ok((ip, prefix))
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Result<[u8; 6]> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        bail!("invalid MAC address {s:?}");
+    }
+    let mut mac = [0u8; 6];
+    for (byte, part) in mac.iter_mut().zip(parts) {
+        *byte =
+            u8::from_str_radix(part, 16).with_context(|| format!("invalid MAC address {s:?}"))?;
+    }
+    Ok(mac)
+}
+
+fn parse_upstream(s: &str) -> Result<SocketAddr> {
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Ok(sa);
+    }
+    let ip: IpAddr = s
+        .parse()
+        .with_context(|| format!("invalid DNS upstream {s:?}: expected IP[:PORT]"))?;
+    Ok(SocketAddr::new(ip, 53))
+}
+
+impl NetworkArgs {
+    /// The netstack configuration these options describe.
+    pub fn net_config(&self) -> Result<NetConfig> {
+        let (network, prefix) = parse_subnet(&self.subnet)?;
+        let mut cfg = match self.mode {
+            Mode::Default => NetConfig::for_subnet(network, prefix),
+            Mode::UserV2 => NetConfig::user_v2(network, prefix),
+        };
+        if let Some(start) = self.dhcp_start {
+            cfg.dhcp_start = start;
+        }
+        cfg.mtu = self.mtu;
+        cfg.host_loopback = !self.no_host_loopback;
+        for lease in self.leases.iter().chain(&self.leases_list) {
+            let (ip, mac) = lease
+                .split_once('=')
+                .with_context(|| format!("invalid lease {lease:?}: expected IP=MAC"))?;
+            let ip: Ipv4Addr = ip
+                .parse()
+                .with_context(|| format!("invalid address in lease {lease:?}"))?;
+            cfg.static_leases.push((ip, parse_mac(mac)?));
+        }
+        // Lima's user-v2 lease files include the gateway itself: not a guest.
+        let gateway = cfg.gateway;
+        cfg.static_leases.retain(|(ip, _)| *ip != gateway);
+        if !self.dhcp_dns.is_empty() {
+            cfg.dhcp_dns = self.dhcp_dns.clone();
+        }
+        if let Some(name) = &self.instance {
+            cfg.hostname = Some(limanet_dns::instance_host_name(name));
+        }
+        match std::fs::read_to_string(&self.resolv_conf) {
+            Ok(text) => cfg.search_domains = limanet_config::usernet::search_domains(&text),
+            Err(e) => {
+                warn!(path = %self.resolv_conf.display(), error = %e, "cannot read resolv.conf for search domains")
+            }
+        }
+        cfg.seed = seed();
+        cfg.validate().context("invalid network options")?;
+        Ok(cfg)
+    }
+
+    /// Starts the embedded DNS server (unless disabled), with Lima's static names.
+    pub fn start_dns(&self, cfg: &NetConfig) -> Result<Option<limanet_dns::BackgroundDns>> {
+        if self.no_dns {
+            return Ok(None);
+        }
+        let mut user_hosts = Vec::new();
+        for h in &self.hosts {
+            let (name, value) = h
+                .split_once('=')
+                .with_context(|| format!("invalid --host {h:?}: expected NAME=VALUE"))?;
+            user_hosts.push((name.to_string(), value.to_string()));
+        }
+        let first_guest = cfg
+            .static_leases
+            .first()
+            .map(|(ip, _)| *ip)
+            .unwrap_or(cfg.dhcp_start);
+        let instance = self
+            .instance
+            .as_deref()
+            .map(|n| (n, IpAddr::V4(first_guest)));
+        let hosts = limanet_dns::lima_hosts(&user_hosts, IpAddr::V4(cfg.gateway), instance);
+        let upstreams = self
+            .dns_upstreams
+            .iter()
+            .map(|u| parse_upstream(u))
+            .collect::<Result<Vec<_>>>()?;
+        let dns = limanet_dns::spawn_background(limanet_dns::DnsConfig {
+            hosts,
+            ipv6: self.dns_ipv6,
+            upstreams,
+            resolv_conf: self.resolv_conf.clone(),
+            ..Default::default()
+        })
+        .context("cannot start the embedded DNS server")?;
+        Ok(Some(dns))
+    }
+}
+
+fn v4(addr: SocketAddr) -> Result<SocketAddrV4> {
+    match addr {
+        SocketAddr::V4(a) => Ok(a),
+        SocketAddr::V6(a) => bail!("DNS server bound to IPv6 address {a}"),
+    }
+}
+
+/// Wires a started DNS server into the network.
+pub fn attach_dns(net: &mut Network, dns: &Option<limanet_dns::BackgroundDns>) -> Result<()> {
+    if let Some(dns) = dns {
+        net.set_dns_server(v4(dns.udp_addr())?, v4(dns.tcp_addr())?);
+        info!(udp = %dns.udp_addr(), tcp = %dns.tcp_addr(), "embedded DNS server listening");
+    }
+    Ok(())
+}
+
+/// Seed for sequence numbers: differs per run.
+fn seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    t.as_nanos() as u64 ^ (u64::from(std::process::id()) << 32)
+}
+
+/// Blocks SIGINT and SIGTERM in this thread (and threads it starts later) and returns a
+/// signalfd that becomes readable when one arrives, so the event loop can shut down cleanly.
+pub fn termination_signals() -> Result<OwnedFd> {
+    // SAFETY: sigset manipulation on a local set, then a plain syscall.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            bail!("cannot block termination signals");
+        }
+        let fd = libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("signalfd");
+        }
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// A pid file that is removed when dropped.
+pub struct PidFile(PathBuf);
+
+impl PidFile {
+    /// Writes `<pid>\n` atomically; refuses if the file names a live process.
+    pub fn create(path: &Path) -> Result<Self> {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if let Ok(pid) = text.trim().parse::<libc::pid_t>() {
+                // SAFETY: signal 0 only checks for existence.
+                let alive = pid > 0
+                    && (unsafe { libc::kill(pid, 0) } == 0
+                        || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM));
+                if alive && pid != std::process::id() as libc::pid_t {
+                    bail!(
+                        "pidfile `{}` already exists and names running process {pid}",
+                        path.display()
+                    );
+                }
+            }
+            warn!(path = %path.display(), "replacing stale pid file");
+        }
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, format!("{}\n", std::process::id()))
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("cannot write pidfile {}", path.display()))?;
+        Ok(PidFile(path.to_path_buf()))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Where `limanet usernet` listens when no transport is given.
+fn default_socket() -> PathBuf {
+    let dir = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            if unsafe { libc::geteuid() } == 0 {
+                PathBuf::from("/run")
+            } else {
+                std::env::temp_dir()
+            }
+        });
+    dir.join("limanet").join("default_qemu.sock")
+}
 
 /// Runs the subcommand.
-pub fn run(_args: Args) -> anyhow::Result<u8> {
-    anyhow::bail!("not implemented yet")
+pub fn run(mut args: Args) -> Result<u8> {
+    let cfg = args.net.net_config()?;
+    if args.endpoint.is_some() {
+        warn!("--endpoint: the HTTP API is not implemented yet; ignoring");
+    }
+    let no_transport = args.listen_qemu.is_empty()
+        && args.listen_dgram.is_empty()
+        && args.listen_fd.is_empty()
+        && args.netns.is_empty();
+    if no_transport {
+        let path = default_socket();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        args.listen_qemu.push(path);
+    }
+    let mut listen = Vec::new();
+    listen.extend(args.listen_qemu.iter().cloned().map(Listen::Qemu));
+    listen.extend(args.listen_dgram.iter().cloned().map(Listen::Dgram));
+    listen.extend(args.listen_fd.iter().cloned().map(Listen::Fd));
+
+    let mut packet_ports = Vec::new();
+    for ns in &args.netns {
+        let file = limanet_runtime::open_netns(ns)?;
+        let tap = limanet_runtime::create_tap_in(
+            &file,
+            &tap_config(&args.tap_name, &cfg, !args.no_configure),
+        )
+        .with_context(|| format!("cannot set up {} in network namespace {ns}", args.tap_name))?;
+        info!(netns = %ns, tap = %args.tap_name, "attached network namespace");
+        packet_ports.push((tap, format!("netns:{ns}")));
+    }
+
+    let signals = termination_signals()?;
+    let dns = args.net.start_dns(&cfg)?;
+    let opts = Options {
+        listen: listen.clone(),
+        packet_ports,
+        forwards: args.net.forwards.clone(),
+        pcap: args.net.pcap.clone(),
+        stop_fds: vec![signals],
+        persistent: true,
+    };
+    let summary = format!(
+        "subnet {}/{} gateway {} ({}) dns {:?} first guest {} mtu {}",
+        cfg.network,
+        cfg.prefix_len,
+        cfg.gateway,
+        MacDisplay(cfg.gateway_mac),
+        cfg.dns_addrs,
+        cfg.dhcp_start,
+        cfg.mtu
+    );
+    let mut net = Network::new(cfg, opts)?;
+    attach_dns(&mut net, &dns)?;
+    let _pidfile = args.pidfile.as_deref().map(PidFile::create).transpose()?;
+    info!("user-mode network ready: {summary}");
+    for l in &listen {
+        if let Listen::Qemu(p) = l {
+            info!(
+                "QEMU: -netdev stream,id=net0,server=off,addr.type=unix,addr.path={} -device virtio-net-pci,netdev=net0",
+                p.display()
+            );
+        }
+    }
+    match net.run()? {
+        Exit::Stop(_) => info!("termination signal received, shutting down"),
+        Exit::PortsGone => info!("last guest disconnected"),
+    }
+    Ok(0)
+}
+
+/// The TAP configuration for a namespace on this network.
+pub fn tap_config(name: &str, cfg: &NetConfig, configure: bool) -> TapConfig {
+    TapConfig {
+        name: name.to_string(),
+        mtu: cfg.mtu,
+        address: configure.then_some((cfg.dhcp_start, cfg.prefix_len, cfg.gateway)),
+    }
 }

@@ -1,0 +1,99 @@
+//! Frames on their way to guests: a queue of buffers tagged with their port, and a pool so the
+//! hot path does not allocate.
+
+use crate::checksum;
+use crate::wire::{self, MacAddr, ETH_HEADER_LEN, IPV4_HEADER_LEN, UDP_HEADER_LEN};
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+/// A port of the network's switch: one VM or namespace connection.
+pub type PortId = usize;
+
+/// A frame ready to be written to a port.
+#[derive(Debug)]
+pub struct TxFrame {
+    pub port: PortId,
+    pub frame: Vec<u8>,
+}
+
+/// Where a frame goes: the port and the Ethernet address behind it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    pub port: PortId,
+    pub mac: MacAddr,
+}
+
+/// Pending frames plus recycled buffers.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub queue: Vec<TxFrame>,
+    pool: Vec<Vec<u8>>,
+    /// Our own Ethernet source address.
+    pub(crate) mac: MacAddr,
+}
+
+const POOL_MAX: usize = 1024;
+
+impl Output {
+    pub(crate) fn new(mac: MacAddr) -> Self {
+        Output {
+            queue: Vec::new(),
+            pool: Vec::new(),
+            mac,
+        }
+    }
+
+    /// An empty buffer, from the pool when possible.
+    pub(crate) fn buffer(&mut self) -> Vec<u8> {
+        let mut b = self.pool.pop().unwrap_or_default();
+        b.clear();
+        b
+    }
+
+    /// Returns a buffer the runtime has finished writing.
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        if self.pool.len() < POOL_MAX && buf.capacity() <= 1 << 17 {
+            self.pool.push(buf);
+        }
+    }
+
+    pub(crate) fn push(&mut self, port: PortId, frame: Vec<u8>) {
+        self.queue.push(TxFrame { port, frame });
+    }
+
+    /// Emits an IPv4 packet whose transport header and payload are `l4` (checksums done).
+    pub(crate) fn ipv4(&mut self, to: Link, src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4: &[u8]) {
+        let mut f = self.buffer();
+        f.resize(ETH_HEADER_LEN + IPV4_HEADER_LEN, 0);
+        wire::write_ethernet(&mut f, to.mac, self.mac, wire::ETHERTYPE_IPV4);
+        wire::write_ipv4(&mut f[ETH_HEADER_LEN..], src, dst, proto, l4.len());
+        f.extend_from_slice(l4);
+        self.push(to.port, f);
+    }
+
+    /// Emits a UDP datagram.
+    pub(crate) fn udp(&mut self, to: Link, src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) {
+        let len = UDP_HEADER_LEN + payload.len();
+        let mut f = self.buffer();
+        f.resize(ETH_HEADER_LEN + IPV4_HEADER_LEN + UDP_HEADER_LEN, 0);
+        f.extend_from_slice(payload);
+        wire::write_ethernet(&mut f, to.mac, self.mac, wire::ETHERTYPE_IPV4);
+        wire::write_ipv4(
+            &mut f[ETH_HEADER_LEN..],
+            *src.ip(),
+            *dst.ip(),
+            wire::PROTO_UDP,
+            len,
+        );
+        let u = &mut f[ETH_HEADER_LEN + IPV4_HEADER_LEN..];
+        u[0..2].copy_from_slice(&src.port().to_be_bytes());
+        u[2..4].copy_from_slice(&dst.port().to_be_bytes());
+        u[4..6].copy_from_slice(&(len as u16).to_be_bytes());
+        let seed = wire::pseudo_header_sum(*src.ip(), *dst.ip(), wire::PROTO_UDP, len);
+        let mut sum = checksum::finish(checksum::sum(u, seed));
+        if sum == 0 {
+            sum = 0xffff;
+        }
+        u[6..8].copy_from_slice(&sum.to_be_bytes());
+        self.push(to.port, f);
+    }
+}

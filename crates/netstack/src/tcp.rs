@@ -1,0 +1,942 @@
+//! TCP translation: every guest connection is mirrored onto one host kernel socket.
+//!
+//! There is no second TCP stack here, and no per-connection buffer (the design of passt):
+//! - Guest → host: payload is `send()` straight to the host socket; the guest gets an ACK only
+//!   for what the kernel accepted, and a window equal to the free space of the socket's send
+//!   buffer, so it rarely sends what cannot be taken.
+//! - Host → guest: data is *peeked* from the host socket into frames; the kernel receive queue is
+//!   the retransmission buffer. When the guest acknowledges bytes, they are consumed from the
+//!   socket. A retransmission re-peeks from the first unacknowledged byte.
+//! - The guest's SYN is answered only once the host `connect()` has succeeded (SYN-ACK), or failed
+//!   (RST), so the guest sees the real outcome.
+//!
+//! Deviations from a full RFC 793/7323 implementation, and why they are acceptable here:
+//! - No SACK, timestamps or PAWS: the link to the guest is a local socket that neither loses nor
+//!   reorders frames except under overload, where go-back-N retransmission is enough.
+//! - Out-of-order segments from the guest are dropped and answered with a duplicate ACK; the
+//!   guest's fast retransmit resends them.
+//! - No Nagle or delayed-ACK timers: ACKs are coalesced per batch of frames read from the guest.
+//! - The guest's urgent pointer is ignored; urgent data is delivered inline.
+//! - TIME_WAIT is kept by the guest (and the host kernel), not by the translator.
+
+use crate::checksum;
+use crate::config::NetConfig;
+use crate::host::{Host, SockId};
+use crate::output::{Link, Output};
+use crate::wire::{self, tcp_flags as F, Tcp, ETH_HEADER_LEN, IPV4_HEADER_LEN, TCP_HEADER_LEN};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::io;
+use std::net::SocketAddrV4;
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+const HEADERS: usize = ETH_HEADER_LEN + IPV4_HEADER_LEN + TCP_HEADER_LEN;
+/// Our window scale: windows up to 8 MiB.
+const OUR_WSCALE: u8 = 7;
+const MAX_WINDOW: usize = 8 << 20;
+const RTO_INITIAL: Duration = Duration::from_millis(250);
+const RTO_MAX: Duration = Duration::from_secs(30);
+/// Retransmissions of the same data before the connection is reset.
+const MAX_RETRIES: u8 = 10;
+/// Frames peeked per flush round; bounds the work done for one flow per event.
+const SEGMENTS_PER_ROUND: usize = 32;
+
+/// A connection as the guest sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub guest: SocketAddrV4,
+    /// The remote end as addressed by the guest (before address translation).
+    pub remote: SocketAddrV4,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Guest SYN seen, host connect in progress.
+    HostConnecting,
+    /// SYN-ACK sent to the guest, waiting for its ACK.
+    SynReceived,
+    /// Port forward: SYN sent to the guest, waiting for its SYN-ACK.
+    SynSent,
+    Established,
+}
+
+#[derive(Debug)]
+struct Flow {
+    key: FlowKey,
+    link: Link,
+    sock: SockId,
+    state: State,
+    // Our sending side (host → guest).
+    iss: u32,
+    snd_una: u32,
+    snd_nxt: u32,
+    /// Guest's receive window in bytes.
+    snd_wnd: u32,
+    snd_wscale: u8,
+    guest_mss: u16,
+    // Our receiving side (guest → host).
+    rcv_nxt: u32,
+    rcv_wscale: u8,
+    /// Window last advertised, in bytes.
+    rcv_wnd: u32,
+    /// The host socket's send buffer is full: advertise a zero window until it drains.
+    send_blocked: bool,
+    /// Guest sent FIN (and we shut down the host socket's write side).
+    fin_from_guest: bool,
+    /// Host socket reached end of stream.
+    host_eof: bool,
+    /// Our FIN is in `snd_nxt` (sent, maybe not acknowledged).
+    fin_sent: bool,
+    ack_pending: bool,
+    dup_acks: u8,
+    retries: u8,
+    rto: Duration,
+    deadline: Option<Instant>,
+    /// Deadline already in the timer heap (to avoid pushing duplicates).
+    scheduled: Option<Instant>,
+    generation: u64,
+}
+
+impl Flow {
+    fn in_flight(&self) -> u32 {
+        self.snd_nxt.wrapping_sub(self.snd_una)
+    }
+}
+
+/// Counters for logs and the stats API.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TcpStats {
+    pub opened: u64,
+    pub refused: u64,
+    pub resets_sent: u64,
+    pub retransmits: u64,
+    pub table_full: u64,
+}
+
+/// All TCP flows of one network.
+#[derive(Debug)]
+pub struct TcpTable {
+    flows: Vec<Option<Flow>>,
+    free: Vec<usize>,
+    by_key: HashMap<FlowKey, usize>,
+    by_sock: HashMap<SockId, usize>,
+    timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    /// Flows with an ACK to send at the end of the current batch.
+    ack_queue: Vec<usize>,
+    connecting: usize,
+    next_generation: u64,
+    rng: u64,
+    next_forward_port: u16,
+    pub stats: TcpStats,
+}
+
+/// Sequence-space comparison: `a < b` modulo 2^32.
+fn seq_lt(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
+impl TcpTable {
+    pub fn new(seed: u64) -> Self {
+        TcpTable {
+            flows: Vec::new(),
+            free: Vec::new(),
+            by_key: HashMap::new(),
+            by_sock: HashMap::new(),
+            timers: BinaryHeap::new(),
+            ack_queue: Vec::new(),
+            connecting: 0,
+            next_generation: 0,
+            rng: seed | 1,
+            next_forward_port: 0,
+            stats: TcpStats::default(),
+        }
+    }
+
+    /// Number of live flows.
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    fn random(&mut self) -> u64 {
+        // SplitMix64: cheap, and good enough for initial sequence numbers.
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn insert(&mut self, flow: Flow) -> usize {
+        let key = flow.key;
+        let sock = flow.sock;
+        let idx = match self.free.pop() {
+            Some(i) => {
+                self.flows[i] = Some(flow);
+                i
+            }
+            None => {
+                self.flows.push(Some(flow));
+                self.flows.len() - 1
+            }
+        };
+        self.by_key.insert(key, idx);
+        self.by_sock.insert(sock, idx);
+        idx
+    }
+
+    fn remove(&mut self, idx: usize) -> Option<Flow> {
+        let flow = self.flows.get_mut(idx)?.take()?;
+        self.by_key.remove(&flow.key);
+        self.by_sock.remove(&flow.sock);
+        if flow.state == State::HostConnecting {
+            self.connecting -= 1;
+        }
+        self.free.push(idx);
+        Some(flow)
+    }
+
+    fn new_flow(&mut self, key: FlowKey, link: Link, sock: SockId, state: State) -> Flow {
+        let iss = self.random() as u32;
+        self.next_generation += 1;
+        Flow {
+            key,
+            link,
+            sock,
+            state,
+            iss,
+            snd_una: iss,
+            snd_nxt: iss,
+            snd_wnd: 0,
+            snd_wscale: 0,
+            guest_mss: 536,
+            rcv_nxt: 0,
+            rcv_wscale: 0,
+            rcv_wnd: 0,
+            send_blocked: false,
+            fin_from_guest: false,
+            host_eof: false,
+            fin_sent: false,
+            ack_pending: false,
+            dup_acks: 0,
+            retries: 0,
+            rto: RTO_INITIAL,
+            deadline: None,
+            scheduled: None,
+            generation: self.next_generation,
+        }
+    }
+
+    /// A TCP segment from the guest.
+    pub fn on_guest_segment(
+        &mut self,
+        host: &mut impl Host,
+        out: &mut Output,
+        cfg: &NetConfig,
+        now: Instant,
+        link: Link,
+        key: FlowKey,
+        seg: &Tcp,
+    ) {
+        let Some(&idx) = self.by_key.get(&key) else {
+            self.on_unknown_flow(host, out, cfg, link, key, seg);
+            return;
+        };
+        let Some(flow) = self.flows[idx].as_mut() else {
+            return;
+        };
+        if seg.has(F::RST) {
+            debug!(guest = %key.guest, remote = %key.remote, "guest reset the connection");
+            host.tcp_close(flow.sock, true);
+            self.remove(idx);
+            return;
+        }
+        match flow.state {
+            State::HostConnecting => {
+                // A retransmitted SYN while the host connect is pending: nothing to add.
+            }
+            State::SynReceived => {
+                if seg.has(F::SYN) && !seg.has(F::ACK) {
+                    // Our SYN-ACK was lost: send it again.
+                    send_syn(out, cfg, flow, F::SYN | F::ACK);
+                    return;
+                }
+                if seg.has(F::ACK) && seg.ack == flow.iss.wrapping_add(1) {
+                    flow.state = State::Established;
+                    flow.snd_una = seg.ack;
+                    flow.retries = 0;
+                    flow.rto = RTO_INITIAL;
+                    flow.deadline = None;
+                    self.established(host, out, cfg, now, idx, seg);
+                }
+            }
+            State::SynSent => {
+                if seg.has(F::SYN) && seg.has(F::ACK) && seg.ack == flow.iss.wrapping_add(1) {
+                    flow.state = State::Established;
+                    flow.snd_una = seg.ack;
+                    flow.rcv_nxt = seg.seq.wrapping_add(1);
+                    flow.guest_mss = seg.mss.unwrap_or(536).clamp(64, cfg.mss());
+                    match seg.window_scale {
+                        Some(ws) => flow.snd_wscale = ws,
+                        None => flow.rcv_wscale = 0,
+                    }
+                    // The window in a SYN is never scaled.
+                    flow.snd_wnd = u32::from(seg.window);
+                    flow.deadline = None;
+                    flow.retries = 0;
+                    flow.rto = RTO_INITIAL;
+                    refresh_window(host, flow);
+                    send_flags(out, cfg, flow, F::ACK);
+                    debug!(guest = %key.guest, "forwarded connection established");
+                    self.flush(host, out, cfg, now, idx);
+                }
+            }
+            State::Established => self.established(host, out, cfg, now, idx, seg),
+        }
+    }
+
+    fn established(
+        &mut self,
+        host: &mut impl Host,
+        out: &mut Output,
+        cfg: &NetConfig,
+        now: Instant,
+        idx: usize,
+        seg: &Tcp,
+    ) {
+        let Some(flow) = self.flows[idx].as_mut() else {
+            return;
+        };
+        let mut ack_now = false;
+
+        if seg.has(F::ACK) {
+            let acked = seg.ack.wrapping_sub(flow.snd_una);
+            let in_flight = flow.in_flight();
+            let window = u32::from(seg.window) << flow.snd_wscale;
+            if acked > 0 && acked <= in_flight {
+                // Our FIN takes one sequence number but no byte in the socket.
+                let fin_acked = flow.fin_sent && seg.ack == flow.snd_nxt;
+                let bytes = acked - u32::from(fin_acked);
+                if bytes > 0 {
+                    if let Err(e) = host.tcp_consume(flow.sock, bytes as usize) {
+                        warn!(error = %e, "discarding acknowledged data failed");
+                    }
+                }
+                flow.snd_una = seg.ack;
+                flow.dup_acks = 0;
+                flow.retries = 0;
+                flow.rto = RTO_INITIAL;
+                flow.deadline = (flow.in_flight() > 0).then(|| now + flow.rto);
+            } else if acked == 0
+                && in_flight > 0
+                && seg.payload.is_empty()
+                && !seg.has(F::FIN)
+                && window == flow.snd_wnd
+            {
+                flow.dup_acks += 1;
+                if flow.dup_acks == 3 {
+                    // Fast retransmit: go back to the first unacknowledged byte.
+                    go_back(flow);
+                    self.stats.retransmits += 1;
+                }
+            }
+            flow.snd_wnd = window;
+        }
+
+        if !seg.payload.is_empty() && !flow.fin_from_guest {
+            let offset = flow.rcv_nxt.wrapping_sub(seg.seq);
+            if seq_lt(flow.rcv_nxt, seg.seq) {
+                // A gap: drop it, and tell the guest what we expect.
+                ack_now = true;
+            } else if offset as usize >= seg.payload.len() {
+                // Entirely old: the guest did not see our ACK.
+                ack_now = true;
+            } else if flow.send_blocked {
+                ack_now = true;
+            } else {
+                let data = &seg.payload[offset as usize..];
+                match host.tcp_send(flow.sock, data) {
+                    Ok(n) => {
+                        flow.rcv_nxt = flow.rcv_nxt.wrapping_add(n as u32);
+                        if n < data.len() {
+                            flow.send_blocked = true;
+                        }
+                        flow.ack_pending = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        flow.send_blocked = true;
+                        ack_now = true;
+                    }
+                    Err(e) => {
+                        debug!(error = %e, remote = %flow.key.remote, "host send failed, resetting");
+                        self.reset(host, out, cfg, idx);
+                        return;
+                    }
+                }
+            }
+        }
+
+        if seg.has(F::FIN) && !flow.fin_from_guest {
+            let fin_seq = seg.seq.wrapping_add(seg.payload.len() as u32);
+            if fin_seq == flow.rcv_nxt {
+                flow.rcv_nxt = flow.rcv_nxt.wrapping_add(1);
+                flow.fin_from_guest = true;
+                host.tcp_shutdown(flow.sock);
+                ack_now = true;
+            }
+        }
+
+        if ack_now {
+            refresh_window(host, flow);
+            send_flags(out, cfg, flow, F::ACK);
+            flow.ack_pending = false;
+        } else if flow.ack_pending {
+            self.ack_queue.push(idx);
+        }
+
+        if self.finished(host, idx) {
+            return;
+        }
+        self.flush(host, out, cfg, now, idx);
+    }
+
+    /// Removes a flow whose both directions are closed and acknowledged.
+    fn finished(&mut self, host: &mut impl Host, idx: usize) -> bool {
+        let Some(flow) = self.flows[idx].as_ref() else {
+            return true;
+        };
+        if flow.fin_from_guest && flow.fin_sent && flow.in_flight() == 0 {
+            debug!(guest = %flow.key.guest, remote = %flow.key.remote, "connection closed");
+            host.tcp_close(flow.sock, false);
+            self.remove(idx);
+            return true;
+        }
+        false
+    }
+
+    /// Sends the ACKs accumulated while processing a batch of guest frames.
+    pub fn flush_acks(&mut self, host: &mut impl Host, out: &mut Output, cfg: &NetConfig) {
+        let queue = std::mem::take(&mut self.ack_queue);
+        for &idx in &queue {
+            if let Some(flow) = self.flows.get_mut(idx).and_then(Option::as_mut) {
+                if flow.ack_pending {
+                    flow.ack_pending = false;
+                    refresh_window(host, flow);
+                    send_flags(out, cfg, flow, F::ACK);
+                }
+            }
+        }
+        self.ack_queue = queue;
+        self.ack_queue.clear();
+    }
+
+    /// Sends host data (and FIN) to the guest as far as its window allows.
+    fn flush(
+        &mut self,
+        host: &mut impl Host,
+        out: &mut Output,
+        cfg: &NetConfig,
+        now: Instant,
+        idx: usize,
+    ) {
+        let Some(flow) = self.flows[idx].as_mut() else {
+            return;
+        };
+        if flow.state != State::Established {
+            return;
+        }
+        let mss = usize::from(flow.guest_mss.min(cfg.mss()));
+        loop {
+            if flow.host_eof {
+                break;
+            }
+            let in_flight = flow.in_flight() as usize;
+            let room = (flow.snd_wnd as usize).saturating_sub(in_flight);
+            if room == 0 {
+                if flow.snd_wnd == 0 && flow.deadline.is_none() {
+                    // Zero window: probe it later in case the window update is lost.
+                    flow.deadline = Some(now + flow.rto);
+                }
+                break;
+            }
+            let want = room.min(mss * SEGMENTS_PER_ROUND);
+            let segments = want.div_ceil(mss);
+            let mut frames: Vec<Vec<u8>> = (0..segments)
+                .map(|i| {
+                    let mut f = out.buffer();
+                    let len = mss.min(want - i * mss);
+                    f.resize(HEADERS + len, 0);
+                    f
+                })
+                .collect();
+            let got = {
+                let mut bufs: Vec<&mut [u8]> =
+                    frames.iter_mut().map(|f| &mut f[HEADERS..]).collect();
+                host.tcp_peek(flow.sock, in_flight, &mut bufs)
+            };
+            match got {
+                Ok(0) => {
+                    flow.host_eof = true;
+                    frames.into_iter().for_each(|f| out.recycle(f));
+                }
+                Ok(n) => {
+                    let mut left = n;
+                    for mut f in frames {
+                        if left == 0 {
+                            out.recycle(f);
+                            continue;
+                        }
+                        let len = (f.len() - HEADERS).min(left);
+                        f.truncate(HEADERS + len);
+                        left -= len;
+                        let flags = if left == 0 { F::ACK | F::PSH } else { F::ACK };
+                        write_segment(cfg, flow, &mut f, flags, flow.snd_nxt, &[]);
+                        flow.snd_nxt = flow.snd_nxt.wrapping_add(len as u32);
+                        out.push(flow.link.port, f);
+                    }
+                    flow.ack_pending = false;
+                    if flow.deadline.is_none() {
+                        flow.deadline = Some(now + flow.rto);
+                    }
+                    if n < want {
+                        break; // Drained for now: the next readable event resumes.
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    frames.into_iter().for_each(|f| out.recycle(f));
+                    break;
+                }
+                Err(e) => {
+                    frames.into_iter().for_each(|f| out.recycle(f));
+                    debug!(error = %e, remote = %flow.key.remote, "host receive failed, resetting");
+                    self.reset(host, out, cfg, idx);
+                    return;
+                }
+            }
+        }
+        if flow.host_eof && !flow.fin_sent {
+            send_flags(out, cfg, flow, F::FIN | F::ACK);
+            flow.snd_nxt = flow.snd_nxt.wrapping_add(1);
+            flow.fin_sent = true;
+            flow.ack_pending = false;
+            if flow.deadline.is_none() {
+                flow.deadline = Some(now + flow.rto);
+            }
+        }
+        self.schedule(idx);
+        self.finished(host, idx);
+    }
+
+    fn schedule(&mut self, idx: usize) {
+        let Some(flow) = self.flows[idx].as_mut() else {
+            return;
+        };
+        if let Some(d) = flow.deadline {
+            if flow.scheduled.is_none_or(|s| d < s) {
+                flow.scheduled = Some(d);
+                self.timers.push(Reverse((d, idx, flow.generation)));
+            }
+        }
+    }
+
+    /// Resets the connection on both sides and forgets it.
+    fn reset(&mut self, host: &mut impl Host, out: &mut Output, cfg: &NetConfig, idx: usize) {
+        if let Some(flow) = self.remove(idx) {
+            host.tcp_close(flow.sock, true);
+            if flow.state != State::HostConnecting {
+                send_flags(out, cfg, &flow, F::RST | F::ACK);
+                self.stats.resets_sent += 1;
+            }
+        }
+    }
+
+    /// A segment for a connection we do not know: a new one if it is a SYN, else a RST.
+    fn on_unknown_flow(
+        &mut self,
+        host: &mut impl Host,
+        out: &mut Output,
+        cfg: &NetConfig,
+        link: Link,
+        key: FlowKey,
+        seg: &Tcp,
+    ) {
+        if seg.has(F::RST) {
+            return;
+        }
+        if !seg.has(F::SYN) || seg.has(F::ACK) {
+            debug!(guest = %key.guest, remote = %key.remote, "segment for unknown connection, sending RST");
+            self.stats.resets_sent += 1;
+            send_reset_for(out, link, key, seg);
+            return;
+        }
+        let Some(target) = cfg.outbound(key.remote, true) else {
+            debug!(remote = %key.remote, "no route for TCP destination, refusing");
+            self.stats.refused += 1;
+            send_reset_for(out, link, key, seg);
+            return;
+        };
+        if self.by_key.len() >= cfg.max_tcp_flows || self.connecting >= cfg.max_tcp_connecting {
+            self.stats.table_full += 1;
+            if self.stats.table_full.is_power_of_two() {
+                warn!(
+                    flows = self.by_key.len(),
+                    connecting = self.connecting,
+                    "TCP flow table full, refusing new connections (logged at powers of two)"
+                );
+            }
+            send_reset_for(out, link, key, seg);
+            return;
+        }
+        match host.tcp_connect(target) {
+            Ok(sock) => {
+                let mut flow = self.new_flow(key, link, sock, State::HostConnecting);
+                flow.rcv_nxt = seg.seq.wrapping_add(1);
+                flow.guest_mss = seg.mss.unwrap_or(536).clamp(64, cfg.mss());
+                if let Some(ws) = seg.window_scale {
+                    flow.snd_wscale = ws;
+                    flow.rcv_wscale = OUR_WSCALE;
+                }
+                flow.snd_wnd = u32::from(seg.window);
+                self.connecting += 1;
+                self.stats.opened += 1;
+                self.insert(flow);
+                debug!(guest = %key.guest, remote = %key.remote, %target, "connecting");
+            }
+            Err(e) => {
+                debug!(error = %e, %target, "host connect failed at once, sending RST");
+                self.stats.refused += 1;
+                send_reset_for(out, link, key, seg);
+            }
+        }
+    }
+
+    /// The host socket of a connection finished connecting (or failed to).
+    pub fn on_connected(
+        &mut self,
+        host: &mut impl Host,
+        out: &mut Output,
+        cfg: &NetConfig,
+        now: Instant,
+        sock: SockId,
+        result: io::Result<()>,
+    ) {
+        let Some(&idx) = self.by_sock.get(&sock) else {
+            return;
+        };
+        let Some(flow) = self.flows[idx].as_mut() else {
+            return;
+        };
+        if flow.state != State::HostConnecting {
+            return;
+        }
+        flow.state = State::SynReceived;
+        self.connecting -= 1;
+        match result {
+            Ok(()) => {
+                refresh_window(host, flow);
+                send_syn(out, cfg, flow, F::SYN | F::ACK);
+                flow.snd_nxt = flow.iss.wrapping_add(1);
+                flow.deadline = Some(now + flow.rto);
+                self.schedule(idx);
+            }
+            Err(e) => {
+                debug!(error = %e, remote = %flow.key.remote, "host connect failed, sending RST");
+                self.stats.refused += 1;
+                // Answer the guest's SYN: RST with ACK of its sequence number.
+                send_flags(out, cfg, flow, F::RST | F::ACK);
+                host.tcp_close(flow.sock, false);
+                self.remove(idx);
+            }
+        }
+    }
+
+    /// The host socket has data (or EOF) to read.
+    pub fn on_readable(
+        &mut self,
+        host: &mut impl Host,
+        out: &mut Output,
+        cfg: &NetConfig,
+        now: Instant,
+        sock: SockId,
+    ) {
+        if let Some(&idx) = self.by_sock.get(&sock) {
+            self.flush(host, out, cfg, now, idx);
+        }
+    }
+
+    /// The host socket's send buffer has room again: reopen the window.
+    pub fn on_writable(
+        &mut self,
+        host: &mut impl Host,
+        out: &mut Output,
+        sock: SockId,
+        cfg: &NetConfig,
+    ) {
+        let Some(&idx) = self.by_sock.get(&sock) else {
+            return;
+        };
+        let Some(flow) = self.flows[idx].as_mut() else {
+            return;
+        };
+        if flow.send_blocked && flow.state == State::Established {
+            flow.send_blocked = false;
+            refresh_window(host, flow);
+            send_flags(out, cfg, flow, F::ACK);
+        }
+    }
+
+    /// The host socket failed or was reset by the peer.
+    pub fn on_host_error(
+        &mut self,
+        host: &mut impl Host,
+        out: &mut Output,
+        cfg: &NetConfig,
+        sock: SockId,
+    ) {
+        if let Some(&idx) = self.by_sock.get(&sock) {
+            self.reset(host, out, cfg, idx);
+        }
+    }
+
+    /// A connection accepted on a port-forward listener: open it towards the guest.
+    pub fn open_forward(
+        &mut self,
+        host: &mut impl Host,
+        out: &mut Output,
+        cfg: &NetConfig,
+        now: Instant,
+        sock: SockId,
+        link: Link,
+        guest: SocketAddrV4,
+    ) {
+        if self.by_key.len() >= cfg.max_tcp_flows {
+            self.stats.table_full += 1;
+            warn!(%guest, "TCP flow table full, dropping forwarded connection");
+            host.tcp_close(sock, true);
+            return;
+        }
+        // Forwarded connections come from the gateway, from a port of our choosing.
+        let remote = loop {
+            self.next_forward_port = self.next_forward_port.wrapping_add(1);
+            let port = 49152 + (self.next_forward_port % 16384);
+            let remote = SocketAddrV4::new(cfg.gateway, port);
+            if !self.by_key.contains_key(&FlowKey { guest, remote }) {
+                break remote;
+            }
+        };
+        let key = FlowKey { guest, remote };
+        let mut flow = self.new_flow(key, link, sock, State::SynSent);
+        flow.rcv_wscale = OUR_WSCALE;
+        refresh_window(host, &mut flow);
+        send_syn(out, cfg, &flow, F::SYN);
+        flow.snd_nxt = flow.iss.wrapping_add(1);
+        flow.deadline = Some(now + flow.rto);
+        self.stats.opened += 1;
+        let idx = self.insert(flow);
+        self.schedule(idx);
+        info!(%guest, "forwarded connection opening");
+    }
+
+    /// Resets every connection of a port that went away (the VM disconnected).
+    pub fn port_closed(&mut self, host: &mut impl Host, port: usize) {
+        let gone: Vec<usize> = self
+            .by_key
+            .values()
+            .copied()
+            .filter(|&i| self.flows[i].as_ref().is_some_and(|f| f.link.port == port))
+            .collect();
+        for idx in gone {
+            if let Some(flow) = self.remove(idx) {
+                host.tcp_close(flow.sock, true);
+            }
+        }
+    }
+
+    /// Earliest timer deadline.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((d, _, _))| *d)
+    }
+
+    /// Runs expired retransmission and probe timers.
+    pub fn on_timeout(
+        &mut self,
+        host: &mut impl Host,
+        out: &mut Output,
+        cfg: &NetConfig,
+        now: Instant,
+    ) {
+        while let Some(&Reverse((deadline, idx, generation))) = self.timers.peek() {
+            if deadline > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(flow) = self.flows.get_mut(idx).and_then(Option::as_mut) else {
+                continue;
+            };
+            if flow.generation != generation || flow.scheduled != Some(deadline) {
+                continue;
+            }
+            flow.scheduled = None;
+            match flow.deadline {
+                None => continue,
+                Some(d) if d > now => {
+                    self.schedule(idx);
+                    continue;
+                }
+                Some(_) => {}
+            }
+            flow.deadline = None;
+            if flow.retries >= MAX_RETRIES {
+                info!(guest = %flow.key.guest, remote = %flow.key.remote, "guest stopped answering, resetting connection");
+                self.reset(host, out, cfg, idx);
+                continue;
+            }
+            flow.retries += 1;
+            flow.rto = (flow.rto * 2).min(RTO_MAX);
+            match flow.state {
+                State::HostConnecting => {}
+                State::SynReceived => {
+                    send_syn(out, cfg, flow, F::SYN | F::ACK);
+                    flow.deadline = Some(now + flow.rto);
+                }
+                State::SynSent => {
+                    send_syn(out, cfg, flow, F::SYN);
+                    flow.deadline = Some(now + flow.rto);
+                }
+                State::Established => {
+                    if flow.in_flight() > 0 {
+                        self.stats.retransmits += 1;
+                        go_back(flow);
+                    } else if flow.snd_wnd == 0 {
+                        // Window probe: an old sequence number makes the guest re-announce its window.
+                        let mut f = out.buffer();
+                        f.resize(HEADERS, 0);
+                        write_segment(cfg, flow, &mut f, F::ACK, flow.snd_una.wrapping_sub(1), &[]);
+                        out.push(flow.link.port, f);
+                        flow.deadline = Some(now + flow.rto);
+                    }
+                    self.schedule(idx);
+                    self.flush(host, out, cfg, now, idx);
+                    continue;
+                }
+            }
+            self.schedule(idx);
+        }
+    }
+}
+
+/// Retransmit from the first unacknowledged byte.
+fn go_back(flow: &mut Flow) {
+    flow.snd_nxt = flow.snd_una;
+    flow.dup_acks = 0;
+    if flow.fin_sent {
+        // The FIN goes out again after the data.
+        flow.fin_sent = false;
+        flow.host_eof = false;
+    }
+}
+
+/// Recomputes the window we offer the guest from the host socket's free send space.
+fn refresh_window(host: &mut impl Host, flow: &mut Flow) {
+    flow.rcv_wnd = if flow.send_blocked || flow.fin_from_guest {
+        0
+    } else {
+        host.tcp_send_space(flow.sock).min(MAX_WINDOW) as u32
+    };
+}
+
+/// The window field for the next segment, scaled.
+fn window_field(flow: &Flow) -> u16 {
+    (flow.rcv_wnd >> flow.rcv_wscale).min(u32::from(u16::MAX)) as u16
+}
+
+/// Emits a segment with no payload.
+fn send_flags(out: &mut Output, cfg: &NetConfig, flow: &Flow, flags: u8) {
+    let mut f = out.buffer();
+    f.resize(HEADERS, 0);
+    let seq = if flags & F::RST != 0 && flags & F::ACK == 0 {
+        flow.snd_una
+    } else {
+        flow.snd_nxt
+    };
+    write_segment(cfg, flow, &mut f, flags, seq, &[]);
+    out.push(flow.link.port, f);
+}
+
+/// Emits a SYN or SYN-ACK with our MSS and window scale options.
+fn send_syn(out: &mut Output, cfg: &NetConfig, flow: &Flow, flags: u8) {
+    let mut options = vec![2, 4];
+    options.extend_from_slice(&cfg.mss().to_be_bytes());
+    if flow.rcv_wscale > 0 || flags == F::SYN {
+        options.extend_from_slice(&[1, 3, 3, OUR_WSCALE]);
+    }
+    let mut f = out.buffer();
+    f.resize(HEADERS + options.len(), 0);
+    write_segment(cfg, flow, &mut f, flags, flow.iss, &options);
+    out.push(flow.link.port, f);
+}
+
+/// Fills in the Ethernet, IPv4 and TCP headers of `f`, whose payload follows the headers and
+/// `options`. The segment goes from the flow's remote end to the guest.
+fn write_segment(cfg: &NetConfig, flow: &Flow, f: &mut [u8], flags: u8, seq: u32, options: &[u8]) {
+    let src = flow.key.remote;
+    let dst = flow.key.guest;
+    let tcp_len = f.len() - ETH_HEADER_LEN - IPV4_HEADER_LEN;
+    wire::write_ethernet(f, flow.link.mac, cfg.gateway_mac, wire::ETHERTYPE_IPV4);
+    wire::write_ipv4(
+        &mut f[ETH_HEADER_LEN..],
+        *src.ip(),
+        *dst.ip(),
+        wire::PROTO_TCP,
+        tcp_len,
+    );
+    let ack = if flags & F::ACK != 0 { flow.rcv_nxt } else { 0 };
+    let t = &mut f[ETH_HEADER_LEN + IPV4_HEADER_LEN..];
+    t[0..2].copy_from_slice(&src.port().to_be_bytes());
+    t[2..4].copy_from_slice(&dst.port().to_be_bytes());
+    t[4..8].copy_from_slice(&seq.to_be_bytes());
+    t[8..12].copy_from_slice(&ack.to_be_bytes());
+    t[12] = (((TCP_HEADER_LEN + options.len()) / 4) as u8) << 4;
+    t[13] = flags;
+    let window = if flags & F::SYN != 0 {
+        // The window in a SYN is never scaled.
+        flow.rcv_wnd.min(u32::from(u16::MAX)) as u16
+    } else {
+        window_field(flow)
+    };
+    t[14..16].copy_from_slice(&window.to_be_bytes());
+    t[16..20].copy_from_slice(&[0, 0, 0, 0]);
+    t[TCP_HEADER_LEN..TCP_HEADER_LEN + options.len()].copy_from_slice(options);
+    let seed = wire::pseudo_header_sum(*src.ip(), *dst.ip(), wire::PROTO_TCP, tcp_len);
+    let sum = checksum::finish(checksum::sum(t, seed));
+    t[16..18].copy_from_slice(&sum.to_be_bytes());
+}
+
+/// RST for a segment that belongs to no connection (RFC 793, "reset generation").
+fn send_reset_for(out: &mut Output, link: Link, key: FlowKey, seg: &Tcp) {
+    let (seq, ack, flags) = if seg.has(F::ACK) {
+        (seg.ack, 0, F::RST)
+    } else {
+        (0, seg.seq.wrapping_add(seg.seq_len()), F::RST | F::ACK)
+    };
+    let mut t = [0u8; TCP_HEADER_LEN];
+    t[0..2].copy_from_slice(&key.remote.port().to_be_bytes());
+    t[2..4].copy_from_slice(&key.guest.port().to_be_bytes());
+    t[4..8].copy_from_slice(&seq.to_be_bytes());
+    t[8..12].copy_from_slice(&ack.to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = flags;
+    let seed = wire::pseudo_header_sum(
+        *key.remote.ip(),
+        *key.guest.ip(),
+        wire::PROTO_TCP,
+        TCP_HEADER_LEN,
+    );
+    let sum = checksum::finish(checksum::sum(&t, seed));
+    t[16..18].copy_from_slice(&sum.to_be_bytes());
+    out.ipv4(link, *key.remote.ip(), *key.guest.ip(), wire::PROTO_TCP, &t);
+}

@@ -1,0 +1,321 @@
+//! UDP translation: one unconnected host socket per guest (address, port).
+//!
+//! Mapping is endpoint-independent (RFC 4787): whatever the guest's socket talks to goes out of
+//! the same host socket, and replies from any peer come back, so DNS, QUIC and peer-to-peer
+//! protocols behave as behind a home router. The table is bounded; when it is full the least
+//! recently used flow is evicted. Flows that only ever talked to port 53 expire quickly, so a
+//! resolver making one query per socket does not pile up sockets.
+//!
+//! Port forwards (host → guest) are flows too: a datagram from a host client to a forward
+//! listener goes to the guest from the gateway, from a port that identifies that client.
+
+use crate::config::NetConfig;
+use crate::host::{Host, SockId};
+use crate::output::{Link, Output};
+use std::collections::HashMap;
+use std::net::SocketAddrV4;
+use std::time::{Duration, Instant};
+use tracing::{debug, warn};
+
+#[derive(Debug)]
+struct Flow {
+    guest: SocketAddrV4,
+    link: Link,
+    sock: SockId,
+    last_used: Instant,
+    /// Every datagram so far went to port 53.
+    dns_only: bool,
+}
+
+#[derive(Debug)]
+struct Forward {
+    listener: SockId,
+    client: SocketAddrV4,
+    guest: SocketAddrV4,
+    /// Our port on the gateway address, as the guest sees it.
+    gateway_port: u16,
+    link: Link,
+    last_used: Instant,
+}
+
+/// Counters for logs and the stats API.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UdpStats {
+    pub flows_opened: u64,
+    pub evicted: u64,
+    pub expired: u64,
+    pub dropped: u64,
+}
+
+/// All UDP flows of one network.
+#[derive(Debug)]
+pub struct UdpTable {
+    flows: HashMap<SocketAddrV4, Flow>,
+    by_sock: HashMap<SockId, SocketAddrV4>,
+    forwards: HashMap<u16, Forward>,
+    forward_by_client: HashMap<(SockId, SocketAddrV4), u16>,
+    next_forward_port: u16,
+    next_sweep: Option<Instant>,
+    pub stats: UdpStats,
+}
+
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Default for UdpTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl UdpTable {
+    pub fn new() -> Self {
+        UdpTable {
+            flows: HashMap::new(),
+            by_sock: HashMap::new(),
+            forwards: HashMap::new(),
+            forward_by_client: HashMap::new(),
+            next_forward_port: 0,
+            next_sweep: None,
+            stats: UdpStats::default(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.flows.len() + self.forwards.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A datagram from the guest.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_guest_datagram(
+        &mut self,
+        host: &mut impl Host,
+        cfg: &NetConfig,
+        now: Instant,
+        link: Link,
+        guest: SocketAddrV4,
+        dst: SocketAddrV4,
+        payload: &[u8],
+    ) {
+        // A reply to a port-forwarded client?
+        if *dst.ip() == cfg.gateway {
+            if let Some(fwd) = self.forwards.get_mut(&dst.port()) {
+                if fwd.guest == guest {
+                    fwd.last_used = now;
+                    if let Err(e) = host.udp_send_to(fwd.listener, fwd.client, payload) {
+                        debug!(error = %e, client = %fwd.client, "forwarded UDP reply failed");
+                    }
+                    return;
+                }
+            }
+        }
+        let Some(target) = cfg.outbound(dst, false) else {
+            self.stats.dropped += 1;
+            debug!(%dst, "no route for UDP destination, dropping");
+            return;
+        };
+        let sock = match self.flows.get_mut(&guest) {
+            Some(flow) => {
+                flow.last_used = now;
+                flow.link = link;
+                flow.dns_only &= dst.port() == 53;
+                flow.sock
+            }
+            None => {
+                if self.flows.len() >= cfg.max_udp_flows {
+                    self.evict_oldest(host);
+                }
+                let sock = match host.udp_open() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        self.stats.dropped += 1;
+                        warn!(error = %e, "cannot open a UDP socket, dropping datagram");
+                        return;
+                    }
+                };
+                self.flows.insert(
+                    guest,
+                    Flow {
+                        guest,
+                        link,
+                        sock,
+                        last_used: now,
+                        dns_only: dst.port() == 53,
+                    },
+                );
+                self.by_sock.insert(sock, guest);
+                self.stats.flows_opened += 1;
+                self.next_sweep.get_or_insert(now + SWEEP_INTERVAL);
+                sock
+            }
+        };
+        if let Err(e) = host.udp_send_to(sock, target, payload) {
+            self.stats.dropped += 1;
+            debug!(error = %e, %target, "UDP send failed");
+        }
+    }
+
+    fn evict_oldest(&mut self, host: &mut impl Host) {
+        let oldest = self
+            .flows
+            .values()
+            .min_by_key(|f| f.last_used)
+            .map(|f| f.guest);
+        if let Some(guest) = oldest {
+            self.stats.evicted += 1;
+            if self.stats.evicted.is_power_of_two() {
+                warn!(
+                    evicted = self.stats.evicted,
+                    "UDP flow table full, evicting least recently used flows"
+                );
+            }
+            self.close_flow(host, guest);
+        }
+    }
+
+    fn close_flow(&mut self, host: &mut impl Host, guest: SocketAddrV4) {
+        if let Some(flow) = self.flows.remove(&guest) {
+            self.by_sock.remove(&flow.sock);
+            host.close(flow.sock);
+        }
+    }
+
+    /// A datagram arrived on a host socket. Returns false if the socket is not a UDP flow.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_host_datagram(
+        &mut self,
+        out: &mut Output,
+        cfg: &NetConfig,
+        now: Instant,
+        sock: SockId,
+        from: SocketAddrV4,
+        payload: &[u8],
+    ) -> bool {
+        let Some(guest) = self.by_sock.get(&sock) else {
+            return false;
+        };
+        let Some(flow) = self.flows.get_mut(guest) else {
+            return false;
+        };
+        if payload.len() + 28 > usize::from(cfg.mtu) {
+            self.stats.dropped += 1;
+            debug!(
+                len = payload.len(),
+                "UDP datagram larger than the MTU, dropping (no fragmentation)"
+            );
+            return true;
+        }
+        let Some(src) = cfg.inbound(from) else {
+            self.stats.dropped += 1;
+            return true;
+        };
+        flow.last_used = now;
+        out.udp(flow.link, src, flow.guest, payload);
+        true
+    }
+
+    /// A datagram from a host client on a port-forward listener.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_forward_datagram(
+        &mut self,
+        out: &mut Output,
+        cfg: &NetConfig,
+        now: Instant,
+        listener: SockId,
+        client: SocketAddrV4,
+        link: Link,
+        guest: SocketAddrV4,
+        payload: &[u8],
+    ) {
+        if payload.len() + 28 > usize::from(cfg.mtu) {
+            self.stats.dropped += 1;
+            return;
+        }
+        let port = match self.forward_by_client.get(&(listener, client)) {
+            Some(&p) => p,
+            None => {
+                if self.forwards.len() >= cfg.max_udp_flows {
+                    self.stats.dropped += 1;
+                    warn!(%client, "UDP forward table full, dropping");
+                    return;
+                }
+                let port = loop {
+                    self.next_forward_port = self.next_forward_port.wrapping_add(1);
+                    let p = 49152 + self.next_forward_port % 16384;
+                    if !self.forwards.contains_key(&p) {
+                        break p;
+                    }
+                };
+                self.forward_by_client.insert((listener, client), port);
+                self.next_sweep.get_or_insert(now + SWEEP_INTERVAL);
+                port
+            }
+        };
+        let fwd = self.forwards.entry(port).or_insert(Forward {
+            listener,
+            client,
+            guest,
+            gateway_port: port,
+            link,
+            last_used: now,
+        });
+        fwd.last_used = now;
+        fwd.link = link;
+        let src = SocketAddrV4::new(cfg.gateway, fwd.gateway_port);
+        out.udp(fwd.link, src, fwd.guest, payload);
+    }
+
+    /// Forgets the flows of a port that went away.
+    pub fn port_closed(&mut self, host: &mut impl Host, port: usize) {
+        let gone: Vec<SocketAddrV4> = self
+            .flows
+            .values()
+            .filter(|f| f.link.port == port)
+            .map(|f| f.guest)
+            .collect();
+        for guest in gone {
+            self.close_flow(host, guest);
+        }
+        self.forwards.retain(|_, f| f.link.port != port);
+        let live: std::collections::HashSet<u16> = self.forwards.keys().copied().collect();
+        self.forward_by_client.retain(|_, p| live.contains(p));
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next_sweep
+    }
+
+    /// Expires idle flows.
+    pub fn on_timeout(&mut self, host: &mut impl Host, cfg: &NetConfig, now: Instant) {
+        match self.next_sweep {
+            Some(t) if t <= now => {}
+            _ => return,
+        }
+        let idle = |last: Instant, dns: bool| {
+            let limit = if dns {
+                cfg.udp_dns_idle_timeout
+            } else {
+                cfg.udp_idle_timeout
+            };
+            now.duration_since(last) >= limit
+        };
+        let expired: Vec<SocketAddrV4> = self
+            .flows
+            .values()
+            .filter(|f| idle(f.last_used, f.dns_only))
+            .map(|f| f.guest)
+            .collect();
+        self.stats.expired += expired.len() as u64;
+        for guest in expired {
+            self.close_flow(host, guest);
+        }
+        self.forwards.retain(|_, f| !idle(f.last_used, false));
+        let live: std::collections::HashSet<u16> = self.forwards.keys().copied().collect();
+        self.forward_by_client.retain(|_, p| live.contains(p));
+        self.next_sweep =
+            (!self.flows.is_empty() || !self.forwards.is_empty()).then(|| now + SWEEP_INTERVAL);
+    }
+}

@@ -1,0 +1,270 @@
+//! Host sockets behind the netstack's [`Host`] trait: non-blocking, registered with mio, and
+//! identified by their index in a slab (which is also their mio token).
+
+use crate::sys;
+use limanet_netstack::{Host, SockId};
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::{AsRawFd, OwnedFd};
+use tracing::{debug, warn};
+
+/// What a host socket is used for.
+#[derive(Debug)]
+pub enum Kind {
+    /// A translated TCP connection. `peek_offset` mirrors the kernel's `SO_PEEK_OFF`.
+    Tcp {
+        connecting: bool,
+        peek_offset: usize,
+    },
+    Udp,
+    /// An ICMP echo socket; raw sockets deliver the IP header too.
+    Icmp {
+        raw: bool,
+    },
+    /// A TCP port-forward listener and the guest address it leads to.
+    TcpForward {
+        guest: SocketAddrV4,
+    },
+    /// A UDP port-forward socket and the guest address it leads to.
+    UdpForward {
+        guest: SocketAddrV4,
+    },
+}
+
+#[derive(Debug)]
+pub struct Entry {
+    pub fd: OwnedFd,
+    pub kind: Kind,
+}
+
+/// All host sockets of one network.
+pub struct HostSockets {
+    registry: Registry,
+    entries: Vec<Option<Entry>>,
+    free: Vec<usize>,
+    /// `SO_PEEK_OFF` works on this kernel; without it, every peek starts at offset 0.
+    peek_off_supported: bool,
+    /// Prefer unprivileged ping sockets; fall back to raw sockets if they are refused.
+    icmp_raw: Option<bool>,
+    /// Tokens at or above this belong to the runtime, not to host sockets.
+    limit: usize,
+}
+
+impl HostSockets {
+    pub fn new(registry: Registry, limit: usize) -> Self {
+        HostSockets {
+            registry,
+            entries: Vec::new(),
+            free: Vec::new(),
+            peek_off_supported: true,
+            icmp_raw: None,
+            limit,
+        }
+    }
+
+    pub fn get(&self, id: SockId) -> Option<&Entry> {
+        self.entries.get(id).and_then(Option::as_ref)
+    }
+
+    pub fn get_mut(&mut self, id: SockId) -> Option<&mut Entry> {
+        self.entries.get_mut(id).and_then(Option::as_mut)
+    }
+
+    /// Registers a socket and returns its id.
+    pub fn insert(&mut self, fd: OwnedFd, kind: Kind) -> io::Result<SockId> {
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None => {
+                if self.entries.len() >= self.limit {
+                    return Err(io::Error::other("too many host sockets"));
+                }
+                self.entries.push(None);
+                self.entries.len() - 1
+            }
+        };
+        let interest = match kind {
+            Kind::Tcp { .. } => Interest::READABLE | Interest::WRITABLE,
+            _ => Interest::READABLE,
+        };
+        if let Err(e) = self
+            .registry
+            .register(&mut SourceFd(&fd.as_raw_fd()), Token(id), interest)
+        {
+            self.free.push(id);
+            return Err(e);
+        }
+        self.entries[id] = Some(Entry { fd, kind });
+        Ok(id)
+    }
+
+    /// Deregisters and closes a socket.
+    pub fn remove(&mut self, id: SockId) -> Option<Entry> {
+        let entry = self.entries.get_mut(id)?.take()?;
+        let _ = self
+            .registry
+            .deregister(&mut SourceFd(&entry.fd.as_raw_fd()));
+        self.free.push(id);
+        Some(entry)
+    }
+
+    fn fd(&self, id: SockId) -> io::Result<i32> {
+        self.get(id)
+            .map(|e| e.fd.as_raw_fd())
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+    }
+
+    /// Marks a TCP socket connected; returns the connect result from `SO_ERROR`.
+    pub fn finish_connect(&mut self, id: SockId) -> Option<io::Result<()>> {
+        let entry = self.get_mut(id)?;
+        match &mut entry.kind {
+            Kind::Tcp { connecting, .. } if *connecting => {
+                let result = sys::take_socket_error(entry.fd.as_raw_fd());
+                if result.is_ok() {
+                    *connecting = false;
+                }
+                Some(result)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Host for HostSockets {
+    fn tcp_connect(&mut self, dst: SocketAddrV4) -> io::Result<SockId> {
+        let fd = sys::tcp_connect_nonblocking(dst)?;
+        self.insert(
+            fd,
+            Kind::Tcp {
+                connecting: true,
+                peek_offset: 0,
+            },
+        )
+    }
+
+    fn tcp_send(&mut self, id: SockId, data: &[u8]) -> io::Result<usize> {
+        sys::send(self.fd(id)?, data)
+    }
+
+    fn tcp_send_space(&mut self, id: SockId) -> usize {
+        self.fd(id).map(sys::send_space).unwrap_or(0)
+    }
+
+    fn tcp_peek(&mut self, id: SockId, offset: usize, bufs: &mut [&mut [u8]]) -> io::Result<usize> {
+        let supported = self.peek_off_supported;
+        let entry = self
+            .get_mut(id)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        let fd = entry.fd.as_raw_fd();
+        let Kind::Tcp { peek_offset, .. } = &mut entry.kind else {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        };
+        if supported {
+            if *peek_offset != offset {
+                sys::set_peek_offset(fd, offset)?;
+                *peek_offset = offset;
+            }
+            let n = sys::peek_vectored(fd, bufs)?;
+            *peek_offset += n;
+            Ok(n)
+        } else {
+            // Without SO_PEEK_OFF: peek everything up to the offset into a scratch buffer.
+            let mut skip = vec![0u8; offset];
+            let mut all: Vec<&mut [u8]> = Vec::with_capacity(bufs.len() + 1);
+            all.push(&mut skip);
+            all.extend(bufs.iter_mut().map(|b| &mut **b));
+            let n = sys::peek_vectored(fd, &mut all)?;
+            Ok(n.saturating_sub(offset))
+        }
+    }
+
+    fn tcp_consume(&mut self, id: SockId, len: usize) -> io::Result<()> {
+        let entry = self
+            .get_mut(id)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        let fd = entry.fd.as_raw_fd();
+        let n = sys::discard(fd, len)?;
+        if let Kind::Tcp { peek_offset, .. } = &mut entry.kind {
+            // The kernel moves SO_PEEK_OFF back by what was removed.
+            *peek_offset = peek_offset.saturating_sub(n);
+        }
+        if n != len {
+            warn!(
+                wanted = len,
+                discarded = n,
+                "short discard of acknowledged data"
+            );
+        }
+        Ok(())
+    }
+
+    fn tcp_shutdown(&mut self, id: SockId) {
+        if let Ok(fd) = self.fd(id) {
+            sys::shutdown_write(fd);
+        }
+    }
+
+    fn tcp_close(&mut self, id: SockId, reset: bool) {
+        if let Some(entry) = self.remove(id) {
+            if reset {
+                sys::set_linger_zero(entry.fd.as_raw_fd());
+            }
+        }
+    }
+
+    fn udp_open(&mut self) -> io::Result<SockId> {
+        let fd = sys::udp_socket()?;
+        self.insert(fd, Kind::Udp)
+    }
+
+    fn udp_send_to(&mut self, id: SockId, dst: SocketAddrV4, data: &[u8]) -> io::Result<()> {
+        sys::send_to(self.fd(id)?, data, SocketAddr::V4(dst)).map(|_| ())
+    }
+
+    fn icmp_open(&mut self) -> io::Result<SockId> {
+        let raw = match self.icmp_raw {
+            Some(raw) => raw,
+            None => {
+                // Decide once: unprivileged ping sockets, else raw sockets (root).
+                let raw = match sys::icmp_socket(false) {
+                    Ok(fd) => {
+                        drop(fd);
+                        false
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "ping sockets refused, trying a raw ICMP socket");
+                        true
+                    }
+                };
+                self.icmp_raw = Some(raw);
+                raw
+            }
+        };
+        let fd = sys::icmp_socket(raw)?;
+        self.insert(fd, Kind::Icmp { raw })
+    }
+
+    fn icmp_send_to(&mut self, id: SockId, dst: Ipv4Addr, packet: &[u8]) -> io::Result<()> {
+        sys::send_to(
+            self.fd(id)?,
+            packet,
+            SocketAddr::V4(SocketAddrV4::new(dst, 0)),
+        )
+        .map(|_| ())
+    }
+
+    fn close(&mut self, id: SockId) {
+        self.remove(id);
+    }
+}
+
+impl HostSockets {
+    /// Called once at start: checks whether `SO_PEEK_OFF` works for TCP sockets here.
+    pub fn probe_peek_offset(&mut self) {
+        self.peek_off_supported = sys::peek_offset_supported();
+        if !self.peek_off_supported {
+            warn!("SO_PEEK_OFF is not supported: retransmissions will re-read from the start of the queue");
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! Thin, safe wrappers over the socket system calls the data plane needs and std lacks
+//! (peeking at an offset, discarding, send-buffer space, fd passing). Every function returns
+//! `io::Result` and never panics on what the kernel reports.
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn cvt_size(ret: libc::ssize_t) -> io::Result<usize> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+fn socket(domain: libc::c_int, ty: libc::c_int, proto: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; on success we own the new descriptor.
+    let fd =
+        cvt(unsafe { libc::socket(domain, ty | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, proto) })?;
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
+    // SAFETY: all-zero is a valid sockaddr_in.
+    let mut sin: libc::sockaddr_in = unsafe { zeroed() };
+    sin.sin_family = libc::AF_INET as libc::sa_family_t;
+    sin.sin_port = addr.port().to_be();
+    sin.sin_addr.s_addr = u32::from(*addr.ip()).to_be();
+    sin
+}
+
+fn setsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: passes a pointer to a live c_int of the right size.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            &value as *const _ as *const libc::c_void,
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .map(|_| ())
+}
+
+fn getsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: value and len are live and sized for a c_int.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd,
+            level,
+            name,
+            &mut value as *mut _ as *mut libc::c_void,
+            &mut len,
+        )
+    })?;
+    Ok(value)
+}
+
+/// Starts a non-blocking TCP connect; `EINPROGRESS` is success.
+pub fn tcp_connect_nonblocking(dst: SocketAddrV4) -> io::Result<OwnedFd> {
+    let fd = socket(libc::AF_INET, libc::SOCK_STREAM, 0)?;
+    let _ = setsockopt_int(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
+    let sin = sockaddr_in(dst);
+    // SAFETY: sin is a valid sockaddr_in for the call's duration.
+    let ret = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            &sin as *const _ as *const libc::sockaddr,
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if ret < 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(err);
+        }
+    }
+    Ok(fd)
+}
+
+/// Reads and clears `SO_ERROR`: the outcome of a non-blocking connect.
+pub fn take_socket_error(fd: RawFd) -> io::Result<()> {
+    match getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ERROR)? {
+        0 => Ok(()),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
+pub fn send(fd: RawFd, data: &[u8]) -> io::Result<usize> {
+    // SAFETY: data is a live slice.
+    cvt_size(unsafe {
+        libc::send(
+            fd,
+            data.as_ptr() as *const libc::c_void,
+            data.len(),
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
+    })
+}
+
+/// Free space in a socket's send buffer: `SO_SNDBUF` minus what is queued (`SIOCOUTQ`), halved
+/// because the kernel also charges its bookkeeping to the same budget.
+pub fn send_space(fd: RawFd) -> usize {
+    let sndbuf = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF)
+        .unwrap_or(0)
+        .max(0) as usize;
+    let mut queued: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one c_int.
+    let ok = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued) } == 0;
+    if !ok {
+        return sndbuf / 2;
+    }
+    sndbuf.saturating_sub(queued.max(0) as usize) / 2
+}
+
+pub fn set_peek_offset(fd: RawFd, offset: usize) -> io::Result<()> {
+    let offset =
+        libc::c_int::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, offset)
+}
+
+/// Whether `SO_PEEK_OFF` can be set on a TCP socket.
+pub fn peek_offset_supported() -> bool {
+    match socket(libc::AF_INET, libc::SOCK_STREAM, 0) {
+        Ok(fd) => set_peek_offset(fd.as_raw_fd(), 0).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Peeks into several buffers with one `recvmsg(MSG_PEEK)`.
+pub fn peek_vectored(fd: RawFd, bufs: &mut [&mut [u8]]) -> io::Result<usize> {
+    let mut iov: Vec<libc::iovec> = bufs
+        .iter_mut()
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        })
+        .collect();
+    // SAFETY: all-zero msghdr is valid; iov points at live buffers for the call's duration.
+    let mut msg: libc::msghdr = unsafe { zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = iov.len() as _;
+    // SAFETY: msg is fully initialised above.
+    cvt_size(unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_PEEK | libc::MSG_DONTWAIT) })
+}
+
+/// Drops `len` bytes from the receive queue without copying them.
+pub fn discard(fd: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: with MSG_TRUNC on a TCP socket the kernel copies nothing into the null buffer.
+    cvt_size(unsafe {
+        libc::recv(
+            fd,
+            std::ptr::null_mut(),
+            len,
+            libc::MSG_TRUNC | libc::MSG_DONTWAIT,
+        )
+    })
+}
+
+pub fn shutdown_write(fd: RawFd) {
+    // SAFETY: plain syscall; an error (already closed) is harmless.
+    unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+}
+
+/// Makes `close` send a RST.
+pub fn set_linger_zero(fd: RawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: passes a live linger struct.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const _ as *const libc::c_void,
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+}
+
+pub fn udp_socket() -> io::Result<OwnedFd> {
+    socket(libc::AF_INET, libc::SOCK_DGRAM, 0)
+}
+
+/// An ICMP echo socket: a ping socket, or a raw one.
+pub fn icmp_socket(raw: bool) -> io::Result<OwnedFd> {
+    let ty = if raw {
+        libc::SOCK_RAW
+    } else {
+        libc::SOCK_DGRAM
+    };
+    socket(libc::AF_INET, ty, libc::IPPROTO_ICMP)
+}
+
+pub fn send_to(fd: RawFd, data: &[u8], dst: SocketAddr) -> io::Result<usize> {
+    let SocketAddr::V4(dst) = dst else {
+        return Err(io::Error::from(io::ErrorKind::Unsupported));
+    };
+    let sin = sockaddr_in(dst);
+    // SAFETY: data and sin are live for the call.
+    cvt_size(unsafe {
+        libc::sendto(
+            fd,
+            data.as_ptr() as *const libc::c_void,
+            data.len(),
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            &sin as *const _ as *const libc::sockaddr,
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    })
+}
+
+/// Receives one datagram and its IPv4 source.
+pub fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAddrV4)> {
+    // SAFETY: zeroed sockaddr_in is valid; buffers are live.
+    let mut sin: libc::sockaddr_in = unsafe { zeroed() };
+    let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let n = cvt_size(unsafe {
+        libc::recvfrom(
+            fd,
+            buf.as_mut_ptr() as *mut libc::c_void,
+            buf.len(),
+            libc::MSG_DONTWAIT,
+            &mut sin as *mut _ as *mut libc::sockaddr,
+            &mut len,
+        )
+    })?;
+    let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+    Ok((n, SocketAddrV4::new(ip, u16::from_be(sin.sin_port))))
+}
+
+/// Accepts one connection, non-blocking, and returns it with its peer.
+pub fn accept(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: null address pointers are allowed; on success we own the descriptor.
+    let new = cvt(unsafe {
+        libc::accept4(
+            fd,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    })?;
+    // SAFETY: fresh descriptor.
+    let new = unsafe { OwnedFd::from_raw_fd(new) };
+    let _ = setsockopt_int(new.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
+    Ok(new)
+}
+
+/// A listening TCP socket (port-forward), `SO_REUSEADDR` set.
+pub fn tcp_listen(addr: SocketAddrV4) -> io::Result<OwnedFd> {
+    let fd = socket(libc::AF_INET, libc::SOCK_STREAM, 0)?;
+    setsockopt_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    bind(&fd, addr)?;
+    // SAFETY: plain syscall.
+    cvt(unsafe { libc::listen(fd.as_raw_fd(), 1024) })?;
+    Ok(fd)
+}
+
+/// A bound UDP socket (port-forward).
+pub fn udp_bind(addr: SocketAddrV4) -> io::Result<OwnedFd> {
+    let fd = udp_socket()?;
+    bind(&fd, addr)?;
+    Ok(fd)
+}
+
+fn bind(fd: &OwnedFd, addr: SocketAddrV4) -> io::Result<()> {
+    let sin = sockaddr_in(addr);
+    // SAFETY: sin is live for the call.
+    cvt(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            &sin as *const _ as *const libc::sockaddr,
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    })
+    .map(|_| ())
+}
+
+/// Sets a socket's send and receive buffer sizes (best effort).
+pub fn set_buffer_sizes(fd: RawFd, send: usize, recv: usize) {
+    let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, send as libc::c_int);
+    let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, recv as libc::c_int);
+}
+
+/// Writes several buffers with one call; returns bytes written.
+pub fn writev(fd: RawFd, bufs: &[&[u8]]) -> io::Result<usize> {
+    let iov: Vec<libc::iovec> = bufs
+        .iter()
+        .map(|b| libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        })
+        .collect();
+    // SAFETY: zeroed msghdr is valid; iov points at live buffers.
+    let mut msg: libc::msghdr = unsafe { zeroed() };
+    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = iov.len() as _;
+    // SAFETY: msg fully initialised; MSG_NOSIGNAL avoids SIGPIPE on a vanished peer.
+    cvt_size(unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) })
+}
+
+/// Receives one message carrying a file descriptor (`SCM_RIGHTS`). `Ok(None)` at end of stream
+/// or when the message carried no descriptor.
+pub fn recv_fd(fd: RawFd) -> io::Result<Option<OwnedFd>> {
+    let mut data = [0u8; 64];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // Room for a handful of descriptors; extras are closed.
+    let mut control = [0u64; 16];
+    // SAFETY: zeroed msghdr is valid; buffers are live for the call.
+    let mut msg: libc::msghdr = unsafe { zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = size_of::<[u64; 16]>() as _;
+    // SAFETY: msg initialised above.
+    let n = cvt_size(unsafe {
+        libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC)
+    })?;
+    let mut received: Vec<OwnedFd> = Vec::new();
+    // SAFETY: iterating the control buffer the kernel filled, with the libc CMSG macros.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let payload = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let count = payload / size_of::<RawFd>();
+                let first = libc::CMSG_DATA(cmsg) as *const RawFd;
+                for i in 0..count {
+                    let raw = std::ptr::read_unaligned(first.add(i));
+                    received.push(OwnedFd::from_raw_fd(raw));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    if n == 0 && received.is_empty() {
+        return Ok(None);
+    }
+    Ok(received.into_iter().next())
+}
+
+/// Socket type (`SO_TYPE`), to check what a client passed us.
+pub fn socket_type(fd: RawFd) -> io::Result<libc::c_int> {
+    getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)
+}
+
+/// Sets `O_NONBLOCK` on a descriptor.
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor we hold.
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) }).map(|_| ())
+}

@@ -1,0 +1,173 @@
+//! TAP devices inside network namespaces, opened and configured by limanet (as pasta and
+//! slirp4netns do), with plain ioctls: no `ip` command, no netlink dependency.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::mem::zeroed;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+/// How the TAP device inside the namespace is set up.
+#[derive(Debug, Clone)]
+pub struct TapConfig {
+    pub name: String,
+    pub mtu: u16,
+    /// Address and prefix length to assign, and the default gateway; `None` leaves the
+    /// interface unconfigured (for guests that run their own DHCP client).
+    pub address: Option<(Ipv4Addr, u8, Ipv4Addr)>,
+}
+
+/// Opens a namespace given as a path (`/run/netns/NAME`, `/proc/PID/ns/net`) or a PID.
+pub fn open_netns(spec: &str) -> io::Result<File> {
+    let path = if spec.chars().all(|c| c.is_ascii_digit()) {
+        format!("/proc/{spec}/ns/net")
+    } else {
+        spec.to_string()
+    };
+    File::open(Path::new(&path)).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot open network namespace {path}: {e}"),
+        )
+    })
+}
+
+/// Creates and configures a TAP device inside `netns`; returns its (non-blocking) descriptor.
+/// The work happens on a short-lived thread that joins the namespace, so the caller's own
+/// namespace is never changed.
+pub fn create_tap_in(netns: &File, cfg: &TapConfig) -> io::Result<OwnedFd> {
+    let ns = netns.as_raw_fd();
+    let cfg = cfg.clone();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            // SAFETY: setns on this thread only; the thread ends right after.
+            if unsafe { libc::setns(ns, libc::CLONE_NEWNET) } != 0 {
+                let e = io::Error::last_os_error();
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot enter the network namespace: {e}"),
+                ));
+            }
+            let tap = open_tap(&cfg.name)?;
+            configure(&cfg)?;
+            Ok(tap)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("TAP setup thread panicked")))
+    })
+}
+
+fn ifreq(name: &str) -> io::Result<libc::ifreq> {
+    // SAFETY: all-zero ifreq is valid.
+    let mut req: libc::ifreq = unsafe { zeroed() };
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() >= req.ifr_name.len() || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("invalid interface name {name:?}"),
+        ));
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    Ok(req)
+}
+
+fn ioctl(fd: RawFd, request: libc::c_ulong, req: &mut libc::ifreq, what: &str) -> io::Result<()> {
+    // SAFETY: the request codes used here all take a struct ifreq.
+    if unsafe { libc::ioctl(fd, request as _, req as *mut libc::ifreq) } < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
+    }
+    Ok(())
+}
+
+fn open_tap(name: &str) -> io::Result<OwnedFd> {
+    let path = CString::new("/dev/net/tun").map_err(io::Error::other)?;
+    // SAFETY: opening a device node; we own the descriptor on success.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("cannot open /dev/net/tun: {e}"),
+        ));
+    }
+    // SAFETY: fresh descriptor.
+    let tap = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut req = ifreq(name)?;
+    req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    ioctl(
+        tap.as_raw_fd(),
+        libc::TUNSETIFF as libc::c_ulong,
+        &mut req,
+        "TUNSETIFF",
+    )?;
+    Ok(tap)
+}
+
+fn sockaddr_in(ip: Ipv4Addr) -> libc::sockaddr {
+    // SAFETY: sockaddr_in and sockaddr have the same size; all-zero is valid.
+    let mut sin: libc::sockaddr_in = unsafe { zeroed() };
+    sin.sin_family = libc::AF_INET as libc::sa_family_t;
+    sin.sin_addr.s_addr = u32::from(ip).to_be();
+    // SAFETY: reinterpreting a sockaddr_in as the generic sockaddr, as the ioctls expect.
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+}
+
+fn set_up(sock: RawFd, name: &str) -> io::Result<()> {
+    let mut req = ifreq(name)?;
+    ioctl(sock, libc::SIOCGIFFLAGS, &mut req, "SIOCGIFFLAGS")?;
+    // SAFETY: SIOCGIFFLAGS filled the flags member.
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    ioctl(sock, libc::SIOCSIFFLAGS, &mut req, "bring interface up")
+}
+
+fn configure(cfg: &TapConfig) -> io::Result<()> {
+    // SAFETY: a socket only used as an ioctl handle.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh descriptor.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    let fd = sock.as_raw_fd();
+    set_up(fd, "lo")?;
+    let mut req = ifreq(&cfg.name)?;
+    req.ifr_ifru.ifru_mtu = libc::c_int::from(cfg.mtu);
+    ioctl(fd, libc::SIOCSIFMTU, &mut req, "set MTU")?;
+    if let Some((addr, prefix, gateway)) = cfg.address {
+        let mut req = ifreq(&cfg.name)?;
+        req.ifr_ifru.ifru_addr = sockaddr_in(addr);
+        ioctl(fd, libc::SIOCSIFADDR, &mut req, "set address")?;
+        let mask = Ipv4Addr::from(limanet_netstack::config::prefix_mask(prefix));
+        let mut req = ifreq(&cfg.name)?;
+        req.ifr_ifru.ifru_netmask = sockaddr_in(mask);
+        ioctl(fd, libc::SIOCSIFNETMASK, &mut req, "set netmask")?;
+        set_up(fd, &cfg.name)?;
+        // Default route via the gateway.
+        // SAFETY: all-zero rtentry is valid.
+        let mut rt: libc::rtentry = unsafe { zeroed() };
+        rt.rt_dst = sockaddr_in(Ipv4Addr::UNSPECIFIED);
+        rt.rt_genmask = sockaddr_in(Ipv4Addr::UNSPECIFIED);
+        rt.rt_gateway = sockaddr_in(gateway);
+        rt.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
+        // SAFETY: SIOCADDRT takes a struct rtentry.
+        if unsafe { libc::ioctl(fd, libc::SIOCADDRT as _, &mut rt as *mut libc::rtentry) } < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EEXIST) {
+                return Err(io::Error::new(e.kind(), format!("add default route: {e}")));
+            }
+        }
+    } else {
+        set_up(fd, &cfg.name)?;
+    }
+    Ok(())
+}

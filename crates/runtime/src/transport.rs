@@ -1,0 +1,411 @@
+//! Frame transports: how Ethernet frames travel between limanet and a VM or namespace.
+//!
+//! - `Stream`: QEMU's `-netdev stream` / `-netdev socket` protocol, socket_vmnet's too: each frame
+//!   is preceded by its length as a 4-byte big-endian integer.
+//! - `Packet`: one frame per read and write: a TAP device, or a connected datagram socket (Lima's
+//!   fd socket hands us one).
+//! - `Peer`: one frame per datagram on a shared, bound datagram socket (QEMU `-netdev dgram`,
+//!   vfkit), addressed to the peer's own socket path.
+//!
+//! Lengths from the other side are never trusted: a header larger than the largest frame the
+//! MTU allows closes that connection with a logged error; nothing else is affected.
+
+use crate::sys;
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::rc::Rc;
+use tracing::debug;
+
+/// Largest amount of queued output per port before new frames are dropped. TCP flows recover
+/// through retransmission; this only bounds memory when a VM stops reading.
+const MAX_QUEUED_BYTES: usize = 16 << 20;
+/// Reads per readiness event before yielding to other ports.
+pub const READS_PER_EVENT: usize = 16;
+const STREAM_READ_BUFFER: usize = 256 << 10;
+/// Frames per `sendmsg` on stream ports.
+const FRAMES_PER_WRITE: usize = 128;
+
+/// The I/O object behind a port.
+#[derive(Debug)]
+pub enum Io {
+    Stream(OwnedFd),
+    Packet(OwnedFd),
+    Peer {
+        socket: Rc<UnixDatagram>,
+        peer: PathBuf,
+    },
+}
+
+/// Outcome of reading from a port.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadStatus {
+    /// Nothing more to read for now.
+    Drained,
+    /// The read budget ran out with data still waiting.
+    More,
+    /// The other side closed the connection.
+    Closed,
+}
+
+/// Why a port had to be closed.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    #[error("frame length header {len} exceeds the maximum frame size {max}")]
+    Oversize { len: usize, max: usize },
+    #[error("connection closed in the middle of a frame ({0} bytes pending)")]
+    Truncated(usize),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// One connection on the switch.
+#[derive(Debug)]
+pub struct Port {
+    pub io: Io,
+    /// For logs: what this port is (socket path, namespace).
+    pub name: String,
+    rbuf: Vec<u8>,
+    rlen: usize,
+    wq: VecDeque<Vec<u8>>,
+    /// Bytes of the first queued frame (counting its stream header) already written.
+    whead: usize,
+    queued: usize,
+    pub dropped: u64,
+    pub zero_length_frames: u64,
+}
+
+impl Port {
+    pub fn new(io: Io, name: String) -> Self {
+        let rbuf = match io {
+            Io::Stream(_) => vec![0; STREAM_READ_BUFFER],
+            _ => Vec::new(),
+        };
+        Port {
+            io,
+            name,
+            rbuf,
+            rlen: 0,
+            wq: VecDeque::new(),
+            whead: 0,
+            queued: 0,
+            dropped: 0,
+            zero_length_frames: 0,
+        }
+    }
+
+    pub fn raw_fd(&self) -> i32 {
+        match &self.io {
+            Io::Stream(fd) | Io::Packet(fd) => fd.as_raw_fd(),
+            Io::Peer { socket, .. } => socket.as_raw_fd(),
+        }
+    }
+
+    /// Reads what is available (within a budget) and hands every complete frame to `on_frame`.
+    /// `scratch` is a buffer of at least `max_frame` bytes for packet ports.
+    pub fn read_frames(
+        &mut self,
+        max_frame: usize,
+        scratch: &mut [u8],
+        mut on_frame: impl FnMut(&[u8]),
+    ) -> Result<ReadStatus, PortError> {
+        match &self.io {
+            Io::Stream(fd) => {
+                let fd = fd.as_raw_fd();
+                for _ in 0..READS_PER_EVENT {
+                    if self.rlen == self.rbuf.len() {
+                        // A frame larger than the buffer cannot be valid: `parse` rejects it first.
+                        return Err(PortError::Oversize {
+                            len: self.rlen,
+                            max: max_frame,
+                        });
+                    }
+                    // SAFETY: reading into the unused tail of our own buffer.
+                    let n = unsafe {
+                        libc::read(
+                            fd,
+                            self.rbuf[self.rlen..].as_mut_ptr() as *mut libc::c_void,
+                            self.rbuf.len() - self.rlen,
+                        )
+                    };
+                    if n < 0 {
+                        let err = io::Error::last_os_error();
+                        return match err.kind() {
+                            io::ErrorKind::WouldBlock => Ok(ReadStatus::Drained),
+                            io::ErrorKind::Interrupted => continue,
+                            _ => Err(err.into()),
+                        };
+                    }
+                    if n == 0 {
+                        if self.rlen > 0 {
+                            return Err(PortError::Truncated(self.rlen));
+                        }
+                        return Ok(ReadStatus::Closed);
+                    }
+                    self.rlen += n as usize;
+                    self.parse_stream(max_frame, &mut on_frame)?;
+                }
+                Ok(ReadStatus::More)
+            }
+            Io::Packet(fd) => {
+                let fd = fd.as_raw_fd();
+                for _ in 0..READS_PER_EVENT {
+                    // SAFETY: reading into a caller-provided buffer.
+                    let n = unsafe {
+                        libc::read(fd, scratch.as_mut_ptr() as *mut libc::c_void, scratch.len())
+                    };
+                    if n < 0 {
+                        let err = io::Error::last_os_error();
+                        return match err.kind() {
+                            io::ErrorKind::WouldBlock => Ok(ReadStatus::Drained),
+                            io::ErrorKind::Interrupted => continue,
+                            _ => Err(err.into()),
+                        };
+                    }
+                    let n = n as usize;
+                    if n == 0 {
+                        // A zero-length datagram is not end of stream for datagram sockets, but
+                        // the peer of a socketpair closing looks the same: treat it as closed.
+                        return Ok(ReadStatus::Closed);
+                    }
+                    if n > max_frame {
+                        self.dropped += 1;
+                        debug!(port = %self.name, len = n, max = max_frame, "dropping oversize frame");
+                        continue;
+                    }
+                    on_frame(&scratch[..n]);
+                }
+                Ok(ReadStatus::More)
+            }
+            // Shared datagram sockets are read by their listener.
+            Io::Peer { .. } => Ok(ReadStatus::Drained),
+        }
+    }
+
+    fn parse_stream(
+        &mut self,
+        max_frame: usize,
+        on_frame: &mut impl FnMut(&[u8]),
+    ) -> Result<(), PortError> {
+        let mut pos = 0;
+        while self.rlen - pos >= 4 {
+            let b = &self.rbuf[pos..pos + 4];
+            let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+            if len == 0 {
+                self.zero_length_frames += 1;
+                if self.zero_length_frames.is_power_of_two() {
+                    debug!(port = %self.name, count = self.zero_length_frames, "skipping zero-length frames");
+                }
+                pos += 4;
+                continue;
+            }
+            if len > max_frame {
+                return Err(PortError::Oversize {
+                    len,
+                    max: max_frame,
+                });
+            }
+            if self.rlen - pos - 4 < len {
+                break;
+            }
+            on_frame(&self.rbuf[pos + 4..pos + 4 + len]);
+            pos += 4 + len;
+        }
+        self.rbuf.copy_within(pos..self.rlen, 0);
+        self.rlen -= pos;
+        Ok(())
+    }
+
+    /// Queues a frame; returns it back if the queue is full (the caller recycles it).
+    pub fn queue(&mut self, frame: Vec<u8>) -> Option<Vec<u8>> {
+        if self.queued + frame.len() > MAX_QUEUED_BYTES {
+            self.dropped += 1;
+            if self.dropped.is_power_of_two() {
+                debug!(port = %self.name, dropped = self.dropped, "output queue full, dropping frames");
+            }
+            return Some(frame);
+        }
+        self.queued += frame.len();
+        self.wq.push_back(frame);
+        None
+    }
+
+    pub fn has_output(&self) -> bool {
+        !self.wq.is_empty()
+    }
+
+    /// Writes queued frames until done or the socket is full. Written buffers go to `recycle`.
+    pub fn flush(&mut self, mut recycle: impl FnMut(Vec<u8>)) -> io::Result<()> {
+        match &self.io {
+            Io::Stream(fd) => {
+                let fd = fd.as_raw_fd();
+                while !self.wq.is_empty() {
+                    let count = self.wq.len().min(FRAMES_PER_WRITE);
+                    let headers: Vec<[u8; 4]> = self
+                        .wq
+                        .iter()
+                        .take(count)
+                        .map(|f| (f.len() as u32).to_be_bytes())
+                        .collect();
+                    let mut bufs: Vec<&[u8]> = Vec::with_capacity(count * 2);
+                    for (i, (frame, header)) in self.wq.iter().zip(&headers).enumerate() {
+                        if i == 0 && self.whead > 0 {
+                            if self.whead < 4 {
+                                bufs.push(&header[self.whead..]);
+                                bufs.push(frame);
+                            } else {
+                                bufs.push(&frame[self.whead - 4..]);
+                            }
+                        } else {
+                            bufs.push(header);
+                            bufs.push(frame);
+                        }
+                    }
+                    let mut written = match sys::writev(fd, &bufs) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(e),
+                    };
+                    drop(bufs);
+                    while written > 0 {
+                        let Some(front) = self.wq.front() else { break };
+                        let left = front.len() + 4 - self.whead;
+                        if written >= left {
+                            written -= left;
+                            self.whead = 0;
+                            if let Some(f) = self.wq.pop_front() {
+                                self.queued -= f.len();
+                                recycle(f);
+                            }
+                        } else {
+                            self.whead += written;
+                            written = 0;
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Io::Packet(fd) => {
+                let fd = fd.as_raw_fd();
+                while let Some(front) = self.wq.front() {
+                    // SAFETY: writing a live buffer.
+                    let n = unsafe {
+                        libc::write(fd, front.as_ptr() as *const libc::c_void, front.len())
+                    };
+                    if n < 0 {
+                        let err = io::Error::last_os_error();
+                        match err.raw_os_error() {
+                            Some(libc::EAGAIN) => return Ok(()),
+                            Some(libc::EINTR) => continue,
+                            // Too big for the peer, or no buffer space: drop this frame only.
+                            Some(libc::EMSGSIZE) | Some(libc::ENOBUFS) | Some(libc::EINVAL) => {
+                                self.dropped += 1
+                            }
+                            _ => return Err(err),
+                        }
+                    }
+                    if let Some(f) = self.wq.pop_front() {
+                        self.queued -= f.len();
+                        recycle(f);
+                    }
+                }
+                Ok(())
+            }
+            Io::Peer { socket, peer } => {
+                while let Some(front) = self.wq.front() {
+                    match socket.send_to(front, peer) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => match e.raw_os_error() {
+                            Some(libc::EMSGSIZE) | Some(libc::ENOBUFS) => self.dropped += 1,
+                            _ => return Err(e),
+                        },
+                    }
+                    if let Some(f) = self.wq.pop_front() {
+                        self.queued -= f.len();
+                        recycle(f);
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Hands back every queued buffer (the port is going away).
+    pub fn drain(&mut self, mut recycle: impl FnMut(Vec<u8>)) {
+        self.wq.drain(..).for_each(&mut recycle);
+        self.queued = 0;
+        self.whead = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    fn stream_pair() -> (Port, UnixStream) {
+        let (a, b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        (Port::new(Io::Stream(OwnedFd::from(a)), "test".into()), b)
+    }
+
+    #[test]
+    fn stream_frames_split_across_reads_are_reassembled() {
+        let (mut port, mut peer) = stream_pair();
+        let mut frames = Vec::new();
+        let frame = vec![7u8; 100];
+        let mut bytes = (frame.len() as u32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&frame);
+        bytes.extend_from_slice(&[0, 0, 0, 0]); // zero-length: skipped
+        peer.write_all(&bytes[..50]).unwrap();
+        let mut scratch = [];
+        assert_eq!(
+            port.read_frames(1514, &mut scratch, |f| frames.push(f.to_vec()))
+                .unwrap(),
+            ReadStatus::Drained
+        );
+        assert!(frames.is_empty());
+        peer.write_all(&bytes[50..]).unwrap();
+        port.read_frames(1514, &mut scratch, |f| frames.push(f.to_vec()))
+            .unwrap();
+        assert_eq!(frames, vec![frame]);
+        assert_eq!(port.zero_length_frames, 1);
+    }
+
+    #[test]
+    fn lying_length_header_closes_the_port() {
+        let (mut port, mut peer) = stream_pair();
+        peer.write_all(&70000u32.to_be_bytes()).unwrap();
+        let err = port.read_frames(1514, &mut [], |_| {}).unwrap_err();
+        assert!(
+            matches!(err, PortError::Oversize { len: 70000, .. }),
+            "{err}"
+        );
+        // A header promising more than arrives before EOF is a truncation.
+        let (mut port, mut peer) = stream_pair();
+        peer.write_all(&[0, 0, 0, 100, 1, 2, 3]).unwrap();
+        drop(peer);
+        port.read_frames(1514, &mut [], |_| {}).ok();
+        let err = port.read_frames(1514, &mut [], |_| {}).unwrap_err();
+        assert!(matches!(err, PortError::Truncated(7)), "{err}");
+    }
+
+    #[test]
+    fn stream_output_is_length_prefixed() {
+        let (mut port, mut peer) = stream_pair();
+        assert!(port.queue(vec![1, 2, 3]).is_none());
+        assert!(port.queue(vec![4]).is_none());
+        let mut recycled = 0;
+        port.flush(|_| recycled += 1).unwrap();
+        assert_eq!(recycled, 2);
+        let mut got = [0u8; 12];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(got, [0, 0, 0, 3, 1, 2, 3, 0, 0, 0, 1, 4]);
+    }
+}

@@ -1,0 +1,304 @@
+//! The QEMU side of an instance: probing the binary (version, `-netdev stream` support), the
+//! `-netdev`/`-device` arguments limanet appends, and Lima's `fd_connect` (sockets connected
+//! by limanet and inherited by QEMU as fds 3, 4, ... in argument order).
+
+use anyhow::{bail, Context};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// A QEMU version (major, minor, micro).
+pub type Version = (u32, u32, u32);
+
+/// Lima's `parseQemuVersion`: the first `QEMU emulator version X.Y.Z` in `--version` output.
+pub fn parse_version(text: &str) -> anyhow::Result<Version> {
+    const PREFIX: &str = "QEMU emulator version ";
+    let parsed = text.lines().find_map(|line| {
+        let rest = &line[line.find(PREFIX)? + PREFIX.len()..];
+        let word = rest.split_whitespace().next()?;
+        let mut parts = word.split('.').map(|p| p.parse::<u32>().ok());
+        let v = (parts.next()??, parts.next()??, parts.next()??);
+        Some(v)
+    });
+    parsed.with_context(|| format!("failed to parse QEMU version from {:?}", text.trim()))
+}
+
+/// The option that makes a `-netdev stream` client reconnect, by QEMU version (Lima):
+/// `reconnect-ms=500` from 9.2.0, `reconnect=1` from 8.0.0, none before.
+pub fn reconnect_option(version: Option<Version>) -> Option<&'static str> {
+    match version {
+        Some(v) if v >= (9, 2, 0) => Some("reconnect-ms=500"),
+        Some(v) if v >= (8, 0, 0) => Some("reconnect=1"),
+        _ => None,
+    }
+}
+
+/// What the QEMU binary supports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caps {
+    /// `qemu -M none -netdev help` lists `stream` (QEMU ≥ 7.2).
+    pub stream: bool,
+    /// `qemu --version`, when it parses.
+    pub version: Option<Version>,
+}
+
+/// Asks `qemu` (the first word of the user's command) what it supports. A program that is not
+/// QEMU (a wrapper, a test stub) simply reports neither, and limanet then uses
+/// `-netdev socket,fd=N`, which every QEMU understands.
+pub fn probe(qemu: &str) -> Caps {
+    let version = run_quick(qemu, &["--version"]).and_then(|out| parse_version(&out).ok());
+    let stream = run_quick(qemu, &["-M", "none", "-netdev", "help"])
+        .is_some_and(|out| out.lines().any(|l| l.trim() == "stream"));
+    tracing::debug!("{qemu}: version {version:?}, netdev stream: {stream}");
+    Caps { stream, version }
+}
+
+/// Runs a short probe with a 10 s limit; stdout and stderr together, or `None`.
+fn run_quick(program: &str, args: &[&str]) -> Option<String> {
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .ok()?;
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(Ok(out)) => {
+            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.push_str(&String::from_utf8_lossy(&out.stderr));
+            Some(text)
+        }
+        _ => {
+            tracing::warn!("`{program} {}` did not answer within 10s", args.join(" "));
+            let _ = super::process::signal(pid, libc::SIGKILL);
+            None
+        }
+    }
+}
+
+/// How one NIC's netdev reaches its network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Netdev {
+    /// `-netdev stream,...,addr.path=PATH` (QEMU connects itself).
+    Stream {
+        /// The unix stream socket.
+        path: PathBuf,
+        /// Reconnect option, see [`reconnect_option`].
+        reconnect: Option<&'static str>,
+    },
+    /// `-netdev socket,fd=N` with the socket connected by limanet (`fd_connect`).
+    FdConnect {
+        /// The unix stream socket limanet connects to.
+        path: PathBuf,
+    },
+}
+
+/// The `-netdev` and `-device` arguments of one NIC. `next_fd` is the fd number the next
+/// `fd_connect` gets in QEMU (starting at 3) and is advanced when this NIC uses one.
+pub fn nic_args(id: &str, netdev: &Netdev, mac: &str, next_fd: &mut RawFd) -> [String; 4] {
+    let spec = match netdev {
+        Netdev::Stream { path, reconnect } => {
+            let mut s = format!(
+                "stream,id={id},server=off,addr.type=unix,addr.path={}",
+                path.display()
+            );
+            if let Some(r) = reconnect {
+                s.push(',');
+                s.push_str(r);
+            }
+            s
+        }
+        Netdev::FdConnect { .. } => {
+            let fd = *next_fd;
+            *next_fd += 1;
+            format!("socket,id={id},fd={fd}")
+        }
+    };
+    [
+        "-netdev".to_owned(),
+        spec,
+        "-device".to_owned(),
+        format!("virtio-net-pci,netdev={id},mac={mac}"),
+    ]
+}
+
+/// Sockets connected for QEMU (Lima's `fd_connect`), in fd order 3, 4, ...
+#[derive(Debug, Default)]
+pub struct ExtraFds {
+    fds: Vec<OwnedFd>,
+}
+
+/// The lowest fd number QEMU gets first (after stdin, stdout, stderr).
+pub const FIRST_FD: RawFd = 3;
+
+impl ExtraFds {
+    /// Connects to `path` (a unix stream socket) and keeps the connection for the child.
+    pub fn connect(&mut self, path: &Path) -> anyhow::Result<()> {
+        let stream = UnixStream::connect(path)
+            .with_context(|| format!("failed to connect to `{}`", path.display()))?;
+        // Move the descriptor above the range the child will use, so the dup2 calls in
+        // `pre_exec` never overwrite a source that is still needed.
+        // SAFETY: fcntl(F_DUPFD_CLOEXEC) on a descriptor we own; the result is a new fd we own.
+        let high = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 100) };
+        if high < 0 {
+            return Err(std::io::Error::last_os_error()).context("failed to duplicate socket fd");
+        }
+        // SAFETY: `high` is a fresh descriptor nobody else owns.
+        self.fds.push(unsafe { OwnedFd::from_raw_fd(high) });
+        Ok(())
+    }
+
+    /// Arranges for the child of `cmd` to receive the sockets as fds 3, 4, ...
+    pub fn pass_to(&self, cmd: &mut Command) -> anyhow::Result<()> {
+        let pairs: Vec<(RawFd, RawFd)> = self
+            .fds
+            .iter()
+            .enumerate()
+            .map(|(i, fd)| {
+                let target = FIRST_FD + RawFd::try_from(i).unwrap_or(RawFd::MAX - FIRST_FD);
+                (fd.as_raw_fd(), target)
+            })
+            .collect();
+        if pairs.iter().any(|&(src, target)| src <= target) {
+            bail!("internal error: socket fd below its target number");
+        }
+        // SAFETY: the closure only calls dup2, which is async-signal-safe; dup2 clears
+        // FD_CLOEXEC on the target, so exactly these fds survive the exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                for &(src, target) in &pairs {
+                    if libc::dup2(src, target) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_vectors() -> anyhow::Result<()> {
+        assert_eq!(
+            parse_version("QEMU emulator version 1.5.3 (qemu-kvm-1.5.3-175.el7_9.6), Copyright (c) 2003-2008 Fabrice Bellard")?,
+            (1, 5, 3)
+        );
+        assert_eq!(parse_version("QEMU emulator version 8.0.0 (v8.0.0)\nCopyright (c) 2003-2022 Fabrice Bellard and the QEMU Project developers")?, (8, 0, 0));
+        assert_eq!(
+            parse_version("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)")?,
+            (7, 2, 22)
+        );
+        let err = format!("{:#}", parse_version("foobar").err().context("must fail")?);
+        assert!(err.contains("failed to parse"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn reconnect_by_version() {
+        assert_eq!(reconnect_option(None), None);
+        assert_eq!(reconnect_option(Some((7, 2, 22))), None);
+        assert_eq!(reconnect_option(Some((8, 0, 0))), Some("reconnect=1"));
+        assert_eq!(reconnect_option(Some((9, 1, 9))), Some("reconnect=1"));
+        assert_eq!(reconnect_option(Some((9, 2, 0))), Some("reconnect-ms=500"));
+        assert_eq!(reconnect_option(Some((10, 0, 0))), Some("reconnect-ms=500"));
+    }
+
+    #[test]
+    fn netdev_arguments() {
+        let mut fd = FIRST_FD;
+        let stream = Netdev::Stream {
+            path: "/l/i/default_qemu.sock".into(),
+            reconnect: None,
+        };
+        assert_eq!(
+            nic_args("net0", &stream, "52:55:55:00:00:01", &mut fd),
+            [
+                "-netdev",
+                "stream,id=net0,server=off,addr.type=unix,addr.path=/l/i/default_qemu.sock",
+                "-device",
+                "virtio-net-pci,netdev=net0,mac=52:55:55:00:00:01"
+            ]
+        );
+        assert_eq!(fd, 3);
+        let sock = Netdev::FdConnect { path: "/x".into() };
+        assert_eq!(
+            nic_args("net1", &sock, "m1", &mut fd)[1],
+            "socket,id=net1,fd=3"
+        );
+        assert_eq!(
+            nic_args("net2", &sock, "m2", &mut fd)[1],
+            "socket,id=net2,fd=4"
+        );
+        let vmnet = Netdev::Stream {
+            path: "/run/lima/socket_vmnet.shared".into(),
+            reconnect: Some("reconnect=1"),
+        };
+        assert_eq!(
+            nic_args("net3", &vmnet, "m3", &mut fd)[1],
+            "stream,id=net3,server=off,addr.type=unix,addr.path=/run/lima/socket_vmnet.shared,reconnect=1"
+        );
+        assert_eq!(fd, 5);
+    }
+
+    #[test]
+    fn probe_real_qemu_and_non_qemu() {
+        let caps = probe("sh");
+        assert_eq!(
+            caps,
+            Caps {
+                stream: false,
+                version: None
+            }
+        );
+        if Path::new("/usr/bin/qemu-system-x86_64").exists() {
+            let caps = probe("qemu-system-x86_64");
+            assert!(caps.stream, "QEMU 7.2+ lists the stream netdev");
+            assert!(caps.version.is_some_and(|v| v >= (7, 2, 0)));
+        }
+    }
+
+    #[test]
+    fn fds_arrive_in_order() -> anyhow::Result<()> {
+        use std::io::{Read, Write};
+        use std::os::unix::net::UnixListener;
+        let dir = super::super::process::tests::tempdir()?;
+        let mut listeners = Vec::new();
+        let mut fds = ExtraFds::default();
+        for name in ["a.sock", "b.sock"] {
+            let path = dir.join(name);
+            let l = UnixListener::bind(&path)?;
+            fds.connect(&path)?;
+            listeners.push(l);
+        }
+        // The child writes its name into fd 3 and fd 4; each listener must see its own.
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo three >&3; echo four >&4"]);
+        fds.pass_to(&mut cmd)?;
+        let status = cmd.status()?;
+        assert!(status.success());
+        drop(fds);
+        for (l, want) in listeners.iter().zip(["three\n", "four\n"]) {
+            let (mut conn, _) = l.accept()?;
+            let mut got = String::new();
+            conn.read_to_string(&mut got)?;
+            assert_eq!(got, want);
+            conn.write_all(b"")?;
+        }
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+}

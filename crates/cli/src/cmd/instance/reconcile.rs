@@ -1,0 +1,236 @@
+//! Lima's `reconcile.Reconcile` (§1.9): every network that a live instance references runs;
+//! every other network defined in networks.yaml is stopped.
+//!
+//! An instance is live while its recorded status is not `stopped` and its QEMU or its
+//! supervisor process is alive (pid plus start time, so a recycled pid does not count). The
+//! instance being started (`new_inst`) is always live. An instance whose state cannot be read
+//! is skipped with a warning, and then no network is stopped (as in Lima).
+//!
+//! Reconciles are serialised by an `flock` on `$LIMA_HOME/_networks/limanet-reconcile.lock`, so
+//! two instances starting and stopping at once never race a daemon's start against its stop.
+//!
+//! Daemons:
+//! * user-v2: `limanet usernet --mode user-v2` (Lima's `usernet.Start`/`Stop`, §1.10), with its
+//!   sockets, pid file, leases and logs in `$LIMA_HOME/_networks/<name>/`. No sudo. Started with
+//!   up to 3 attempts; stopped with SIGINT, then SIGKILL after 5 s. Saving the leases through the
+//!   HTTP API before stopping (Lima) waits for the API; a `leases.json` found there is passed on
+//!   as `--leases`.
+//! * shared, host, bridged: the socket_vmnet-compatible daemon from `paths.socketVMNet`, started
+//!   through sudo (unless root) with Lima's command lines, 5 attempts with back-off, a 30 s pid
+//!   file timeout, logs in `_networks/<name>_socket_vmnet.{stdout,stderr}.log`; stopped with
+//!   `pkill -F <pidfile>` through sudo. While the daemon is not installed, starting such a
+//!   network fails with Lima's ``daemon `socket_vmnet` needs to be installed``.
+
+use super::daemon::{self, DaemonSpec, StopMethod};
+use super::process::{read_pid_file, Lock};
+use super::store::{instance_dirs, InstanceState, Status};
+use anyhow::{bail, Context};
+use limanet_config::networks::{self, Mode, NetworksConfig, DAEMON_SOCKET_VMNET};
+use limanet_config::usernet::{self as unet, SockKind};
+use limanet_config::LimaHome;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Brings the network daemons in line with the live instances (see the module docs).
+pub fn reconcile(
+    home: &LimaHome,
+    cfg: &NetworksConfig,
+    new_inst: Option<&str>,
+) -> anyhow::Result<()> {
+    let networks_dir = home.networks_dir();
+    std::fs::create_dir_all(&networks_dir)
+        .with_context(|| format!("failed to create `{}`", networks_dir.display()))?;
+    let _lock = Lock::acquire(&networks_dir.join("limanet-reconcile.lock"))?;
+
+    let mut active = BTreeSet::new();
+    let mut skipped_instance = false;
+    for dir in instance_dirs(home.path())? {
+        match InstanceState::load(&dir) {
+            Ok(Some(state)) => {
+                let live = Some(state.name.as_str()) == new_inst
+                    || state.effective_status() != Status::Stopped;
+                if live {
+                    active.extend(state.lima_networks().map(str::to_owned));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!("skipping instance at {}: {e:#}", dir.display());
+                skipped_instance = true;
+            }
+        }
+    }
+    for name in &active {
+        if cfg.check(name).is_err() {
+            tracing::error!(
+                "network `{name}` is referenced by an instance but not defined in networks.yaml"
+            );
+        }
+    }
+    for name in cfg.networks.keys() {
+        if active.contains(name) {
+            start_network(home, cfg, name)
+                .with_context(|| format!("failed to start network `{name}`"))?;
+        } else if !skipped_instance {
+            stop_network(home, cfg, name)
+                .with_context(|| format!("failed to stop network `{name}`"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Starts a network's daemon unless it runs.
+pub fn start_network(home: &LimaHome, cfg: &NetworksConfig, name: &str) -> anyhow::Result<()> {
+    let net = cfg.check(name)?;
+    if net.mode == Mode::UserV2 {
+        return start_usernet(home, cfg, name);
+    }
+    if !cfg.is_daemon_installed() {
+        bail!(
+            "daemon `{DAEMON_SOCKET_VMNET}` needs to be installed (paths.socketVMNet: `{}`)",
+            cfg.paths.socket_vmnet
+        );
+    }
+    cfg.validate()?;
+    let pid_file = cfg.pid_file(name, DAEMON_SOCKET_VMNET);
+    if read_pid_file(&pid_file)?.is_some() {
+        return Ok(());
+    }
+    run_once(&networks::privileged_argv(&cfg.mkdir_cmd()))?;
+    cfg.check_var_run_writable(&limanet_config::pathsec::SystemIds::from_system())?;
+    let mut spec = DaemonSpec::new(
+        format!("{DAEMON_SOCKET_VMNET} daemon for `{name}` network"),
+        networks::privileged_argv(&cfg.start_cmd(name)?),
+        pid_file,
+    );
+    spec.stdout_log = networks::log_file(home, name, DAEMON_SOCKET_VMNET, "stdout");
+    spec.stderr_log = networks::log_file(home, name, DAEMON_SOCKET_VMNET, "stderr");
+    spec.cwd = Some(PathBuf::from(&cfg.paths.var_run));
+    daemon::start(&spec)?;
+    Ok(())
+}
+
+/// Stops a network's daemon if it runs.
+pub fn stop_network(home: &LimaHome, cfg: &NetworksConfig, name: &str) -> anyhow::Result<()> {
+    let net = cfg.check(name)?;
+    let grace = Duration::from_secs(5);
+    if net.mode == Mode::UserV2 {
+        let label = format!("usernet daemon for `{name}` network");
+        daemon::stop(
+            &label,
+            &unet::pid_file(home, name),
+            &StopMethod::Signal(libc::SIGINT),
+            grace,
+        )?;
+        return Ok(());
+    }
+    if !cfg.is_daemon_installed() {
+        return Ok(());
+    }
+    let pid_file = cfg.pid_file(name, DAEMON_SOCKET_VMNET);
+    if read_pid_file(&pid_file)?.is_none() {
+        return Ok(());
+    }
+    cfg.validate()?;
+    let stop = StopMethod::Command(networks::privileged_argv(
+        &cfg.stop_cmd(name, DAEMON_SOCKET_VMNET),
+    ));
+    daemon::stop(
+        &format!("{DAEMON_SOCKET_VMNET} daemon for `{name}` network"),
+        &pid_file,
+        &stop,
+        grace,
+    )?;
+    Ok(())
+}
+
+/// The socket QEMU attaches to for a networks.yaml network.
+pub fn network_socket(
+    home: &LimaHome,
+    cfg: &NetworksConfig,
+    name: &str,
+) -> anyhow::Result<PathBuf> {
+    if cfg.is_usernet(name)? {
+        Ok(unet::sock(&unet::dir(home, name), name, SockKind::Qemu)?)
+    } else {
+        Ok(cfg.sock(name)?)
+    }
+}
+
+/// The leases a user-v2 network has recorded (`leases.json`, `{ip: mac}`); empty if none.
+pub fn usernet_leases(home: &LimaHome, name: &str) -> BTreeMap<String, String> {
+    let Ok(path) = unet::leases_file(home, name) else {
+        return BTreeMap::new();
+    };
+    let Ok(data) = std::fs::read(&path) else {
+        return BTreeMap::new();
+    };
+    serde_json::from_slice(&data).unwrap_or_else(|e| {
+        tracing::warn!("ignoring unreadable `{}`: {e}", path.display());
+        BTreeMap::new()
+    })
+}
+
+fn start_usernet(home: &LimaHome, cfg: &NetworksConfig, name: &str) -> anyhow::Result<()> {
+    let dir = unet::dir(home, name);
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("failed to create `{}`", dir.display()))?;
+    let (network, prefix) = unet::subnet(cfg.check(name)?)?;
+    let exe = std::env::current_exe().context("cannot find the limanet executable")?;
+    let mut argv = vec![
+        exe.display().to_string(),
+        "usernet".into(),
+        "--mode".into(),
+        "user-v2".into(),
+        "--subnet".into(),
+        format!("{network}/{prefix}"),
+        "--pidfile".into(),
+        unet::pid_file(home, name).display().to_string(),
+        "--endpoint".into(),
+        unet::sock(&dir, name, SockKind::Ep)?.display().to_string(),
+        "--listen-qemu".into(),
+        unet::sock(&dir, name, SockKind::Qemu)?
+            .display()
+            .to_string(),
+        "--listen-fd".into(),
+        unet::sock(&dir, name, SockKind::Fd)?.display().to_string(),
+    ];
+    let leases = usernet_leases(home, name);
+    if !leases.is_empty() {
+        let joined: Vec<String> = leases
+            .iter()
+            .map(|(ip, mac)| format!("{ip}={mac}"))
+            .collect();
+        argv.push("--leases".into());
+        argv.push(joined.join(","));
+    }
+    let mut spec = DaemonSpec::new(
+        format!("usernet daemon for `{name}` network"),
+        argv,
+        unet::pid_file(home, name),
+    );
+    spec.stdout_log = unet::log_file(home, name, "stdout");
+    spec.stderr_log = unet::log_file(home, name, "stderr");
+    spec.attempts = 3;
+    daemon::start(&spec)?;
+    Ok(())
+}
+
+/// Runs a short command (Lima's `makeVarRun` mkdir), failing with its stderr.
+fn run_once(argv: &[String]) -> anyhow::Result<()> {
+    let (program, args) = argv.split_first().context("empty command line")?;
+    let out = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("failed to run {argv:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "failed to run {argv:?}: {} (stderr: {})",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}

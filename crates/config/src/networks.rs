@@ -606,6 +606,83 @@ impl NetworksConfig {
     }
 }
 
+/// The hint Lima appends to sudoers errors (stray `)` included).
+pub fn sudoers_hint(file: &str) -> String {
+    format!(
+        "run `limanet sudoers >etc_sudoers.d_lima && sudo install -o root etc_sudoers.d_lima {}`)",
+        crate::quote::go_quote(file)
+    )
+}
+
+impl NetworksConfig {
+    /// Lima's `VerifySudoAccess(file)`: with an empty `file`, only the password-less sudo probe;
+    /// otherwise `file` must equal [`sudoers`](Self::sudoers) byte for byte (a missing file is
+    /// fine when sudo needs no password).
+    pub fn verify_sudo_access(&self, file: &str) -> Result<(), ConfigError> {
+        if file.is_empty() {
+            return password_less_sudo(self.is_daemon_installed())
+                .map_err(ConfigError::PasswordLessSudo);
+        }
+        let hint = sudoers_hint(file);
+        let content = match std::fs::read(file) {
+            Ok(c) => c,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && password_less_sudo(self.is_daemon_installed()).is_ok() =>
+            {
+                return Ok(());
+            }
+            Err(source) => {
+                return Err(ConfigError::SudoersUnreadable {
+                    file: file.to_owned(),
+                    source,
+                    hint,
+                })
+            }
+        };
+        if content != self.sudoers().as_bytes() {
+            return Err(ConfigError::SudoersOutOfSync {
+                file: file.to_owned(),
+                hint,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `sudo -k` then `sudo --user root --group root --non-interactive true` (the latter only if
+/// the daemon is installed), both must succeed. As root no sudo is needed at all.
+fn password_less_sudo(daemon_installed: bool) -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return Ok(());
+    }
+    let run = |args: &[&str]| -> Result<(), String> {
+        let status = std::process::Command::new("sudo")
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .status()
+            .map_err(|e| format!("failed to run sudo {}: {e}", args.join(" ")))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("sudo {}: {status}", args.join(" ")))
+        }
+    };
+    run(&["-k"])?;
+    if daemon_installed {
+        run(&[
+            "--user",
+            DAEMON_USER,
+            "--group",
+            DAEMON_GROUP,
+            "--non-interactive",
+            "true",
+        ])?;
+    }
+    Ok(())
+}
+
 /// Prints an optional IPv4 address the way Go prints a `net.IP` (`<nil>` when unset).
 pub fn go_ip(ip: Option<Ipv4Addr>) -> String {
     ip.map_or_else(|| "<nil>".to_owned(), |ip| ip.to_string())

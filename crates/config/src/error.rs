@@ -125,6 +125,9 @@ pub enum ConfigError {
         /// The YAML field.
         field: &'static str,
     },
+    /// A user-v2 network without `gateway:` has no subnet.
+    #[error("user-v2 network has no gateway set, so its subnet is unknown")]
+    NoGateway,
     /// A derived socket or file path is longer than the kernel allows.
     #[error("usernet {what} path {} too long: must be less than UNIX_PATH_MAX={max} characters, but is {len}", q(.path))]
     PathTooLong {

@@ -123,7 +123,7 @@ fn merge_rules() {
         interface: "x0".into(),
         ..Default::default()
     };
-    let got = merge(&[base.clone()], &[both], &[]);
+    let got = merge(&[base], &[both], &[]);
     assert_eq!(
         got,
         [NetworkEntry {

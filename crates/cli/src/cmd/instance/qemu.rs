@@ -171,8 +171,12 @@ impl ExtraFds {
         if pairs.iter().any(|&(src, target)| src <= target) {
             bail!("internal error: socket fd below its target number");
         }
-        // SAFETY: the closure only calls dup2, which is async-signal-safe; dup2 clears
-        // FD_CLOEXEC on the target, so exactly these fds survive the exec.
+        let first_unused = FIRST_FD + RawFd::try_from(pairs.len()).unwrap_or(0);
+        // SAFETY: the closure only calls dup2 and close_range, which are async-signal-safe.
+        // dup2 clears FD_CLOEXEC on the target; close_range then closes whatever else this
+        // process inherited without FD_CLOEXEC (a jobserver pipe, a caller's fds), so QEMU gets
+        // exactly stdin, stdout, stderr and its sockets. Kernels without close_range (< 5.9)
+        // just skip that step.
         unsafe {
             cmd.pre_exec(move || {
                 for &(src, target) in &pairs {
@@ -180,6 +184,12 @@ impl ExtraFds {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
+                libc::syscall(
+                    libc::SYS_close_range,
+                    first_unused as libc::c_uint,
+                    libc::c_uint::MAX,
+                    0 as libc::c_uint,
+                );
                 Ok(())
             });
         }
@@ -285,11 +295,20 @@ mod tests {
             listeners.push(l);
         }
         // The child writes its name into fd 3 and fd 4; each listener must see its own.
+        // An inherited fd without FD_CLOEXEC must not reach the child.
+        // SAFETY: dup of stdin into a new descriptor without FD_CLOEXEC, closed below.
+        let stray = unsafe { libc::fcntl(0, libc::F_DUPFD, 200) };
+        assert!(stray >= 200);
         let mut cmd = Command::new("sh");
-        cmd.args(["-c", "echo three >&3; echo four >&4"]);
+        cmd.args([
+            "-c",
+            &format!("echo three >&3; echo four >&4; [ ! -e /proc/self/fd/{stray} ] || exit 9"),
+        ]);
         fds.pass_to(&mut cmd)?;
         let status = cmd.status()?;
-        assert!(status.success());
+        // SAFETY: closing the descriptor duplicated above.
+        unsafe { libc::close(stray) };
+        assert!(status.success(), "{status}");
         drop(fds);
         for (l, want) in listeners.iter().zip(["three\n", "four\n"]) {
             let (mut conn, _) = l.accept()?;

@@ -1,0 +1,507 @@
+//! The UDP and TCP listeners: thin I/O around [`crate::message`] and [`crate::handler`], with
+//! limits so floods, slow clients and bad packets cost bounded memory and never stop the server.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::handler::{Handler, Lookup, Outcome};
+use crate::hosts::{HostsHandle, StaticHosts};
+use crate::message::{self, precheck, servfail, truncate, Precheck, UDP_REPLY_LIMIT};
+use crate::system::SystemLookup;
+use crate::upstream::Upstreams;
+
+/// Limits that keep the server's memory and work bounded.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// UDP queries being answered at once; more are dropped (with a rate-limited log line).
+    pub udp_in_flight: usize,
+    /// Open TCP connections; more are closed at once.
+    pub tcp_connections: usize,
+    /// Queries being answered at once on one TCP connection; reading pauses beyond that.
+    pub tcp_in_flight_per_connection: usize,
+    /// A TCP connection with no new query for this long is closed.
+    pub tcp_idle_timeout: Duration,
+    /// A TCP message (after its first byte) must arrive within this; slower clients are
+    /// dropped, so slow-loris clients cannot hold connections.
+    pub tcp_message_timeout: Duration,
+    /// Each upstream exchange step (dial, write, read), like miekg's 2 s defaults.
+    pub upstream_timeout: Duration,
+    /// getaddrinfo calls in flight.
+    pub blocking_lookups: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            udp_in_flight: 1024,
+            tcp_connections: 256,
+            tcp_in_flight_per_connection: 16,
+            tcp_idle_timeout: Duration::from_secs(10),
+            tcp_message_timeout: Duration::from_secs(5),
+            upstream_timeout: Duration::from_secs(2),
+            blocking_lookups: 64,
+        }
+    }
+}
+
+/// Configuration of one DNS server.
+#[derive(Debug, Clone)]
+pub struct DnsConfig {
+    /// Address to listen on (UDP and TCP).
+    pub listen: IpAddr,
+    /// UDP port; 0 picks a free one.
+    pub udp_port: u16,
+    /// TCP port; 0 picks a free one.
+    pub tcp_port: u16,
+    /// Static hosts, `(name, IP or other name)`, later entries winning. See [`crate::lima_hosts`].
+    pub hosts: Vec<(String, String)>,
+    /// Answer AAAA queries (otherwise they get NOERROR with no answer).
+    pub ipv6: bool,
+    /// Upstream servers; when empty, the `nameserver`s of `resolv_conf`.
+    pub upstreams: Vec<SocketAddr>,
+    /// The resolv.conf to read upstream servers from (re-read when it changes).
+    pub resolv_conf: PathBuf,
+    /// Resource limits.
+    pub limits: Limits,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            listen: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            udp_port: 0,
+            tcp_port: 0,
+            hosts: Vec::new(),
+            ipv6: false,
+            upstreams: Vec::new(),
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Errors starting or running a server.
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    /// A listening socket could not be bound.
+    #[error("cannot bind DNS {proto} socket on {addr}: {source}")]
+    Bind {
+        /// "UDP" or "TCP".
+        proto: &'static str,
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The background runtime or thread could not be started.
+    #[error("cannot start the DNS server thread: {0}")]
+    Start(std::io::Error),
+    /// The background server stopped before reporting its addresses.
+    #[error("the DNS server thread stopped during start-up")]
+    StartupAborted,
+}
+
+struct Shared {
+    handler: Handler<dyn Lookup>,
+    upstreams: Arc<Upstreams>,
+    limits: Limits,
+    dropped_log: RateLimit,
+}
+
+/// A bound DNS server; [`DnsServer::run`] serves it.
+pub struct DnsServer {
+    udp: Arc<UdpSocket>,
+    tcp: TcpListener,
+    shared: Arc<Shared>,
+}
+
+impl DnsServer {
+    /// Binds the UDP and TCP sockets and prepares the real host resolver.
+    pub async fn bind(config: DnsConfig) -> Result<Self, DnsError> {
+        let upstreams = Arc::new(Upstreams::new(
+            config.upstreams.clone(),
+            config.resolv_conf.clone(),
+            config.limits.upstream_timeout,
+        ));
+        let lookup = Arc::new(SystemLookup::new(
+            upstreams.clone(),
+            config.limits.blocking_lookups,
+        ));
+        Self::bind_parts(config, upstreams, lookup).await
+    }
+
+    /// Binds with a caller-provided [`Lookup`] (for tests); forwarding still goes to the
+    /// configured upstreams.
+    pub async fn bind_with_lookup(
+        config: DnsConfig,
+        lookup: Arc<dyn Lookup>,
+    ) -> Result<Self, DnsError> {
+        let upstreams = Arc::new(Upstreams::new(
+            config.upstreams.clone(),
+            config.resolv_conf.clone(),
+            config.limits.upstream_timeout,
+        ));
+        Self::bind_parts(config, upstreams, lookup).await
+    }
+
+    async fn bind_parts(
+        config: DnsConfig,
+        upstreams: Arc<Upstreams>,
+        lookup: Arc<dyn Lookup>,
+    ) -> Result<Self, DnsError> {
+        let udp_addr = SocketAddr::new(config.listen, config.udp_port);
+        let udp = UdpSocket::bind(udp_addr)
+            .await
+            .map_err(|source| DnsError::Bind {
+                proto: "UDP",
+                addr: udp_addr,
+                source,
+            })?;
+        let tcp_addr = SocketAddr::new(config.listen, config.tcp_port);
+        let tcp = TcpListener::bind(tcp_addr)
+            .await
+            .map_err(|source| DnsError::Bind {
+                proto: "TCP",
+                addr: tcp_addr,
+                source,
+            })?;
+        let hosts = HostsHandle::new(StaticHosts::new(
+            config.hosts.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+        ));
+        let shared = Arc::new(Shared {
+            handler: Handler::new(hosts, config.ipv6, lookup),
+            upstreams,
+            limits: config.limits,
+            dropped_log: RateLimit::new(),
+        });
+        Ok(Self {
+            udp: Arc::new(udp),
+            tcp,
+            shared,
+        })
+    }
+
+    /// The bound UDP address.
+    pub fn udp_addr(&self) -> SocketAddr {
+        self.udp
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The bound TCP address.
+    pub fn tcp_addr(&self) -> SocketAddr {
+        self.tcp
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The static hosts, editable while the server runs.
+    pub fn hosts(&self) -> HostsHandle {
+        self.shared.handler.hosts().clone()
+    }
+
+    /// Serves until the future is dropped. Errors on single packets or connections are logged
+    /// and never end the server.
+    pub async fn run(self) {
+        tracing::info!(udp = %self.udp_addr(), tcp = %self.tcp_addr(), "DNS server listening");
+        tokio::join!(
+            serve_udp(self.udp, self.shared.clone()),
+            serve_tcp(self.tcp, self.shared)
+        );
+    }
+}
+
+/// Logs at most once per second, counting what it suppressed.
+struct RateLimit {
+    last: std::sync::Mutex<Option<Instant>>,
+    suppressed: AtomicU64,
+}
+
+impl RateLimit {
+    fn new() -> Self {
+        Self {
+            last: std::sync::Mutex::new(None),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// Returns `Some(suppressed since last time)` when a line may be logged now.
+    fn allow(&self) -> Option<u64> {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *last = Some(now);
+        Some(self.suppressed.swap(0, Ordering::Relaxed))
+    }
+}
+
+/// Runs one request through the accept filter, the handler and the forwarder, and returns the
+/// reply to send (None: send nothing). `tcp` selects the transport rules: UDP replies are
+/// truncated to 512 bytes, TCP replies never.
+async fn respond(shared: &Shared, bytes: &[u8], peer: SocketAddr, tcp: bool) -> Option<Vec<u8>> {
+    let request = match precheck(bytes) {
+        Precheck::Drop(reason) => {
+            if let Some(suppressed) = shared.dropped_log.allow() {
+                tracing::warn!(%peer, len = bytes.len(), reason, suppressed, "ignored a DNS message");
+            }
+            return None;
+        }
+        Precheck::Reply(reply, reason) => {
+            if let Some(suppressed) = shared.dropped_log.allow() {
+                tracing::warn!(%peer, len = bytes.len(), reason, suppressed, opcode = ?message::opcode(bytes), "rejected a DNS message");
+            }
+            return Some(reply);
+        }
+        Precheck::Request(request) => request,
+    };
+    let reply = match shared.handler.handle(&request).await {
+        Outcome::Reply(reply) => reply,
+        Outcome::Forward => match shared.upstreams.exchange(bytes, tcp).await {
+            Ok(reply) => reply,
+            Err(err) => {
+                tracing::warn!(%peer, id = request.id, question = ?request.queries.first().map(|q| (q.name.to_ascii(), q.query_type)), %err, "answering SERVFAIL");
+                servfail(&request)
+            }
+        },
+    };
+    Some(if tcp {
+        reply
+    } else {
+        truncate(reply, UDP_REPLY_LIMIT)
+    })
+}
+
+async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
+    let slots = Arc::new(Semaphore::new(shared.limits.udp_in_flight));
+    // Datagrams larger than this are cut by the kernel and then fail to parse (FORMERR).
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let (n, peer) = match socket.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(err) => {
+                // ICMP errors from earlier replies surface here on some systems; keep going.
+                tracing::debug!(%err, "UDP receive error");
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            if let Some(suppressed) = shared.dropped_log.allow() {
+                tracing::warn!(%peer, limit = shared.limits.udp_in_flight, suppressed, "too many UDP queries in flight; dropping");
+            }
+            continue;
+        };
+        let bytes = buf[..n].to_vec();
+        let socket = socket.clone();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if let Some(reply) = respond(&shared, &bytes, peer, false).await {
+                if let Err(err) = socket.send_to(&reply, peer).await {
+                    tracing::debug!(%peer, %err, "UDP send failed");
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
+    let slots = Arc::new(Semaphore::new(shared.limits.tcp_connections));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(err) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(%err, "TCP accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            if let Some(suppressed) = shared.dropped_log.allow() {
+                tracing::warn!(%peer, limit = shared.limits.tcp_connections, suppressed, "too many TCP connections; closing the new one");
+            }
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            serve_connection(stream, peer, shared).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Serves one TCP connection: several queries in a row or pipelined (RFC 7766), answered
+/// concurrently, replies in completion order.
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = stream.into_split();
+    let limit = shared.limits.tcp_in_flight_per_connection;
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(limit);
+    let write_timeout = shared.limits.tcp_idle_timeout;
+    let writer_task = tokio::spawn(async move {
+        while let Some(reply) = rx.recv().await {
+            let Ok(len) = u16::try_from(reply.len()) else {
+                tracing::warn!(%peer, len = reply.len(), "reply too long for TCP; skipped");
+                continue;
+            };
+            let mut framed = Vec::with_capacity(reply.len() + 2);
+            framed.extend_from_slice(&len.to_be_bytes());
+            framed.extend_from_slice(&reply);
+            match tokio::time::timeout(write_timeout, writer.write_all(&framed)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    tracing::debug!(%peer, %err, "TCP write failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(%peer, "TCP client does not read its replies; closing");
+                    return;
+                }
+            }
+        }
+    });
+    let slots = Arc::new(Semaphore::new(limit));
+    loop {
+        let mut len = [0u8; 2];
+        match tokio::time::timeout(shared.limits.tcp_idle_timeout, reader.read_u8()).await {
+            Ok(Ok(first)) => len[0] = first,
+            Ok(Err(_)) => break, // EOF or reset between messages: a normal close.
+            Err(_) => {
+                tracing::debug!(%peer, "idle TCP connection closed");
+                break;
+            }
+        }
+        let mut body = Vec::new();
+        let read = async {
+            len[1] = reader.read_u8().await?;
+            let n = usize::from(u16::from_be_bytes(len));
+            body.resize(n, 0);
+            reader.read_exact(&mut body).await?;
+            Ok::<_, std::io::Error>(n)
+        };
+        match tokio::time::timeout(shared.limits.tcp_message_timeout, read).await {
+            Ok(Ok(n)) if n < message::HEADER_LEN => {
+                tracing::warn!(%peer, len = n, "TCP message shorter than a DNS header; closing");
+                break;
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => {
+                tracing::warn!(%peer, %err, expected = u16::from_be_bytes(len), "TCP message cut short; closing");
+                break;
+            }
+            Err(_) => {
+                tracing::warn!(%peer, expected = u16::from_be_bytes(len), "TCP client too slow sending a message; closing");
+                break;
+            }
+        }
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let shared = shared.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            if let Some(reply) = respond(&shared, &body, peer, true).await {
+                let _ = tx.send(reply).await;
+            }
+            drop(permit);
+        });
+    }
+    // Let queries already read finish and their replies go out, then close.
+    drop(tx);
+    let _ = writer_task.await;
+}
+
+/// A server running on its own thread (tokio current_thread runtime); dropping it stops the
+/// server and joins the thread.
+pub struct BackgroundDns {
+    udp_addr: SocketAddr,
+    tcp_addr: SocketAddr,
+    hosts: HostsHandle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl BackgroundDns {
+    /// The bound UDP address.
+    pub fn udp_addr(&self) -> SocketAddr {
+        self.udp_addr
+    }
+
+    /// The bound TCP address.
+    pub fn tcp_addr(&self) -> SocketAddr {
+        self.tcp_addr
+    }
+
+    /// The static hosts, editable while the server runs.
+    pub fn hosts(&self) -> HostsHandle {
+        self.hosts.clone()
+    }
+}
+
+impl Drop for BackgroundDns {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Starts a server on a new thread with its own current_thread runtime and returns once it is
+/// listening.
+pub fn spawn_background(config: DnsConfig) -> Result<BackgroundDns, DnsError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(DnsError::Start)?;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("limanet-dns".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let server = match DnsServer::bind(config).await {
+                    Ok(server) => server,
+                    Err(err) => {
+                        let _ = ready_tx.send(Err(err));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok((server.udp_addr(), server.tcp_addr(), server.hosts())));
+                tokio::select! {
+                    () = server.run() => {}
+                    _ = stop_rx => tracing::debug!("background DNS server stopping"),
+                }
+            });
+        })
+        .map_err(DnsError::Start)?;
+    match ready_rx.recv() {
+        Ok(Ok((udp_addr, tcp_addr, hosts))) => Ok(BackgroundDns {
+            udp_addr,
+            tcp_addr,
+            hosts,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }),
+        Ok(Err(err)) => {
+            let _ = thread.join();
+            Err(err)
+        }
+        Err(_) => {
+            let _ = thread.join();
+            Err(DnsError::StartupAborted)
+        }
+    }
+}

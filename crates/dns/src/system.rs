@@ -1,0 +1,203 @@
+//! The real [`Lookup`]: getaddrinfo for addresses (so /etc/hosts, nsswitch and the system's DNS
+//! all count, as with Lima's cgo resolver), and the resolv.conf servers for the other types.
+
+use std::ffi::{CStr, CString};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
+use tokio::sync::Semaphore;
+
+use crate::handler::{BoxFuture, Lookup, LookupError};
+use crate::hosts::canonical;
+use crate::upstream::Upstreams;
+
+/// Most CNAME links followed in one answer (loops in upstream data end here).
+const MAX_CNAME_CHAIN: usize = 16;
+
+/// Looks names up through the host's resolver.
+pub struct SystemLookup {
+    upstreams: Arc<Upstreams>,
+    /// Bounds concurrent getaddrinfo calls (each holds a blocking-pool thread).
+    getaddrinfo_slots: Arc<Semaphore>,
+}
+
+impl SystemLookup {
+    /// `max_blocking` bounds the getaddrinfo calls in flight; further look-ups wait.
+    pub fn new(upstreams: Arc<Upstreams>, max_blocking: usize) -> Self {
+        Self {
+            upstreams,
+            getaddrinfo_slots: Arc::new(Semaphore::new(max_blocking.max(1))),
+        }
+    }
+
+    /// Asks the upstream servers for `name`/`rtype` and returns the answer section's records of
+    /// that type at the end of the CNAME chain, plus that final name.
+    async fn query(
+        &self,
+        name: &Name,
+        rtype: RecordType,
+    ) -> Result<(Vec<RData>, Name), LookupError> {
+        let mut request = Message::query();
+        request.metadata.message_type = MessageType::Query;
+        request.metadata.op_code = OpCode::Query;
+        request.metadata.recursion_desired = true;
+        request.add_query(Query::query(name.clone(), rtype));
+        let mut edns = Edns::new();
+        edns.set_max_payload(1232);
+        request.set_edns(edns);
+        let bytes = request
+            .to_vec()
+            .map_err(|e| LookupError(format!("cannot encode a query for {name}: {e}")))?;
+        let reply = self
+            .upstreams
+            .exchange(&bytes, true)
+            .await
+            .map_err(|e| LookupError(e.to_string()))?;
+        let reply = Message::from_vec(&reply).map_err(|e| {
+            LookupError(format!(
+                "unparseable upstream reply for {name} {rtype}: {e}"
+            ))
+        })?;
+        if reply.response_code != ResponseCode::NoError {
+            return Err(LookupError(format!(
+                "{name} {rtype}: {}",
+                reply.response_code
+            )));
+        }
+        let mut current = name.clone();
+        for _ in 0..MAX_CNAME_CHAIN {
+            let next = reply.answers.iter().find_map(|r| match &r.data {
+                RData::CNAME(target) if r.name == current && rtype != RecordType::CNAME => {
+                    Some(target.0.clone())
+                }
+                _ => None,
+            });
+            match next {
+                Some(target) => current = target,
+                None => break,
+            }
+        }
+        let records = reply
+            .answers
+            .iter()
+            .filter(|r| r.name == current && r.data.record_type() == rtype)
+            .map(|r| r.data.clone())
+            .collect();
+        Ok((records, current))
+    }
+}
+
+impl Lookup for SystemLookup {
+    fn addresses<'a>(
+        &'a self,
+        name: &'a str,
+        ipv6: bool,
+    ) -> BoxFuture<'a, Result<Vec<IpAddr>, LookupError>> {
+        Box::pin(async move {
+            let _slot = self
+                .getaddrinfo_slots
+                .acquire()
+                .await
+                .map_err(|_| LookupError("look-up pool closed".into()))?;
+            let owned = name.to_string();
+            tokio::task::spawn_blocking(move || getaddrinfo(&owned, ipv6))
+                .await
+                .map_err(|e| LookupError(format!("getaddrinfo task for {name} failed: {e}")))?
+        })
+    }
+
+    fn records<'a>(
+        &'a self,
+        name: &'a Name,
+        rtype: RecordType,
+    ) -> BoxFuture<'a, Result<Vec<RData>, LookupError>> {
+        Box::pin(async move { Ok(self.query(name, rtype).await?.0) })
+    }
+
+    fn canonical_name<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<String, LookupError>> {
+        Box::pin(async move {
+            // Like Go's resolver: the canonical name is the end of the CNAME chain of an A query.
+            let parsed = Name::from_ascii(canonical(name))
+                .map_err(|e| LookupError(format!("bad name {name:?}: {e}")))?;
+            let (_, end) = self.query(&parsed, RecordType::A).await?;
+            Ok(canonical(&end.to_ascii()))
+        })
+    }
+}
+
+/// Calls getaddrinfo(3) for one address family. `name` may end in a dot; the dot is removed so
+/// /etc/hosts entries match (glibc's files backend compares names literally).
+pub fn getaddrinfo(name: &str, ipv6: bool) -> Result<Vec<IpAddr>, LookupError> {
+    let host = name.strip_suffix('.').unwrap_or(name);
+    if host.is_empty() {
+        return Err(LookupError("empty name".into()));
+    }
+    let c_host =
+        CString::new(host).map_err(|_| LookupError(format!("name {host:?} contains NUL")))?;
+    // SAFETY: addrinfo is a plain C struct; all-zero is its documented "no hints" value.
+    let mut hints: libc::addrinfo = unsafe { std::mem::zeroed() };
+    hints.ai_family = if ipv6 { libc::AF_INET6 } else { libc::AF_INET };
+    hints.ai_socktype = libc::SOCK_STREAM;
+    let mut result: *mut libc::addrinfo = std::ptr::null_mut();
+    // SAFETY: c_host is NUL-terminated, hints is initialised, result is an out-pointer.
+    let rc = unsafe { libc::getaddrinfo(c_host.as_ptr(), std::ptr::null(), &hints, &mut result) };
+    if rc != 0 {
+        // SAFETY: gai_strerror returns a static NUL-terminated string for any code.
+        let msg = unsafe { CStr::from_ptr(libc::gai_strerror(rc)) };
+        return Err(LookupError(format!(
+            "getaddrinfo({host}): {}",
+            msg.to_string_lossy()
+        )));
+    }
+    let mut addresses = Vec::new();
+    let mut cursor = result;
+    while !cursor.is_null() {
+        // SAFETY: cursor walks the list getaddrinfo returned, which stays valid until freed.
+        let info = unsafe { &*cursor };
+        if !info.ai_addr.is_null() {
+            let ip = match info.ai_family {
+                // SAFETY: ai_family says which sockaddr type ai_addr points to.
+                libc::AF_INET => {
+                    let sa = unsafe { &*(info.ai_addr as *const libc::sockaddr_in) };
+                    Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr))))
+                }
+                libc::AF_INET6 => {
+                    let sa = unsafe { &*(info.ai_addr as *const libc::sockaddr_in6) };
+                    Some(IpAddr::V6(Ipv6Addr::from(sa.sin6_addr.s6_addr)))
+                }
+                _ => None,
+            };
+            if let Some(ip) = ip {
+                if !addresses.contains(&ip) {
+                    addresses.push(ip);
+                }
+            }
+        }
+        cursor = info.ai_next;
+    }
+    // SAFETY: result came from a successful getaddrinfo and is freed once.
+    unsafe { libc::freeaddrinfo(result) };
+    Ok(addresses)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn getaddrinfo_numeric_and_bad_names() {
+        // Numeric hosts never touch the network.
+        assert_eq!(
+            getaddrinfo("127.0.0.1", false).unwrap(),
+            vec![IpAddr::from([127, 0, 0, 1])]
+        );
+        assert_eq!(
+            getaddrinfo("::1", true).unwrap(),
+            vec!["::1".parse::<IpAddr>().unwrap()]
+        );
+        assert!(getaddrinfo("", false).is_err());
+        assert!(getaddrinfo("a\0b", false).is_err());
+    }
+}

@@ -118,14 +118,22 @@ hx ip link set bh1 up
 hx ip link set bh0 up
 hx ip route add default via 192.0.2.1
 hx sysctl -qw net.ipv4.ping_group_range="0 2147483647"
-hx iperf3 -s -p 5201 >/dev/null 2>&1 &
-bg_pids+=($!)
+# tcp-rr serves the whole run; iperf3 gets a fresh one-off server per cell (a client that dies
+# mid-test cannot leave it busy for the next peer).
 hx "$tcp_rr" server 0.0.0.0:5300 >/dev/null 2>&1 &
 bg_pids+=($!)
-for _ in $(seq 100); do
-  hx bash -c 'exec 3<>/dev/tcp/127.0.0.1/5201 && exec 3<>/dev/tcp/127.0.0.1/5300' 2>/dev/null && break
-  sleep 0.05
-done
+
+# wait_port PORT: waits (5 s) until a TCP socket listens on PORT in the bench host. Looks with
+# ss rather than connecting: a probe connection would use up a one-off iperf3 server.
+wait_port() {
+  local i
+  for i in $(seq 100); do
+    [ -n "$(hx ss -Hltn "sport = :$1")" ] && return 0
+    sleep 0.05
+  done
+  return 1
+}
+wait_port 5300
 
 # --- measurements -----------------------------------------------------------------------------
 record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$results"; }
@@ -138,15 +146,25 @@ iperf() {
   local runner=gx i bps vals=""
   [ "$name" = loopback ] && runner=hx
   for i in $(seq "$repeat"); do
-    if bps=$($runner timeout $((secs + 20)) iperf3 -c "$target" -p 5201 -t "$secs" -J "$@" 2>/dev/null |
-      jq -er '.end.sum_received.bits_per_second'); then
+    hx iperf3 -s -1 -p 5201 >/dev/null 2>&1 &
+    local server=$!
+    wait_port 5201 || log "iperf3 server did not start"
+    local json why
+    json=$($runner timeout $((secs + 20)) iperf3 -c "$target" -p 5201 -t "$secs" \
+      --connect-timeout 5000 -J "$@" 2>&1) || true
+    if bps=$(jq -er '.end.sum_received.bits_per_second' <<<"$json" 2>/dev/null); then
       vals+="$(awk -v b="$bps" 'BEGIN {printf "%.3f", b / 1e9}')"$'\n'
     else
-      log "$name mtu $mtu $metric: iperf3 failed"
+      why=$(jq -r '.error // empty' <<<"$json" 2>/dev/null || true)
+      why=${why:-$(tail -c 200 <<<"$json" | tr '\n' ' ')}
+      log "$name mtu $mtu $metric: iperf3 failed: $why"
+      notes+=("$name MTU $mtu $metric: iperf3 failed: $why")
     fi
+    kill "$server" 2>/dev/null || true
+    wait "$server" 2>/dev/null || true
   done
   local v
-  v=$(printf '%s' "$vals" | grep . | median)
+  v=$(printf "%s" "$vals" | { grep . || true; } | median)
   log "$name mtu $mtu $metric: $v Gbit/s"
   record "$name" "$mtu" "$metric" "$v"
 }
@@ -189,8 +207,8 @@ new_guest() {
 
 end_guest() {
   local p
-  for p in "${bg_pids[@]:2}"; do kill "$p" 2>/dev/null || true; done
-  bg_pids=("${bg_pids[@]:0:2}")
+  for p in "${bg_pids[@]:1}"; do kill "$p" 2>/dev/null || true; done
+  bg_pids=("${bg_pids[@]:0:1}")
   kill_ns "$g"
   g=""
 }

@@ -382,6 +382,36 @@ mod network {
     }
 
     #[test]
+    fn lima_home_defaults_to_dot_lima() {
+        let env = Env::new();
+        let o = env
+            .cmd(&["network", "list"])
+            .env_remove("LIMA_HOME")
+            .env("HOME", &env.home)
+            .output()
+            .expect("run");
+        ok(&o);
+        assert!(env.home.join(".lima/_config/networks.yaml").is_file());
+        assert!(!env.networks_yaml().exists());
+    }
+
+    #[test]
+    fn unknown_keys_warn_but_load() {
+        let env = Env::new();
+        env.write_config("paths:\n  vdeSwitch: /opt/vde/bin/vde_switch\nnetworks:\n  shared: {mode: shared, gateway: 192.168.105.1}\n");
+        let o = env.run(&["network", "list", "--json", "shared"]);
+        assert!(ok(&o).starts_with("{\"name\":\"shared\""));
+        assert!(
+            stderr(&o).contains(&format!(
+                "Non-strict YAML is deprecated and will be unsupported in a future version of Lima: {}",
+                env.networks_yaml().display()
+            )),
+            "{}",
+            stderr(&o)
+        );
+    }
+
+    #[test]
     fn parse_errors_name_file_line_column() {
         let env = Env::new();
         env.write_config("networks:\n  shared:\n    mode: shared\n    netmask: 255.255.0\n");
@@ -526,6 +556,30 @@ mod choose {
             "{out}"
         );
         assert!(!stderr(&o).contains("Connect to the VM via:"));
+
+        // A real terminal (a pty from util-linux `script`) turns the dialogue on by itself.
+        let exe = env!("CARGO_BIN_EXE_limanet");
+        let mut child = Command::new("script")
+            .args(["-qec", &format!("{exe} choose --name tty1"), "/dev/null"])
+            .env("LIMA_HOME", &env.home)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run script (package bsdutils)");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(b"2\n2\n")
+            .expect("write answers");
+        let out = ok(&child.wait_with_output().expect("wait"));
+        assert!(out.contains("Choice [1-2]: "), "{out}");
+        assert!(out.contains("Network: user-v2"), "{out}");
+        assert!(
+            out.contains("limanet start tty1 --network lima:user-v2 -- "),
+            "{out}"
+        );
 
         // stdin ends before an answer.
         let err = fails(&env.run_with_stdin(&["choose", "--interactive"], "2\n"));

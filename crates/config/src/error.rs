@@ -51,8 +51,8 @@ pub enum ConfigError {
     /// `paths.socketVMNet` is empty.
     #[error("socketVMNet is not set")]
     SocketVmnetNotSet,
-    /// The daemon executable is missing.
-    #[error("daemon {} (path={}) is not available: limanet's socket_vmnet-compatible daemon is not installed", q(.daemon), q(.path))]
+    /// The daemon executable is missing (Lima's reconcile message, plus where it was looked for).
+    #[error("daemon {} needs to be installed: {} (`paths.socketVMNet`) is not an executable file; limanet's socket_vmnet-compatible daemon is not installed", q(.daemon), q(.path))]
     DaemonNotInstalled {
         /// The daemon name (`socket_vmnet`).
         daemon: String,
@@ -109,22 +109,6 @@ pub enum ConfigError {
     /// `paths.socketVMNet` does not exist.
     #[error("networks.yaml: {} (`paths.socketVMNet`) has to be installed", q(.0))]
     SocketVmnetMissing(String),
-    /// A mode this version does not know.
-    #[error("network {} has unknown mode {}; expected one of user-v2, host, shared, bridged", q(.network), q(.mode))]
-    UnknownMode {
-        /// The network.
-        network: String,
-        /// The mode.
-        mode: String,
-    },
-    /// A network setting needed for the operation is missing.
-    #[error("network {} has no {field} set", q(.network))]
-    MissingField {
-        /// The network.
-        network: String,
-        /// The YAML field.
-        field: &'static str,
-    },
     /// A user-v2 network without `gateway:` has no subnet.
     #[error("user-v2 network has no gateway set, so its subnet is unknown")]
     NoGateway,

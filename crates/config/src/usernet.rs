@@ -38,10 +38,7 @@ impl SockKind {
 /// (Lima's `netmaskToCidr`). Like Go's `IPMask.Size`, a missing or non-contiguous netmask gives
 /// prefix 0 (limanet's defaults fill the netmask, so loaded configs get /24).
 pub fn subnet(net: &Network) -> Result<(Ipv4Addr, u8), ConfigError> {
-    let gateway = net.gateway.ok_or_else(|| ConfigError::MissingField {
-        network: String::new(),
-        field: "gateway",
-    })?;
+    let gateway = net.gateway.ok_or(ConfigError::NoGateway)?;
     let prefix = net.netmask.map_or(0, prefix_len);
     Ok((Ipv4Addr::from(u32::from(gateway) & mask(prefix)), prefix))
 }

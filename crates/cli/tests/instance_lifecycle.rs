@@ -308,3 +308,32 @@ fn vmnet_networks_need_the_daemon_installed() {
     assert!(read_pid(&h.dir.join("v/usernet.pid")).is_none());
     assert_eq!(h.list()["v"]["state"], "Stopped");
 }
+
+#[test]
+fn qemu_that_fails_at_once_is_reported_with_its_stderr() {
+    let h = Home::new("qfail");
+    let err = h.fails(&[
+        "start",
+        "q",
+        "--network",
+        "lima:user-v2",
+        "--",
+        "sh",
+        "-c",
+        "echo 'qemu-system-x86_64: -bogus: invalid option' >&2; exit 1",
+        "qemu-stub",
+    ]);
+    assert!(
+        err.contains("QEMU exited right after start: exit status: 1 (stderr: qemu-system-x86_64: -bogus: invalid option)"),
+        "{err}"
+    );
+    let err = h.fails(&["start", "q", "--", "/nonexistent/qemu-system-x86_64"]);
+    assert!(
+        err.contains("failed to run QEMU `/nonexistent/qemu-system-x86_64`"),
+        "{err}"
+    );
+    // Neither attempt leaves a daemon behind.
+    assert!(!h.user_v2_pid_file().exists(), "{}", h.logs());
+    assert!(read_pid(&h.dir.join("q/usernet.pid")).is_none());
+    assert_eq!(h.list()["q"]["state"], "Stopped");
+}

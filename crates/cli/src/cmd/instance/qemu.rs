@@ -137,6 +137,9 @@ pub struct ExtraFds {
     fds: Vec<OwnedFd>,
 }
 
+/// `close_range` flag: mark the range close-on-exec instead of closing it (Linux 5.11).
+const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+
 /// The lowest fd number QEMU gets first (after stdin, stdout, stderr).
 pub const FIRST_FD: RawFd = 3;
 
@@ -173,9 +176,10 @@ impl ExtraFds {
         }
         let first_unused = FIRST_FD + RawFd::try_from(pairs.len()).unwrap_or(0);
         // SAFETY: the closure only calls dup2 and close_range, which are async-signal-safe.
-        // dup2 clears FD_CLOEXEC on the target; close_range then closes whatever else this
-        // process inherited without FD_CLOEXEC (a jobserver pipe, a caller's fds), so QEMU gets
-        // exactly stdin, stdout, stderr and its sockets. Kernels without close_range (< 5.9)
+        // dup2 clears FD_CLOEXEC on the target; close_range then marks everything else this
+        // process inherited without FD_CLOEXEC (a jobserver pipe, a caller's fds) close-on-exec,
+        // so QEMU gets exactly stdin, stdout, stderr and its sockets. Marking instead of closing
+        // keeps std's own exec-error pipe working. Kernels without CLOSE_RANGE_CLOEXEC (< 5.11)
         // just skip that step.
         unsafe {
             cmd.pre_exec(move || {
@@ -188,7 +192,7 @@ impl ExtraFds {
                     libc::SYS_close_range,
                     first_unused as libc::c_uint,
                     libc::c_uint::MAX,
-                    0 as libc::c_uint,
+                    CLOSE_RANGE_CLOEXEC,
                 );
                 Ok(())
             });

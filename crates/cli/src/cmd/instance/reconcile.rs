@@ -18,8 +18,10 @@
 //! * shared, host, bridged: the socket_vmnet-compatible daemon from `paths.socketVMNet`, started
 //!   through sudo (unless root) with Lima's command lines, 5 attempts with back-off, a 30 s pid
 //!   file timeout, logs in `_networks/<name>_socket_vmnet.{stdout,stderr}.log`; stopped with
-//!   `pkill -F <pidfile>` through sudo. While the daemon is not installed, starting such a
-//!   network fails with Lima's ``daemon `socket_vmnet` needs to be installed``.
+//!   `pkill -F <pidfile>` through sudo. Before either, networks.yaml is validated once per
+//!   process (Lima's `validateConfig`; the sudoers check only when not root). While the daemon
+//!   is not installed, starting such a network fails with Lima's
+//!   ``daemon `socket_vmnet` needs to be installed`` (plus the path it looked at).
 
 use super::daemon::{self, DaemonSpec, StopMethod};
 use super::process::{read_pid_file, Lock};
@@ -30,6 +32,7 @@ use limanet_config::usernet::{self as unet, SockKind};
 use limanet_config::LimaHome;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// Brings the network daemons in line with the live instances (see the module docs).
@@ -86,13 +89,10 @@ pub fn start_network(home: &LimaHome, cfg: &NetworksConfig, name: &str) -> anyho
     if net.mode == Mode::UserV2 {
         return start_usernet(home, cfg, name);
     }
-    if !cfg.is_daemon_installed() {
-        bail!(
-            "daemon `{DAEMON_SOCKET_VMNET}` needs to be installed (paths.socketVMNet: `{}`)",
-            cfg.paths.socket_vmnet
-        );
-    }
-    cfg.validate()?;
+    // Lima validates first, which reports a missing daemon as "`<path>` (`paths.socketVMNet`)
+    // has to be installed"; checking the daemon first gives the more direct message.
+    cfg.require_daemon()?;
+    validate_config(cfg)?;
     let pid_file = cfg.pid_file(name, DAEMON_SOCKET_VMNET);
     if read_pid_file(&pid_file)?.is_some() {
         return Ok(());
@@ -132,7 +132,7 @@ pub fn stop_network(home: &LimaHome, cfg: &NetworksConfig, name: &str) -> anyhow
     if read_pid_file(&pid_file)?.is_none() {
         return Ok(());
     }
-    cfg.validate()?;
+    validate_config(cfg)?;
     let stop = StopMethod::Command(networks::privileged_argv(
         &cfg.stop_cmd(name, DAEMON_SOCKET_VMNET),
     ));
@@ -142,6 +142,23 @@ pub fn stop_network(home: &LimaHome, cfg: &NetworksConfig, name: &str) -> anyhow
         &stop,
         grace,
     )?;
+    Ok(())
+}
+
+/// Lima's `validateConfig`, once per process: networks.yaml's identifier and path-security
+/// rules, then (unless root, who runs the daemon commands directly) that sudo can run them
+/// without a password (`paths.sudoers`, if set, must match `limanet sudoers`).
+fn validate_config(cfg: &NetworksConfig) -> anyhow::Result<()> {
+    static VALIDATED: AtomicBool = AtomicBool::new(false);
+    if VALIDATED.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    cfg.validate()?;
+    // SAFETY: geteuid has no failure mode.
+    if unsafe { libc::geteuid() } != 0 {
+        cfg.verify_sudo_access(&cfg.paths.sudoers)?;
+    }
+    VALIDATED.store(true, Ordering::Relaxed);
     Ok(())
 }
 

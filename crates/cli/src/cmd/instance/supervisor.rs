@@ -16,7 +16,7 @@
 //! instance is gone (or that only QEMU is left, which `limanet stop` ends) and reconcile.
 
 use super::daemon::{self, DaemonSpec, StopMethod};
-use super::process::{pid_alive, signal, wait_until, Lock, ProcRef};
+use super::process::{pid_alive, read_pid_file, signal, wait_until, Lock, ProcRef};
 use super::qemu::{self, ExtraFds, Netdev, FIRST_FD};
 use super::reconcile::reconcile;
 use super::store::{now_secs, Attachment, InstancePaths, InstanceState, Nic, Status};
@@ -183,6 +183,9 @@ fn run(
         .collect();
     state.save()?;
 
+    if STOP_REQUESTED.load(Ordering::SeqCst) {
+        bail!("stop requested before QEMU started");
+    }
     let mut cmd = Command::new(program);
     cmd.args(&args);
     if plan.foreground {
@@ -227,7 +230,18 @@ fn run(
     reporter.ready(state);
 
     let mut stop_sent: Option<Instant> = None;
+    let own_usernet = read_pid_file(&plan.paths.usernet_pid())?.map(ProcRef::of);
+    let mut usernet_lost = false;
     loop {
+        // eth0's daemon should outlive QEMU; say so once if it does not (QEMU 7.2's stream
+        // netdev cannot reconnect, so the guest's eth0 is dead from then on).
+        if !usernet_lost && own_usernet.is_some_and(|u| !u.alive()) {
+            usernet_lost = true;
+            tracing::error!(
+                "the instance's usernet daemon exited while QEMU runs; see {}",
+                plan.paths.usernet_stderr().display()
+            );
+        }
         if let Some(status) = reap(qemu_pid)? {
             tracing::info!("QEMU exited: {status}");
             return Ok(match stop_sent {

@@ -210,19 +210,19 @@ pub fn reserialise(config: &NetworksConfig) -> Result<String, ConfigError> {
 }
 
 /// Leading spaces of a line.
-fn indent(line: &str) -> usize {
+pub(crate) fn indent(line: &str) -> usize {
     line.len() - line.trim_start_matches(' ').len()
 }
 
 /// Blank or comment-only.
-fn is_filler(line: &str) -> bool {
+pub(crate) fn is_filler(line: &str) -> bool {
     let t = line.trim();
     t.is_empty() || t.starts_with('#')
 }
 
 /// Line range of the `networks:` block body (after the key line) when `networks:` is a
 /// top-level key with a block value. `Err(())` when it has an inline value.
-fn networks_block(lines: &[&str]) -> Option<Result<(usize, usize), ()>> {
+pub(crate) fn networks_block(lines: &[&str]) -> Option<Result<(usize, usize), ()>> {
     let key = lines.iter().position(|l| {
         l.strip_prefix("networks:")
             .is_some_and(|rest| rest.trim().is_empty() || rest.trim_start().starts_with('#'))

@@ -9,6 +9,14 @@ fn qp(p: &std::path::Path) -> String {
     q(&p.to_string_lossy())
 }
 
+fn located(file: &std::path::Path, line: u64, column: u64, source: &ConfigError) -> String {
+    if line == 0 {
+        format!("{}: {source}", file.display())
+    } else {
+        format!("{}:{line}:{column}: {source}", file.display())
+    }
+}
+
 /// Errors from loading, validating and editing the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -44,6 +52,18 @@ pub enum ConfigError {
         column: u64,
         /// What is wrong.
         message: String,
+    },
+    /// Another error, with the place in networks.yaml it is about (line 0: not found).
+    #[error("{}", located(.file, *.line, *.column, .source))]
+    Located {
+        /// The file.
+        file: PathBuf,
+        /// 1-based line, 0 when unknown.
+        line: u64,
+        /// 1-based column, 0 when unknown.
+        column: u64,
+        /// The error.
+        source: Box<ConfigError>,
     },
     /// `Check(name)` failed.
     #[error("network {} is not defined", q(.0))]

@@ -12,6 +12,7 @@ mod fsutil;
 mod home;
 pub mod identifiers;
 pub mod limayaml;
+mod locate;
 pub mod mac;
 pub mod networks;
 pub mod pathsec;

@@ -393,6 +393,13 @@ impl NetworksConfig {
         self.validate_with(&SystemIds::from_system())
     }
 
+    /// [`validate`](Self::validate) for a configuration loaded from `home`: a failure names
+    /// networks.yaml and, when it can be found, the line and column of the offending value
+    /// (`<file>:<line>:<col>: <Lima's message>`).
+    pub fn validate_located(&self, home: &LimaHome) -> Result<(), ConfigError> {
+        self.validate().map_err(|e| locate_in(home, e))
+    }
+
     /// [`validate`](Self::validate) with explicit ids (for tests).
     pub fn validate_with(&self, ids: &SystemIds) -> Result<(), ConfigError> {
         self.validate_identifiers()?;
@@ -681,6 +688,19 @@ fn password_less_sudo(daemon_installed: bool) -> Result<(), String> {
         ])?;
     }
     Ok(())
+}
+
+/// Wraps `err` with networks.yaml's path and the error's position in it.
+pub fn locate_in(home: &LimaHome, err: ConfigError) -> ConfigError {
+    let file = home.networks_yaml();
+    let text = std::fs::read_to_string(&file).unwrap_or_default();
+    let (line, column) = crate::locate::locate(&text, &err).unwrap_or((0, 0));
+    ConfigError::Located {
+        file,
+        line,
+        column,
+        source: Box::new(err),
+    }
 }
 
 /// Prints an optional IPv4 address the way Go prints a `net.IP` (`<nil>` when unset).

@@ -210,7 +210,11 @@ pub fn validate_path(
 
 /// For varRun: drops trailing components that do not exist yet, so the nearest existing
 /// ancestor is what gets checked (it will be created by `mkdir -p` through sudo).
+/// A relative path is returned unchanged, so the "not an absolute path" error shows it whole.
 pub fn existing_base(path: &str) -> String {
+    if !path.starts_with('/') {
+        return path.to_owned();
+    }
     let mut p = Path::new(path);
     while p != Path::new("/") && std::fs::symlink_metadata(p).is_err() {
         match p.parent() {

@@ -19,7 +19,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<u8> {
     let home = LimaHome::from_env()?;
     let config = load(&home)?;
-    if let Err(e) = config.validate() {
+    if let Err(e) = config.validate_located(&home) {
         tracing::info!("Please check https://lima-vm.io/docs/config/network/vmnet/#socket_vmnet for more information.");
         return Err(e.into());
     }

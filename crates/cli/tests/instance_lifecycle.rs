@@ -203,7 +203,7 @@ fn foreground_returns_qemu_exit_code_and_cleans_up() {
         "--",
         "sh",
         "-c",
-        "sleep 1.5; exit 3",
+        "sleep 3; exit 3",
         "qemu-stub",
     ]);
     assert_eq!(

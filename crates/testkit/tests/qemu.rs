@@ -66,13 +66,20 @@ fn guest_gets_a_dhcp_lease_from_slirp_and_reaches_the_host_loopback() {
 
 #[test]
 fn failing_script_exit_code_is_reported() {
-    let out = QemuGuest::spawn(&QemuOptions {
-        script: "echo about-to-fail; exit 3\n".into(),
-        dhcp: false,
+    // Started in the background: the test can watch the console while the guest runs.
+    let mut guest = QemuGuest::start(&QemuOptions {
+        script: "echo about-to-fail; sleep 1; exit 3\n".into(),
         ..Default::default()
     })
     .unwrap();
+    guest
+        .wait_for_console("about-to-fail", Duration::from_secs(60))
+        .unwrap();
+    assert!(!guest.console().contains("LIMANET-TEST-EXIT"));
+    let out = guest.wait().unwrap();
     assert_eq!(out.exit_code, Some(3), "{}", out.console);
+    // No NIC was given: QEMU added none (-nodefaults), so there was no eth0 to run DHCP on.
+    assert!(!out.console.contains("LIMANET-DHCP"), "{}", out.console);
     assert!(!out.timed_out);
     assert!(out.console.contains("about-to-fail"));
     assert!(out.check().is_err());

@@ -217,6 +217,35 @@ mod sudoers {
     }
 
     #[test]
+    fn check_as_non_root_runs_the_sudo_probe() {
+        let env = Env::new();
+        let sudoers = env.secure.join("sudoers.d/lima");
+        setup(&env, &sudoers);
+        let s = sudoers.display().to_string();
+        // `nobody` may not run sudo without a password, so a missing file cannot be excused.
+        let o = Command::new("runuser")
+            .args([
+                "-u",
+                "nobody",
+                "--",
+                env!("CARGO_BIN_EXE_limanet"),
+                "sudoers",
+                "--check",
+            ])
+            .env("LIMA_HOME", &env.home)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run runuser (package util-linux)");
+        let err = fails(&o);
+        assert_eq!(
+            err,
+            format!(
+                "limanet: can't read `{s}`: No such file or directory (os error 2): (Hint: run `limanet sudoers >etc_sudoers.d_lima && sudo install -o root etc_sudoers.d_lima \"{s}\"`))\n"
+            )
+        );
+    }
+
+    #[test]
     fn refuses_insecure_or_incomplete_configs() {
         let env = Env::new();
         env.write_config(&format!(
@@ -254,6 +283,19 @@ mod sudoers {
         let err = fails(&env.run(&["sudoers"]));
         assert!(
             err.contains("invalid network name \"evil\\n%staff ALL=(root) NOPASSWD: ALL\""),
+            "{err}"
+        );
+
+        env.write_config(&format!(
+            "paths:\n  socketVMNet: {}\n  varRun: /run/lima\ngroup: sudo\nnetworks:\n  bridged:\n    mode: bridged\n    interface: en0 --extra-root-flag\n",
+            exe.display()
+        ));
+        let err = fails(&env.run(&["sudoers"]));
+        assert!(
+            err.ends_with(&format!(
+                "\nlimanet: {}:8:16: invalid interface `en0 --extra-root-flag` for network `bridged`: identifier `en0 --extra-root-flag` must match ^[A-Za-z0-9]+(?:[._-](?:[A-Za-z0-9]+))*$\n",
+                env.networks_yaml().display()
+            )),
             "{err}"
         );
     }

@@ -33,9 +33,9 @@ pub struct CreateRequest {
 /// Builds the entry `network create` writes, with Lima's checks and messages. Lima writes no
 /// `dhcpEnd`; limanet's load-time defaults supply it.
 pub fn entry_for(req: &CreateRequest) -> Result<Network, ConfigError> {
-    identifiers::validate(&req.name).map_err(|source| ConfigError::InvalidNetworkName {
+    identifiers::validate(&req.name).map_err(|error| ConfigError::InvalidNetworkName {
         name: req.name.clone(),
-        source,
+        error,
     })?;
     let mode = req.mode.clone().unwrap_or(Mode::UserV2);
     let bad = |msg: String| Err(ConfigError::InvalidRequest(msg));
@@ -54,10 +54,10 @@ pub fn entry_for(req: &CreateRequest) -> Result<Network, ConfigError> {
                     q(mode.as_str())
                 ));
             }
-            identifiers::validate(&interface).map_err(|source| ConfigError::InvalidInterface {
+            identifiers::validate(&interface).map_err(|error| ConfigError::InvalidInterface {
                 interface: interface.clone(),
                 network: req.name.clone(),
-                source,
+                error,
             })?;
             Ok(Network {
                 mode,

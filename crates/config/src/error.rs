@@ -9,11 +9,11 @@ fn qp(p: &std::path::Path) -> String {
     q(&p.to_string_lossy())
 }
 
-fn located(file: &std::path::Path, line: u64, column: u64, source: &ConfigError) -> String {
+fn located(file: &std::path::Path, line: u64, column: u64, error: &ConfigError) -> String {
     if line == 0 {
-        format!("{}: {source}", file.display())
+        format!("{}: {error}", file.display())
     } else {
-        format!("{}:{line}:{column}: {source}", file.display())
+        format!("{}:{line}:{column}: {error}", file.display())
     }
 }
 
@@ -24,22 +24,22 @@ pub enum ConfigError {
     #[error("cannot determine LIMA_HOME: neither $LIMA_HOME nor $HOME is set")]
     NoHome,
     /// A file or directory operation failed.
-    #[error("{action} {}: {source}", qp(.path))]
+    #[error("{action} {}: {error}", qp(.path))]
     Io {
         /// What was being done, e.g. "cannot read".
         action: &'static str,
         /// The file or directory.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// `_config` could not be created.
-    #[error("could not create {} directory: {source}", qp(.path))]
+    #[error("could not create {} directory: {error}", qp(.path))]
     CreateDir {
         /// The directory.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A YAML syntax or type error, with its position.
     #[error("{}:{line}:{column}: {message}", .file.display())]
@@ -54,7 +54,7 @@ pub enum ConfigError {
         message: String,
     },
     /// Another error, with the place in networks.yaml it is about (line 0: not found).
-    #[error("{}", located(.file, *.line, *.column, .source))]
+    #[error("{}", located(.file, *.line, *.column, .error))]
     Located {
         /// The file.
         file: PathBuf,
@@ -63,7 +63,7 @@ pub enum ConfigError {
         /// 1-based column, 0 when unknown.
         column: u64,
         /// The error.
-        source: Box<ConfigError>,
+        error: Box<ConfigError>,
     },
     /// `Check(name)` failed.
     #[error("network {} is not defined", q(.0))]
@@ -83,48 +83,48 @@ pub enum ConfigError {
     #[error("unknown daemon type {}", q(.0))]
     UnknownDaemon(String),
     /// `group` is not an identifier.
-    #[error("invalid group {}: {source}", q(.group))]
+    #[error("invalid group {}: {error}", q(.group))]
     InvalidGroup {
         /// The value.
         group: String,
         /// Why.
-        source: IdentifierError,
+        error: IdentifierError,
     },
     /// A network name is not an identifier.
-    #[error("invalid network name {}: {source}", q(.name))]
+    #[error("invalid network name {}: {error}", q(.name))]
     InvalidNetworkName {
         /// The value.
         name: String,
         /// Why.
-        source: IdentifierError,
+        error: IdentifierError,
     },
     /// A network mode is not an identifier.
-    #[error("invalid mode {} for network {}: {source}", q(.mode), q(.network))]
+    #[error("invalid mode {} for network {}: {error}", q(.mode), q(.network))]
     InvalidMode {
         /// The value.
         mode: String,
         /// The network.
         network: String,
         /// Why.
-        source: IdentifierError,
+        error: IdentifierError,
     },
     /// A network interface is not an identifier.
-    #[error("invalid interface {} for network {}: {source}", q(.interface), q(.network))]
+    #[error("invalid interface {} for network {}: {error}", q(.interface), q(.network))]
     InvalidInterface {
         /// The value.
         interface: String,
         /// The network.
         network: String,
         /// Why.
-        source: IdentifierError,
+        error: IdentifierError,
     },
     /// A `paths` field failed the path-security check.
-    #[error("networks.yaml field {} error: {source}", q(&format!("paths.{}", .field)))]
+    #[error("networks.yaml field {} error: {error}", q(&format!("paths.{}", .field)))]
     PathField {
         /// The YAML field name (`socketVMNet`, `varRun`, `sudoers`).
         field: &'static str,
         /// Why.
-        source: crate::pathsec::PathError,
+        error: crate::pathsec::PathError,
     },
     /// `paths.socketVMNet` does not exist.
     #[error("networks.yaml: {} (`paths.socketVMNet`) has to be installed", q(.0))]
@@ -162,12 +162,12 @@ pub enum ConfigError {
     #[error("no sudoers file defined in {}", qp(.0))]
     NoSudoersFile(PathBuf),
     /// The sudoers file could not be read.
-    #[error("can't read {}: {source}: (Hint: {hint})", q(.file))]
+    #[error("can't read {}: {error}: (Hint: {hint})", q(.file))]
     SudoersUnreadable {
         /// The file.
         file: String,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
         /// How to fix it.
         hint: String,
     },
@@ -188,12 +188,12 @@ impl ConfigError {
     pub(crate) fn io(
         action: &'static str,
         path: impl Into<PathBuf>,
-        source: std::io::Error,
+        error: std::io::Error,
     ) -> Self {
         ConfigError::Io {
             action,
             path: path.into(),
-            source,
+            error,
         }
     }
 }

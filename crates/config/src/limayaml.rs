@@ -117,12 +117,12 @@ pub enum EntryError {
     #[error("field `networks[{0}].socket` and field `networks[{0}].vzNAT` are mutually exclusive")]
     SocketAndVzNat(usize),
     /// `stat` of the socket failed with something other than not-found.
-    #[error("stat {path}: {source}")]
+    #[error("stat {path}: {error}")]
     SocketStat {
         /// The socket path.
         path: String,
         /// The error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The socket path exists but is not a socket.
     #[error("field `networks[{index}].socket` {} points to a non-socket file", q(.path))]
@@ -226,9 +226,9 @@ pub fn validate(entries: &[NetworkEntry], networks: &NetworksConfig) -> Result<(
                     }
                 }
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => errs.push(EntryError::SocketStat {
+                Err(error) => errs.push(EntryError::SocketStat {
                     path: e.socket.clone(),
-                    source,
+                    error,
                 }),
             }
         } else if !e.vz_nat {

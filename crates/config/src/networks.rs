@@ -314,10 +314,10 @@ pub fn load(home: &LimaHome) -> Result<NetworksConfig, ConfigError> {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let dir = home.config_dir();
-            crate::fsutil::create_dir_all_mode(&dir, 0o755).map_err(|source| {
+            crate::fsutil::create_dir_all_mode(&dir, 0o755).map_err(|error| {
                 ConfigError::CreateDir {
                     path: dir.clone(),
-                    source,
+                    error,
                 }
             })?;
             let text = render_host_template()?;
@@ -422,7 +422,7 @@ impl NetworksConfig {
                 Err(e) if e.is_not_found() && field == "socketVMNet" => {
                     socket_vmnet_missing = Some(value.to_owned())
                 }
-                Err(source) => return Err(ConfigError::PathField { field, source }),
+                Err(error) => return Err(ConfigError::PathField { field, error }),
             }
         }
         match socket_vmnet_missing {
@@ -435,30 +435,30 @@ impl NetworksConfig {
     /// interface), which needs no file system access.
     pub fn validate_identifiers(&self) -> Result<(), ConfigError> {
         if !self.group.is_empty() {
-            identifiers::validate(&self.group).map_err(|source| ConfigError::InvalidGroup {
+            identifiers::validate(&self.group).map_err(|error| ConfigError::InvalidGroup {
                 group: self.group.clone(),
-                source,
+                error,
             })?;
         }
         for (name, net) in &self.networks {
-            identifiers::validate(name).map_err(|source| ConfigError::InvalidNetworkName {
+            identifiers::validate(name).map_err(|error| ConfigError::InvalidNetworkName {
                 name: name.clone(),
-                source,
+                error,
             })?;
             let mode = net.mode.as_str();
             if !mode.is_empty() {
-                identifiers::validate(mode).map_err(|source| ConfigError::InvalidMode {
+                identifiers::validate(mode).map_err(|error| ConfigError::InvalidMode {
                     mode: mode.to_owned(),
                     network: name.clone(),
-                    source,
+                    error,
                 })?;
             }
             if !net.interface.is_empty() {
-                identifiers::validate(&net.interface).map_err(|source| {
+                identifiers::validate(&net.interface).map_err(|error| {
                     ConfigError::InvalidInterface {
                         interface: net.interface.clone(),
                         network: name.clone(),
-                        source,
+                        error,
                     }
                 })?;
             }
@@ -639,10 +639,10 @@ impl NetworksConfig {
             {
                 return Ok(());
             }
-            Err(source) => {
+            Err(error) => {
                 return Err(ConfigError::SudoersUnreadable {
                     file: file.to_owned(),
-                    source,
+                    error,
                     hint,
                 })
             }
@@ -668,6 +668,8 @@ fn password_less_sudo(daemon_installed: bool) -> Result<(), String> {
         let status = std::process::Command::new("sudo")
             .args(args)
             .stdin(std::process::Stdio::null())
+            // sudo's own "a password is required" would only repeat what the error says.
+            .stderr(std::process::Stdio::null())
             .status()
             .map_err(|e| format!("failed to run sudo {}: {e}", args.join(" ")))?;
         if status.success() {
@@ -699,7 +701,7 @@ pub fn locate_in(home: &LimaHome, err: ConfigError) -> ConfigError {
         file,
         line,
         column,
-        source: Box::new(err),
+        error: Box::new(err),
     }
 }
 

@@ -58,12 +58,12 @@ pub enum PathError {
     #[error("path {} contains whitespace", q(.0))]
     Whitespace(String),
     /// `lstat` failed (not-exist included; callers decide whether that is fatal).
-    #[error("lstat {path}: {source}")]
+    #[error("lstat {path}: {error}")]
     Stat {
         /// The path.
         path: String,
         /// The error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A symlink.
     #[error("{kind} {} is a symlink", q(.path))]
@@ -134,7 +134,7 @@ pub enum PathError {
 impl PathError {
     /// Whether this is an `lstat` not-found error.
     pub fn is_not_found(&self) -> bool {
-        matches!(self, PathError::Stat { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+        matches!(self, PathError::Stat { error, .. } if error.kind() == std::io::ErrorKind::NotFound)
     }
 }
 
@@ -153,9 +153,9 @@ pub fn validate_path(
     if path.contains(' ') {
         return Err(PathError::Whitespace(path.to_owned()));
     }
-    let meta = std::fs::symlink_metadata(path).map_err(|source| PathError::Stat {
+    let meta = std::fs::symlink_metadata(path).map_err(|error| PathError::Stat {
         path: path.to_owned(),
-        source,
+        error,
     })?;
     let kind = if meta.is_dir() { "dir" } else { "file" };
     let p = || path.to_owned();

@@ -126,3 +126,108 @@ fn busybox_guest_gets_192_168_5_15_and_reaches_host_loopback() {
         "the user-v2 daemon must stop after its last instance"
     );
 }
+
+/// Lima's user-v2 check (`hack/test-templates.sh`, by address until names are registered
+/// through the API): two guests started with `--network lima:user-v2` share one daemon; the
+/// first gets network+1, the second reaches it; `limanet stop` ends the first guest, and the
+/// daemon stops after both are gone.
+#[test]
+fn two_guests_on_one_user_v2_network_reach_each_other() {
+    let ns = Netns::new("inst2").expect("netns");
+    ns.set_etc("resolv.conf", "nameserver 127.0.0.1\n")
+        .expect("resolv.conf");
+    let dhcp = "udhcpc -i eth1 -s /udhcpc.script -q -n -t 10 -T 1 || exit 12\n";
+    let first = QemuGuest::command(&QemuOptions {
+        script: format!("{dhcp}echo LIMANET-WAITING\nsleep 300\n"),
+        timeout: Duration::from_secs(400),
+        ..Default::default()
+    })
+    .expect("guest 1");
+    let h = Home::new("qemu2");
+    let start = |name: &str, argv: &[String]| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns.name(), env!("CARGO_BIN_EXE_limanet")])
+            .args(["start", name, "--network", "lima:user-v2", "--"])
+            .args(argv)
+            .env("LIMA_HOME", &h.dir)
+            .output()
+            .expect("limanet start");
+        assert!(
+            out.status.success(),
+            "limanet start {name} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            h.logs()
+        );
+    };
+    let console = |name: &str| {
+        std::fs::read_to_string(h.dir.join(name).join("qemu.stdout.log")).unwrap_or_default()
+    };
+    let user_v2_lease = |text: &str| {
+        text.lines()
+            .filter_map(|l| l.trim().strip_prefix("LIMANET-LEASE ip="))
+            .filter(|rest| rest.starts_with("192.168.104."))
+            .find_map(|rest| rest.split_whitespace().next())
+            .map(str::to_owned)
+    };
+
+    start("v2a", &first.argv);
+    let daemon = read_pid(&h.user_v2_pid_file()).expect("user-v2 daemon pid");
+    let waiting = eventually(Duration::from_secs(120), || {
+        console("v2a").contains("LIMANET-WAITING")
+    });
+    assert!(
+        waiting,
+        "first guest did not get its user-v2 lease\n{}\n{}",
+        console("v2a"),
+        h.logs()
+    );
+    let a_ip = user_v2_lease(&console("v2a"));
+    // gvisor's lowest-free allocation with the gateway at .2: the first guest gets .1.
+    assert_eq!(a_ip.as_deref(), Some("192.168.104.1"), "{}", console("v2a"));
+
+    let second = QemuGuest::command(&QemuOptions {
+        script: format!(
+            "{dhcp}i=0\n\
+             until ping -c 1 -W 1 192.168.104.1 > /dev/null 2>&1; do i=$((i+1)); [ $i -lt 60 ] || exit 13; done\n\
+             echo LIMANET-PING-OK\n"
+        ),
+        timeout: Duration::from_secs(150),
+        ..Default::default()
+    })
+    .expect("guest 2");
+    start("v2b", &second.argv);
+    // The second instance reuses the running daemon.
+    assert_eq!(read_pid(&h.user_v2_pid_file()), Some(daemon));
+    let done = eventually(Duration::from_secs(150), || {
+        h.state("v2b")["status"] == "stopped"
+    });
+    let b = console("v2b");
+    assert!(done, "second guest did not finish\n{b}\n{}", h.logs());
+    assert!(
+        b.contains("LIMANET-PING-OK") && b.contains("LIMANET-TEST-EXIT=0"),
+        "{b}"
+    );
+    let b_ip = user_v2_lease(&b).unwrap_or_default();
+    assert!(
+        b_ip.starts_with("192.168.104.") && b_ip != "192.168.104.1",
+        "{b}"
+    );
+    // The first guest still runs, so the network does too.
+    assert!(alive(daemon));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_limanet"))
+        .args(["stop", "v2a"])
+        .env("LIMA_HOME", &h.dir)
+        .output()
+        .expect("limanet stop");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(h.state("v2a")["status"], "stopped");
+    assert!(
+        eventually(Duration::from_secs(10), || !alive(daemon)),
+        "the user-v2 daemon must stop after both guests"
+    );
+}

@@ -15,7 +15,6 @@ use crate::quote::go_quote_backtick as q;
 use crate::{fsutil, identifiers, yaml};
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
-use std::path::Path;
 
 /// What `network create` was asked for.
 #[derive(Debug, Clone, Default)]
@@ -161,7 +160,8 @@ fn with_locked_file(
     home: &LimaHome,
     f: impl FnOnce(&NetworksConfig, &str) -> Result<Option<Edit>, ConfigError>,
 ) -> Result<(), ConfigError> {
-    let config = networks::load(home)?;
+    // Creates the file from the template on first use (and fails early on a broken file).
+    networks::load(home)?;
     let dir = home.config_dir();
     let lock = std::fs::File::open(&dir).map_err(|e| ConfigError::io("cannot open", &dir, e))?;
     // SAFETY: flock on a valid, owned fd; the lock is released when `lock` is dropped.
@@ -173,14 +173,11 @@ fn with_locked_file(
         ));
     }
     let file = home.networks_yaml();
-    // Re-read under the lock: another process may have changed the file since `load`.
+    // Read under the lock: another process may have changed the file since `load`.
     let text =
         std::fs::read_to_string(&file).map_err(|e| ConfigError::io("cannot read", &file, e))?;
-    let config = if text.is_empty() {
-        config
-    } else {
-        reload(&text, &file)?
-    };
+    let mut config = networks::parse(&text, &file)?;
+    config.fill_defaults();
     let Some((new_text, expected)) = f(&config, &text)? else {
         return Ok(());
     };
@@ -195,12 +192,6 @@ fn with_locked_file(
     fsutil::write_atomic(&file, out.as_bytes(), 0o644)?;
     drop(lock);
     Ok(())
-}
-
-fn reload(text: &str, file: &Path) -> Result<NetworksConfig, ConfigError> {
-    let mut c = networks::parse(text, file)?;
-    c.fill_defaults();
-    Ok(c)
 }
 
 /// Serialises a configuration (block style, no comments).

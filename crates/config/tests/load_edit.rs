@@ -279,3 +279,38 @@ fn flow_style_falls_back_to_reserialising() {
     let c = parse(&read(&home), Path::new("x")).expect("parse");
     assert_eq!(c.networks.keys().collect::<Vec<_>>(), ["h"]);
 }
+
+#[test]
+fn concurrent_creates_all_land() {
+    let (_t, home) = temp_home();
+    write_config(&home, COMMENTED);
+    let threads: Vec<_> = (0..6)
+        .map(|i| {
+            let h = home.clone();
+            std::thread::spawn(move || {
+                create(
+                    &h,
+                    &req(
+                        &format!("n{i}"),
+                        Mode::Host,
+                        Some(&format!("10.50.{i}.1")),
+                        None,
+                    ),
+                )
+                .map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("thread").expect("create");
+    }
+    let c = load(&home).expect("load");
+    for i in 0..6 {
+        assert_eq!(
+            c.networks[&format!("n{i}")].gateway,
+            Some(Ipv4Addr::new(10, 50, i, 1))
+        );
+    }
+    assert!(read(&home).starts_with("# my comment\n"));
+    assert!(leftovers(&home.config_dir()).is_empty());
+}

@@ -513,6 +513,11 @@ mod choose {
         assert!(out.contains("    dhcpEnd: 192.168.105.254\n"));
         assert!(out.contains("limanet sudoers >etc_sudoers.d_lima && sudo install -o root etc_sudoers.d_lima /etc/sudoers.d/lima"));
         assert!(out.ends_with("  limanet start default --network lima:shared -- qemu-system-x86_64 <your QEMU arguments>\n"));
+        let default_qemu = ok(&env.run(&["choose", "--connect-via", "ip", "--from", "host"]));
+        assert_eq!(
+            default_qemu, out,
+            "--vm-type defaults to qemu without a terminal"
+        );
 
         let out = ok(&env.run(&[
             "choose",

@@ -52,7 +52,7 @@ pub struct Args {
     /// Where the VM's IP must be reachable from (with --connect-via ip).
     #[arg(long, value_enum)]
     pub from: Option<From>,
-    /// VM type (with --from host); limanet runs QEMU.
+    /// VM type (with --from host); limanet runs QEMU, the default when not asked interactively.
     #[arg(long, value_enum)]
     pub vm_type: Option<VmType>,
     /// Instance name to use in the printed command line.
@@ -167,8 +167,10 @@ fn decide<R: BufRead>(args: &Args, p: &mut Prompter<R>) -> anyhow::Result<Choice
         From::Vms => Choice::UserV2,
         From::OtherHosts => Choice::Bridged,
         From::Host => {
+            // limanet only runs QEMU, so without a terminal a missing --vm-type means qemu.
+            let given = args.vm_type.or((!p.enabled).then_some(VmType::Qemu));
             let vm = p.answer(
-                args.vm_type,
+                given,
                 "vm-type",
                 "VM type:",
                 &[

@@ -77,8 +77,24 @@ fn two_instances_share_one_user_v2_daemon_until_the_last_one_goes() {
         );
     }
 
-    // A second instance on the same network: the daemon is not started again.
-    h.ok(&start_args("b", &["--network", "lima:user-v2"]));
+    // A second instance on the same network: the daemon is not started again. Its --host and
+    // --dns reach its own usernet (and are recorded).
+    h.ok(&start_args(
+        "b",
+        &[
+            "--network",
+            "lima:user-v2",
+            "--host",
+            "db.test=10.1.2.3",
+            "--dns",
+            "192.168.5.53",
+        ],
+    ));
+    let own_b = cmdline(read_pid(&h.dir.join("b/usernet.pid")).expect("b usernet pid"));
+    assert!(
+        own_b.contains("--host db.test=10.1.2.3 --dhcp-dns 192.168.5.53"),
+        "{own_b}"
+    );
     assert_eq!(read_pid(&pid_file), Some(daemon));
     let rows = h.list();
     assert_eq!(rows["a"]["state"], "Running");
@@ -88,6 +104,8 @@ fn two_instances_share_one_user_v2_daemon_until_the_last_one_goes() {
         serde_json::json!(["usernet", "lima:user-v2"])
     );
     assert_eq!(rows["a"]["addresses"][0]["ip"], "192.168.5.15");
+    assert_eq!(rows["b"]["hosts"], serde_json::json!(["db.test=10.1.2.3"]));
+    assert_eq!(rows["b"]["dns"], serde_json::json!(["192.168.5.53"]));
     assert_ne!(
         rows["a"]["addresses"][1]["mac"],
         rows["b"]["addresses"][1]["mac"]

@@ -374,6 +374,10 @@ struct Row {
     state: String,
     networks: Vec<String>,
     addresses: Vec<RowAddress>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    hosts: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    dns: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     qemu_pid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -477,6 +481,8 @@ fn row(home: &LimaHome, state: &InstanceState, status: Status) -> Row {
         .to_owned(),
         networks: state.nics.iter().map(supervisor::describe).collect(),
         addresses,
+        hosts: state.hosts.clone(),
+        dns: state.dns.clone(),
         qemu_pid: state
             .qemu
             .filter(|_| status == Status::Running)

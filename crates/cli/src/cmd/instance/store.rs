@@ -91,6 +91,12 @@ pub struct InstanceState {
     pub full_argv: Vec<String>,
     /// NICs in order; eth0 first.
     pub nics: Vec<Nic>,
+    /// `--host NAME=VALUE` entries given to the instance's usernet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// `--dns` servers announced to the guest instead of the embedded DNS.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<String>,
     /// The supervisor process.
     #[serde(default)]
     pub supervisor: Option<ProcRef>,

@@ -138,6 +138,8 @@ pub fn supervise(plan: Plan, reporter: &Reporter) -> anyhow::Result<u8> {
         qemu_argv: plan.qemu_argv.clone(),
         full_argv: Vec::new(),
         nics: plan.nics.clone(),
+        hosts: plan.hosts.clone(),
+        dns: plan.dns.clone(),
         supervisor: Some(ProcRef::of(std::process::id())),
         qemu: None,
         foreground: plan.foreground,

@@ -212,13 +212,14 @@ pub async fn exchange_udp(
     socket.connect(server).await?;
     socket.send(request).await?;
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut buf = vec![0u8; 65535];
+    // Not zeroed: recv_buf fills the spare capacity.
+    let mut buf = Vec::with_capacity(65535);
     loop {
-        let n = tokio::time::timeout_at(deadline, socket.recv(&mut buf))
+        buf.clear();
+        let n = tokio::time::timeout_at(deadline, socket.recv_buf(&mut buf))
             .await
             .map_err(|_| timed_out("read"))??;
         if answers_request(request, &buf[..n]) {
-            buf.truncate(n);
             return Ok(buf);
         }
         tracing::debug!(%server, len = n, "discarded a datagram that does not answer the request");

@@ -111,6 +111,8 @@ fn install_signal_handlers() {
         unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction = on_stop_signal as *const () as usize;
+            // Restart interrupted system calls: the flag is polled, nothing needs the EINTR.
+            action.sa_flags = libc::SA_RESTART;
             libc::sigemptyset(&mut action.sa_mask);
             libc::sigaction(sig, &action, std::ptr::null_mut());
         }

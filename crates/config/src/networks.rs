@@ -207,8 +207,9 @@ paths:
   sudoers: {DEFAULT_SUDOERS}
 
 # Members of this group may start and stop the network daemons via sudo (see
-# `limanet sudoers`), and own the daemon sockets. `sudo` is Debian's
-# administrators group, the counterpart of macOS's `admin`.
+# `limanet sudoers`), and own the daemon sockets. The default is the first
+# existing of sudo (Debian's administrators group, like macOS's admin),
+# wheel, admin and root.
 group: {group}
 
 networks:
@@ -329,15 +330,20 @@ pub fn load(home: &LimaHome) -> Result<NetworksConfig, ConfigError> {
     let text =
         std::fs::read_to_string(&file).map_err(|e| ConfigError::io("cannot read", &file, e))?;
     let mut config = parse(&text, &file)?;
+    warn_unknown_keys(&text, &file);
     config.fill_defaults();
     config.fill_limanet_defaults(&default_group());
     Ok(config)
 }
 
 /// Parses `networks.yaml` text without defaults (`file` is used in error messages). Unknown
-/// keys are tolerated; they are logged as Lima's "Non-strict YAML" warning.
+/// keys are tolerated (see [`load`], which warns about them).
 pub fn parse(text: &str, file: &Path) -> Result<NetworksConfig, ConfigError> {
-    let config: NetworksConfig = yaml::from_str(text, file)?;
+    yaml::from_str(text, file)
+}
+
+/// Lima's strict-parse warning, for keys the schema does not have (e.g. pre-0.22 `vdeSwitch`).
+fn warn_unknown_keys(text: &str, file: &Path) {
     if let Some(unknown) = yaml::unknown_keys(text) {
         tracing::warn!(
             file = %file.display(),
@@ -346,7 +352,6 @@ pub fn parse(text: &str, file: &Path) -> Result<NetworksConfig, ConfigError> {
             file.display()
         );
     }
-    Ok(config)
 }
 
 impl NetworksConfig {

@@ -281,3 +281,43 @@ fn validate_runs_path_security_on_linux() {
         1
     );
 }
+
+#[test]
+fn var_run_writable_after_mkdir() {
+    let d = SecureDir::new();
+    let run = d.0.join("run-lima");
+    let mut c = NetworksConfig::default();
+    c.paths.var_run = s(&run);
+    // The real mkdir command line, run directly (we are root).
+    let argv = limanet_config::networks::privileged_argv_as(&c.mkdir_cmd(), true);
+    let status = std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .status()
+        .expect("run mkdir");
+    assert!(status.success());
+    assert_eq!(
+        std::fs::metadata(&run).expect("stat").permissions().mode() & 0o777,
+        0o775
+    );
+    assert_eq!(
+        c.check_var_run_writable(&IDS).map_err(|e| e.to_string()),
+        Ok(()),
+        "gid root is accepted on Linux"
+    );
+    chown(&run, None, Some(IDS.daemon_gid)).expect("chgrp");
+    assert!(c.check_var_run_writable(&IDS).is_ok());
+    set_mode(&run, 0o755);
+    assert_eq!(
+        c.check_var_run_writable(&IDS).unwrap_err().to_string(),
+        format!(
+            "`{}` doesn't seem to be writable by the daemon (gid:1) group",
+            s(&run)
+        )
+    );
+    chown(&run, None, Some(OTHER)).expect("chgrp");
+    set_mode(&run, 0o775);
+    assert!(c.check_var_run_writable(&IDS).is_err());
+    // After mkdir the whole path passes the varRun rules.
+    chown(&run, None, Some(IDS.daemon_gid)).expect("chgrp");
+    assert_eq!(check(&run, true), Ok(()));
+}

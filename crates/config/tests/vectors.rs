@@ -493,3 +493,31 @@ fn parse_errors_name_file_line_column() {
         .to_string();
     assert!(e.starts_with("/x/n.yaml:"), "{e}");
 }
+
+#[test]
+fn privileged_argv_splits_and_prefixes_sudo() {
+    use limanet_config::networks::privileged_argv_as;
+    let c = darwin_config();
+    assert_eq!(
+        privileged_argv_as(&c.stop_cmd("shared", "socket_vmnet"), false),
+        [
+            "sudo",
+            "--user",
+            "root",
+            "--group",
+            "root",
+            "--non-interactive",
+            "/usr/bin/pkill",
+            "-F",
+            "/private/var/run/lima/shared_socket_vmnet.pid"
+        ]
+    );
+    assert_eq!(
+        privileged_argv_as(&c.mkdir_cmd(), true),
+        ["/bin/mkdir", "-m", "775", "-p", "/private/var/run/lima"]
+    );
+    let start = privileged_argv_as(&c.start_cmd("bridged").expect("defined"), true);
+    assert_eq!(start.len(), 6);
+    assert_eq!(start[0], "/opt/socket_vmnet/bin/socket_vmnet");
+    assert_eq!(start[5], "/private/var/run/lima/socket_vmnet.bridged");
+}

@@ -506,7 +506,7 @@ impl Network {
                         fd,
                         Kind::Tcp {
                             connecting: false,
-                            peek_offset: 0,
+                            peek_offset: None,
                         },
                     ) {
                         Ok(sock) => {

@@ -13,10 +13,11 @@ use tracing::{debug, warn};
 /// What a host socket is used for.
 #[derive(Debug)]
 pub enum Kind {
-    /// A translated TCP connection. `peek_offset` mirrors the kernel's `SO_PEEK_OFF`.
+    /// A translated TCP connection. `peek_offset` mirrors the kernel's `SO_PEEK_OFF`; `None`
+    /// until first set (the kernel starts with peeking at an offset disabled).
     Tcp {
         connecting: bool,
-        peek_offset: usize,
+        peek_offset: Option<usize>,
     },
     Udp,
     /// An ICMP echo socket; raw sockets deliver the IP header too.
@@ -138,7 +139,7 @@ impl Host for HostSockets {
             fd,
             Kind::Tcp {
                 connecting: true,
-                peek_offset: 0,
+                peek_offset: None,
             },
         )
     }
@@ -161,12 +162,11 @@ impl Host for HostSockets {
             return Err(io::Error::from(io::ErrorKind::InvalidInput));
         };
         if supported {
-            if *peek_offset != offset {
+            if *peek_offset != Some(offset) {
                 sys::set_peek_offset(fd, offset)?;
-                *peek_offset = offset;
             }
             let n = sys::peek_vectored(fd, bufs)?;
-            *peek_offset += n;
+            *peek_offset = Some(offset + n);
             Ok(n)
         } else {
             // Without SO_PEEK_OFF: peek everything up to the offset into a scratch buffer.
@@ -187,7 +187,7 @@ impl Host for HostSockets {
         let n = sys::discard(fd, len)?;
         if let Kind::Tcp { peek_offset, .. } = &mut entry.kind {
             // The kernel moves SO_PEEK_OFF back by what was removed.
-            *peek_offset = peek_offset.saturating_sub(n);
+            *peek_offset = peek_offset.map(|o| o.saturating_sub(n));
         }
         if n != len {
             warn!(

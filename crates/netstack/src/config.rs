@@ -112,12 +112,13 @@ impl NetConfig {
     }
 
     /// Lima's user-v2 layout: gateway .2 (also the DNS server), guests from .1 upward, lowest
-    /// free address first, gvisor-tap-vsock's gateway MAC.
+    /// free address first, gvisor-tap-vsock's gateway MAC. Unlike the default network, .3 is
+    /// not a DNS address here: Lima hands .3 to the second VM of a user-v2 network.
     pub fn user_v2(network: Ipv4Addr, prefix_len: u8) -> Self {
         let mut c = Self::for_subnet(network, prefix_len);
         let base = u32::from(c.network);
         c.gateway_mac = [0x5a, 0x94, 0xef, 0xe4, 0x0c, 0xdd];
-        c.dns_addrs = vec![c.gateway, Ipv4Addr::from(base + 3)];
+        c.dns_addrs = vec![c.gateway];
         c.dhcp_dns = vec![c.gateway];
         c.dhcp_start = Ipv4Addr::from(base + 1);
         c

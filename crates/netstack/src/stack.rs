@@ -465,6 +465,10 @@ impl Stack {
             tcp_opened = t.opened,
             tcp_refused = t.refused,
             tcp_retransmits = t.retransmits,
+            tcp_guest_out_of_order = t.guest_out_of_order,
+            tcp_guest_duplicate = t.guest_duplicate,
+            tcp_guest_blocked = t.guest_blocked,
+            tcp_partial_sends = t.partial_sends,
             udp_flows = self.udp.len(),
             udp_evicted = u.evicted,
             "network statistics"

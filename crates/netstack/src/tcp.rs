@@ -112,6 +112,12 @@ pub struct TcpStats {
     pub resets_sent: u64,
     pub retransmits: u64,
     pub table_full: u64,
+    /// Guest segments dropped: beyond a gap, already received, or while the host socket was full.
+    pub guest_out_of_order: u64,
+    pub guest_duplicate: u64,
+    pub guest_blocked: u64,
+    /// Host sends that took only part of a segment.
+    pub partial_sends: u64,
 }
 
 /// All TCP flows of one network.
@@ -351,11 +357,14 @@ impl TcpTable {
             let offset = flow.rcv_nxt.wrapping_sub(seg.seq);
             if seq_lt(flow.rcv_nxt, seg.seq) {
                 // A gap: drop it, and tell the guest what we expect.
+                self.stats.guest_out_of_order += 1;
                 ack_now = true;
             } else if offset as usize >= seg.payload.len() {
                 // Entirely old: the guest did not see our ACK.
+                self.stats.guest_duplicate += 1;
                 ack_now = true;
             } else if flow.send_blocked {
+                self.stats.guest_blocked += 1;
                 ack_now = true;
             } else {
                 let data = &seg.payload[offset as usize..];
@@ -363,6 +372,7 @@ impl TcpTable {
                     Ok(n) => {
                         flow.rcv_nxt = flow.rcv_nxt.wrapping_add(n as u32);
                         if n < data.len() {
+                            self.stats.partial_sends += 1;
                             flow.send_blocked = true;
                         }
                         flow.ack_pending = true;

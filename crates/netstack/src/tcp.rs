@@ -238,6 +238,7 @@ impl TcpTable {
     }
 
     /// A TCP segment from the guest.
+    #[allow(clippy::too_many_arguments)]
     pub fn on_guest_segment(
         &mut self,
         host: &mut impl Host,
@@ -713,6 +714,7 @@ impl TcpTable {
     }
 
     /// A connection accepted on a port-forward listener: open it towards the guest.
+    #[allow(clippy::too_many_arguments)]
     pub fn open_forward(
         &mut self,
         host: &mut impl Host,

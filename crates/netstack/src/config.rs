@@ -247,8 +247,10 @@ mod tests {
 
     #[test]
     fn address_translation() {
-        let mut c = NetConfig::default();
-        c.dns_udp = Some("127.0.0.1:5353".parse().unwrap());
+        let mut c = NetConfig {
+            dns_udp: Some("127.0.0.1:5353".parse().unwrap()),
+            ..NetConfig::default()
+        };
         let gw = |port| SocketAddrV4::new(c.gateway, port);
         assert_eq!(
             c.outbound(gw(80), true),

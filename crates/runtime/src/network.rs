@@ -573,9 +573,7 @@ impl Network {
     }
 
     fn source_event(&mut self, now: Instant, idx: usize, event: &Event) -> Option<Exit> {
-        let Some(source) = self.sources.get_mut(idx).and_then(Option::as_mut) else {
-            return None;
-        };
+        let source = self.sources.get_mut(idx).and_then(Option::as_mut)?;
         match source {
             Source::Stop(_) => {
                 let n = self.stop_fds.iter().position(|&i| i == idx).unwrap_or(0);
@@ -589,47 +587,31 @@ impl Network {
                     self.read_port(now, idx);
                 }
             }
-            Source::StreamListener(l) => loop {
-                match l.accept() {
-                    Ok((stream, _)) => {
-                        if let Err(e) = stream.set_nonblocking(true) {
-                            warn!(error = %e, "cannot set up connection");
-                            continue;
-                        }
-                        // Room for bursts of frames in both directions.
-                        sys::set_buffer_sizes(stream.as_raw_fd(), 4 << 20, 4 << 20);
-                        let name = format!("qemu-stream#{}", stream.as_raw_fd());
-                        if let Err(e) = self.add_port(Io::Stream(OwnedFd::from(stream)), name) {
-                            warn!(error = %e, "cannot add port");
-                        }
-                        return None;
+            Source::StreamListener(l) => {
+                for stream in accept_all(l) {
+                    if let Err(e) = stream.set_nonblocking(true) {
+                        warn!(error = %e, "cannot set up connection");
+                        continue;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
-                    Err(e) => {
-                        warn!(error = %e, "accept failed");
-                        return None;
+                    // Room for bursts of frames in both directions.
+                    sys::set_buffer_sizes(stream.as_raw_fd(), 4 << 20, 4 << 20);
+                    let name = format!("qemu-stream#{}", stream.as_raw_fd());
+                    if let Err(e) = self.add_port(Io::Stream(OwnedFd::from(stream)), name) {
+                        warn!(error = %e, "cannot add port");
                     }
                 }
-            },
-            Source::FdListener(l) => loop {
-                match l.accept() {
-                    Ok((stream, _)) => {
-                        if stream.set_nonblocking(true).is_ok() {
-                            if let Err(e) =
-                                self.add_source(Source::FdHandshake(stream), Interest::READABLE)
-                            {
-                                warn!(error = %e, "cannot add fd handshake");
-                            }
+            }
+            Source::FdListener(l) => {
+                for stream in accept_all(l) {
+                    if stream.set_nonblocking(true).is_ok() {
+                        if let Err(e) =
+                            self.add_source(Source::FdHandshake(stream), Interest::READABLE)
+                        {
+                            warn!(error = %e, "cannot add fd handshake");
                         }
-                        return None;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
-                    Err(e) => {
-                        warn!(error = %e, "accept failed");
-                        return None;
                     }
                 }
-            },
+            }
             Source::FdHandshake(stream) => {
                 let fd = stream.as_raw_fd();
                 match sys::recv_fd(fd) {
@@ -830,6 +812,23 @@ impl Network {
             };
             debug!(error = %e, "port write failed");
             self.remove_port(idx, reason);
+        }
+    }
+}
+
+/// Accepts every pending connection (the listener is edge-triggered).
+fn accept_all(listener: &UnixListener) -> Vec<std::os::unix::net::UnixStream> {
+    let mut accepted = Vec::new();
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => accepted.push(stream),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                if e.kind() != io::ErrorKind::WouldBlock {
+                    warn!(error = %e, "accept failed");
+                }
+                return accepted;
+            }
         }
     }
 }

@@ -176,15 +176,11 @@ pub fn run(args: Args) -> Result<u8> {
         .context("cannot release the command")?;
     drop(ready);
     info!(pid, command = ?args.command, "command started in its own network namespace");
-    loop {
-        match net.run()? {
-            Exit::Stop(0) => {
-                debug!("forwarding termination signal to the command");
-                // SAFETY: signalling our own child.
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-            }
-            _ => break,
-        }
+    // A termination signal is passed on to the command; the network runs until it exits.
+    while let Exit::Stop(0) = net.run()? {
+        debug!("forwarding termination signal to the command");
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
     }
     drop(net);
     drop(dns);

@@ -20,6 +20,7 @@ BIN=$CARGO_TARGET_DIR/release/limanet
 STUB_BIN=$CARGO_TARGET_DIR/release/examples/bench_stub
 
 work=$(mktemp -d /tmp/limanet-dns-bench.XXXXXX)
+chmod 755 "$work"  # dnsmasq drops to nobody and must read the hosts file
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done

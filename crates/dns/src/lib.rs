@@ -15,6 +15,7 @@
 pub mod handler;
 pub mod hosts;
 pub mod message;
+mod mux;
 pub mod server;
 pub mod system;
 pub mod upstream;

@@ -1,9 +1,11 @@
 //! The real [`Lookup`]: getaddrinfo for addresses (so /etc/hosts, nsswitch and the system's DNS
 //! all count, as with Lima's cgo resolver), and the resolv.conf servers for the other types.
 
+use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
@@ -16,11 +18,23 @@ use crate::upstream::Upstreams;
 /// Most CNAME links followed in one answer (loops in upstream data end here).
 const MAX_CNAME_CHAIN: usize = 16;
 
+/// How long a getaddrinfo result is reused. Answers carry TTL 5, so clients already see data up
+/// to 5 s old; reusing a result for 1 s more keeps /etc/hosts and resolver changes visible
+/// within a second while sparing the files backend from re-parsing /etc/hosts on every query.
+const ADDRESS_CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// Most cached getaddrinfo results (bounded memory under floods of distinct names).
+const ADDRESS_CACHE_MAX: usize = 4096;
+
+type AddressCache = HashMap<(String, bool), (Instant, Vec<IpAddr>)>;
+
 /// Looks names up through the host's resolver.
 pub struct SystemLookup {
     upstreams: Arc<Upstreams>,
     /// Bounds concurrent getaddrinfo calls (each holds a blocking-pool thread).
     getaddrinfo_slots: Arc<Semaphore>,
+    /// Recent successful getaddrinfo results (see [`ADDRESS_CACHE_TTL`]).
+    cache: Mutex<AddressCache>,
 }
 
 impl SystemLookup {
@@ -29,6 +43,7 @@ impl SystemLookup {
         Self {
             upstreams,
             getaddrinfo_slots: Arc::new(Semaphore::new(max_blocking.max(1))),
+            cache: Mutex::new(HashMap::new()),
         }
     }
 
@@ -89,6 +104,30 @@ impl SystemLookup {
     }
 }
 
+impl SystemLookup {
+    fn cache(&self) -> std::sync::MutexGuard<'_, AddressCache> {
+        // Each critical section is one map operation: a poisoned lock holds consistent data.
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn cached(&self, key: &(String, bool)) -> Option<Vec<IpAddr>> {
+        let cache = self.cache();
+        let (at, ips) = cache.get(key)?;
+        (at.elapsed() < ADDRESS_CACHE_TTL).then(|| ips.clone())
+    }
+
+    fn remember(&self, key: (String, bool), ips: &[IpAddr]) {
+        let mut cache = self.cache();
+        if cache.len() >= ADDRESS_CACHE_MAX {
+            cache.retain(|_, (at, _)| at.elapsed() < ADDRESS_CACHE_TTL);
+            if cache.len() >= ADDRESS_CACHE_MAX {
+                cache.clear();
+            }
+        }
+        cache.insert(key, (Instant::now(), ips.to_vec()));
+    }
+}
+
 impl Lookup for SystemLookup {
     fn addresses<'a>(
         &'a self,
@@ -96,15 +135,21 @@ impl Lookup for SystemLookup {
         ipv6: bool,
     ) -> BoxFuture<'a, Result<Vec<IpAddr>, LookupError>> {
         Box::pin(async move {
+            let key = (name.to_string(), ipv6);
+            if let Some(hit) = self.cached(&key) {
+                return Ok(hit);
+            }
             let _slot = self
                 .getaddrinfo_slots
                 .acquire()
                 .await
                 .map_err(|_| LookupError("look-up pool closed".into()))?;
             let owned = name.to_string();
-            tokio::task::spawn_blocking(move || getaddrinfo(&owned, ipv6))
+            let result = tokio::task::spawn_blocking(move || getaddrinfo(&owned, ipv6))
                 .await
-                .map_err(|e| LookupError(format!("getaddrinfo task for {name} failed: {e}")))?
+                .map_err(|e| LookupError(format!("getaddrinfo task for {name} failed: {e}")))??;
+            self.remember(key, &result);
+            Ok(result)
         })
     }
 

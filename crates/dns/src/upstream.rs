@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::TcpStream;
 
 use crate::message::{answers_request, is_truncated};
+use crate::mux::UdpMux;
 
 /// Used when resolv.conf names no server (or cannot be read), as Lima does.
 pub const FALLBACK_SERVERS: [IpAddr; 2] = [
@@ -69,6 +70,8 @@ pub struct Upstreams {
     resolv_conf: PathBuf,
     timeout: Duration,
     state: Mutex<State>,
+    /// Long-lived UDP sockets per server, opened on first use.
+    muxes: Mutex<std::collections::HashMap<SocketAddr, Arc<UdpMux>>>,
 }
 
 impl Upstreams {
@@ -85,6 +88,7 @@ impl Upstreams {
                 stamp: None,
                 checked: Instant::now(),
             }),
+            muxes: Mutex::new(std::collections::HashMap::new()),
         };
         upstreams.reload(true);
         upstreams
@@ -163,7 +167,7 @@ impl Upstreams {
         let servers = self.servers();
         let mut errors = Vec::new();
         for server in servers.iter() {
-            match exchange_udp(*server, request, self.timeout).await {
+            match self.exchange_udp(*server, request).await {
                 Ok(reply) if want_full && is_truncated(&reply) => {
                     match exchange_tcp(*server, request, self.timeout).await {
                         Ok(full) => return Ok(full),
@@ -187,6 +191,23 @@ impl Upstreams {
     }
 }
 
+impl Upstreams {
+    async fn exchange_udp(&self, server: SocketAddr, request: &[u8]) -> io::Result<Vec<u8>> {
+        let mux = {
+            let mut muxes = self.muxes.lock().unwrap_or_else(|e| e.into_inner());
+            match muxes.get(&server) {
+                Some(mux) => mux.clone(),
+                None => {
+                    let mux = Arc::new(UdpMux::open(server)?);
+                    muxes.insert(server, mux.clone());
+                    mux
+                }
+            }
+        };
+        mux.exchange(request, self.timeout).await
+    }
+}
+
 /// Every upstream failed; lists what each attempt returned.
 #[derive(Debug, thiserror::Error)]
 #[error("every upstream failed: {0}")]
@@ -194,36 +215,6 @@ pub struct ExchangeError(String);
 
 fn timed_out(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, format!("{what} timed out"))
-}
-
-/// One UDP exchange on a fresh socket with a random port (so replies cannot be spoofed by
-/// guessing a shared port). Datagrams that do not answer the request are skipped.
-pub async fn exchange_udp(
-    server: SocketAddr,
-    request: &[u8],
-    timeout: Duration,
-) -> io::Result<Vec<u8>> {
-    let bind: SocketAddr = if server.is_ipv4() {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let socket = UdpSocket::bind(bind).await?;
-    socket.connect(server).await?;
-    socket.send(request).await?;
-    let deadline = tokio::time::Instant::now() + timeout;
-    // Not zeroed: recv_buf fills the spare capacity.
-    let mut buf = Vec::with_capacity(65535);
-    loop {
-        buf.clear();
-        let n = tokio::time::timeout_at(deadline, socket.recv_buf(&mut buf))
-            .await
-            .map_err(|_| timed_out("read"))??;
-        if answers_request(request, &buf[..n]) {
-            return Ok(buf);
-        }
-        tracing::debug!(%server, len = n, "discarded a datagram that does not answer the request");
-    }
 }
 
 /// One TCP exchange (2-byte length prefix), with `timeout` for each of connect, write and read.

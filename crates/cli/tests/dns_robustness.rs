@@ -154,9 +154,19 @@ fn dns_malformed_and_unsupported_requests() {
 fn dns_bad_tcp_clients_are_dropped_and_others_served() {
     let stub = Stub::start(table());
     let mut dns = Limanet::start(stub.ip, HOSTS, &[]);
-    // A length prefix promising 65535 bytes, then silence, then close.
+    // A length prefix promising 65535 bytes: closed at once, nothing allocated for it.
     let mut huge = TcpStream::connect(dns.tcp).expect("connect");
     huge.write_all(&[0xff, 0xff, 0, 1, 2]).expect("write");
+    huge.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let mut buf = [0u8; 16];
+    let started = Instant::now();
+    let r = huge.read(&mut buf);
+    assert!(matches!(r, Ok(0) | Err(_)), "closed, not answered: {r:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "closed at once, not at a timeout"
+    );
     // Half a length prefix.
     let mut half = TcpStream::connect(dns.tcp).expect("connect");
     half.write_all(&[0x00]).expect("write");

@@ -35,6 +35,9 @@ pub struct Limits {
     pub upstream_timeout: Duration,
     /// getaddrinfo calls in flight.
     pub blocking_lookups: usize,
+    /// Largest TCP query accepted; a longer length prefix closes the connection before any
+    /// body is read. Real queries are a few hundred bytes (a name is at most 255).
+    pub max_tcp_query: usize,
 }
 
 impl Default for Limits {
@@ -47,6 +50,7 @@ impl Default for Limits {
             tcp_message_timeout: Duration::from_secs(5),
             upstream_timeout: Duration::from_secs(2),
             blocking_lookups: 64,
+            max_tcp_query: 4096,
         }
     }
 }
@@ -382,19 +386,23 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
             }
         }
         let mut body = Vec::new();
+        let max = shared.limits.max_tcp_query;
         let read = async {
             len[1] = reader.read_u8().await?;
             let n = usize::from(u16::from_be_bytes(len));
+            if n < message::HEADER_LEN || n > max {
+                return Ok(Err(n));
+            }
             body.resize(n, 0);
             reader.read_exact(&mut body).await?;
-            Ok::<_, std::io::Error>(n)
+            Ok::<_, std::io::Error>(Ok(n))
         };
         match tokio::time::timeout(shared.limits.tcp_message_timeout, read).await {
-            Ok(Ok(n)) if n < message::HEADER_LEN => {
-                tracing::warn!(%peer, len = n, "TCP message shorter than a DNS header; closing");
+            Ok(Ok(Err(n))) => {
+                tracing::warn!(%peer, len = n, min = message::HEADER_LEN, max, "TCP length prefix out of range; closing");
                 break;
             }
-            Ok(Ok(_)) => {}
+            Ok(Ok(Ok(_))) => {}
             Ok(Err(err)) => {
                 tracing::warn!(%peer, %err, expected = u16::from_be_bytes(len), "TCP message cut short; closing");
                 break;

@@ -152,10 +152,10 @@ iperf() {
     local json why
     json=$($runner timeout $((secs + 20)) iperf3 -c "$target" -p 5201 -t "$secs" \
       --connect-timeout 5000 -J "$@" 2>&1) || true
-    if bps=$(jq -er '.end.sum_received.bits_per_second' <<<"$json" 2>/dev/null); then
+    if bps=$(jq -er '.end.sum_received.bits_per_second | select(. > 0)' <<<"$json" 2>/dev/null); then
       vals+="$(awk -v b="$bps" 'BEGIN {printf "%.3f", b / 1e9}')"$'\n'
     else
-      why=$(jq -r '.error // empty' <<<"$json" 2>/dev/null || true)
+      why=$(jq -r '.error // (if .end then "no data received" else empty end)' <<<"$json" 2>/dev/null || true)
       why=${why:-$(tail -c 200 <<<"$json" | tr '\n' ' ')}
       log "$name mtu $mtu $metric: iperf3 failed: $why"
       notes+=("$name MTU $mtu $metric: iperf3 failed: $why")
@@ -213,6 +213,17 @@ end_guest() {
   g=""
 }
 
+# helper_survived NAME PID LOG: notes a peer process that exited during its measurements, with
+# the end of its log (the temp dir goes away on exit).
+helper_survived() {
+  kill -0 "$2" 2>/dev/null && return 0
+  local why
+  why=$(tail -5 "$3" | sed 's/\x1b\[[0-9;]*m//g' | tr '\n' ' ' | cut -c1-600)
+  log "$1 exited during the run: $why"
+  notes+=("$1 exited during the run at MTU $mtu: ${why:-no output}")
+  return 1
+}
+
 # wait_addr ADDR PID: waits (10 s) until the guest has ADDR on some interface, while the helper
 # process PID (the peer) still runs.
 wait_addr() {
@@ -248,6 +259,7 @@ run_peer() {
       pid=$!; bg_pids+=("$pid")
       if wait_addr 10.0.2.100 "$pid"; then
         measure slirp4netns "$mtu" 10.0.2.2
+        helper_survived slirp4netns "$pid" "$work/slirp.log" || true
       else
         log "slirp4netns did not come up: $(tail -3 "$work/slirp.log")"
       fi
@@ -260,6 +272,7 @@ run_peer() {
       pid=$!; bg_pids+=("$pid")
       if wait_addr 192.0.2.10 "$pid"; then
         measure pasta "$mtu" 192.0.2.1
+        helper_survived pasta "$pid" "$work/pasta.log" || true
       else
         log "pasta did not come up: $(tail -3 "$work/pasta.log")"
       fi
@@ -271,6 +284,7 @@ run_peer() {
       pid=$!; bg_pids+=("$pid")
       if wait_addr 192.168.5.15 "$pid"; then
         measure limanet "$mtu" 192.168.5.2
+        helper_survived limanet "$pid" "$work/limanet.log" || true
       else
         local why
         why=$(tail -3 "$work/limanet.log" | tr '\n' ' ')

@@ -89,6 +89,15 @@ fn stub_table() -> Table {
         })
         .collect();
     entry(&mut t, "big.test.", RecordType::TXT, big);
+    let many: Vec<_> = (0..40)
+        .map(|i| {
+            rr(
+                "bigptr.test.",
+                RData::PTR(PTR(name(&format!("host-number-{i:02}.example.test.")))),
+            )
+        })
+        .collect();
+    entry(&mut t, "bigptr.test.", RecordType::PTR, many);
     t
 }
 
@@ -255,6 +264,22 @@ fn dns_large_udp_answer_is_truncated_then_complete_over_tcp() {
     let d = dig(dns.tcp, "big.test", "TXT", &["+tcp"]);
     assert!(!d.flags.contains(&"tc".to_string()), "{}", d.raw);
     assert_eq!(d.answers.len(), 12, "{}", d.raw);
+    // The same for a forwarded answer: the stub sends it whole (the client offered 4096),
+    // limanet cuts it to 512 with TC; over TCP it is relayed whole.
+    let d = dig(dns.udp, "bigptr.test", "PTR", &["+ignore", "+bufsize=4096"]);
+    assert!(
+        d.flags.contains(&"tc".to_string()),
+        "TC expected: {}",
+        d.raw
+    );
+    assert!(d.answers.len() < 40 && !d.answers.is_empty(), "{}", d.raw);
+    assert!(
+        d.answers.iter().all(|a| a.contains(" 300 IN PTR ")),
+        "{}",
+        d.raw
+    );
+    let d = dig(dns.tcp, "bigptr.test", "PTR", &["+tcp"]);
+    assert_eq!(d.answers.len(), 40, "{}", d.raw);
     // The UDP reply is within 512 bytes even though the client offered 4096.
     let reply = udp_exchange(
         dns.udp,

@@ -293,8 +293,15 @@ async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
         let (n, peer) = match socket.recv_from(&mut buf).await {
             Ok(x) => x,
             Err(err) => {
-                // ICMP errors from earlier replies surface here on some systems; keep going.
+                // ICMP errors caused by earlier replies surface here; anything else persistent
+                // must not become a busy loop.
                 tracing::debug!(%err, "UDP receive error");
+                if !matches!(
+                    err.kind(),
+                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
+                ) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
                 continue;
             }
         };

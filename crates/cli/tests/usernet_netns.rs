@@ -1,0 +1,452 @@
+//! Lima's default user-mode network (192.168.5.0/24) with network-namespace guests, end to end
+//! with real clients (busybox udhcpc/wget/nslookup/ping, curl, getent, Rust sockets):
+//! `limanet run` and `limanet usernet --netns`, always inside a private test host (see
+//! usernet_support).
+
+mod usernet_support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
+use std::time::Duration;
+
+use limanet_testkit::checksum::{sha256_reader, PatternReader};
+use limanet_testkit::servers::{HttpServer, TcpEchoServer, UdpEchoServer};
+use limanet_testkit::{Lease, TestHost};
+use usernet_support::*;
+
+/// A `limanet run` of these short scripts that takes longer is broken.
+const RUN_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn any(port: u16) -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], port))
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// busybox udhcpc in the command's namespace (TAP left unconfigured) gets Lima's first guest
+/// address with the gateway as router and the embedded DNS as server, then uses the lease.
+#[test]
+fn run_udhcpc_gets_192_168_5_15() {
+    let env = Env::new("dhcp");
+    let http = HttpServer::start(&env.th.host, loopback(0), None).expect("http");
+    let port = http.addr().port();
+    let script = format!(
+        "busybox udhcpc -i tap0 -s {} -q -n -f -t 10 -T 1 -O mtu || exit 20\n\
+         busybox wget -q -O - http://192.168.5.2:{port}/bytes/5000?seed=9 | sha256sum | sed 's/ .*//;s/^/SHA=/'\n",
+        env.udhcpc_script.display()
+    );
+    let out = env.run_sh(&["--no-configure"], &script, RUN_TIMEOUT);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let lease = Lease::parse(&out.stdout).unwrap_or_else(|| panic!("no lease\n{}", out.all()));
+    assert_eq!(lease.ip.to_string(), "192.168.5.15", "{}", out.all());
+    assert_eq!(lease.prefix, 24);
+    assert_eq!(
+        lease.router.map(|r| r.to_string()).as_deref(),
+        Some("192.168.5.2")
+    );
+    assert_eq!(
+        lease.dns.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+        ["192.168.5.3"]
+    );
+    assert_eq!(lease.mtu, Some(1500));
+    assert_eq!(
+        lease.server_id.map(|s| s.to_string()).as_deref(),
+        Some("192.168.5.2")
+    );
+    assert_eq!(
+        out.value("SHA"),
+        Some(PatternReader::new(9, 5000).sha256()),
+        "{}",
+        out.all()
+    );
+}
+
+/// The configured TAP (192.168.5.15) reaches a server on the host's 127.0.0.1 through the
+/// gateway (curl and busybox wget), and servers on the fake internet (HTTP and TCP echo).
+#[test]
+fn run_reaches_host_loopback_and_fake_internet() {
+    let env = Env::new("reach");
+    let host_http = HttpServer::start(&env.th.host, loopback(0), None).expect("host http");
+    let inet_http = HttpServer::start(&env.th.internet, any(0), None).expect("internet http");
+    let inet_echo = TcpEchoServer::start(&env.th.internet, any(0)).expect("echo");
+    let hp = host_http.addr().port();
+    let ip = inet_http.addr().port();
+    let ep = inet_echo.addr().port();
+    let script = format!(
+        "echo ADDR=$(ip -o -4 addr show dev tap0 | awk '{{print $4}}')\n\
+         echo ROUTE=$(ip route show default)\n\
+         echo CURL=$(curl -sS --max-time 20 http://192.168.5.2:{hp}/bytes/300000?seed=1 | sha256sum | cut -d' ' -f1)\n\
+         echo WGET=$(busybox wget -q -O - http://203.0.113.2:{ip}/bytes/200000?seed=2 | sha256sum | cut -d' ' -f1)\n\
+         echo ECHO=$(echo hello-internet | busybox nc -w 5 203.0.113.3 {ep})\n"
+    );
+    let out = env.run_sh(&[], &script, RUN_TIMEOUT);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert_eq!(
+        out.value("ADDR").as_deref(),
+        Some("192.168.5.15/24"),
+        "{}",
+        out.all()
+    );
+    assert!(
+        out.value("ROUTE")
+            .unwrap_or_default()
+            .contains("via 192.168.5.2"),
+        "{}",
+        out.all()
+    );
+    assert_eq!(
+        out.value("CURL"),
+        Some(PatternReader::new(1, 300_000).sha256()),
+        "{}",
+        out.all()
+    );
+    assert_eq!(
+        out.value("WGET"),
+        Some(PatternReader::new(2, 200_000).sha256()),
+        "{}",
+        out.all()
+    );
+    assert_eq!(
+        out.value("ECHO").as_deref(),
+        Some("hello-internet"),
+        "{}",
+        out.all()
+    );
+}
+
+/// The embedded DNS at 192.168.5.3, as the command's resolv.conf names it: Lima's names
+/// (`lima-<instance>`, `host.lima.internal`), `--host` entries, and a name only the upstream
+/// stub knows; through busybox nslookup and through getent (the command's libc resolver).
+#[test]
+fn run_dns_through_192_168_5_3() {
+    let env = Env::new("dns");
+    let script = format!(
+        "echo RESOLV=$(grep nameserver /etc/resolv.conf | tr '\\n' ' ')\n\
+         busybox nslookup lima-test 192.168.5.3 2>&1 | sed 's/^/NS1 /'\n\
+         busybox nslookup host.lima.internal 192.168.5.3 2>&1 | sed 's/^/NS2 /'\n\
+         busybox nslookup static.example.test 192.168.5.3 2>&1 | sed 's/^/NS3 /'\n\
+         busybox nslookup {STUB_NAME} 192.168.5.3 2>&1 | sed 's/^/NS4 /'\n\
+         echo GETENT1=$(getent ahostsv4 host.lima.internal | head -n1 | cut -d' ' -f1)\n\
+         echo GETENT2=$(getent ahostsv4 {STUB_NAME} | head -n1 | cut -d' ' -f1)\n\
+         if busybox nslookup nosuch.example.test 192.168.5.3 > /dev/null 2>&1; then echo NX=resolved; else echo NX=failed; fi\n"
+    );
+    let out = env.run_sh(
+        &[
+            "--instance",
+            "test",
+            "--host",
+            "static.example.test=198.51.100.7",
+        ],
+        &script,
+        RUN_TIMEOUT,
+    );
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert_eq!(
+        out.value("RESOLV").as_deref(),
+        Some("nameserver 192.168.5.3"),
+        "{}",
+        out.all()
+    );
+    let answer = |tag: &str| -> Vec<String> {
+        out.stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix(tag))
+            .filter_map(|l| l.trim().strip_prefix("Address:"))
+            .map(|a| a.trim().to_string())
+            // busybox prints the server first as "Address: 192.168.5.3:53".
+            .filter(|a| !a.ends_with(":53"))
+            .collect()
+    };
+    assert_eq!(answer("NS1 "), ["192.168.5.15"], "{}", out.all());
+    assert_eq!(answer("NS2 "), ["192.168.5.2"], "{}", out.all());
+    assert_eq!(answer("NS3 "), ["198.51.100.7"], "{}", out.all());
+    assert_eq!(answer("NS4 "), [STUB_ADDR.to_string()], "{}", out.all());
+    assert_eq!(
+        out.value("GETENT1").as_deref(),
+        Some("192.168.5.2"),
+        "{}",
+        out.all()
+    );
+    assert_eq!(
+        out.value("GETENT2"),
+        Some(STUB_ADDR.to_string()),
+        "{}",
+        out.all()
+    );
+    assert_eq!(out.value("NX").as_deref(), Some("failed"), "{}", out.all());
+    // The stub really was asked (limanet did not make the answer up).
+    assert!(
+        env.stub.count(STUB_NAME) > 0,
+        "stub never asked\n{}",
+        out.all()
+    );
+}
+
+/// ICMP echo: the gateway answers locally; a fake-internet address answers through limanet's
+/// ICMP socket; an address nobody has must not get a (forged) reply.
+#[test]
+fn run_ping_gateway_internet_and_nobody() {
+    let env = Env::new("ping");
+    let script = "busybox ping -c 1 -W 3 192.168.5.2 > /dev/null 2>&1; echo GW=$?\n\
+                  busybox ping -c 1 -W 3 203.0.113.2 > /dev/null 2>&1; echo INET=$?\n\
+                  busybox ping -c 2 -W 3 203.0.113.99 > /dev/null 2>&1; echo NOBODY=$?\n";
+    let out = env.run_sh(&[], script, RUN_TIMEOUT);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert_eq!(out.value("GW").as_deref(), Some("0"), "{}", out.all());
+    assert_eq!(out.value("INET").as_deref(), Some("0"), "{}", out.all());
+    assert_ne!(out.value("NOBODY").as_deref(), Some("0"), "{}", out.all());
+    assert!(out.value("NOBODY").is_some(), "{}", out.all());
+}
+
+/// `limanet run` returns the command's exit status, and when it returns nothing is left: no
+/// process or network namespace (by inode), no resolv.conf temp file.
+#[test]
+fn run_returns_exit_status_and_leaves_nothing_behind() {
+    let env = Env::new("exit");
+    let out = env.run_sh(
+        &[],
+        "echo NETNS=$(readlink /proc/self/ns/net)\nexit 7\n",
+        RUN_TIMEOUT,
+    );
+    assert_eq!(out.code, Some(7), "{}", out.all());
+    let ns = out.value("NETNS").unwrap_or_default();
+    assert!(ns.starts_with("net:["), "{}", out.all());
+    let host_ns = std::fs::read_link(format!("/run/netns/{}", env.th.host.name()))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    assert_ne!(ns, host_ns);
+    // No process anywhere is still in the command's namespace.
+    let holders: Vec<String> = std::fs::read_dir("/proc")
+        .expect("list /proc")
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            std::fs::read_link(e.path().join("ns/net"))
+                .map(|p| p.display().to_string() == ns)
+                .unwrap_or(false)
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(holders.is_empty(), "processes still in {ns}: {holders:?}");
+    // Nor is the namespace bind-mounted anywhere.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    assert!(!mounts.contains(&ns), "{ns} still mounted");
+    let resolv = out.resolv_conf_copy();
+    assert!(!resolv.exists(), "{} left behind", resolv.display());
+    // limanet itself is gone, and the host netns has no leftover TAP.
+    assert!(env.th.host.pids().unwrap_or_default().is_empty());
+    let links = env.th.host.run("ip", &["-o", "link"]).unwrap_or_default();
+    assert!(!links.contains("tap0"), "{links}");
+
+    // A failing command's status comes through too, and a missing program is an error.
+    let out = env.run_sh(&[], "exit 0", RUN_TIMEOUT);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let mut cmd = env.limanet("run");
+    cmd.args(["--", "/nonexistent/limanet-test-program"]);
+    let st = cmd.output().expect("limanet run");
+    assert!(!st.status.success());
+}
+
+/// UDP both ways: guest -> echo server on the host's 127.0.0.1 via 192.168.5.2, and host ->
+/// guest through `--forward udp:...` to an echo server in the guest namespace.
+#[test]
+fn udp_echo_both_ways() {
+    let env = Env::new("udp");
+    let host_echo = UdpEchoServer::start(&env.th.host, loopback(0)).expect("host udp echo");
+    let hport = host_echo.addr().port();
+    let fwd_port = free_udp_port(&env.th);
+    let u = env.usernet(&["--forward", &format!("udp:127.0.0.1:{fwd_port}:5353")]);
+    let _guest_echo = UdpEchoServer::start(&u.guest, any(5353)).expect("guest udp echo");
+
+    let got = u
+        .guest
+        .run_in(move || udp_roundtrip(SocketAddr::from(([192, 168, 5, 2], hport)), b"to-host"))
+        .expect("netns");
+    assert_eq!(got.as_deref(), Some(&b"to-host"[..]), "{}", u.daemon.logs());
+
+    let got = env
+        .th
+        .host
+        .run_in(move || udp_roundtrip(loopback(fwd_port), b"to-guest"))
+        .expect("netns");
+    assert_eq!(
+        got.as_deref(),
+        Some(&b"to-guest"[..]),
+        "{}",
+        u.daemon.logs()
+    );
+}
+
+/// Sends `msg` until an echo comes back (UDP may lose the first while ARP/NAT settle).
+fn udp_roundtrip(to: SocketAddr, msg: &[u8]) -> Option<Vec<u8>> {
+    let s = UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    let mut buf = [0u8; 2048];
+    for _ in 0..10 {
+        s.send_to(msg, to).ok()?;
+        if let Ok((n, from)) = s.recv_from(&mut buf) {
+            if from == to {
+                return Some(buf[..n].to_vec());
+            }
+        }
+    }
+    None
+}
+
+fn free_udp_port(th: &TestHost) -> u16 {
+    th.host
+        .run_in(|| {
+            UdpSocket::bind("127.0.0.1:0")
+                .and_then(|s| s.local_addr())
+                .map(|a| a.port())
+        })
+        .expect("netns")
+        .expect("free port")
+}
+
+fn free_tcp_port(th: &TestHost) -> u16 {
+    th.host
+        .run_in(|| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|s| s.local_addr())
+                .map(|a| a.port())
+        })
+        .expect("netns")
+        .expect("free port")
+}
+
+/// `--forward tcp:...`: curl on the host's 127.0.0.1 reaches an HTTP server in the guest.
+#[test]
+fn tcp_forward_host_to_guest() {
+    let env = Env::new("fwd");
+    let fwd_port = free_tcp_port(&env.th);
+    let u = env.usernet(&["--forward", &format!("tcp:{fwd_port}:8080")]);
+    let _guest_http = HttpServer::start(&u.guest, any(8080), None).expect("guest http");
+    env.th
+        .host
+        .wait_for_port(loopback(fwd_port), Duration::from_secs(10))
+        .expect("forward listening");
+    let url = format!("http://127.0.0.1:{fwd_port}/bytes/1000000?seed=4");
+    let out = output_in(&env.th.host, "curl", &["-sS", "--max-time", "30", &url]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        u.daemon.logs()
+    );
+    let (sha, len) = sha256_reader(&out.stdout[..]).expect("hash");
+    assert_eq!(len, 1_000_000);
+    assert_eq!(sha, PatternReader::new(4, 1_000_000).sha256());
+}
+
+const BIG: u64 = 100_000_000;
+
+/// 100 MB from a server on the host's loopback to the guest, and 100 MB from the guest to it,
+/// both checked by SHA-256.
+#[test]
+fn hundred_megabytes_each_way_with_checksum() {
+    let env = Env::new("big");
+    let http = HttpServer::start(&env.th.host, loopback(0), None).expect("http");
+    let port = http.addr().port();
+    let u = env.usernet(&[]);
+    let server = SocketAddr::from(([192, 168, 5, 2], port));
+
+    let (down_sha, down_len) = u
+        .guest
+        .run_in(move || -> std::io::Result<(String, u64)> {
+            let mut s = TcpStream::connect_timeout(&server, Duration::from_secs(10))?;
+            s.set_read_timeout(Some(Duration::from_secs(30)))?;
+            write!(s, "GET /bytes/{BIG}?seed=11 HTTP/1.0\r\n\r\n")?;
+            let mut r = BufReader::new(s);
+            skip_headers(&mut r)?;
+            sha256_reader(r)
+        })
+        .expect("netns")
+        .unwrap_or_else(|e| panic!("download failed: {e}\n{}", u.daemon.logs()));
+    assert_eq!(down_len, BIG);
+    assert_eq!(down_sha, PatternReader::new(11, BIG).sha256());
+
+    let reply = u
+        .guest
+        .run_in(move || -> std::io::Result<String> {
+            let mut s = TcpStream::connect_timeout(&server, Duration::from_secs(10))?;
+            s.set_read_timeout(Some(Duration::from_secs(30)))?;
+            write!(s, "POST /upload HTTP/1.0\r\nContent-Length: {BIG}\r\n\r\n")?;
+            std::io::copy(&mut PatternReader::new(12, BIG), &mut s)?;
+            s.shutdown(Shutdown::Write)?;
+            let mut r = BufReader::new(s);
+            skip_headers(&mut r)?;
+            let mut body = String::new();
+            r.read_to_string(&mut body)?;
+            Ok(body.trim().to_string())
+        })
+        .expect("netns")
+        .unwrap_or_else(|e| panic!("upload failed: {e}\n{}", u.daemon.logs()));
+    assert_eq!(reply, PatternReader::new(12, BIG).sha256());
+}
+
+fn skip_headers(r: &mut impl BufRead) -> std::io::Result<()> {
+    let mut status = String::new();
+    r.read_line(&mut status)?;
+    if !status.contains(" 200 ") {
+        return Err(std::io::Error::other(format!("HTTP status {status:?}")));
+    }
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 || line.trim().is_empty() {
+            return Ok(());
+        }
+    }
+}
+
+const CONNECTIONS: usize = 500;
+
+/// 500 TCP connections open at once from the guest to an echo server on the host's loopback,
+/// each carrying its own message.
+#[test]
+fn five_hundred_concurrent_connections() {
+    raise_nofile();
+    let env = Env::new("conc");
+    let echo = TcpEchoServer::start(&env.th.host, loopback(0)).expect("echo");
+    let server = SocketAddr::from(([192, 168, 5, 2], echo.addr().port()));
+    let u = env.usernet(&[]);
+    let result = u
+        .guest
+        .run_in(move || -> std::io::Result<usize> {
+            let mut conns = Vec::with_capacity(CONNECTIONS);
+            for _ in 0..CONNECTIONS {
+                let s = TcpStream::connect_timeout(&server, Duration::from_secs(10))?;
+                s.set_read_timeout(Some(Duration::from_secs(20)))?;
+                conns.push(s);
+            }
+            // All open: now every one talks.
+            for (i, s) in conns.iter_mut().enumerate() {
+                writeln!(s, "connection {i:04}")?;
+            }
+            let mut ok = 0;
+            for (i, s) in conns.iter_mut().enumerate() {
+                let want = format!("connection {i:04}\n");
+                let mut buf = vec![0u8; want.len()];
+                s.read_exact(&mut buf)?;
+                if buf == want.as_bytes() {
+                    ok += 1;
+                }
+            }
+            for s in &conns {
+                s.shutdown(Shutdown::Write)?;
+            }
+            // Each side sees a clean end of stream.
+            for s in conns.iter_mut() {
+                let mut rest = Vec::new();
+                s.read_to_end(&mut rest)?;
+                if !rest.is_empty() {
+                    return Err(std::io::Error::other("extra data after echo"));
+                }
+            }
+            Ok(ok)
+        })
+        .expect("netns")
+        .unwrap_or_else(|e| panic!("connections failed: {e}\n{}", u.daemon.logs()));
+    assert_eq!(result, CONNECTIONS);
+}

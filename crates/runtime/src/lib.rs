@@ -10,4 +10,4 @@ pub mod tap;
 pub mod transport;
 
 pub use network::{Exit, Forward, Listen, Network, NetworkError, Options};
-pub use tap::{create_tap_in, open_netns, TapConfig};
+pub use tap::{create_tap_in, open_netns, Tap, TapConfig};

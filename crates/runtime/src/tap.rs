@@ -34,10 +34,17 @@ pub fn open_netns(spec: &str) -> io::Result<File> {
     })
 }
 
-/// Creates and configures a TAP device inside `netns`; returns its (non-blocking) descriptor.
-/// The work happens on a short-lived thread that joins the namespace, so the caller's own
-/// namespace is never changed.
-pub fn create_tap_in(netns: &File, cfg: &TapConfig) -> io::Result<OwnedFd> {
+/// A TAP device created in a namespace: its descriptor and the Ethernet address the namespace
+/// uses on it.
+#[derive(Debug)]
+pub struct Tap {
+    pub fd: OwnedFd,
+    pub mac: [u8; 6],
+}
+
+/// Creates and configures a TAP device inside `netns`. The work happens on a short-lived thread
+/// that joins the namespace, so the caller's own namespace is never changed.
+pub fn create_tap_in(netns: &File, cfg: &TapConfig) -> io::Result<Tap> {
     let ns = netns.as_raw_fd();
     let cfg = cfg.clone();
     std::thread::scope(|s| {
@@ -50,9 +57,9 @@ pub fn create_tap_in(netns: &File, cfg: &TapConfig) -> io::Result<OwnedFd> {
                     format!("cannot enter the network namespace: {e}"),
                 ));
             }
-            let tap = open_tap(&cfg.name)?;
-            configure(&cfg)?;
-            Ok(tap)
+            let fd = open_tap(&cfg.name)?;
+            let mac = configure(&cfg)?;
+            Ok(Tap { fd, mac })
         })
         .join()
         .unwrap_or_else(|_| Err(io::Error::other("TAP setup thread panicked")))
@@ -130,7 +137,8 @@ fn set_up(sock: RawFd, name: &str) -> io::Result<()> {
     ioctl(sock, libc::SIOCSIFFLAGS, &mut req, "bring interface up")
 }
 
-fn configure(cfg: &TapConfig) -> io::Result<()> {
+/// Configures the interface; returns its MAC address.
+fn configure(cfg: &TapConfig) -> io::Result<[u8; 6]> {
     // SAFETY: a socket only used as an ioctl handle.
     let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if raw < 0 {
@@ -169,5 +177,13 @@ fn configure(cfg: &TapConfig) -> io::Result<()> {
     } else {
         set_up(fd, &cfg.name)?;
     }
-    Ok(())
+    let mut req = ifreq(&cfg.name)?;
+    ioctl(fd, libc::SIOCGIFHWADDR, &mut req, "read MAC address")?;
+    let mut mac = [0u8; 6];
+    // SAFETY: SIOCGIFHWADDR filled the hardware address member.
+    let hw = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
+    for (m, b) in mac.iter_mut().zip(hw.iter()) {
+        *m = *b as u8;
+    }
+    Ok(mac)
 }

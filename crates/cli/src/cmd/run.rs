@@ -4,14 +4,12 @@
 //! embedded DNS (bind-mounted in a private mount namespace). Nothing is left behind: the
 //! namespaces die with the command.
 
-use super::usernet::{attach_dns, tap_config, termination_signals, NetworkArgs};
+use super::usernet::{attach_dns, attach_namespaces, termination_signals, NetworkArgs};
 use anyhow::{bail, Context, Result};
 use limanet_runtime::{Exit, Network, Options};
 use std::ffi::CString;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::process::Command;
 use tracing::{debug, info};
 
 /// `limanet run` arguments.
@@ -53,6 +51,114 @@ fn pidfd_open(pid: u32) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// Forks the command into new network (and, with a resolv.conf, mount) namespaces, and returns
+/// once the child is in them. The child then waits for a byte on `ready`: `1` once the parent
+/// has set up its network; anything else, or the parent going away, makes it exit without
+/// running the command. (`Command::spawn` cannot be used: it waits for the exec, and the exec
+/// must wait for the parent.)
+fn spawn_in_new_netns(
+    command: &[String],
+    resolv: Option<&std::path::Path>,
+    ready: OwnedFd,
+    ready_w: &OwnedFd,
+) -> Result<u32> {
+    let (unshared_r, unshared_w) = pipe()?;
+    let argv: Vec<CString> = command
+        .iter()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect::<Result<_, _>>()
+        .context("command arguments must not contain NUL bytes")?;
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let resolv = resolv
+        .map(|p| CString::new(p.as_os_str().as_encoded_bytes()))
+        .transpose()
+        .context("temp path")?;
+    let target = c"/etc/resolv.conf";
+    let root = c"/";
+    // SAFETY: limanet is single-threaded here (the DNS thread starts later), and the child only
+    // makes async-signal-safe system calls before exec or _exit.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error()).context("fork");
+    }
+    if pid == 0 {
+        // SAFETY: in the child, see above.
+        unsafe {
+            let fail = |msg: &[u8], code: i32| -> ! {
+                libc::write(2, msg.as_ptr() as *const libc::c_void, msg.len());
+                libc::_exit(code)
+            };
+            libc::close(ready_w.as_raw_fd());
+            libc::close(unshared_r.as_raw_fd());
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            let flags = libc::CLONE_NEWNET
+                | if resolv.is_some() {
+                    libc::CLONE_NEWNS
+                } else {
+                    0
+                };
+            if libc::unshare(flags) != 0 {
+                fail(
+                    b"limanet run: cannot create namespaces (needs CAP_SYS_ADMIN)\n",
+                    125,
+                );
+            }
+            if let Some(src) = &resolv {
+                let private = libc::mount(
+                    std::ptr::null(),
+                    root.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                );
+                let bind = libc::mount(
+                    src.as_ptr(),
+                    target.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                );
+                if private != 0 || bind != 0 {
+                    fail(b"limanet run: cannot bind-mount /etc/resolv.conf\n", 125);
+                }
+            }
+            let ok = b'1';
+            libc::write(
+                unshared_w.as_raw_fd(),
+                &ok as *const u8 as *const libc::c_void,
+                1,
+            );
+            libc::close(unshared_w.as_raw_fd());
+            let mut byte = 0u8;
+            while libc::read(
+                ready.as_raw_fd(),
+                &mut byte as *mut u8 as *mut libc::c_void,
+                1,
+            ) < 0
+                && *libc::__errno_location() == libc::EINTR
+            {}
+            if byte != b'1' {
+                libc::_exit(125);
+            }
+            libc::execvp(argv_ptrs[0], argv_ptrs.as_ptr());
+            fail(b"limanet run: cannot execute the command\n", 127);
+        }
+    }
+    drop(ready);
+    drop(unshared_w);
+    // Wait for the child to be in its namespaces (EOF without a byte: it failed and exited).
+    let mut byte = [0u8; 1];
+    let mut unshared = std::fs::File::from(unshared_r);
+    let _ = std::io::Read::read(&mut unshared, &mut byte);
+    if byte[0] != b'1' {
+        bail!("the command's namespaces could not be set up");
+    }
+    Ok(pid as u32)
+}
+
 /// Runs the subcommand; returns the command's exit status.
 pub fn run(args: Args) -> Result<u8> {
     let cfg = args.net.net_config()?;
@@ -73,93 +179,32 @@ pub fn run(args: Args) -> Result<u8> {
 
     let signals = termination_signals()?;
     let (ready_r, ready_w) = pipe()?;
-    let mut command = Command::new(&args.command[0]);
-    command.args(&args.command[1..]);
-    let ready_fd = ready_r.as_raw_fd();
-    let resolv_c = match &resolv {
-        Some(t) => Some(CString::new(t.0.as_os_str().as_encoded_bytes()).context("temp path")?),
-        None => None,
-    };
-    let target = CString::new("/etc/resolv.conf").context("path")?;
-    let root = CString::new("/").context("path")?;
-    // SAFETY: only async-signal-safe system calls run between fork and exec.
-    unsafe {
-        command.pre_exec(move || {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-            let flags = libc::CLONE_NEWNET
-                | if resolv_c.is_some() {
-                    libc::CLONE_NEWNS
-                } else {
-                    0
-                };
-            if libc::unshare(flags) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if let Some(src) = &resolv_c {
-                if libc::mount(
-                    std::ptr::null(),
-                    root.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_REC | libc::MS_PRIVATE,
-                    std::ptr::null(),
-                ) != 0
-                    || libc::mount(
-                        src.as_ptr(),
-                        target.as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_BIND,
-                        std::ptr::null(),
-                    ) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            // Wait until the parent has set up the TAP device.
-            let mut byte = 0u8;
-            loop {
-                let n = libc::read(ready_fd, &mut byte as *mut u8 as *mut libc::c_void, 1);
-                if n >= 0 {
-                    break;
-                }
-                if *libc::__errno_location() != libc::EINTR {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            if byte != b'1' {
-                return Err(std::io::Error::other("network setup failed"));
-            }
-            Ok(())
-        });
-    }
-    let child = command.spawn().with_context(|| {
-        format!(
-            "cannot start {:?} in a new network namespace",
-            args.command[0]
-        )
-    })?;
-    drop(ready_r);
-    let pid = child.id();
+    let pid = spawn_in_new_netns(
+        &args.command,
+        resolv.as_ref().map(|t| t.0.as_path()),
+        ready_r,
+        &ready_w,
+    )?;
     let mut ready = std::fs::File::from(ready_w);
 
     let setup = (|| -> Result<(Network, Option<limanet_dns::BackgroundDns>)> {
-        let ns = limanet_runtime::open_netns(&pid.to_string())?;
-        let tap = limanet_runtime::create_tap_in(
-            &ns,
-            &tap_config(&args.tap_name, &cfg, !args.no_configure),
-        )
-        .context("cannot set up the TAP device")?;
+        let mut cfg = cfg.clone();
+        let packet_ports = attach_namespaces(
+            &mut cfg,
+            &[pid.to_string()],
+            &args.tap_name,
+            !args.no_configure,
+        )?;
         let dns = args.net.start_dns(&cfg)?;
         let opts = Options {
             listen: Vec::new(),
-            packet_ports: vec![(tap, format!("run:{pid}"))],
+            packet_ports,
             forwards: args.net.forwards.clone(),
             pcap: args.net.pcap.clone(),
             stop_fds: vec![signals, pidfd_open(pid)?],
             persistent: true,
         };
-        let mut net = Network::new(cfg.clone(), opts)?;
+        let mut net = Network::new(cfg, opts)?;
         attach_dns(&mut net, &dns)?;
         Ok((net, dns))
     })();

@@ -339,17 +339,9 @@ pub fn run(mut args: Args) -> Result<u8> {
     listen.extend(args.listen_dgram.iter().cloned().map(Listen::Dgram));
     listen.extend(args.listen_fd.iter().cloned().map(Listen::Fd));
 
-    let mut packet_ports = Vec::new();
-    for ns in &args.netns {
-        let file = limanet_runtime::open_netns(ns)?;
-        let tap = limanet_runtime::create_tap_in(
-            &file,
-            &tap_config(&args.tap_name, &cfg, !args.no_configure),
-        )
-        .with_context(|| format!("cannot set up {} in network namespace {ns}", args.tap_name))?;
-        info!(netns = %ns, tap = %args.tap_name, "attached network namespace");
-        packet_ports.push((tap, format!("netns:{ns}")));
-    }
+    let mut cfg = cfg;
+    let packet_ports =
+        attach_namespaces(&mut cfg, &args.netns, &args.tap_name, !args.no_configure)?;
 
     let signals = termination_signals()?;
     let dns = args.net.start_dns(&cfg)?;
@@ -390,11 +382,40 @@ pub fn run(mut args: Args) -> Result<u8> {
     Ok(0)
 }
 
-/// The TAP configuration for a namespace on this network.
-pub fn tap_config(name: &str, cfg: &NetConfig, configure: bool) -> TapConfig {
-    TapConfig {
-        name: name.to_string(),
-        mtu: cfg.mtu,
-        address: configure.then_some((cfg.dhcp_start, cfg.prefix_len, cfg.gateway)),
+/// Creates a TAP device in each namespace. Configured namespaces get consecutive addresses from
+/// the DHCP start, each reserved for its TAP's MAC by a static lease so DHCP never hands it out
+/// again.
+pub fn attach_namespaces(
+    cfg: &mut NetConfig,
+    namespaces: &[String],
+    tap_name: &str,
+    configure: bool,
+) -> Result<Vec<(OwnedFd, String)>> {
+    let mut ports = Vec::new();
+    for (i, ns) in namespaces.iter().enumerate() {
+        let address = Ipv4Addr::from(u32::from(cfg.dhcp_start) + i as u32);
+        if configure && !cfg.contains(address) {
+            bail!(
+                "no address left in {}/{} for namespace {ns}",
+                cfg.network,
+                cfg.prefix_len
+            );
+        }
+        let tap_cfg = TapConfig {
+            name: tap_name.to_string(),
+            mtu: cfg.mtu,
+            address: configure.then_some((address, cfg.prefix_len, cfg.gateway)),
+        };
+        let file = limanet_runtime::open_netns(ns)?;
+        let tap = limanet_runtime::create_tap_in(&file, &tap_cfg)
+            .with_context(|| format!("cannot set up {tap_name} in network namespace {ns}"))?;
+        if configure {
+            cfg.static_leases.push((address, tap.mac));
+            info!(netns = %ns, tap = %tap_name, %address, mac = %MacDisplay(tap.mac), "attached network namespace");
+        } else {
+            info!(netns = %ns, tap = %tap_name, mac = %MacDisplay(tap.mac), "attached network namespace (unconfigured)");
+        }
+        ports.push((tap.fd, format!("netns:{ns}")));
     }
+    Ok(ports)
 }

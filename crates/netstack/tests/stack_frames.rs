@@ -1,0 +1,1109 @@
+//! The I/O-free core driven with hand-built byte-vector frames and an in-memory host: ARP, ICMP
+//! echo, TCP translation, UDP NAT, the switch, and bad input.
+
+mod support;
+
+use limanet_netstack::wire::tcp_flags as F;
+use limanet_netstack::{NetConfig, PortId, Stack};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+use support::*;
+
+fn stack_with(cfg: NetConfig) -> (Stack, FakeHost, PortId, Instant) {
+    let mut stack = Stack::new(cfg).expect("valid config");
+    let port = stack.add_port();
+    (stack, FakeHost::new(), port, Instant::now())
+}
+
+fn setup() -> (Stack, FakeHost, PortId, Instant) {
+    stack_with(NetConfig::default())
+}
+
+fn guest(port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(GUEST_IP, port)
+}
+
+fn remote(port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(REMOTE_IP, port)
+}
+
+fn send(stack: &mut Stack, host: &mut FakeHost, now: Instant, port: PortId, frame: &[u8]) {
+    stack.handle_frame(host, now, port, frame);
+    stack.end_batch(host);
+}
+
+/// An established connection from the guest's `gport` to `dst`.
+struct Conn {
+    sock: usize,
+    g: SocketAddrV4,
+    r: SocketAddrV4,
+    /// Next sequence number the guest sends.
+    gseq: u32,
+    /// Next sequence number the stack sends (what the guest acknowledges).
+    sseq: u32,
+}
+
+impl Conn {
+    fn seg(&self, flags: u8, payload: &[u8]) -> Seg {
+        let mut s = Seg::new(self.g, self.r, flags);
+        s.seq = self.gseq;
+        s.ack = self.sseq;
+        s.window = 65535;
+        s.payload = payload.to_vec();
+        s
+    }
+}
+
+const GUEST_ISS: u32 = 0xfffff000; // wraps soon: sequence arithmetic must be modular
+
+fn open(
+    stack: &mut Stack,
+    host: &mut FakeHost,
+    now: Instant,
+    port: PortId,
+    gport: u16,
+    dst: SocketAddrV4,
+) -> Conn {
+    let mut syn = Seg::new(guest(gport), dst, F::SYN);
+    syn.seq = GUEST_ISS;
+    syn.mss = Some(1460);
+    syn.wscale = Some(0);
+    send(stack, host, now, port, &tcp_frame(&syn));
+    assert!(
+        drain(stack).is_empty(),
+        "no SYN-ACK before the host connect completes"
+    );
+    let sock = host.last_tcp();
+    stack.on_tcp_connected(host, now, sock, Ok(()));
+    let out = drain_tcp(stack);
+    assert_eq!(out.len(), 1);
+    let synack = &out[0];
+    assert_eq!(synack.flags, F::SYN | F::ACK);
+    assert_eq!(synack.ack, GUEST_ISS.wrapping_add(1));
+    let c = Conn {
+        sock,
+        g: guest(gport),
+        r: dst,
+        gseq: GUEST_ISS.wrapping_add(1),
+        sseq: synack.seq.wrapping_add(1),
+    };
+    send(stack, host, now, port, &tcp_frame(&c.seg(F::ACK, &[])));
+    assert!(drain_tcp(stack).is_empty(), "nothing to send yet");
+    c
+}
+
+#[test]
+fn arp_for_gateway_and_dns_answered_with_gateway_mac() {
+    let (mut stack, mut host, port, now) = setup();
+    for target in [GW_IP, DNS_IP] {
+        send(
+            &mut stack,
+            &mut host,
+            now,
+            port,
+            &arp_request(GUEST_MAC, GUEST_IP, target),
+        );
+        let out = drain(&mut stack);
+        assert_eq!(out.len(), 1, "one reply for {target}");
+        let (p, f) = &out[0];
+        assert_eq!(*p, port);
+        assert_eq!(&f[0..6], &GUEST_MAC);
+        assert_eq!(&f[6..12], &GW_MAC);
+        assert_eq!(&f[12..14], &[0x08, 0x06]);
+        let a = &f[14..];
+        assert_eq!(&a[6..8], &[0, 2], "ARP reply");
+        assert_eq!(&a[8..14], &GW_MAC, "sender MAC is the gateway's");
+        assert_eq!(&a[14..18], &target.octets());
+        assert_eq!(&a[18..24], &GUEST_MAC);
+        assert_eq!(&a[24..28], &GUEST_IP.octets());
+    }
+    for other in [Ipv4Addr::new(192, 168, 5, 99), REMOTE_IP, GUEST_IP] {
+        send(
+            &mut stack,
+            &mut host,
+            now,
+            port,
+            &arp_request(GUEST_MAC, GUEST_IP, other),
+        );
+        assert!(drain(&mut stack).is_empty(), "no answer for {other}");
+    }
+    assert!(host.violations.is_empty());
+}
+
+#[test]
+fn ping_local_addresses_answered_locally() {
+    let (mut stack, mut host, port, now) = setup();
+    for dst in [GW_IP, DNS_IP] {
+        let data = b"abcdefghijklmnopqrstuvw";
+        send(
+            &mut stack,
+            &mut host,
+            now,
+            port,
+            &ping_frame(GUEST_IP, dst, 0x4242, 7, data),
+        );
+        let out = drain(&mut stack);
+        assert_eq!(out.len(), 1);
+        let (src, to, kind, ident, seq, payload) = parse_icmp(&out[0].1).expect("ICMP reply");
+        assert_eq!((src, to, kind, ident, seq), (dst, GUEST_IP, 0, 0x4242, 7));
+        assert_eq!(payload, data);
+    }
+    assert!(host.icmp.is_empty(), "no host socket for local pings");
+}
+
+#[test]
+fn ping_outside_goes_to_host_socket_and_only_real_reply_returns() {
+    let (mut stack, mut host, port, now) = setup();
+    send(
+        &mut stack,
+        &mut host,
+        now,
+        port,
+        &ping_frame(GUEST_IP, REMOTE_IP, 0x1111, 1, b"hi"),
+    );
+    assert!(drain(&mut stack).is_empty(), "limanet never forges a reply");
+    let (&sock, s) = host.icmp.iter().next().expect("an ICMP socket");
+    assert_eq!(s.sent.len(), 1);
+    assert_eq!(*s.sent[0].0.ip(), REMOTE_IP);
+    assert_eq!(s.sent[0].1, icmp_echo_bytes(8, 0x1111, 1, b"hi"));
+    // The kernel rewrites the identifier; the guest gets its own back.
+    let reply = icmp_echo_bytes(0, 0x9999, 1, b"hi");
+    assert!(stack.on_icmp_message(sock, REMOTE_IP, &reply));
+    let out = drain(&mut stack);
+    assert_eq!(out.len(), 1);
+    let (src, dst, kind, ident, seq, data) = parse_icmp(&out[0].1).expect("ICMP");
+    assert_eq!(
+        (src, dst, kind, ident, seq),
+        (REMOTE_IP, GUEST_IP, 0, 0x1111, 1)
+    );
+    assert_eq!(data, b"hi");
+    // A non-reply (echo request) on the socket is ignored.
+    assert!(stack.on_icmp_message(sock, REMOTE_IP, &icmp_echo_bytes(8, 1, 1, b"")));
+    assert!(drain(&mut stack).is_empty());
+    assert!(
+        !stack.on_icmp_message(9999, REMOTE_IP, &reply),
+        "unknown socket"
+    );
+    // Idle echo sockets are closed.
+    stack.on_timeout(&mut host, now + Duration::from_secs(120));
+    assert!(host.icmp[&sock].closed);
+    assert!(host.violations.is_empty());
+}
+
+#[test]
+fn ping_socket_refused_is_dropped_quietly() {
+    let (mut stack, mut host, port, now) = setup();
+    host.fail_icmp_open = true;
+    send(
+        &mut stack,
+        &mut host,
+        now,
+        port,
+        &ping_frame(GUEST_IP, REMOTE_IP, 1, 1, b""),
+    );
+    assert!(drain(&mut stack).is_empty());
+    // The other protocols go on.
+    send(
+        &mut stack,
+        &mut host,
+        now,
+        port,
+        &ping_frame(GUEST_IP, GW_IP, 1, 1, b""),
+    );
+    assert_eq!(drain(&mut stack).len(), 1);
+}
+
+#[test]
+fn tcp_syn_waits_for_host_connect_then_synack_with_options() {
+    let (mut stack, mut host, port, now) = setup();
+    let mut syn = Seg::new(guest(40000), remote(443), F::SYN);
+    syn.seq = 5000;
+    syn.mss = Some(65000);
+    syn.wscale = Some(7);
+    send(&mut stack, &mut host, now, port, &tcp_frame(&syn));
+    assert!(drain(&mut stack).is_empty());
+    assert_eq!(host.connects.len(), 1);
+    assert_eq!(host.connects[0].1, remote(443));
+    // A retransmitted SYN while connecting does not open a second socket.
+    send(&mut stack, &mut host, now, port, &tcp_frame(&syn));
+    assert!(drain(&mut stack).is_empty());
+    assert_eq!(host.connects.len(), 1);
+    let sock = host.last_tcp();
+    stack.on_tcp_connected(&mut host, now, sock, Ok(()));
+    let out = drain_tcp(&mut stack);
+    assert_eq!(out.len(), 1);
+    let s = &out[0];
+    assert_eq!(s.flags, F::SYN | F::ACK);
+    assert_eq!(
+        (s.src, s.dst, s.dst_mac),
+        (remote(443), guest(40000), GUEST_MAC)
+    );
+    assert_eq!(s.ack, 5001);
+    let mss = s.mss.expect("MSS option");
+    assert!(mss <= 1500 - 40, "MSS {mss} fits the MTU");
+    assert!(
+        s.wscale.is_some(),
+        "window scale offered when the guest offered it"
+    );
+    assert!(s.window > 0);
+    // SYN-ACK lost: the guest's retransmitted SYN gets it again.
+    send(&mut stack, &mut host, now, port, &tcp_frame(&syn));
+    let again = drain_tcp(&mut stack);
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].flags, again[0].seq), (F::SYN | F::ACK, s.seq));
+    // And the retransmission timer also resends it.
+    let due = stack.poll_timeout().expect("SYN-ACK timer");
+    stack.on_timeout(&mut host, due);
+    let timed = drain_tcp(&mut stack);
+    assert_eq!(timed.len(), 1);
+    assert_eq!(timed[0].flags, F::SYN | F::ACK);
+    assert_eq!(stack.tcp_flows(), 1);
+}
+
+#[test]
+fn tcp_refused_connect_answers_rst() {
+    let (mut stack, mut host, port, now) = setup();
+    let mut syn = Seg::new(guest(40001), remote(81), F::SYN);
+    syn.seq = 77;
+    send(&mut stack, &mut host, now, port, &tcp_frame(&syn));
+    let sock = host.last_tcp();
+    stack.on_tcp_connected(
+        &mut host,
+        now,
+        sock,
+        Err(io::ErrorKind::ConnectionRefused.into()),
+    );
+    let out = drain_tcp(&mut stack);
+    assert_eq!(out.len(), 1);
+    assert!(out[0].has(F::RST) && out[0].has(F::ACK));
+    assert_eq!(out[0].ack, 78);
+    assert_eq!(stack.tcp_flows(), 0);
+    assert_eq!(host.tcp[&sock].closed, Some(false));
+    // Immediate failure of connect() also gives a RST.
+    host.fail_connect = Some(io::ErrorKind::NetworkUnreachable);
+    syn.src = guest(40002);
+    send(&mut stack, &mut host, now, port, &tcp_frame(&syn));
+    let out = drain_tcp(&mut stack);
+    assert_eq!(out.len(), 1);
+    assert!(out[0].has(F::RST));
+    assert_eq!(out[0].ack, 78);
+    assert_eq!(stack.tcp_flows(), 0);
+    assert!(host.violations.is_empty());
+}
+
+#[test]
+fn tcp_unroutable_destinations_answered_rst() {
+    let (mut stack, mut host, port, now) = setup();
+    // .3:80 has no service, a loopback destination is not allowed, and .2:53 has no DNS TCP yet.
+    for (i, dst) in [
+        SocketAddrV4::new(DNS_IP, 80),
+        SocketAddrV4::new(Ipv4Addr::LOCALHOST, 22),
+        SocketAddrV4::new(DNS_IP, 53),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let syn = Seg::new(guest(41000 + i as u16), dst, F::SYN);
+        send(&mut stack, &mut host, now, port, &tcp_frame(&syn));
+        let out = drain_tcp(&mut stack);
+        assert_eq!(out.len(), 1, "RST for {dst}");
+        assert!(out[0].has(F::RST));
+    }
+    assert!(host.connects.is_empty());
+}
+
+#[test]
+fn tcp_segment_for_unknown_flow_gets_rst_with_right_numbers() {
+    let (mut stack, mut host, port, now) = setup();
+    // With ACK: RST whose seq is the segment's ack, no ACK flag.
+    let mut s = Seg::new(guest(40100), remote(80), F::ACK | F::PSH);
+    s.seq = 1000;
+    s.ack = 0xdead_beef;
+    s.payload = b"stray".to_vec();
+    send(&mut stack, &mut host, now, port, &tcp_frame(&s));
+    let out = drain_tcp(&mut stack);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].flags, F::RST);
+    assert_eq!(out[0].seq, 0xdead_beef);
+    assert_eq!((out[0].src, out[0].dst), (remote(80), guest(40100)));
+    // Without ACK (a FIN alone): RST+ACK acknowledging the segment's sequence space.
+    let mut fin = Seg::new(guest(40101), remote(80), F::FIN);
+    fin.seq = 500;
+    fin.payload = b"abc".to_vec();
+    send(&mut stack, &mut host, now, port, &tcp_frame(&fin));
+    let out = drain_tcp(&mut stack);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].flags, F::RST | F::ACK);
+    assert_eq!((out[0].seq, out[0].ack), (0, 504));
+    // A RST for an unknown flow is not answered.
+    let rst = Seg::new(guest(40102), remote(80), F::RST);
+    send(&mut stack, &mut host, now, port, &tcp_frame(&rst));
+    assert!(drain(&mut stack).is_empty());
+    assert!(host.connects.is_empty());
+}
+
+#[test]
+fn tcp_data_both_ways_and_consumed_on_ack() {
+    let (mut stack, mut host, port, now) = setup();
+    let mut c = open(&mut stack, &mut host, now, port, 40200, remote(80));
+    // Guest → host.
+    let req = b"GET / HTTP/1.0\r\n\r\n";
+    send(
+        &mut stack,
+        &mut host,
+        now,
+        port,
+        &tcp_frame(&c.seg(F::ACK | F::PSH, req)),
+    );
+    c.gseq = c.gseq.wrapping_add(req.len() as u32);
+    assert_eq!(host.sock(c.sock).send_buf, req);
+    let acks = drain_tcp(&mut stack);
+    assert_eq!(acks.len(), 1, "one ACK per batch");
+    assert_eq!(acks[0].ack, c.gseq);
+    // A duplicate of the same data is not sent twice, and is re-acknowledged.
+    let mut dup = c.seg(F::ACK | F::PSH, req);
+    dup.seq = c.gseq.wrapping_sub(req.len() as u32);
+    send(&mut stack, &mut host, now, port, &tcp_frame(&dup));
+    assert_eq!(host.sock(c.sock).send_buf.len(), req.len());
+    assert_eq!(drain_tcp(&mut stack)[0].ack, c.gseq);
+    // Host → guest: 4000 bytes in MSS-sized segments, peeked, not consumed until acknowledged.
+    let body: Vec<u8> = (0..4000u32).map(|i| (i * 7) as u8).collect();
+    host.push_recv(c.sock, &body);
+    stack.on_tcp_readable(&mut host, now, c.sock);
+    let segs = drain_tcp(&mut stack);
+    assert_eq!(segs.len(), 3);
+    let mut got = Vec::new();
+    let mut seq = c.sseq;
+    for s in &segs {
+        assert!(s.payload.len() <= 1460);
+        assert_eq!(s.seq, seq);
+        seq = seq.wrapping_add(s.payload.len() as u32);
+        got.extend_from_slice(&s.payload);
+    }
+    assert_eq!(got, body);
+    assert_eq!(host.sock(c.sock).consumed, 0, "kept until acknowledged");
+    c.sseq = c.sseq.wrapping_add(1460);
+    send(
+        &mut stack,
+        &mut host,
+        now,
+        port,
+        &tcp_frame(&c.seg(F::ACK, &[])),
+    );
+    assert_eq!(host.sock(c.sock).consumed, 1460);
+    c.sseq = seq;
+    send(
+        &mut stack,
+        &mut host,
+        now,
+        port,
+        &tcp_frame(&c.seg(F::ACK, &[])),
+    );
+    assert_eq!(host.sock(c.sock).consumed, 4000);
+    assert!(host.violations.is_empty());
+}
+
+#[test]
+fn tcp_lost_data_is_retransmitted_from_the_socket() {
+    let (mut stack, mut host, port, now) = setup();
+    let c = open(&mut stack, &mut host, now, port, 40210, remote(80));
+    host.push_recv(c.sock, b"hello world");
+    stack.on_tcp_readable(&mut host, now, c.sock);
+    let first = drain_tcp(&mut stack);
+    assert_eq!(first[0].payload, b"hello world");
+    // The guest never acknowledges: the timer re-peeks the same bytes.
+    let due = stack.poll_timeout().expect("retransmission timer");
+    stack.on_timeout(&mut host, due);
+    let again = drain_tcp(&mut stack);
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        (again[0].seq, &again[0].payload[..]),
+        (first[0].seq, &b"hello world"[..])
+    );
+}
+
+#[test]
+fn tcp_zero_window_and_partial_sends() {
+    let (mut stack, mut host, port, now) = setup();
+    host.tcp_capacity = 1000;
+    let mut c = open(&mut stack, &mut host, now, port, 40220, remote(80));
+    let data = vec![0x5a; 1400];
+    send(
+        &mut stack,
+        &mut host,
+        now,
+        port,
+        &tcp_frame(&c.seg(F::ACK, &data)),
+    );
+    assert_eq!(host.sock(c.sock).send_buf.len(), 1000, "partial send");
+    let out = drain_tcp(&mut stack);
+    let last = out.last().expect("an ACK");
+    assert_eq!(
+        last.ack,
+        c.gseq.wrapping_add(1000),
+        "only what the kernel took"
+    );
+    assert_eq!(last.window, 0, "zero window while the socket is full");
+    c.gseq = c.gseq.wrapping_add(1000);
+    // More data while blocked is dropped and re-acknowledged with a zero window.
+    send(
+        &mut stack,
+        &mut host,
+        now,
+        port,
+        &tcp_frame(&c.seg(F::ACK, &data[1000..])),
+    );
+    let out = drain_tcp(&mut stack);
+    assert_eq!((out[0].ack, out[0].window), (c.gseq, 0));
+    assert_eq!(host.sock(c.sock).send_buf.len(), 1000);
+    // The socket drains: the window reopens.
+    host.drain_send(c.sock);
+    stack.on_tcp_writable(&mut host, c.sock);
+    let out = drain_tcp(&mut stack);
+    assert_eq!(out.len(), 1);
+    assert!(out[0].window > 0, "window update");
+    send(
+        &mut stack,
+        &mut host,
+        now,
+        port,
+        &tcp_frame(&c.seg(F::ACK, &data[1000..])),
+    );
+    host.drain_send(c.sock);
+    assert_eq!(host.sock(c.sock).delivered, data);
+    assert!(host.violations.is_empty());
+}
+
+#[test]
+fn tcp_guest_fin_then_host_fin() {
+    let (mut stack, mut host, port, now) = setup();
+    let mut c = open(&mut stack, &mut host, now, port, 40230, remote(80));
+    send(
+        &mut stack,
+        &mut host,
+        now,
+        port,
+        &tcp_frame(&c.seg(F::FIN | F::ACK, b"bye")),
+    );
+    c.gseq = c.gseq.wrapping_add(4);
+    assert!(
+        host.sock(c.sock).shut_wr,
+        "guest FIN shuts down the host write side"
+    );
+    assert_eq!(host.sock(c.sock).send_buf, b"bye");
+    let out = drain_tcp(&mut stack);
+    assert_eq!(out.last().expect("ACK").ack, c.gseq, "FIN acknowledged");
+    // The host still sends (half-close), then closes.
+    host.push_recv(c.sock, b"response");
+    host.sock(c.sock).eof = true;
+    stack.on_tcp_readable(&mut host, now, c.sock);
+    let out = drain_tcp(&mut stack);
+    assert_eq!(out[0].payload, b"response");
+    // The FIN follows once the guest acknowledged the data (the short peek ends the round;
+    // the ACK's flush then peeks the end of stream).
+    c.sseq = out[0].seq.wrapping_add(8);
+    send(
+        &mut stack,
+        &mut host,
+        now,
+        port,
+        &tcp_frame(&c.seg(F::ACK, &[])),
+    );
+    let out = drain_tcp(&mut stack);
+    let fin = out.last().expect("FIN");
+    assert!(fin.has(F::FIN));
+    assert_eq!(fin.seq, c.sseq);
+    c.sseq = fin.seq.wrapping_add(1);
+    assert_eq!(stack.tcp_flows(), 1);
+    send(
+        &mut stack,
+        &mut host,
+        now,
+        port,
+        &tcp_frame(&c.seg(F::ACK, &[])),
+    );
+    assert_eq!(stack.tcp_flows(), 0, "both sides closed and acknowledged");
+    assert_eq!(
+        host.sock(c.sock).closed,
+        Some(false),
+        "closed without reset"
+    );
+    assert!(host.violations.is_empty());
+}
+
+#[test]
+fn tcp_host_fin_first_then_guest_keeps_sending() {
+    let (mut stack, mut host, port, now) = setup();
+    let mut c = open(&mut stack, &mut host, now, port, 40231, remote(80));
+    host.sock(c.sock).eof = true;
+    stack.on_tcp_readable(&mut host, now, c.sock);
+    let out = drain_tcp(&mut stack);
+    assert_eq!(out.len(), 1);
+    assert!(out[0].has(F::FIN));
+    c.sseq = out[0].seq.wrapping_add(1);
+    send(
+        &mut stack,
+        &mut host,
+        now,
+        port,
+        &tcp_frame(&c.seg(F::ACK, b"more")),
+    );
+    c.gseq = c.gseq.wrapping_add(4);
+    assert_eq!(
+        host.sock(c.sock).send_buf,
+        b"more",
+        "half-close: guest may still send"
+    );
+    send(
+        &mut stack,
+        &mut host,
+        now,
+        port,
+        &tcp_frame(&c.seg(F::FIN | F::ACK, &[])),
+    );
+    assert_eq!(stack.tcp_flows(), 0);
+    assert_eq!(host.sock(c.sock).closed, Some(false));
+    assert!(host.violations.is_empty());
+}
+
+#[test]
+fn tcp_guest_rst_resets_host_socket() {
+    let (mut stack, mut host, port, now) = setup();
+    let c = open(&mut stack, &mut host, now, port, 40240, remote(80));
+    send(
+        &mut stack,
+        &mut host,
+        now,
+        port,
+        &tcp_frame(&c.seg(F::RST, &[])),
+    );
+    assert_eq!(host.sock(c.sock).closed, Some(true));
+    assert_eq!(stack.tcp_flows(), 0);
+    assert!(drain(&mut stack).is_empty());
+}
+
+#[test]
+fn tcp_host_reset_resets_guest() {
+    let (mut stack, mut host, port, now) = setup();
+    let c = open(&mut stack, &mut host, now, port, 40241, remote(80));
+    stack.on_tcp_error(&mut host, c.sock);
+    let out = drain_tcp(&mut stack);
+    assert_eq!(out.len(), 1);
+    assert!(out[0].has(F::RST));
+    assert_eq!(stack.tcp_flows(), 0);
+    // A reset seen while peeking does the same.
+    let c = open(&mut stack, &mut host, now, port, 40242, remote(80));
+    host.sock(c.sock).reset = true;
+    stack.on_tcp_readable(&mut host, now, c.sock);
+    assert!(drain_tcp(&mut stack)[0].has(F::RST));
+    assert_eq!(stack.tcp_flows(), 0);
+    assert!(host.violations.is_empty());
+}
+
+#[test]
+fn tcp_table_full_answers_rst_and_counts() {
+    let cfg = NetConfig {
+        max_tcp_flows: 3,
+        max_tcp_connecting: 2,
+        ..NetConfig::default()
+    };
+    let (mut stack, mut host, port, now) = stack_with(cfg);
+    // SYN flood: only two connects may be pending.
+    for i in 0..5u16 {
+        let syn = Seg::new(guest(42000 + i), remote(80), F::SYN);
+        send(&mut stack, &mut host, now, port, &tcp_frame(&syn));
+    }
+    assert_eq!(host.connects.len(), 2);
+    let rsts = drain_tcp(&mut stack);
+    assert_eq!(rsts.len(), 3);
+    assert!(rsts.iter().all(|s| s.has(F::RST)));
+    // Connect completions free connecting slots; the table bound then applies.
+    for (sock, _) in host.connects.clone() {
+        stack.on_tcp_connected(&mut host, now, sock, Ok(()));
+    }
+    drain(&mut stack);
+    for i in 5..8u16 {
+        let syn = Seg::new(guest(42000 + i), remote(80), F::SYN);
+        send(&mut stack, &mut host, now, port, &tcp_frame(&syn));
+    }
+    assert_eq!(stack.tcp_flows(), 3);
+    assert_eq!(
+        drain_tcp(&mut stack)
+            .iter()
+            .filter(|s| s.has(F::RST))
+            .count(),
+        2
+    );
+    // Other protocols go on.
+    send(
+        &mut stack,
+        &mut host,
+        now,
+        port,
+        &ping_frame(GUEST_IP, GW_IP, 1, 1, b""),
+    );
+    assert_eq!(drain(&mut stack).len(), 1);
+    stack.log_stats();
+}
+
+#[test]
+fn tcp_guest_that_vanishes_is_reset_after_retries() {
+    let (mut stack, mut host, port, now) = setup();
+    let c = open(&mut stack, &mut host, now, port, 40250, remote(80));
+    host.push_recv(c.sock, &[1; 3000]);
+    stack.on_tcp_readable(&mut host, now, c.sock);
+    drain(&mut stack);
+    let mut t = now;
+    let mut rounds = 0;
+    while let Some(due) = stack.poll_timeout() {
+        t = t.max(due);
+        stack.on_timeout(&mut host, t);
+        drain(&mut stack);
+        rounds += 1;
+        assert!(rounds < 100, "timers must end");
+    }
+    assert_eq!(stack.tcp_flows(), 0);
+    assert_eq!(
+        host.sock(c.sock).closed,
+        Some(true),
+        "host peer sees a reset"
+    );
+    assert!(t - now < Duration::from_secs(600));
+    assert!(host.violations.is_empty());
+}
+
+#[test]
+fn tcp_port_forward_handshake_and_data() {
+    let (mut stack, mut host, port, now) = setup();
+    // Unknown guest: refused (and an ARP request goes out to find it).
+    let sock = host.adopt_tcp();
+    let err = stack.open_tcp_forward(&mut host, now, sock, guest(22));
+    assert!(err.is_err());
+    assert_eq!(host.sock(sock).closed, Some(true));
+    assert!(!drain(&mut stack).is_empty(), "ARP request");
+    // The guest makes itself known.
+    send(
+        &mut stack,
+        &mut host,
+        now,
+        port,
+        &arp_request(GUEST_MAC, GUEST_IP, GW_IP),
+    );
+    drain(&mut stack);
+    let sock = host.adopt_tcp();
+    stack
+        .open_tcp_forward(&mut host, now, sock, guest(22))
+        .expect("known guest");
+    let out = drain_tcp(&mut stack);
+    assert_eq!(out.len(), 1);
+    let syn = &out[0];
+    assert_eq!(syn.flags, F::SYN);
+    assert_eq!(*syn.src.ip(), GW_IP);
+    assert_eq!(syn.dst, guest(22));
+    assert!(syn.mss.is_some() && syn.wscale.is_some());
+    let mut synack = Seg::new(guest(22), syn.src, F::SYN | F::ACK);
+    synack.seq = 9000;
+    synack.ack = syn.seq.wrapping_add(1);
+    synack.mss = Some(1460);
+    synack.wscale = Some(2);
+    send(&mut stack, &mut host, now, port, &tcp_frame(&synack));
+    let out = drain_tcp(&mut stack);
+    assert_eq!(out[0].flags, F::ACK);
+    assert_eq!(out[0].ack, 9001);
+    let mut data = Seg::new(guest(22), syn.src, F::ACK | F::PSH);
+    data.seq = 9001;
+    data.ack = syn.seq.wrapping_add(1);
+    data.payload = b"SSH-2.0-test\r\n".to_vec();
+    send(&mut stack, &mut host, now, port, &tcp_frame(&data));
+    assert_eq!(host.sock(sock).send_buf, b"SSH-2.0-test\r\n");
+    assert!(host.violations.is_empty());
+}
+
+#[test]
+fn udp_nat_outside_and_reply() {
+    let (mut stack, mut host, port, now) = setup();
+    send(
+        &mut stack,
+        &mut host,
+        now,
+        port,
+        &udp_frame(guest(5000), remote(9999), b"q1"),
+    );
+    send(
+        &mut stack,
+        &mut host,
+        now,
+        port,
+        &udp_frame(guest(5000), remote(8888), b"q2"),
+    );
+    assert_eq!(host.udp.len(), 1, "one host socket per guest endpoint");
+    let (&sock, s) = host.udp.iter().next().expect("socket");
+    assert_eq!(
+        s.sent,
+        vec![
+            (remote(9999), b"q1".to_vec()),
+            (remote(8888), b"q2".to_vec())
+        ]
+    );
+    assert!(stack.on_udp_datagram(now, sock, remote(9999), b"r1"));
+    let out = drain(&mut stack);
+    let (src, dst, payload) = parse_udp(&out[0].1).expect("UDP");
+    assert_eq!(
+        (src, dst, &payload[..]),
+        (remote(9999), guest(5000), &b"r1"[..])
+    );
+    // A datagram that does not fit the MTU is dropped (no fragmentation).
+    assert!(stack.on_udp_datagram(now, sock, remote(9999), &vec![0; 1500]));
+    assert!(drain(&mut stack).is_empty());
+    assert!(
+        !stack.on_udp_datagram(now, 12345, remote(9999), b"x"),
+        "unknown socket"
+    );
+}
+
+#[test]
+fn udp_to_gateway_is_host_loopback_and_reply_source_mapped_back() {
+    let (mut stack, mut host, port, now) = setup();
+    let gw = SocketAddrV4::new(GW_IP, 7000);
+    send(
+        &mut stack,
+        &mut host,
+        now,
+        port,
+        &udp_frame(guest(5001), gw, b"ping"),
+    );
+    let (&sock, s) = host.udp.iter().next().expect("socket");
+    assert_eq!(s.sent[0].0, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7000));
+    stack.on_udp_datagram(
+        now,
+        sock,
+        SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7000),
+        b"pong",
+    );
+    let (src, dst, payload) = parse_udp(&drain(&mut stack)[0].1).expect("UDP");
+    assert_eq!((src, dst, &payload[..]), (gw, guest(5001), &b"pong"[..]));
+}
+
+#[test]
+fn udp_dns_address_goes_to_configured_server() {
+    let (mut stack, mut host, port, now) = setup();
+    let dns = SocketAddrV4::new(DNS_IP, 53);
+    // Before the DNS server is known, the query is dropped.
+    send(
+        &mut stack,
+        &mut host,
+        now,
+        port,
+        &udp_frame(guest(5002), dns, b"query"),
+    );
+    assert!(host.udp.is_empty());
+    let server = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 53), 5353);
+    stack.set_dns_server(server, server);
+    send(
+        &mut stack,
+        &mut host,
+        now,
+        port,
+        &udp_frame(guest(5002), dns, b"query"),
+    );
+    let (&sock, s) = host.udp.iter().next().expect("socket");
+    assert_eq!(s.sent, vec![(server, b"query".to_vec())]);
+    stack.on_udp_datagram(now, sock, server, b"answer");
+    let (src, dst, payload) = parse_udp(&drain(&mut stack)[0].1).expect("UDP");
+    assert_eq!((src, dst, &payload[..]), (dns, guest(5002), &b"answer"[..]));
+    // DNS-only flows expire quickly.
+    stack.on_timeout(&mut host, now + Duration::from_secs(11));
+    assert_eq!(stack.udp_flows(), 0);
+    assert!(host.udp[&sock].closed);
+    assert!(host.violations.is_empty());
+}
+
+#[test]
+fn udp_table_bounded_with_lru_eviction_and_idle_expiry() {
+    let cfg = NetConfig {
+        max_udp_flows: 3,
+        ..NetConfig::default()
+    };
+    let (mut stack, mut host, port, now) = stack_with(cfg);
+    for i in 0..3u16 {
+        let t = now + Duration::from_millis(u64::from(i));
+        send(
+            &mut stack,
+            &mut host,
+            t,
+            port,
+            &udp_frame(guest(6000 + i), remote(1), b"x"),
+        );
+    }
+    // Touch the oldest so 6001 becomes least recently used.
+    let t = now + Duration::from_millis(10);
+    send(
+        &mut stack,
+        &mut host,
+        t,
+        port,
+        &udp_frame(guest(6000), remote(1), b"x"),
+    );
+    let socks: Vec<usize> = host.udp.keys().copied().collect();
+    let t = now + Duration::from_millis(20);
+    send(
+        &mut stack,
+        &mut host,
+        t,
+        port,
+        &udp_frame(guest(6003), remote(1), b"x"),
+    );
+    assert_eq!(stack.udp_flows(), 3);
+    assert!(
+        host.udp[&socks[1]].closed,
+        "least recently used flow evicted"
+    );
+    assert!(!host.udp[&socks[0]].closed && !host.udp[&socks[2]].closed);
+    // Idle timeout.
+    stack.on_timeout(&mut host, now + Duration::from_secs(179));
+    assert_eq!(stack.udp_flows(), 3);
+    stack.on_timeout(&mut host, now + Duration::from_secs(181));
+    assert_eq!(stack.udp_flows(), 0);
+    assert!(host.udp.values().all(|s| s.closed));
+    assert!(stack.poll_timeout().is_none(), "no timers left");
+    assert!(host.violations.is_empty());
+}
+
+#[test]
+fn remove_port_resets_its_flows() {
+    let (mut stack, mut host, port, now) = setup();
+    let other = stack.add_port();
+    let c = open(&mut stack, &mut host, now, port, 40300, remote(80));
+    send(
+        &mut stack,
+        &mut host,
+        now,
+        port,
+        &udp_frame(guest(5003), remote(53), b"x"),
+    );
+    send(
+        &mut stack,
+        &mut host,
+        now,
+        port,
+        &ping_frame(GUEST_IP, REMOTE_IP, 1, 1, b""),
+    );
+    host.push_recv(c.sock, b"data");
+    stack.on_tcp_readable(&mut host, now, c.sock);
+    stack.remove_port(&mut host, port);
+    assert!(
+        stack.out.queue.iter().all(|f| f.port != port),
+        "queued frames dropped"
+    );
+    assert_eq!(stack.tcp_flows(), 0);
+    assert_eq!(stack.udp_flows(), 0);
+    assert_eq!(host.sock(c.sock).closed, Some(true));
+    assert!(host.udp.values().all(|s| s.closed));
+    assert!(host.icmp.values().all(|s| s.closed));
+    // The other port goes on.
+    let mut f = ping_frame(GUEST2_IP, GW_IP, 1, 1, b"");
+    f[6..12].copy_from_slice(&GUEST2_MAC);
+    send(&mut stack, &mut host, now, other, &f);
+    assert_eq!(drain(&mut stack).len(), 1);
+    assert!(host.violations.is_empty());
+}
+
+#[test]
+fn switch_unicast_broadcast_and_unknown() {
+    let (mut stack, mut host, a, now) = setup();
+    let b = stack.add_port();
+    let c = stack.add_port();
+    let mac_c = [0x52, 0x55, 0x55, 0, 0, 0x11];
+    // Broadcast from A: flooded to B and C.
+    let bcast = ethernet([0xff; 6], GUEST_MAC, 0x88b5, b"hello all");
+    send(&mut stack, &mut host, now, a, &bcast);
+    let out = drain(&mut stack);
+    let mut ports: Vec<_> = out.iter().map(|(p, _)| *p).collect();
+    ports.sort();
+    assert_eq!(ports, vec![b, c]);
+    assert!(out.iter().all(|(_, f)| *f == bcast));
+    // Unknown unicast: dropped, counted.
+    let to_b = ethernet(GUEST2_MAC, GUEST_MAC, 0x88b5, b"to b");
+    send(&mut stack, &mut host, now, a, &to_b);
+    assert!(drain(&mut stack).is_empty());
+    assert_eq!(stack.stats.unknown_destination, 1);
+    // B speaks, is learned, and then gets unicast from A only.
+    send(
+        &mut stack,
+        &mut host,
+        now,
+        b,
+        &ethernet([0xff; 6], GUEST2_MAC, 0x88b5, b""),
+    );
+    drain(&mut stack);
+    send(&mut stack, &mut host, now, a, &to_b);
+    let out = drain(&mut stack);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0], (b, to_b.clone()));
+    assert_eq!(stack.stats.switched, 1);
+    // A frame to a MAC on the sender's own port is not echoed back.
+    send(
+        &mut stack,
+        &mut host,
+        now,
+        c,
+        &ethernet([0xff; 6], mac_c, 0x88b5, b""),
+    );
+    drain(&mut stack);
+    send(
+        &mut stack,
+        &mut host,
+        now,
+        c,
+        &ethernet(mac_c, mac_c, 0x88b5, b"self"),
+    );
+    assert!(drain(&mut stack).is_empty());
+}
+
+#[test]
+fn dhcp_discover_is_answered_and_garbage_is_counted() {
+    let (mut stack, mut host, port, now) = setup();
+    send(&mut stack, &mut host, now, port, &dhcp_discover(GUEST_MAC));
+    let out = drain(&mut stack);
+    let offer = out
+        .iter()
+        .filter(|(p, _)| *p == port)
+        .find_map(|(_, f)| parse_udp(f))
+        .expect("DHCP offer");
+    assert_eq!(offer.0.port(), 67);
+    assert_eq!(offer.1.port(), 68);
+    let before = stack.stats.malformed;
+    let garbage = udp_bytes(
+        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68),
+        SocketAddrV4::new(Ipv4Addr::BROADCAST, 67),
+        b"\x01\x01\x06garbage",
+    );
+    let ip = ipv4(Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST, 17, &garbage);
+    send(
+        &mut stack,
+        &mut host,
+        now,
+        port,
+        &ethernet([0xff; 6], GUEST_MAC, 0x0800, &ip),
+    );
+    assert_eq!(stack.stats.malformed, before + 1);
+    assert!(
+        drain(&mut stack).iter().all(|(p, _)| *p != port),
+        "no reply to garbage"
+    );
+}
+
+#[test]
+fn malformed_frames_are_counted_and_stack_goes_on() {
+    let (mut stack, mut host, port, now) = setup();
+    let good = ping_frame(GUEST_IP, GW_IP, 1, 1, b"x");
+    let mut cases: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0; 5],
+        good[..13].to_vec(),
+        good[..20].to_vec(),                           // truncated IPv4 header
+        good[..34 + 3].to_vec(),                       // truncated ICMP
+        ethernet(GW_MAC, GUEST_MAC, 0x0806, &[0; 10]), // short ARP
+    ];
+    let mut bad_version = good.clone();
+    bad_version[14] = 0x65;
+    cases.push(bad_version);
+    let mut long_total = good.clone();
+    long_total[16..18].copy_from_slice(&2000u16.to_be_bytes());
+    cases.push(long_total);
+    let mut fragment = good.clone();
+    fragment[20] = 0x20; // more fragments
+    cases.push(fragment);
+    let mut bad_tcp = tcp_frame(&Seg::new(guest(1), remote(2), F::SYN));
+    bad_tcp[14 + 20 + 12] = 0x10; // data offset 1 word
+    cases.push(bad_tcp);
+    let mut bad_udp = udp_frame(guest(1), remote(2), b"abc");
+    bad_udp[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&100u16.to_be_bytes());
+    cases.push(bad_udp);
+    let before = stack.stats;
+    for c in &cases {
+        send(&mut stack, &mut host, now, port, c);
+    }
+    assert!(drain(&mut stack).is_empty());
+    let counted =
+        (stack.stats.malformed - before.malformed) + (stack.stats.fragments - before.fragments);
+    assert!(counted >= 10, "counted {counted} of {}", cases.len());
+    assert_eq!(stack.stats.fragments - before.fragments, 1);
+    assert!(host.connects.is_empty() && host.udp.is_empty());
+    // Still works.
+    send(&mut stack, &mut host, now, port, &good);
+    assert_eq!(drain(&mut stack).len(), 1);
+}
+
+mod random_input {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn valid_frames() -> Vec<Vec<u8>> {
+        let mut syn = Seg::new(guest(40000), remote(80), F::SYN);
+        syn.mss = Some(1460);
+        syn.wscale = Some(7);
+        vec![
+            arp_request(GUEST_MAC, GUEST_IP, GW_IP),
+            dhcp_discover(GUEST_MAC),
+            ping_frame(GUEST_IP, GW_IP, 1, 2, b"abc"),
+            ping_frame(GUEST_IP, REMOTE_IP, 1, 2, b"abc"),
+            udp_frame(guest(5000), remote(53), b"q"),
+            tcp_frame(&syn),
+            tcp_frame(&Seg::new(guest(40000), remote(80), F::ACK)),
+        ]
+    }
+
+    fn run(frames: &[Vec<u8>]) {
+        let (mut stack, mut host, port, now) = setup();
+        for (i, f) in frames.iter().enumerate() {
+            let t = now + Duration::from_millis(i as u64);
+            stack.handle_frame(&mut host, t, port, f);
+            if let Some(&(sock, _)) = host.connects.last() {
+                stack.on_tcp_connected(&mut host, t, sock, Ok(()));
+            }
+        }
+        stack.end_batch(&mut host);
+        stack.on_timeout(&mut host, now + Duration::from_secs(1000));
+        for f in drain(&mut stack) {
+            // Everything the stack emits is well formed.
+            assert!(f.1.len() >= 14 && f.1.len() <= 1514);
+            if let Some(ip) = parse_ip(&f.1) {
+                let _ = (parse_tcp(&f.1), parse_udp(&f.1), ip.proto);
+            }
+        }
+        assert!(host.violations.is_empty(), "{:?}", host.violations);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn random_bytes_never_panic(frames in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..200), 1..8)) {
+            run(&frames);
+        }
+
+        #[test]
+        fn mutated_valid_frames_never_panic(
+            which in prop::collection::vec(0usize..7, 1..6),
+            flips in prop::collection::vec((0usize..400, any::<u8>()), 0..6),
+            cut in prop::option::of(0usize..400),
+        ) {
+            let valid = valid_frames();
+            let mut frames: Vec<Vec<u8>> = which.iter().map(|&i| valid[i].clone()).collect();
+            for (k, f) in frames.iter_mut().enumerate() {
+                for &(at, v) in &flips {
+                    if !f.is_empty() && (at + k) % 2 == 0 {
+                        let i = at % f.len();
+                        f[i] ^= v;
+                    }
+                }
+                if let Some(c) = cut {
+                    if k == 0 { f.truncate(c); }
+                }
+            }
+            run(&frames);
+        }
+    }
+}

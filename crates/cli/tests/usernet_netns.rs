@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use limanet_testkit::checksum::{sha256_reader, PatternReader};
 use limanet_testkit::servers::{HttpServer, TcpEchoServer, UdpEchoServer};
-use limanet_testkit::{Lease, TestHost};
+use limanet_testkit::{ChildGuard, Lease, TestHost};
 use usernet_support::*;
 
 /// A `limanet run` of these short scripts that takes longer is broken.
@@ -61,6 +61,40 @@ fn run_udhcpc_gets_192_168_5_15() {
         "{}",
         out.all()
     );
+}
+
+/// `--mtu 65520` (the largest Lima allows): DHCP announces it, the guest applies it, and large
+/// frames cross the network both to the host's loopback (HTTP) and to the gateway (a 60000-byte
+/// ping answered locally).
+#[test]
+fn run_mtu_65520_by_dhcp_and_large_frames() {
+    let env = Env::new("mtu");
+    let http = HttpServer::start(&env.th.host, loopback(0), None).expect("http");
+    let port = http.addr().port();
+    let script = format!(
+        "busybox udhcpc -i tap0 -s {} -q -n -f -t 10 -T 1 -O mtu || exit 20\n\
+         echo LINKMTU=$(ip -o link show dev tap0 | sed 's/.* mtu \\([0-9]*\\).*/\\1/')\n\
+         echo SHA=$(busybox wget -q -O - http://192.168.5.2:{port}/bytes/3000000?seed=6 | sha256sum | cut -d' ' -f1)\n\
+         busybox ping -c 1 -W 3 -s 60000 192.168.5.2 > /dev/null 2>&1; echo BIGPING=$?\n",
+        env.udhcpc_script.display()
+    );
+    let out = env.run_sh(&["--no-configure", "--mtu", "65520"], &script, RUN_TIMEOUT);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let lease = Lease::parse(&out.stdout).unwrap_or_else(|| panic!("no lease\n{}", out.all()));
+    assert_eq!(lease.mtu, Some(65520), "{}", out.all());
+    assert_eq!(
+        out.value("LINKMTU").as_deref(),
+        Some("65520"),
+        "{}",
+        out.all()
+    );
+    assert_eq!(
+        out.value("SHA"),
+        Some(PatternReader::new(6, 3_000_000).sha256()),
+        "{}",
+        out.all()
+    );
+    assert_eq!(out.value("BIGPING").as_deref(), Some("0"), "{}", out.all());
 }
 
 /// The configured TAP (192.168.5.15) reaches a server on the host's 127.0.0.1 through the
@@ -117,7 +151,8 @@ fn run_reaches_host_loopback_and_fake_internet() {
 }
 
 /// The embedded DNS at 192.168.5.3, as the command's resolv.conf names it: Lima's names
-/// (`lima-<instance>`, `host.lima.internal`), `--host` entries, and a name only the upstream
+/// (`lima-<instance>`, `host.lima.internal`), `--host` entries (NAME=IP and NAME=OTHER-NAME),
+/// and a name only the upstream
 /// stub knows; through busybox nslookup and through getent (the command's libc resolver).
 #[test]
 fn run_dns_through_192_168_5_3() {
@@ -128,6 +163,7 @@ fn run_dns_through_192_168_5_3() {
          busybox nslookup host.lima.internal 192.168.5.3 2>&1 | sed 's/^/NS2 /'\n\
          busybox nslookup static.example.test 192.168.5.3 2>&1 | sed 's/^/NS3 /'\n\
          busybox nslookup {STUB_NAME} 192.168.5.3 2>&1 | sed 's/^/NS4 /'\n\
+         busybox nslookup alias.example.test 192.168.5.3 2>&1 | sed 's/^/NS5 /'\n\
          echo GETENT1=$(getent ahostsv4 host.lima.internal | head -n1 | cut -d' ' -f1)\n\
          echo GETENT2=$(getent ahostsv4 {STUB_NAME} | head -n1 | cut -d' ' -f1)\n\
          if busybox nslookup nosuch.example.test 192.168.5.3 > /dev/null 2>&1; then echo NX=resolved; else echo NX=failed; fi\n"
@@ -138,6 +174,8 @@ fn run_dns_through_192_168_5_3() {
             "test",
             "--host",
             "static.example.test=198.51.100.7",
+            "--host",
+            "alias.example.test=host.lima.internal",
         ],
         &script,
         RUN_TIMEOUT,
@@ -163,6 +201,8 @@ fn run_dns_through_192_168_5_3() {
     assert_eq!(answer("NS2 "), ["192.168.5.2"], "{}", out.all());
     assert_eq!(answer("NS3 "), ["198.51.100.7"], "{}", out.all());
     assert_eq!(answer("NS4 "), [STUB_ADDR.to_string()], "{}", out.all());
+    // NAME=OTHER-NAME: an alias of a name limanet knows.
+    assert_eq!(answer("NS5 "), ["192.168.5.2"], "{}", out.all());
     assert_eq!(
         out.value("GETENT1").as_deref(),
         Some("192.168.5.2"),
@@ -246,6 +286,32 @@ fn run_returns_exit_status_and_leaves_nothing_behind() {
     cmd.args(["--", "/nonexistent/limanet-test-program"]);
     let st = cmd.output().expect("limanet run");
     assert!(!st.status.success());
+}
+
+/// SIGTERM to `limanet run` is passed on to the command; limanet then exits with the
+/// command's status (128+15 for a shell killed by it) and leaves nothing behind.
+#[test]
+fn run_passes_sigterm_to_the_command() {
+    let env = Env::new("term");
+    let mut cmd = env.limanet("run");
+    cmd.args(["--", "sh", "-c", "echo STARTED; exec sleep 30"]);
+    let mut child = ChildGuard::spawn("limanet-run", &mut cmd).expect("spawn limanet run");
+    limanet_testkit::wait_for("the command to start", Duration::from_secs(20), || {
+        child.stdout().contains("STARTED")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", child.logs()));
+    let pid = libc::pid_t::try_from(child.id()).expect("pid");
+    // SAFETY: signalling the limanet process this test started (only it, not its group).
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let status = child
+        .wait_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("limanet run ignored SIGTERM: {e}\n{}", child.logs()));
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{}", child.logs());
+    let resolv = std::env::temp_dir().join(format!("limanet-resolv-{}.conf", child.id()));
+    assert!(!resolv.exists(), "{} left behind", resolv.display());
+    assert!(env.th.host.pids().unwrap_or_default().is_empty());
 }
 
 /// UDP both ways: guest -> echo server on the host's 127.0.0.1 via 192.168.5.2, and host ->
@@ -401,9 +467,12 @@ fn skip_headers(r: &mut impl BufRead) -> std::io::Result<()> {
 }
 
 const CONNECTIONS: usize = 500;
+/// Connecting threads (SYNs arrive in parallel bursts, not one after the other).
+const CONNECTORS: usize = 10;
 
-/// 500 TCP connections open at once from the guest to an echo server on the host's loopback,
-/// each carrying its own message.
+/// 500 TCP connections open at once from the guest to an echo server on the host's loopback:
+/// opened by 10 threads in parallel, all established before any data flows, then each carries
+/// its own message back and forth and ends with a clean end of stream.
 #[test]
 fn five_hundred_concurrent_connections() {
     raise_nofile();
@@ -411,42 +480,86 @@ fn five_hundred_concurrent_connections() {
     let echo = TcpEchoServer::start(&env.th.host, loopback(0)).expect("echo");
     let server = SocketAddr::from(([192, 168, 5, 2], echo.addr().port()));
     let u = env.usernet(&[]);
-    let result = u
+    let results: Vec<std::io::Result<usize>> = u
         .guest
-        .run_in(move || -> std::io::Result<usize> {
-            let mut conns = Vec::with_capacity(CONNECTIONS);
-            for _ in 0..CONNECTIONS {
-                let s = TcpStream::connect_timeout(&server, Duration::from_secs(10))?;
-                s.set_read_timeout(Some(Duration::from_secs(20)))?;
-                conns.push(s);
-            }
-            // All open: now every one talks.
-            for (i, s) in conns.iter_mut().enumerate() {
-                writeln!(s, "connection {i:04}")?;
-            }
-            let mut ok = 0;
-            for (i, s) in conns.iter_mut().enumerate() {
-                let want = format!("connection {i:04}\n");
-                let mut buf = vec![0u8; want.len()];
-                s.read_exact(&mut buf)?;
-                if buf == want.as_bytes() {
-                    ok += 1;
-                }
-            }
-            for s in &conns {
-                s.shutdown(Shutdown::Write)?;
-            }
-            // Each side sees a clean end of stream.
-            for s in conns.iter_mut() {
-                let mut rest = Vec::new();
-                s.read_to_end(&mut rest)?;
-                if !rest.is_empty() {
-                    return Err(std::io::Error::other("extra data after echo"));
-                }
-            }
-            Ok(ok)
+        .run_in(move || {
+            // Threads started here inherit this thread's (the guest's) network namespace.
+            let barrier = std::sync::Barrier::new(CONNECTORS);
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..CONNECTORS)
+                    .map(|t| {
+                        let barrier = &barrier;
+                        scope.spawn(move || echo_connections(server, t, barrier))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err(std::io::Error::other("thread panicked")))
+                    })
+                    .collect()
+            })
         })
-        .expect("netns")
-        .unwrap_or_else(|e| panic!("connections failed: {e}\n{}", u.daemon.logs()));
-    assert_eq!(result, CONNECTIONS);
+        .expect("netns");
+    let mut total = 0;
+    for r in results {
+        match r {
+            Ok(n) => total += n,
+            Err(e) => panic!("connections failed: {e}\n{}", u.daemon.logs()),
+        }
+    }
+    assert_eq!(total, CONNECTIONS);
+}
+
+/// One connecting thread: opens its share of the connections, waits until every thread has
+/// opened all of its own, then sends one message per connection and reads it back. Returns how
+/// many came back intact.
+fn echo_connections(
+    server: SocketAddr,
+    thread: usize,
+    all_open: &std::sync::Barrier,
+) -> std::io::Result<usize> {
+    let per_thread = CONNECTIONS / CONNECTORS;
+    let mut conns = Vec::with_capacity(per_thread);
+    let mut opened = Ok(());
+    for _ in 0..per_thread {
+        let conn = TcpStream::connect_timeout(&server, Duration::from_secs(10))
+            .and_then(|s| s.set_read_timeout(Some(Duration::from_secs(20))).map(|_| s));
+        match conn {
+            Ok(s) => conns.push(s),
+            Err(e) => {
+                opened = Err(e);
+                break;
+            }
+        }
+    }
+    // Always reach the barrier, so a failing thread cannot hang the others.
+    all_open.wait();
+    opened?;
+    let tag = |i: usize| format!("thread {thread:02} connection {i:03}\n");
+    for (i, s) in conns.iter_mut().enumerate() {
+        s.write_all(tag(i).as_bytes())?;
+    }
+    let mut ok = 0;
+    for (i, s) in conns.iter_mut().enumerate() {
+        let want = tag(i);
+        let mut buf = vec![0u8; want.len()];
+        s.read_exact(&mut buf)?;
+        if buf == want.as_bytes() {
+            ok += 1;
+        }
+    }
+    for s in &conns {
+        s.shutdown(Shutdown::Write)?;
+    }
+    // The echo server closes after our end of stream: nothing more arrives.
+    for s in conns.iter_mut() {
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest)?;
+        if !rest.is_empty() {
+            return Err(std::io::Error::other("extra data after the echo"));
+        }
+    }
+    Ok(ok)
 }

@@ -43,7 +43,8 @@ fn guest_on(env: &Env, listen: &[&str], socket: &Path, backend: &str) {
          grep -q '{STUB_ADDR}' /tmp/ns1 || exit 11\n\
          nslookup lima-qemu 192.168.5.3 > /tmp/ns2 2>&1; cat /tmp/ns2\n\
          grep -q 192.168.5.15 /tmp/ns2 || exit 12\n\
-         ping -c 1 -W 5 192.168.5.2 || exit 13\n"
+         ping -c 1 -W 5 192.168.5.2 || exit 13\n\
+         ping -c 1 -W 5 203.0.113.2 || exit 14\n"
     );
     let out: GuestOutput = QemuGuest::spawn(
         &QemuOptions {

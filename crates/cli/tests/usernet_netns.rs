@@ -241,13 +241,13 @@ fn run_ping_gateway_internet_and_nobody() {
 }
 
 /// `limanet run` returns the command's exit status, and when it returns nothing is left: no
-/// process or network namespace (by inode), no resolv.conf temp file.
+/// command process (so no namespace), no TAP, no resolv.conf copy or bind mount.
 #[test]
 fn run_returns_exit_status_and_leaves_nothing_behind() {
     let env = Env::new("exit");
     let out = env.run_sh(
         &[],
-        "echo NETNS=$(readlink /proc/self/ns/net)\nexit 7\n",
+        "echo NETNS=$(readlink /proc/self/ns/net)\necho PID=$$\nexit 7\n",
         RUN_TIMEOUT,
     );
     assert_eq!(out.code, Some(7), "{}", out.all());
@@ -256,22 +256,21 @@ fn run_returns_exit_status_and_leaves_nothing_behind() {
     let host_ns = std::fs::read_link(format!("/run/netns/{}", env.th.host.name()))
         .map(|p| p.display().to_string())
         .unwrap_or_default();
-    assert_ne!(ns, host_ns);
-    // No process anywhere is still in the command's namespace.
-    let holders: Vec<String> = std::fs::read_dir("/proc")
-        .expect("list /proc")
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            std::fs::read_link(e.path().join("ns/net"))
-                .map(|p| p.display().to_string() == ns)
-                .unwrap_or(false)
-        })
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    assert!(holders.is_empty(), "processes still in {ns}: {holders:?}");
-    // Nor is the namespace bind-mounted anywhere.
+    assert_ne!(ns, host_ns, "the command must get its own namespace");
+    // The command is gone (its pid is free, or reused by a process elsewhere), so its
+    // namespace is too: limanet never pins it with a mount. (Namespace inode numbers are
+    // reused at once, so a scan of /proc for that number could see another test's namespace.)
+    let pid = out.value("PID").unwrap_or_default();
+    assert!(!pid.is_empty(), "{}", out.all());
+    let still_there = std::fs::read_link(format!("/proc/{pid}/ns/net"))
+        .map(|p| p.display().to_string() == ns)
+        .unwrap_or(false);
+    assert!(!still_there, "the command (pid {pid}) still runs in {ns}");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    assert!(!mounts.contains(&ns), "{ns} still mounted");
+    assert!(
+        !mounts.contains("limanet-resolv-"),
+        "a resolv.conf bind mount leaked into the caller's mount namespace"
+    );
     let resolv = out.resolv_conf_copy();
     assert!(!resolv.exists(), "{} left behind", resolv.display());
     // limanet itself is gone, and the host netns has no leftover TAP.
@@ -279,13 +278,17 @@ fn run_returns_exit_status_and_leaves_nothing_behind() {
     let links = env.th.host.run("ip", &["-o", "link"]).unwrap_or_default();
     assert!(!links.contains("tap0"), "{links}");
 
-    // A failing command's status comes through too, and a missing program is an error.
+    // Success comes through as 0, and a program that cannot be executed fails like a shell's
+    // 127, without leaving its resolv.conf copy.
     let out = env.run_sh(&[], "exit 0", RUN_TIMEOUT);
     assert_eq!(out.code, Some(0), "{}", out.all());
     let mut cmd = env.limanet("run");
     cmd.args(["--", "/nonexistent/limanet-test-program"]);
-    let st = cmd.output().expect("limanet run");
-    assert!(!st.status.success());
+    let mut child = ChildGuard::spawn("limanet-run", &mut cmd).expect("spawn limanet run");
+    let status = child.wait_timeout(RUN_TIMEOUT).expect("limanet run exits");
+    assert_eq!(status.code(), Some(127), "{}", child.logs());
+    let resolv = std::env::temp_dir().join(format!("limanet-resolv-{}.conf", child.id()));
+    assert!(!resolv.exists(), "{} left behind", resolv.display());
 }
 
 /// SIGTERM to `limanet run` is passed on to the command; limanet then exits with the

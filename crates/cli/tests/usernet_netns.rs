@@ -153,7 +153,8 @@ fn run_reaches_host_loopback_and_fake_internet() {
 /// The embedded DNS at 192.168.5.3, as the command's resolv.conf names it: Lima's names
 /// (`lima-<instance>`, `host.lima.internal`), `--host` entries (NAME=IP and NAME=OTHER-NAME),
 /// and a name only the upstream
-/// stub knows; through busybox nslookup and through getent (the command's libc resolver).
+/// stub knows; through busybox nslookup, dig (UDP and TCP) and getent (the command's libc
+/// resolver).
 #[test]
 fn run_dns_through_192_168_5_3() {
     let env = Env::new("dns");
@@ -166,6 +167,8 @@ fn run_dns_through_192_168_5_3() {
          busybox nslookup alias.example.test 192.168.5.3 2>&1 | sed 's/^/NS5 /'\n\
          echo GETENT1=$(getent ahostsv4 host.lima.internal | head -n1 | cut -d' ' -f1)\n\
          echo GETENT2=$(getent ahostsv4 {STUB_NAME} | head -n1 | cut -d' ' -f1)\n\
+         echo DIGTCP=$(dig +tcp +short +time=5 +tries=1 @192.168.5.3 lima-test A)\n\
+         echo DIGUDP=$(dig +notcp +short +time=5 +tries=1 @192.168.5.3 {STUB_NAME} A)\n\
          if busybox nslookup nosuch.example.test 192.168.5.3 > /dev/null 2>&1; then echo NX=resolved; else echo NX=failed; fi\n"
     );
     let out = env.run_sh(
@@ -216,6 +219,19 @@ fn run_dns_through_192_168_5_3() {
         out.all()
     );
     assert_eq!(out.value("NX").as_deref(), Some("failed"), "{}", out.all());
+    // DNS over TCP to 192.168.5.3 works too (dig).
+    assert_eq!(
+        out.value("DIGTCP").as_deref(),
+        Some("192.168.5.15"),
+        "{}",
+        out.all()
+    );
+    assert_eq!(
+        out.value("DIGUDP"),
+        Some(STUB_ADDR.to_string()),
+        "{}",
+        out.all()
+    );
     // The stub really was asked (limanet did not make the answer up).
     assert!(
         env.stub.count(STUB_NAME) > 0,

@@ -4,7 +4,9 @@
 //! embedded DNS (bind-mounted in a private mount namespace). Nothing is left behind: the
 //! namespaces die with the command.
 
-use super::usernet::{attach_dns, attach_namespaces, termination_signals, NetworkArgs};
+use super::usernet::{
+    attach_dns, attach_namespaces, drop_privileges, termination_signals, NetworkArgs,
+};
 use anyhow::{bail, Context, Result};
 use limanet_runtime::{Exit, Network, Options};
 use std::ffi::CString;
@@ -195,7 +197,6 @@ pub fn run(args: Args) -> Result<u8> {
             &args.tap_name,
             !args.no_configure,
         )?;
-        let dns = args.net.start_dns(&cfg)?;
         let opts = Options {
             listen: Vec::new(),
             packet_ports,
@@ -204,7 +205,9 @@ pub fn run(args: Args) -> Result<u8> {
             stop_fds: vec![signals, pidfd_open(pid)?],
             persistent: true,
         };
-        let mut net = Network::new(cfg, opts)?;
+        let mut net = Network::new(cfg.clone(), opts)?;
+        drop_privileges()?;
+        let dns = args.net.start_dns(&cfg)?;
         attach_dns(&mut net, &dns)?;
         Ok((net, dns))
     })();

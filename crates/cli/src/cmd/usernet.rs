@@ -266,6 +266,57 @@ pub fn termination_signals() -> Result<OwnedFd> {
     }
 }
 
+/// Once namespaces, TAP devices and listening sockets exist, root's powers are no longer needed:
+/// drop every capability but `CAP_NET_RAW` (raw ICMP sockets, where unprivileged ping sockets
+/// are refused) and forbid regaining any. Called before other threads start, so all inherit it.
+/// A no-op for unprivileged users, who have no capabilities to drop.
+pub fn drop_privileges() -> Result<()> {
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("PR_SET_NO_NEW_PRIVS");
+    }
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const CAP_NET_RAW: u32 = 13;
+    const VERSION_3: u32 = 0x2008_0522;
+    let keep = 1u32 << CAP_NET_RAW;
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let data = [
+        Data {
+            effective: keep,
+            permitted: keep,
+            inheritable: 0,
+        },
+        Data {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        },
+    ];
+    // SAFETY: capset with a version-3 header and two data words, as the kernel expects.
+    if unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("dropping capabilities");
+    }
+    info!("dropped all capabilities but CAP_NET_RAW");
+    Ok(())
+}
+
 /// A pid file that is removed when dropped.
 pub struct PidFile(PathBuf);
 
@@ -344,7 +395,6 @@ pub fn run(mut args: Args) -> Result<u8> {
         attach_namespaces(&mut cfg, &args.netns, &args.tap_name, !args.no_configure)?;
 
     let signals = termination_signals()?;
-    let dns = args.net.start_dns(&cfg)?;
     let opts = Options {
         listen: listen.clone(),
         packet_ports,
@@ -363,7 +413,9 @@ pub fn run(mut args: Args) -> Result<u8> {
         cfg.dhcp_start,
         cfg.mtu
     );
-    let mut net = Network::new(cfg, opts)?;
+    let mut net = Network::new(cfg.clone(), opts)?;
+    drop_privileges()?;
+    let dns = args.net.start_dns(&cfg)?;
     attach_dns(&mut net, &dns)?;
     let _pidfile = args.pidfile.as_deref().map(PidFile::create).transpose()?;
     info!("user-mode network ready: {summary}");

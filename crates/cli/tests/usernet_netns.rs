@@ -342,10 +342,10 @@ fn udp_echo_both_ways() {
     let hport = host_echo.addr().port();
     let fwd_port = free_udp_port(&env.th);
     let u = env.usernet(&["--forward", &format!("udp:127.0.0.1:{fwd_port}:5353")]);
-    let _guest_echo = UdpEchoServer::start(&u.guest, any(5353)).expect("guest udp echo");
+    let _guest_echo = UdpEchoServer::start(u.guest(), any(5353)).expect("guest udp echo");
 
     let got = u
-        .guest
+        .guest()
         .run_in(move || udp_roundtrip(SocketAddr::from(([192, 168, 5, 2], hport)), b"to-host"))
         .expect("netns");
     assert_eq!(got.as_deref(), Some(&b"to-host"[..]), "{}", u.daemon.logs());
@@ -407,7 +407,7 @@ fn tcp_forward_host_to_guest() {
     let env = Env::new("fwd");
     let fwd_port = free_tcp_port(&env.th);
     let u = env.usernet(&["--forward", &format!("tcp:{fwd_port}:8080")]);
-    let _guest_http = HttpServer::start(&u.guest, any(8080), None).expect("guest http");
+    let _guest_http = HttpServer::start(u.guest(), any(8080), None).expect("guest http");
     env.th
         .host
         .wait_for_port(loopback(fwd_port), Duration::from_secs(10))
@@ -438,7 +438,7 @@ fn hundred_megabytes_each_way_with_checksum() {
     let server = SocketAddr::from(([192, 168, 5, 2], port));
 
     let (down_sha, down_len) = u
-        .guest
+        .guest()
         .run_in(move || -> std::io::Result<(String, u64)> {
             let mut s = TcpStream::connect_timeout(&server, Duration::from_secs(10))?;
             s.set_read_timeout(Some(Duration::from_secs(30)))?;
@@ -453,7 +453,7 @@ fn hundred_megabytes_each_way_with_checksum() {
     assert_eq!(down_sha, PatternReader::new(11, BIG).sha256());
 
     let reply = u
-        .guest
+        .guest()
         .run_in(move || -> std::io::Result<String> {
             let mut s = TcpStream::connect_timeout(&server, Duration::from_secs(10))?;
             s.set_read_timeout(Some(Duration::from_secs(30)))?;
@@ -500,7 +500,7 @@ fn five_hundred_concurrent_connections() {
     let server = SocketAddr::from(([192, 168, 5, 2], echo.addr().port()));
     let u = env.usernet(&[]);
     let results: Vec<std::io::Result<usize>> = u
-        .guest
+        .guest()
         .run_in(move || {
             // Threads started here inherit this thread's (the guest's) network namespace.
             let barrier = std::sync::Barrier::new(CONNECTORS);
@@ -581,4 +581,63 @@ fn echo_connections(
         }
     }
     Ok(ok)
+}
+
+/// Two namespaces on one network get distinct addresses (.15 and .16) and reach each other
+/// through limanet's switch (TCP both ways, ping), while still reaching the host's loopback.
+#[test]
+fn two_namespaces_on_one_network_reach_each_other() {
+    let env = Env::new("two");
+    let host_echo = TcpEchoServer::start(&env.th.host, loopback(0)).expect("host echo");
+    let hport = host_echo.addr().port();
+    let u = env.usernet_with(2, &[]);
+    let (a, b) = (&u.guests[0], &u.guests[1]);
+    let _echo_a = TcpEchoServer::start(a, any(7)).expect("echo in a");
+    let _echo_b = TcpEchoServer::start(b, any(7)).expect("echo in b");
+    let roundtrip = |to: SocketAddr, msg: &'static [u8]| -> std::io::Result<Vec<u8>> {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(10))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(msg)?;
+        s.shutdown(Shutdown::Write)?;
+        let mut got = Vec::new();
+        s.read_to_end(&mut got)?;
+        Ok(got)
+    };
+    let to_b = a
+        .run_in(|| roundtrip(SocketAddr::from(([192, 168, 5, 16], 7)), b"a-to-b"))
+        .expect("netns");
+    assert_eq!(
+        to_b.ok().as_deref(),
+        Some(&b"a-to-b"[..]),
+        "{}",
+        u.daemon.logs()
+    );
+    let to_a = b
+        .run_in(|| roundtrip(SocketAddr::from(([192, 168, 5, 15], 7)), b"b-to-a"))
+        .expect("netns");
+    assert_eq!(
+        to_a.ok().as_deref(),
+        Some(&b"b-to-a"[..]),
+        "{}",
+        u.daemon.logs()
+    );
+    let host = b
+        .run_in(|| roundtrip(SocketAddr::from(([192, 168, 5, 2], hport)), b"b-to-host"))
+        .expect("netns");
+    assert_eq!(
+        host.ok().as_deref(),
+        Some(&b"b-to-host"[..]),
+        "{}",
+        u.daemon.logs()
+    );
+    let ping = output_in(
+        a,
+        "busybox",
+        &["ping", "-c", "1", "-W", "3", "192.168.5.16"],
+    );
+    assert!(
+        ping.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
 }

@@ -248,23 +248,33 @@ impl Env {
     /// Starts `limanet usernet` attached (through a TAP) to a fresh guest netns, configured
     /// as 192.168.5.15 unless `extra` has `--no-configure`.
     pub fn usernet(&self, extra: &[&str]) -> Usernet {
-        let guest = Netns::new("lng").expect("guest netns");
-        let pidfile = self.dir.join(&format!("usernet-{}.pid", guest.name()));
+        self.usernet_with(1, extra)
+    }
+
+    /// Starts `limanet usernet` attached to `count` fresh guest namespaces; configured ones get
+    /// 192.168.5.15, .16, ... in order.
+    pub fn usernet_with(&self, count: u8, extra: &[&str]) -> Usernet {
+        let guests: Vec<Netns> = (0..count)
+            .map(|_| Netns::new("lng").expect("guest netns"))
+            .collect();
+        let pidfile = self.dir.join(&format!("usernet-{}.pid", guests[0].name()));
         let mut cmd = self.limanet("usernet");
-        cmd.arg("--netns")
-            .arg(guest.path())
-            .arg("--pidfile")
-            .arg(&pidfile)
-            .args(extra);
+        for g in &guests {
+            cmd.arg("--netns").arg(g.path());
+        }
+        cmd.arg("--pidfile").arg(&pidfile).args(extra);
         let daemon = ChildGuard::spawn("limanet-usernet", &mut cmd).expect("spawn usernet");
-        let u = Usernet { daemon, guest };
+        let u = Usernet { daemon, guests };
         if let Err(e) = wait_for_path(&pidfile, Duration::from_secs(20)) {
             panic!("limanet usernet did not start: {e}\n{}", u.daemon.logs());
         }
         if !extra.contains(&"--no-configure") {
-            u.guest
-                .wait_for_addr("192.168.5.15".parse().expect("ip"), Duration::from_secs(10))
-                .expect("tap0 configured");
+            for (i, g) in u.guests.iter().enumerate() {
+                let ip = std::net::IpAddr::from([192, 168, 5, 15 + i as u8]);
+                if let Err(e) = g.wait_for_addr(ip, Duration::from_secs(10)) {
+                    panic!("tap0 not configured: {e}\n{}", u.daemon.logs());
+                }
+            }
         }
         u
     }
@@ -307,13 +317,20 @@ impl RunOutput {
     }
 }
 
-/// A `limanet usernet` daemon attached to a guest netns. Drop order: the daemon first, then the
-/// namespace.
+/// A `limanet usernet` daemon attached to guest namespaces. Drop order: the daemon first, then
+/// the namespaces.
 pub struct Usernet {
     /// The daemon (killed on drop).
     pub daemon: ChildGuard,
-    /// The guest's network namespace (tap0 inside).
-    pub guest: Netns,
+    /// The guests' network namespaces (tap0 inside each), in `--netns` order.
+    pub guests: Vec<Netns>,
+}
+
+impl Usernet {
+    /// The first guest's namespace.
+    pub fn guest(&self) -> &Netns {
+        &self.guests[0]
+    }
 }
 
 /// Runs a short command in `ns` and returns its output whatever its status.

@@ -90,6 +90,10 @@ struct Flow {
     fin_sent: bool,
     ack_pending: bool,
     dup_acks: u8,
+    /// Highest sequence number sent when the last go-back started. Duplicate ACKs for data
+    /// sent before it are echoes of that loss and must not start another go-back
+    /// (the NewReno recovery point, RFC 6582).
+    recover: u32,
     retries: u8,
     rto: Duration,
     deadline: Option<Instant>,
@@ -229,6 +233,7 @@ impl TcpTable {
             fin_sent: false,
             ack_pending: false,
             dup_acks: 0,
+            recover: iss,
             retries: 0,
             rto: RTO_INITIAL,
             deadline: None,
@@ -344,8 +349,8 @@ impl TcpTable {
                 && !seg.has(F::FIN)
                 && window == flow.snd_wnd
             {
-                flow.dup_acks += 1;
-                if flow.dup_acks == 3 {
+                flow.dup_acks = flow.dup_acks.saturating_add(1);
+                if flow.dup_acks == 3 && !seq_lt(flow.snd_una, flow.recover) {
                     // Fast retransmit: go back to the first unacknowledged byte.
                     go_back(flow);
                     self.stats.retransmits += 1;
@@ -843,6 +848,9 @@ impl TcpTable {
 
 /// Retransmit from the first unacknowledged byte.
 fn go_back(flow: &mut Flow) {
+    if seq_lt(flow.recover, flow.snd_nxt) {
+        flow.recover = flow.snd_nxt;
+    }
     flow.snd_nxt = flow.snd_una;
     flow.dup_acks = 0;
     if flow.fin_sent {

@@ -1107,3 +1107,72 @@ mod random_input {
         }
     }
 }
+
+#[test]
+fn tcp_duplicate_ack_burst_goes_back_once() {
+    // Regression: every three duplicate ACKs used to start a new full-window resend, and the
+    // guest's duplicate ACKs for the resent data started more: the output grew without bound.
+    let (mut stack, mut host, port, now) = setup();
+    let c = open(&mut stack, &mut host, now, port, 40400, remote(80));
+    host.push_recv(c.sock, &vec![7; 20 * 1460]);
+    stack.on_tcp_readable(&mut host, now, c.sock);
+    assert_eq!(drain_tcp(&mut stack).len(), 20);
+    // The first segment was lost: the guest answers the other 19 with duplicate ACKs.
+    for _ in 0..19 {
+        stack.handle_frame(&mut host, now, port, &tcp_frame(&c.seg(F::ACK, &[])));
+    }
+    stack.end_batch(&mut host);
+    let resent = drain_tcp(&mut stack);
+    let data: Vec<_> = resent.iter().filter(|s| !s.payload.is_empty()).collect();
+    assert_eq!(data.len(), 20, "one go-back resends the window once");
+    assert_eq!(data[0].seq, c.sseq);
+    // Duplicate ACKs caused by the resent segments do not start another round.
+    for _ in 0..40 {
+        stack.handle_frame(&mut host, now, port, &tcp_frame(&c.seg(F::ACK, &[])));
+    }
+    stack.end_batch(&mut host);
+    assert!(drain_tcp(&mut stack).iter().all(|s| s.payload.is_empty()));
+    assert!(host.violations.is_empty());
+}
+
+#[test]
+fn udp_port_forward_to_guest_and_reply() {
+    let (mut stack, mut host, port, now) = setup();
+    use limanet_netstack::Host;
+    let listener = host.udp_open().expect("listener socket");
+    let client = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 40000);
+    // Unknown guest: refused.
+    assert!(stack
+        .udp_forward(now, listener, client, guest(53), b"q")
+        .is_err());
+    drain(&mut stack);
+    send(
+        &mut stack,
+        &mut host,
+        now,
+        port,
+        &arp_request(GUEST_MAC, GUEST_IP, GW_IP),
+    );
+    drain(&mut stack);
+    stack
+        .udp_forward(now, listener, client, guest(53), b"query")
+        .expect("known guest");
+    let (src, dst, payload) = parse_udp(&drain(&mut stack)[0].1).expect("UDP");
+    assert_eq!(
+        *src.ip(),
+        GW_IP,
+        "forwarded datagrams come from the gateway"
+    );
+    assert_eq!((dst, &payload[..]), (guest(53), &b"query"[..]));
+    // The guest's reply goes back to the client through the listener.
+    send(
+        &mut stack,
+        &mut host,
+        now,
+        port,
+        &udp_frame(guest(53), src, b"answer"),
+    );
+    assert_eq!(host.udp[&listener].sent, vec![(client, b"answer".to_vec())]);
+    assert_eq!(host.udp.len(), 1, "no NAT flow for a forwarded reply");
+    assert!(host.violations.is_empty());
+}

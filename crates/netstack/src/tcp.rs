@@ -90,9 +90,10 @@ struct Flow {
     fin_sent: bool,
     ack_pending: bool,
     dup_acks: u8,
-    /// Highest sequence number sent when the last go-back started. Duplicate ACKs for data
-    /// sent before it are echoes of that loss and must not start another go-back
-    /// (the NewReno recovery point, RFC 6582).
+    /// Highest sequence number of data sent when the last go-back started (our FIN excluded:
+    /// it is resent after the data). Duplicate ACKs for data sent before it are echoes of that
+    /// loss and must not start another go-back (the NewReno recovery point, RFC 6582), and
+    /// ACKs up to it are valid even when they pass `snd_nxt`.
     recover: u32,
     retries: u8,
     rto: Duration,
@@ -329,7 +330,13 @@ impl TcpTable {
             let acked = seg.ack.wrapping_sub(flow.snd_una);
             let in_flight = flow.in_flight();
             let window = u32::from(seg.window) << flow.snd_wscale;
-            if acked > 0 && acked <= in_flight {
+            // After a go-back the guest may acknowledge data sent before it, past snd_nxt.
+            let sent = if seq_lt(flow.snd_nxt, flow.recover) {
+                flow.recover.wrapping_sub(flow.snd_una)
+            } else {
+                in_flight
+            };
+            if acked > 0 && acked <= sent {
                 // Our FIN takes one sequence number but no byte in the socket.
                 let fin_acked = flow.fin_sent && seg.ack == flow.snd_nxt;
                 let bytes = acked - u32::from(fin_acked);
@@ -339,6 +346,9 @@ impl TcpTable {
                     }
                 }
                 flow.snd_una = seg.ack;
+                if seq_lt(flow.snd_nxt, seg.ack) {
+                    flow.snd_nxt = seg.ack;
+                }
                 flow.dup_acks = 0;
                 flow.retries = 0;
                 flow.rto = RTO_INITIAL;
@@ -848,8 +858,9 @@ impl TcpTable {
 
 /// Retransmit from the first unacknowledged byte.
 fn go_back(flow: &mut Flow) {
-    if seq_lt(flow.recover, flow.snd_nxt) {
-        flow.recover = flow.snd_nxt;
+    let sent = flow.snd_nxt.wrapping_sub(u32::from(flow.fin_sent));
+    if seq_lt(flow.recover, sent) {
+        flow.recover = sent;
     }
     flow.snd_nxt = flow.snd_una;
     flow.dup_acks = 0;

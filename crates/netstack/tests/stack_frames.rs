@@ -1176,3 +1176,43 @@ fn udp_port_forward_to_guest_and_reply() {
     assert_eq!(host.udp.len(), 1, "no NAT flow for a forwarded reply");
     assert!(host.violations.is_empty());
 }
+
+#[test]
+fn tcp_ack_for_data_sent_before_a_go_back_is_accepted() {
+    // The guest got all data but its ACK was lost; it then shrank its window. The
+    // retransmission timer goes back and resends only one window; the guest's ACK now covers
+    // more than was sent since the go-back. It must be accepted, not ignored until the
+    // retries run out.
+    let (mut stack, mut host, port, now) = setup();
+    let c = open(&mut stack, &mut host, now, port, 40500, remote(80));
+    host.push_recv(c.sock, &vec![9; 10 * 1460]);
+    stack.on_tcp_readable(&mut host, now, c.sock);
+    let sent = drain_tcp(&mut stack);
+    assert_eq!(sent.len(), 10);
+    let high = c.sseq.wrapping_add(10 * 1460);
+    let mut shrink = c.seg(F::ACK, &[]);
+    shrink.window = 1460;
+    send(&mut stack, &mut host, now, port, &tcp_frame(&shrink));
+    let due = stack.poll_timeout().expect("retransmission timer");
+    stack.on_timeout(&mut host, due);
+    let resent = drain_tcp(&mut stack);
+    assert_eq!(resent.len(), 1, "one window resent");
+    let mut full = c.seg(F::ACK, &[]);
+    full.ack = high;
+    send(&mut stack, &mut host, due, port, &tcp_frame(&full));
+    assert_eq!(
+        host.sock(c.sock).consumed,
+        10 * 1460,
+        "everything acknowledged"
+    );
+    // Nothing left in flight: the flow goes on normally.
+    host.push_recv(c.sock, b"next");
+    stack.on_tcp_readable(&mut host, due, c.sock);
+    let out = drain_tcp(&mut stack);
+    let next = out
+        .iter()
+        .find(|s| !s.payload.is_empty())
+        .expect("new data");
+    assert_eq!((next.seq, &next.payload[..]), (high, &b"next"[..]));
+    assert!(host.violations.is_empty(), "{:?}", host.violations);
+}

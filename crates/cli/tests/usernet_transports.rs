@@ -21,6 +21,13 @@ struct Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // SIGTERM first: a clean shutdown, as a user would stop it.
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -28,6 +35,10 @@ impl Drop for Daemon {
 }
 
 fn start(name: &str, listen_flag: &str) -> (Daemon, PathBuf) {
+    start_with(name, listen_flag, &[])
+}
+
+fn start_with(name: &str, listen_flag: &str, extra: &[&str]) -> (Daemon, PathBuf) {
     let dir = std::env::temp_dir().join(format!("limanet-transport-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -44,6 +55,7 @@ fn start(name: &str, listen_flag: &str) -> (Daemon, PathBuf) {
         .arg(&sock)
         .arg("--pidfile")
         .arg(&pidfile)
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -120,7 +132,9 @@ fn datagram_socket_accepts_vfkit_greeting() {
 
 #[test]
 fn lying_length_header_closes_only_that_connection() {
-    let (_daemon, sock) = start("stream", "--listen-qemu");
+    let pcap = std::env::temp_dir().join(format!("limanet-transport-{}.pcap", std::process::id()));
+    let pcap_arg = pcap.to_str().unwrap().to_string();
+    let (daemon, sock) = start_with("stream", "--listen-qemu", &["--pcap", &pcap_arg]);
     let mut good = UnixStream::connect(&sock).unwrap();
     let mut liar = UnixStream::connect(&sock).unwrap();
     liar.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -145,6 +159,18 @@ fn lying_length_header_closes_only_that_connection() {
     let mut reply = vec![0u8; u32::from_be_bytes(header) as usize];
     good.read_exact(&mut reply).unwrap();
     assert_arp_reply(&reply);
+
+    // The capture holds both frames, request and reply, once the daemon has shut down.
+    drop(daemon);
+    let capture = std::fs::read(&pcap).unwrap();
+    let _ = std::fs::remove_file(&pcap);
+    assert_eq!(&capture[..4], &0xa1b2_c3d4u32.to_le_bytes(), "pcap magic");
+    assert_eq!(
+        capture.len(),
+        24 + 2 * 16 + frame.len() + reply.len(),
+        "two records"
+    );
+    assert_eq!(&capture[24 + 16..24 + 16 + frame.len()], &frame[..]);
 }
 
 /// Sends one descriptor with SCM_RIGHTS, as Lima's Go client does: its "empty" payload goes out

@@ -440,6 +440,13 @@ impl Network {
             }
             self.stack.end_batch(&mut self.host);
             self.flush_output();
+            if let Some(p) = &mut self.pcap {
+                // Keep the capture readable while the network runs.
+                if let Err(e) = p.flush() {
+                    warn!(error = %e, "writing the pcap file failed; capture stopped");
+                    self.pcap = None;
+                }
+            }
             if !self.persistent && self.had_port && self.port_sources.is_empty() {
                 self.finish();
                 return Ok(Exit::PortsGone);

@@ -476,6 +476,7 @@ impl TcpTable {
             return;
         }
         let mss = usize::from(flow.guest_mss.min(cfg.mss()));
+        let mut short_read = false;
         loop {
             if flow.host_eof {
                 break;
@@ -529,7 +530,12 @@ impl TcpTable {
                         flow.deadline = Some(now + flow.rto);
                     }
                     if n < want {
-                        break; // Drained for now: the next readable event resumes.
+                        if short_read {
+                            break; // Drained for now: the next readable event resumes.
+                        }
+                        // Peek once more: if the peer also closed, the FIN goes out now rather
+                        // than one round trip later (edge-triggered readiness won't repeat it).
+                        short_read = true;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

@@ -89,6 +89,11 @@ struct Flow {
     /// Our FIN is in `snd_nxt` (sent, maybe not acknowledged).
     fin_sent: bool,
     ack_pending: bool,
+    /// Bytes the guest acknowledged that are still in the host socket; discarded in one call
+    /// at the next flush rather than one call per ACK.
+    unconsumed: u32,
+    /// In `batch` already.
+    batched: bool,
     dup_acks: u8,
     /// Highest sequence number of data sent when the last go-back started (our FIN excluded:
     /// it is resent after the data). Duplicate ACKs for data sent before it are echoes of that
@@ -133,8 +138,11 @@ pub struct TcpTable {
     by_key: HashMap<FlowKey, usize>,
     by_sock: HashMap<SockId, usize>,
     timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
-    /// Flows with an ACK to send at the end of the current batch.
-    ack_queue: Vec<usize>,
+    /// Flows touched by the current batch of guest frames: their ACKs and data go out at its
+    /// end, once per flow.
+    batch: Vec<usize>,
+    /// Time of the current batch.
+    batch_now: Option<Instant>,
     connecting: usize,
     next_generation: u64,
     rng: u64,
@@ -155,7 +163,8 @@ impl TcpTable {
             by_key: HashMap::new(),
             by_sock: HashMap::new(),
             timers: BinaryHeap::new(),
-            ack_queue: Vec::new(),
+            batch: Vec::new(),
+            batch_now: None,
             connecting: 0,
             next_generation: 0,
             rng: seed | 1,
@@ -233,6 +242,8 @@ impl TcpTable {
             host_eof: false,
             fin_sent: false,
             ack_pending: false,
+            unconsumed: 0,
+            batched: false,
             dup_acks: 0,
             recover: iss,
             retries: 0,
@@ -340,11 +351,7 @@ impl TcpTable {
                 // Our FIN takes one sequence number but no byte in the socket.
                 let fin_acked = flow.fin_sent && seg.ack == flow.snd_nxt;
                 let bytes = acked - u32::from(fin_acked);
-                if bytes > 0 {
-                    if let Err(e) = host.tcp_consume(flow.sock, bytes as usize) {
-                        warn!(error = %e, "discarding acknowledged data failed");
-                    }
-                }
+                flow.unconsumed += bytes;
                 flow.snd_una = seg.ack;
                 if seq_lt(flow.snd_nxt, seg.ack) {
                     flow.snd_nxt = seg.ack;
@@ -420,14 +427,13 @@ impl TcpTable {
             refresh_window(host, flow);
             send_flags(out, cfg, flow, F::ACK);
             flow.ack_pending = false;
-        } else if flow.ack_pending {
-            self.ack_queue.push(idx);
         }
-
-        if self.finished(host, idx) {
-            return;
+        if !flow.batched {
+            flow.batched = true;
+            self.batch.push(idx);
         }
-        self.flush(host, out, cfg, now, idx);
+        self.batch_now = Some(now);
+        self.finished(host, idx);
     }
 
     /// Removes a flow whose both directions are closed and acknowledged.
@@ -437,6 +443,10 @@ impl TcpTable {
         };
         if flow.fin_from_guest && flow.fin_sent && flow.in_flight() == 0 {
             debug!(guest = %flow.key.guest, remote = %flow.key.remote, "connection closed");
+            // Unread data would turn the close into a RST.
+            if flow.unconsumed > 0 {
+                let _ = host.tcp_consume(flow.sock, flow.unconsumed as usize);
+            }
             host.tcp_close(flow.sock, false);
             self.remove(idx);
             return true;
@@ -444,10 +454,19 @@ impl TcpTable {
         false
     }
 
-    /// Sends the ACKs accumulated while processing a batch of guest frames.
+    /// Ends a batch of guest frames: each flow it touched sends what its window now allows and
+    /// the ACK it earned (piggybacked on data when there is any).
     pub fn flush_acks(&mut self, host: &mut impl Host, out: &mut Output, cfg: &NetConfig) {
-        let queue = std::mem::take(&mut self.ack_queue);
-        for &idx in &queue {
+        let Some(now) = self.batch_now.take() else {
+            return;
+        };
+        let mut batch = std::mem::take(&mut self.batch);
+        for &idx in &batch {
+            match self.flows.get_mut(idx).and_then(Option::as_mut) {
+                Some(flow) => flow.batched = false,
+                None => continue,
+            }
+            self.flush(host, out, cfg, now, idx);
             if let Some(flow) = self.flows.get_mut(idx).and_then(Option::as_mut) {
                 if flow.ack_pending {
                     flow.ack_pending = false;
@@ -456,8 +475,8 @@ impl TcpTable {
                 }
             }
         }
-        self.ack_queue = queue;
-        self.ack_queue.clear();
+        batch.clear();
+        self.batch = batch;
     }
 
     /// Sends host data (and FIN) to the guest as far as its window allows.
@@ -474,6 +493,13 @@ impl TcpTable {
         };
         if flow.state != State::Established {
             return;
+        }
+        if flow.unconsumed > 0 {
+            // Acknowledged data leaves the socket before anything is peeked past it.
+            if let Err(e) = host.tcp_consume(flow.sock, flow.unconsumed as usize) {
+                warn!(error = %e, "discarding acknowledged data failed");
+            }
+            flow.unconsumed = 0;
         }
         let mss = usize::from(flow.guest_mss.min(cfg.mss()));
         let mut short_read = false;

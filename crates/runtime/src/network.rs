@@ -509,13 +509,7 @@ impl Network {
                     return;
                 };
                 match sys::accept(entry.fd.as_raw_fd()) {
-                    Ok(fd) => match self.host.insert(
-                        fd,
-                        Kind::Tcp {
-                            connecting: false,
-                            peek_offset: None,
-                        },
-                    ) {
+                    Ok(fd) => match self.host.insert_tcp(fd, false) {
                         Ok(sock) => {
                             if let Err(e) =
                                 self.stack

@@ -18,6 +18,8 @@ pub enum Kind {
     Tcp {
         connecting: bool,
         peek_offset: Option<usize>,
+        /// `SO_SNDBUF`, fixed at creation (set explicitly, so the kernel does not autotune it).
+        sndbuf: usize,
     },
     Udp,
     /// An ICMP echo socket; raw sockets deliver the IP header too.
@@ -100,6 +102,19 @@ impl HostSockets {
         Ok(id)
     }
 
+    /// Registers a translated TCP socket (connecting, or accepted on a forward listener).
+    pub fn insert_tcp(&mut self, fd: OwnedFd, connecting: bool) -> io::Result<SockId> {
+        let sndbuf = sys::send_buffer_size(fd.as_raw_fd());
+        self.insert(
+            fd,
+            Kind::Tcp {
+                connecting,
+                peek_offset: None,
+                sndbuf,
+            },
+        )
+    }
+
     /// Deregisters and closes a socket.
     pub fn remove(&mut self, id: SockId) -> Option<Entry> {
         let entry = self.entries.get_mut(id)?.take()?;
@@ -135,13 +150,7 @@ impl HostSockets {
 impl Host for HostSockets {
     fn tcp_connect(&mut self, dst: SocketAddrV4) -> io::Result<SockId> {
         let fd = sys::tcp_connect_nonblocking(dst)?;
-        self.insert(
-            fd,
-            Kind::Tcp {
-                connecting: true,
-                peek_offset: None,
-            },
-        )
+        self.insert_tcp(fd, true)
     }
 
     fn tcp_send(&mut self, id: SockId, data: &[u8]) -> io::Result<usize> {
@@ -149,7 +158,13 @@ impl Host for HostSockets {
     }
 
     fn tcp_send_space(&mut self, id: SockId) -> usize {
-        self.fd(id).map(sys::send_space).unwrap_or(0)
+        match self.get(id) {
+            Some(Entry {
+                fd,
+                kind: Kind::Tcp { sndbuf, .. },
+            }) => sys::send_space(fd.as_raw_fd(), *sndbuf),
+            _ => 0,
+        }
     }
 
     fn tcp_peek(&mut self, id: SockId, offset: usize, bufs: &mut [&mut [u8]]) -> io::Result<usize> {

@@ -130,12 +130,16 @@ pub fn send(fd: RawFd, data: &[u8]) -> io::Result<usize> {
     })
 }
 
-/// Free space in a socket's send buffer: `SO_SNDBUF` minus what is queued (`SIOCOUTQ`), halved
-/// because the kernel also charges its bookkeeping to the same budget.
-pub fn send_space(fd: RawFd) -> usize {
-    let sndbuf = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF)
+/// A socket's send buffer size as the kernel accounts it (`SO_SNDBUF`).
+pub fn send_buffer_size(fd: RawFd) -> usize {
+    getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF)
         .unwrap_or(0)
-        .max(0) as usize;
+        .max(0) as usize
+}
+
+/// Free space in a socket's send buffer of `sndbuf` bytes: minus what is queued (`SIOCOUTQ`),
+/// halved because the kernel also charges its bookkeeping to the same budget.
+pub fn send_space(fd: RawFd, sndbuf: usize) -> usize {
     let mut queued: libc::c_int = 0;
     // SAFETY: SIOCOUTQ writes one c_int.
     let ok = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued) } == 0;

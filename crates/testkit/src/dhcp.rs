@@ -11,7 +11,7 @@ use crate::{ChildGuard, Error, Netns, Result};
 
 /// The udhcpc script: applies address, MTU, default route and resolv.conf (`$RESOLV_CONF`,
 /// default /etc/resolv.conf), and prints one `LIMANET-LEASE key=value...` line.
-pub(crate) const UDHCPC_SCRIPT: &str = r#"#!/bin/sh
+pub const UDHCPC_SCRIPT: &str = r#"#!/bin/sh
 # Applies a busybox udhcpc lease: address, MTU, default route, resolv.conf.
 resolv=${RESOLV_CONF:-/etc/resolv.conf}
 case "$1" in

@@ -29,27 +29,14 @@ pub const STUB_NAME: &str = "upstream-only.example.test";
 /// What the stub answers for [`STUB_NAME`].
 pub const STUB_ADDR: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 3);
 
-/// The udhcpc script used in netns guests: applies address, MTU and default route (never
-/// touches resolv.conf) and prints one `LIMANET-LEASE` line (the testkit's format).
-const UDHCPC_SCRIPT: &str = r#"#!/bin/sh
-case "$1" in
-  deconfig)
-    ip addr flush dev "$interface"
-    ip link set "$interface" up
-    ;;
-  bound|renew)
-    ip addr flush dev "$interface"
-    ip addr add "$ip/${mask:-24}" dev "$interface"
-    [ -n "$mtu" ] && ip link set "$interface" mtu "$mtu"
-    for r in $router; do
-      ip route add default via "$r" dev "$interface"
-      break
-    done
-    echo "LIMANET-LEASE ip=$ip mask=$mask router=$router dns=$(echo $dns | tr ' ' ,) mtu=$mtu domain=$(echo $domain | tr ' ' ,) search=$(echo $search | tr ' ' ,) lease=$lease serverid=$serverid"
-    ;;
-esac
-exit 0
-"#;
+/// The udhcpc script used in netns guests: the testkit's (address, MTU, default route, one
+/// `LIMANET-LEASE` line), with resolv.conf left alone so tests see limanet's own.
+fn udhcpc_script_text() -> String {
+    format!(
+        "#!/bin/sh\nexport RESOLV_CONF=/dev/null\n{}",
+        limanet_testkit::dhcp::UDHCPC_SCRIPT
+    )
+}
 
 /// A scratch directory removed on drop.
 #[derive(Debug)]
@@ -202,7 +189,7 @@ impl Env {
         let resolv = dir.join("resolv.conf");
         std::fs::write(&resolv, "nameserver 127.0.0.1\n").expect("write resolv.conf");
         let udhcpc_script = dir.join("udhcpc.sh");
-        std::fs::write(&udhcpc_script, UDHCPC_SCRIPT).expect("write udhcpc script");
+        std::fs::write(&udhcpc_script, udhcpc_script_text()).expect("write udhcpc script");
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&udhcpc_script, std::fs::Permissions::from_mode(0o755))
             .expect("chmod udhcpc script");

@@ -223,15 +223,15 @@ mod sudoers {
         setup(&env, &sudoers);
         let s = sudoers.display().to_string();
         // `nobody` may not run sudo without a password, so a missing file cannot be excused.
+        // The build directory may not be open to `nobody` (a checkout in a 0700 directory):
+        // run a copy from the test's own world-readable directory.
+        let exe = env.secure.join("limanet");
+        std::fs::copy(env!("CARGO_BIN_EXE_limanet"), &exe).expect("copy limanet");
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         let o = Command::new("runuser")
-            .args([
-                "-u",
-                "nobody",
-                "--",
-                env!("CARGO_BIN_EXE_limanet"),
-                "sudoers",
-                "--check",
-            ])
+            .args(["-u", "nobody", "--"])
+            .arg(&exe)
+            .args(["sudoers", "--check"])
             .env("LIMA_HOME", &env.home)
             .stdin(Stdio::null())
             .output()

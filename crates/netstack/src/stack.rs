@@ -315,10 +315,17 @@ impl Stack {
             .on_connected(host, &mut self.out, &self.cfg, now, sock, result);
     }
 
-    /// A host TCP socket is readable (data or end of stream).
-    pub fn on_tcp_readable(&mut self, host: &mut impl Host, now: Instant, sock: SockId) {
+    /// A host TCP socket is readable; `peer_closed` when the peer's FIN has arrived (after all
+    /// of its data).
+    pub fn on_tcp_readable(
+        &mut self,
+        host: &mut impl Host,
+        now: Instant,
+        sock: SockId,
+        peer_closed: bool,
+    ) {
         self.tcp
-            .on_readable(host, &mut self.out, &self.cfg, now, sock);
+            .on_readable(host, &mut self.out, &self.cfg, now, sock, peer_closed);
     }
 
     /// A host TCP socket is writable again.
@@ -434,7 +441,7 @@ impl Stack {
     }
 
     /// The earliest time [`Stack::on_timeout`] has work to do.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
         [
             self.tcp.poll_timeout(),
             self.udp.poll_timeout(),

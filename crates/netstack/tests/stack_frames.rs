@@ -358,8 +358,14 @@ fn tcp_data_both_ways_and_consumed_on_ack() {
     );
     c.gseq = c.gseq.wrapping_add(req.len() as u32);
     assert_eq!(host.sock(c.sock).send_buf, req);
+    // A little data waits (briefly) for a reply to carry its ACK; none comes, so the timer
+    // sends it alone.
+    assert!(drain_tcp(&mut stack).is_empty(), "ACK delayed");
+    let due = stack.poll_timeout().expect("delayed ACK timer");
+    assert!(due - now <= Duration::from_millis(1));
+    stack.on_timeout(&mut host, due);
     let acks = drain_tcp(&mut stack);
-    assert_eq!(acks.len(), 1, "one ACK per batch");
+    assert_eq!(acks.len(), 1, "one ACK");
     assert_eq!(acks[0].ack, c.gseq);
     // A duplicate of the same data is not sent twice, and is re-acknowledged.
     let mut dup = c.seg(F::ACK | F::PSH, req);
@@ -370,7 +376,7 @@ fn tcp_data_both_ways_and_consumed_on_ack() {
     // Host → guest: 4000 bytes in MSS-sized segments, peeked, not consumed until acknowledged.
     let body: Vec<u8> = (0..4000u32).map(|i| (i * 7) as u8).collect();
     host.push_recv(c.sock, &body);
-    stack.on_tcp_readable(&mut host, now, c.sock);
+    readable(&mut stack, &mut host, now, c.sock);
     let segs = drain_tcp(&mut stack);
     assert_eq!(segs.len(), 3);
     let mut got = Vec::new();
@@ -405,11 +411,56 @@ fn tcp_data_both_ways_and_consumed_on_ack() {
 }
 
 #[test]
+fn tcp_request_response_costs_one_peek_and_the_fin_rides_along() {
+    // Host receive calls are system calls: sending must make none, and a response whose peer
+    // closed right after it goes out, with the request's ACK and the FIN, after one count and
+    // one peek.
+    let (mut stack, mut host, port, now) = setup();
+    let mut c = open(&mut stack, &mut host, now, port, 40220, remote(80));
+    let calls = host.receive_calls;
+    send(
+        &mut stack,
+        &mut host,
+        now,
+        port,
+        &tcp_frame(&c.seg(F::ACK | F::PSH, b"ping")),
+    );
+    c.gseq = c.gseq.wrapping_add(4);
+    assert!(
+        drain_tcp(&mut stack).is_empty(),
+        "the ACK waits for the reply"
+    );
+    assert_eq!(host.receive_calls, calls, "no receive call after sending");
+    host.push_recv(c.sock, b"pong");
+    host.sock(c.sock).eof = true;
+    readable(&mut stack, &mut host, now, c.sock);
+    let out = drain_tcp(&mut stack);
+    assert_eq!(host.receive_calls, calls + 2, "one count, one peek");
+    let segs: Vec<(u8, u32, Vec<u8>)> = out
+        .iter()
+        .map(|s| (s.flags, s.ack, s.payload.clone()))
+        .collect();
+    assert_eq!(
+        segs,
+        vec![
+            (F::ACK | F::PSH, c.gseq, b"pong".to_vec()),
+            (F::FIN | F::ACK, c.gseq, Vec::new())
+        ]
+    );
+    // The reply carried the ACK: the delayed one is not sent as well.
+    if let Some(due) = stack.poll_timeout() {
+        stack.on_timeout(&mut host, due.min(now + Duration::from_millis(5)));
+    }
+    assert!(drain_tcp(&mut stack).is_empty());
+    assert!(host.violations.is_empty());
+}
+
+#[test]
 fn tcp_lost_data_is_retransmitted_from_the_socket() {
     let (mut stack, mut host, port, now) = setup();
     let c = open(&mut stack, &mut host, now, port, 40210, remote(80));
     host.push_recv(c.sock, b"hello world");
-    stack.on_tcp_readable(&mut host, now, c.sock);
+    readable(&mut stack, &mut host, now, c.sock);
     let first = drain_tcp(&mut stack);
     assert_eq!(first[0].payload, b"hello world");
     // The guest never acknowledges: the timer re-peeks the same bytes.
@@ -497,7 +548,7 @@ fn tcp_guest_fin_then_host_fin() {
     // The host still sends (half-close), then closes.
     host.push_recv(c.sock, b"response");
     host.sock(c.sock).eof = true;
-    stack.on_tcp_readable(&mut host, now, c.sock);
+    readable(&mut stack, &mut host, now, c.sock);
     let out = drain_tcp(&mut stack);
     assert_eq!(out[0].payload, b"response");
     // The end of stream is seen in the same round: the FIN follows the data at once.
@@ -527,7 +578,7 @@ fn tcp_host_fin_first_then_guest_keeps_sending() {
     let (mut stack, mut host, port, now) = setup();
     let mut c = open(&mut stack, &mut host, now, port, 40231, remote(80));
     host.sock(c.sock).eof = true;
-    stack.on_tcp_readable(&mut host, now, c.sock);
+    readable(&mut stack, &mut host, now, c.sock);
     let out = drain_tcp(&mut stack);
     assert_eq!(out.len(), 1);
     assert!(out[0].has(F::FIN));
@@ -585,7 +636,7 @@ fn tcp_host_reset_resets_guest() {
     // A reset seen while peeking does the same.
     let c = open(&mut stack, &mut host, now, port, 40242, remote(80));
     host.sock(c.sock).reset = true;
-    stack.on_tcp_readable(&mut host, now, c.sock);
+    readable(&mut stack, &mut host, now, c.sock);
     assert!(drain_tcp(&mut stack)[0].has(F::RST));
     assert_eq!(stack.tcp_flows(), 0);
     assert!(host.violations.is_empty());
@@ -642,7 +693,7 @@ fn tcp_guest_that_vanishes_is_reset_after_retries() {
     let (mut stack, mut host, port, now) = setup();
     let c = open(&mut stack, &mut host, now, port, 40250, remote(80));
     host.push_recv(c.sock, &[1; 3000]);
-    stack.on_tcp_readable(&mut host, now, c.sock);
+    readable(&mut stack, &mut host, now, c.sock);
     drain(&mut stack);
     let mut t = now;
     let mut rounds = 0;
@@ -880,7 +931,7 @@ fn remove_port_resets_its_flows() {
         &ping_frame(GUEST_IP, REMOTE_IP, 1, 1, b""),
     );
     host.push_recv(c.sock, b"data");
-    stack.on_tcp_readable(&mut host, now, c.sock);
+    readable(&mut stack, &mut host, now, c.sock);
     stack.remove_port(&mut host, port);
     assert!(
         stack.out.queue.iter().all(|f| f.port != port),
@@ -1105,7 +1156,7 @@ fn tcp_duplicate_ack_burst_goes_back_once() {
     let (mut stack, mut host, port, now) = setup();
     let c = open(&mut stack, &mut host, now, port, 40400, remote(80));
     host.push_recv(c.sock, &vec![7; 20 * 1460]);
-    stack.on_tcp_readable(&mut host, now, c.sock);
+    readable(&mut stack, &mut host, now, c.sock);
     assert_eq!(drain_tcp(&mut stack).len(), 20);
     // The first segment was lost: the guest answers the other 19 with duplicate ACKs.
     for _ in 0..19 {
@@ -1176,7 +1227,7 @@ fn tcp_ack_for_data_sent_before_a_go_back_is_accepted() {
     let (mut stack, mut host, port, now) = setup();
     let c = open(&mut stack, &mut host, now, port, 40500, remote(80));
     host.push_recv(c.sock, &vec![9; 10 * 1460]);
-    stack.on_tcp_readable(&mut host, now, c.sock);
+    readable(&mut stack, &mut host, now, c.sock);
     let sent = drain_tcp(&mut stack);
     assert_eq!(sent.len(), 10);
     let high = c.sseq.wrapping_add(10 * 1460);
@@ -1197,7 +1248,7 @@ fn tcp_ack_for_data_sent_before_a_go_back_is_accepted() {
     );
     // Nothing left in flight: the flow goes on normally.
     host.push_recv(c.sock, b"next");
-    stack.on_tcp_readable(&mut host, due, c.sock);
+    readable(&mut stack, &mut host, due, c.sock);
     let out = drain_tcp(&mut stack);
     let next = out
         .iter()

@@ -412,6 +412,7 @@ impl Network {
             } else {
                 Some(Duration::ZERO)
             };
+            self.host.recycle_ids();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -480,11 +481,13 @@ impl Network {
                     || event.is_write_closed()
                     || event.is_read_closed()
                 {
-                    if let Some(result) = self.host.finish_connect(id) {
+                    let failure = event.is_error() || event.is_write_closed();
+                    if let Some(result) = self.host.finish_connect(id, failure) {
                         let ok = result.is_ok();
                         self.stack.on_tcp_connected(&mut self.host, now, id, result);
                         if ok && event.is_readable() {
-                            self.stack.on_tcp_readable(&mut self.host, now, id);
+                            let closed = event.is_read_closed();
+                            self.stack.on_tcp_readable(&mut self.host, now, id, closed);
                         }
                     }
                 }
@@ -498,7 +501,8 @@ impl Network {
                     self.stack.on_tcp_writable(&mut self.host, id);
                 }
                 if event.is_readable() || event.is_read_closed() {
-                    self.stack.on_tcp_readable(&mut self.host, now, id);
+                    let closed = event.is_read_closed();
+                    self.stack.on_tcp_readable(&mut self.host, now, id, closed);
                 }
             }
             Kind::Udp | Kind::Icmp { .. } | Kind::UdpForward { .. } => {

@@ -47,10 +47,17 @@ pub struct HostSockets {
     registry: Registry,
     entries: Vec<Option<Entry>>,
     free: Vec<usize>,
+    /// Ids freed since the last poll: not reused before it, so an event already collected for
+    /// a closed socket cannot reach a new one.
+    freed: Vec<usize>,
     /// `SO_PEEK_OFF` works on this kernel; without it, every peek starts at offset 0.
     peek_off_supported: bool,
     /// Prefer unprivileged ping sockets; fall back to raw sockets if they are refused.
     icmp_raw: Option<bool>,
+    /// `SO_SNDBUFFORCE` is still allowed (it is not once capabilities are dropped).
+    force_send_buffer: bool,
+    /// The send buffer size every translated TCP socket gets, once measured.
+    tcp_send_buffer: Option<usize>,
     /// Tokens at or above this belong to the runtime, not to host sockets.
     limit: usize,
 }
@@ -61,8 +68,11 @@ impl HostSockets {
             registry,
             entries: Vec::new(),
             free: Vec::new(),
+            freed: Vec::new(),
             peek_off_supported: true,
             icmp_raw: None,
+            force_send_buffer: true,
+            tcp_send_buffer: None,
             limit,
         }
     }
@@ -104,7 +114,7 @@ impl HostSockets {
 
     /// Registers a translated TCP socket (connecting, or accepted on a forward listener).
     pub fn insert_tcp(&mut self, fd: OwnedFd, connecting: bool) -> io::Result<SockId> {
-        let sndbuf = sys::send_buffer_size(fd.as_raw_fd());
+        let sndbuf = self.set_send_buffer(fd.as_raw_fd());
         self.insert(
             fd,
             Kind::Tcp {
@@ -115,14 +125,35 @@ impl HostSockets {
         )
     }
 
-    /// Deregisters and closes a socket.
+    /// Gives a TCP socket the large send buffer and returns its size; the outcome is the same
+    /// for every socket, so it is learnt once (two system calls saved per connection).
+    fn set_send_buffer(&mut self, fd: i32) -> usize {
+        if self.force_send_buffer {
+            if sys::set_tcp_send_buffer(fd, true).is_ok() {
+                return *self
+                    .tcp_send_buffer
+                    .get_or_insert_with(|| sys::send_buffer_size(fd));
+            }
+            self.force_send_buffer = false;
+            self.tcp_send_buffer = None;
+        }
+        let _ = sys::set_tcp_send_buffer(fd, false);
+        *self
+            .tcp_send_buffer
+            .get_or_insert_with(|| sys::send_buffer_size(fd))
+    }
+
+    /// Forgets and closes a socket. Closing the (never duplicated) descriptor also removes it
+    /// from the poll set, so there is no separate deregistration call.
     pub fn remove(&mut self, id: SockId) -> Option<Entry> {
         let entry = self.entries.get_mut(id)?.take()?;
-        let _ = self
-            .registry
-            .deregister(&mut SourceFd(&entry.fd.as_raw_fd()));
-        self.free.push(id);
+        self.freed.push(id);
         Some(entry)
+    }
+
+    /// Makes the ids freed since the last poll available again; call before polling.
+    pub fn recycle_ids(&mut self) {
+        self.free.append(&mut self.freed);
     }
 
     fn fd(&self, id: SockId) -> io::Result<i32> {
@@ -131,12 +162,19 @@ impl HostSockets {
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
     }
 
-    /// Marks a TCP socket connected; returns the connect result from `SO_ERROR`.
-    pub fn finish_connect(&mut self, id: SockId) -> Option<io::Result<()>> {
+    /// Marks a TCP socket connected; returns the connect result, from `SO_ERROR` when the event
+    /// reported a `failure`.
+    pub fn finish_connect(&mut self, id: SockId, failure: bool) -> Option<io::Result<()>> {
         let entry = self.get_mut(id)?;
         match &mut entry.kind {
             Kind::Tcp { connecting, .. } if *connecting => {
-                let result = sys::take_socket_error(entry.fd.as_raw_fd());
+                let result = match failure {
+                    false => Ok(()),
+                    true => match sys::take_socket_error(entry.fd.as_raw_fd()) {
+                        Ok(()) => Err(io::ErrorKind::ConnectionRefused.into()),
+                        error => error,
+                    },
+                };
                 if result.is_ok() {
                     *connecting = false;
                 }
@@ -165,6 +203,10 @@ impl Host for HostSockets {
             }) => sys::send_space(fd.as_raw_fd(), *sndbuf),
             _ => 0,
         }
+    }
+
+    fn tcp_unread(&mut self, id: SockId) -> io::Result<usize> {
+        sys::unread(self.fd(id)?)
     }
 
     fn tcp_peek(&mut self, id: SockId, offset: usize, bufs: &mut [&mut [u8]]) -> io::Result<usize> {

@@ -80,18 +80,21 @@ fn getsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Resul
 /// do: without a large fixed buffer the window would stay at a few kilobytes.
 const TCP_SEND_BUFFER: libc::c_int = 4 << 20;
 
-/// Gives a translated TCP socket a large send buffer (beyond `wmem_max` when privileged).
-pub fn set_tcp_buffers(fd: RawFd) {
-    if setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, TCP_SEND_BUFFER).is_err() {
-        let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, TCP_SEND_BUFFER);
-    }
+/// Gives a translated TCP socket a large send buffer; `force` goes beyond `wmem_max`, which
+/// needs `CAP_NET_ADMIN`.
+pub fn set_tcp_send_buffer(fd: RawFd, force: bool) -> io::Result<()> {
+    let option = if force {
+        libc::SO_SNDBUFFORCE
+    } else {
+        libc::SO_SNDBUF
+    };
+    setsockopt_int(fd, libc::SOL_SOCKET, option, TCP_SEND_BUFFER)
 }
 
 /// Starts a non-blocking TCP connect; `EINPROGRESS` is success.
 pub fn tcp_connect_nonblocking(dst: SocketAddrV4) -> io::Result<OwnedFd> {
     let fd = socket(libc::AF_INET, libc::SOCK_STREAM, 0)?;
     let _ = setsockopt_int(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
-    set_tcp_buffers(fd.as_raw_fd());
     let sin = sockaddr_in(dst);
     // SAFETY: sin is a valid sockaddr_in for the call's duration.
     let ret = unsafe {
@@ -147,6 +150,14 @@ pub fn send_space(fd: RawFd, sndbuf: usize) -> usize {
         return sndbuf / 2;
     }
     sndbuf.saturating_sub(queued.max(0) as usize) / 2
+}
+
+/// Bytes in a TCP socket's receive queue (`SIOCINQ`), peeked or not.
+pub fn unread(fd: RawFd) -> io::Result<usize> {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: SIOCINQ (FIONREAD) writes one c_int.
+    cvt(unsafe { libc::ioctl(fd, libc::FIONREAD, &mut queued) })?;
+    Ok(queued.max(0) as usize)
 }
 
 pub fn set_peek_offset(fd: RawFd, offset: usize) -> io::Result<()> {
@@ -281,7 +292,6 @@ pub fn accept(fd: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: fresh descriptor.
     let new = unsafe { OwnedFd::from_raw_fd(new) };
     let _ = setsockopt_int(new.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
-    set_tcp_buffers(new.as_raw_fd());
     Ok(new)
 }
 

@@ -13,6 +13,7 @@ use smoltcp::wire::{
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Instant;
 
 pub const GUEST_MAC: MacAddr = [0x52, 0x55, 0x55, 0x00, 0x00, 0x0f];
 pub const GUEST2_MAC: MacAddr = [0x52, 0x55, 0x55, 0x00, 0x00, 0x10];
@@ -78,6 +79,9 @@ pub struct FakeHost {
     pub fail_udp_open: bool,
     pub fail_icmp_open: bool,
     pub violations: Vec<String>,
+    /// Receive-side calls (`tcp_unread`, `tcp_peek`, `tcp_consume`): each is a system call in
+    /// the runtime.
+    pub receive_calls: usize,
 }
 
 impl Default for FakeHost {
@@ -93,6 +97,7 @@ impl Default for FakeHost {
             fail_udp_open: false,
             fail_icmp_open: false,
             violations: Vec::new(),
+            receive_calls: 0,
         }
     }
 }
@@ -200,7 +205,19 @@ impl Host for FakeHost {
             .map_or(0, |s| s.capacity.saturating_sub(s.send_buf.len()))
     }
 
+    fn tcp_unread(&mut self, id: SockId) -> io::Result<usize> {
+        self.receive_calls += 1;
+        let Some(s) = self.live_tcp(id, "unread") else {
+            return Err(io::ErrorKind::NotConnected.into());
+        };
+        if s.reset {
+            return Err(io::ErrorKind::ConnectionReset.into());
+        }
+        Ok(s.recv.len())
+    }
+
     fn tcp_peek(&mut self, id: SockId, offset: usize, bufs: &mut [&mut [u8]]) -> io::Result<usize> {
+        self.receive_calls += 1;
         let Some(s) = self.live_tcp(id, "peek") else {
             return Err(io::ErrorKind::NotConnected.into());
         };
@@ -236,6 +253,7 @@ impl Host for FakeHost {
     }
 
     fn tcp_consume(&mut self, id: SockId, len: usize) -> io::Result<()> {
+        self.receive_calls += 1;
         let Some(s) = self.live_tcp(id, "consume") else {
             return Err(io::ErrorKind::NotConnected.into());
         };
@@ -326,6 +344,13 @@ impl Host for FakeHost {
 // ---------------------------------------------------------------------------------------------
 
 /// RFC 1071 checksum, written independently of the crate's.
+/// Reports a fake socket readable, with its end of stream when the peer has closed, as the
+/// runtime does with `EPOLLRDHUP`.
+pub fn readable(stack: &mut Stack, host: &mut FakeHost, now: Instant, sock: SockId) {
+    let closed = host.tcp.get(&sock).is_some_and(|s| s.eof);
+    stack.on_tcp_readable(host, now, sock, closed);
+}
+
 pub fn inet_checksum(chunks: &[&[u8]]) -> u16 {
     let mut sum: u32 = 0;
     let mut odd: Option<u8> = None;

@@ -20,6 +20,8 @@ pub enum Kind {
         peek_offset: Option<usize>,
         /// `SO_SNDBUF`, fixed at creation (set explicitly, so the kernel does not autotune it).
         sndbuf: usize,
+        /// Nothing was ever sent: the whole buffer is free, no need to ask.
+        unused: bool,
     },
     Udp,
     /// An ICMP echo socket; raw sockets deliver the IP header too.
@@ -121,6 +123,7 @@ impl HostSockets {
                 connecting,
                 peek_offset: None,
                 sndbuf,
+                unused: true,
             },
         )
     }
@@ -192,15 +195,21 @@ impl Host for HostSockets {
     }
 
     fn tcp_send(&mut self, id: SockId, data: &[u8]) -> io::Result<usize> {
-        sys::send(self.fd(id)?, data)
+        let entry = self
+            .get_mut(id)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        if let Kind::Tcp { unused, .. } = &mut entry.kind {
+            *unused = false;
+        }
+        sys::send(entry.fd.as_raw_fd(), data)
     }
 
     fn tcp_send_space(&mut self, id: SockId) -> usize {
         match self.get(id) {
             Some(Entry {
                 fd,
-                kind: Kind::Tcp { sndbuf, .. },
-            }) => sys::send_space(fd.as_raw_fd(), *sndbuf),
+                kind: Kind::Tcp { sndbuf, unused, .. },
+            }) => sys::send_space(fd.as_raw_fd(), *sndbuf, *unused),
             _ => 0,
         }
     }
@@ -219,8 +228,12 @@ impl Host for HostSockets {
             return Err(io::Error::from(io::ErrorKind::InvalidInput));
         };
         if supported {
-            if *peek_offset != Some(offset) {
-                sys::set_peek_offset(fd, offset)?;
+            // While SO_PEEK_OFF is off, peeks start at offset 0: a short-lived or request/
+            // response connection, whose peeks all start there, never needs to turn it on.
+            match *peek_offset {
+                None if offset == 0 => return sys::peek_vectored(fd, bufs),
+                Some(o) if o == offset => {}
+                _ => sys::set_peek_offset(fd, offset)?,
             }
             let n = sys::peek_vectored(fd, bufs)?;
             *peek_offset = Some(offset + n);

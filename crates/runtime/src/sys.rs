@@ -140,9 +140,13 @@ pub fn send_buffer_size(fd: RawFd) -> usize {
         .max(0) as usize
 }
 
-/// Free space in a socket's send buffer of `sndbuf` bytes: minus what is queued (`SIOCOUTQ`),
-/// halved because the kernel also charges its bookkeeping to the same budget.
-pub fn send_space(fd: RawFd, sndbuf: usize) -> usize {
+/// Free space in a socket's send buffer of `sndbuf` bytes: minus what is queued (`SIOCOUTQ`,
+/// not asked when the socket is `unused`), halved because the kernel also charges its
+/// bookkeeping to the same budget.
+pub fn send_space(fd: RawFd, sndbuf: usize, unused: bool) -> usize {
+    if unused {
+        return sndbuf / 2;
+    }
     let mut queued: libc::c_int = 0;
     // SAFETY: SIOCOUTQ writes one c_int.
     let ok = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued) } == 0;

@@ -138,35 +138,28 @@ wait_port 5300
 # --- measurements -----------------------------------------------------------------------------
 record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$results"; }
 
-median() { sort -g | awk '{v[NR]=$1} END {if (NR) print v[int((NR+1)/2)]; else print "fail"}'; }
-
 # iperf3 NAME MTU METRIC TARGET [extra iperf3 args]; runs in the guest (or bench host: loopback).
 iperf() {
   local name=$1 mtu=$2 metric=$3 target=$4; shift 4
-  local runner=gx i bps vals=""
+  local runner=gx bps json why v
   [ "$name" = loopback ] && runner=hx
-  for i in $(seq "$repeat"); do
-    hx iperf3 -s -1 -p 5201 >/dev/null 2>&1 &
-    local server=$!
-    wait_port 5201 || log "iperf3 server did not start"
-    local json why
-    json=$($runner timeout $((secs + 20)) iperf3 -c "$target" -p 5201 -t "$secs" \
-      --connect-timeout 5000 -J "$@" 2>&1) || true
-    if bps=$(jq -er '.end.sum_received.bits_per_second | select(. > 0)' <<<"$json" 2>/dev/null); then
-      vals+="$(awk -v b="$bps" 'BEGIN {printf "%.3f", b / 1e9}')"$'\n'
-    else
-      why=$(jq -r '.error // (if .end then "no data received" else empty end)' <<<"$json" 2>/dev/null || true)
-      why=${why:-$(tail -c 200 <<<"$json" | tr '\n' ' ')}
-      log "$name mtu $mtu $metric: iperf3 failed: $why"
-      notes+=("$name MTU $mtu $metric: iperf3 failed: $why")
-    fi
-    kill "$server" 2>/dev/null || true
-    wait "$server" 2>/dev/null || true
-  done
-  local v
-  v=$(printf "%s" "$vals" | { grep . || true; } | median)
-  log "$name mtu $mtu $metric: $v Gbit/s"
-  record "$name" "$mtu" "$metric" "$v"
+  hx iperf3 -s -1 -p 5201 >/dev/null 2>&1 &
+  local server=$!
+  wait_port 5201 || log "iperf3 server did not start"
+  json=$($runner timeout $((secs + 20)) iperf3 -c "$target" -p 5201 -t "$secs" \
+    --connect-timeout 5000 -J "$@" 2>&1) || true
+  if bps=$(jq -er '.end.sum_received.bits_per_second | select(. > 0)' <<<"$json" 2>/dev/null); then
+    v=$(awk -v b="$bps" 'BEGIN {printf "%.3f", b / 1e9}')
+    log "$name mtu $mtu $metric: $v Gbit/s"
+    record "$name" "$mtu" "$metric" "$v"
+  else
+    why=$(jq -r '.error // (if .end then "no data received" else empty end)' <<<"$json" 2>/dev/null || true)
+    why=${why:-$(tail -c 200 <<<"$json" | tr '\n' ' ')}
+    log "$name mtu $mtu $metric: iperf3 failed: $why"
+    notes+=("$name MTU $mtu $metric: iperf3 failed: $why")
+  fi
+  kill "$server" 2>/dev/null || true
+  wait "$server" 2>/dev/null || true
 }
 
 # rr NAME MTU TARGET: TCP_RR and TCP_CRR via tcp-rr.
@@ -299,14 +292,20 @@ run_peer() {
 
 started=$(date -u '+%Y-%m-%d %H:%M UTC')
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
-for peer in $peers; do
-  if [ "$peer" = loopback ]; then
-    run_peer loopback lo
-    continue
-  fi
-  for mtu in $mtus; do
-    log "== $peer, MTU $mtu"
-    run_peer "$peer" "$mtu"
+# Rounds: every peer at every MTU once per round, so a burst of load on this shared machine
+# hits all peers alike instead of the one measured at that moment; each cell is the median
+# over the rounds.
+for round in $(seq "$repeat"); do
+  for peer in $peers; do
+    if [ "$peer" = loopback ]; then
+      log "== round $round/$repeat: loopback"
+      run_peer loopback lo
+      continue
+    fi
+    for mtu in $mtus; do
+      log "== round $round/$repeat: $peer, MTU $mtu"
+      run_peer "$peer" "$mtu"
+    done
   done
 done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -334,7 +333,7 @@ mkdir -p "$(dirname "$out")"
   echo "- kernel: $(uname -r)"
   echo "- load average before / after: $load_before / $load_after"
   echo "- iperf3 $iperf_ver; slirp4netns $slirp_ver; pasta (Debian passt) $pasta_ver; limanet $limanet_ver"
-  echo "- iperf3: single TCP stream, ${secs} s per cell, median of $repeat run(s); tcp-rr: ${rr_secs} s per cell"
+  echo "- iperf3: single TCP stream, ${secs} s per cell; tcp-rr: ${rr_secs} s per cell; every cell is the median of $repeat round(s), each round measuring all peers in turn"
   echo
   awk -F'\t' -v userspace="slirp4netns pasta limanet" '
     function fmt(v) { return (v == "" ? "–" : v) }
@@ -342,11 +341,25 @@ mkdir -p "$(dirname "$out")"
     {
       key = $1 SUBSEP $2
       if (!(key in seen)) { seen[key] = 1; order[++rows] = key }
-      val[$1, $2, $3] = $4
-      if (($1 in isuser) && $4 != "fail" && $4 != "") {
-        mk = $2 SUBSEP $3
-        if (!(mk in lo) || $4 + 0 < lo[mk]) lo[mk] = $4 + 0
-        if (!(mk in hi) || $4 + 0 > hi[mk]) hi[mk] = $4 + 0
+      cell = $1 SUBSEP $2 SUBSEP $3
+      samples[cell] = samples[cell] " " $4
+    }
+    # The median of the space-separated numbers in s.
+    function median(s,    v, n, i, j, t) {
+      n = split(s, v, " ")
+      for (i = 2; i <= n; i++)
+        for (j = i; j > 1 && v[j - 1] + 0 > v[j] + 0; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
+      return v[int((n + 1) / 2)]
+    }
+    END {
+      for (cell in samples) {
+        split(cell, k, SUBSEP)
+        val[cell] = median(samples[cell])
+        if (k[1] in isuser) {
+          mk = k[2] SUBSEP k[3]
+          if (!(mk in lo) || val[cell] + 0 < lo[mk]) lo[mk] = val[cell] + 0
+          if (!(mk in hi) || val[cell] + 0 > hi[mk]) hi[mk] = val[cell] + 0
+        }
       }
     }
     function ratio(v, base) {

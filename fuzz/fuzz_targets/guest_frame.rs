@@ -33,6 +33,9 @@ impl Host for MemHost {
     fn tcp_send_space(&mut self, _: SockId) -> usize {
         65536
     }
+    fn tcp_unread(&mut self, id: SockId) -> io::Result<usize> {
+        Ok(self.tcp.get(&id).copied().unwrap_or(0))
+    }
     fn tcp_peek(&mut self, id: SockId, offset: usize, bufs: &mut [&mut [u8]]) -> io::Result<usize> {
         let have = self.tcp.get(&id).copied().unwrap_or(0);
         assert!(offset <= have, "peek past the received data");
@@ -89,7 +92,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         stack.handle_frame(&mut host, now, port, frame);
         for sock in std::mem::take(&mut host.pending) {
             stack.on_tcp_connected(&mut host, now, sock, Ok(()));
-            stack.on_tcp_readable(&mut host, now, sock);
+            stack.on_tcp_readable(&mut host, now, sock, true);
         }
         stack.end_batch(&mut host);
         stack.on_timeout(&mut host, now);

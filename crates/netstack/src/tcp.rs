@@ -13,8 +13,10 @@
 //! Deviations from a full RFC 793/7323 implementation, and why they are acceptable here:
 //! - No SACK, timestamps or PAWS: the link to the guest is a local socket that neither loses nor
 //!   reorders frames except under overload, where go-back-N retransmission is enough.
-//! - Out-of-order segments from the guest are dropped and answered with a duplicate ACK; the
-//!   guest's fast retransmit resends them.
+//! - Guest segments that arrive after a gap (lost or reordered frames, e.g. on a datagram
+//!   transport under load) are held, within a small per-flow and per-network budget, until the
+//!   gap is filled; the guest learns of the gap from duplicate ACKs. This is the only data the
+//!   translator ever buffers.
 //! - No Nagle. ACKs are coalesced per batch of frames read from the guest; an ACK for less than
 //!   two full segments waits up to `ACK_DELAY` for host data to carry it (delayed ACK).
 //! - The guest's urgent pointer is ignored; urgent data is delivered inline.
@@ -46,6 +48,9 @@ const SEGMENTS_PER_ROUND: usize = 32;
 /// comes well within it): saves a frame per request/response. Kept short because a guest using
 /// Nagle's algorithm holds its next small write until this ACK.
 const ACK_DELAY: Duration = Duration::from_millis(1);
+/// Out-of-order guest segments held per flow, and their bytes held per network.
+const HELD_SEGMENTS_MAX: usize = 64;
+const HELD_BYTES_MAX: usize = 16 << 20;
 
 /// A connection as the guest sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -109,6 +114,8 @@ struct Flow {
     /// at the next flush rather than one call per ACK. Not later: a partly read buffer keeps
     /// its whole allocation charged to the socket, which can close the peer's window.
     unconsumed: u32,
+    /// Guest segments that arrived after a gap, in sequence order: (sequence number, payload).
+    held: Vec<(u32, Vec<u8>)>,
     /// In `batch` already.
     batched: bool,
     dup_acks: u8,
@@ -179,6 +186,8 @@ pub struct TcpTable {
     /// Time of the current batch.
     batch_now: Option<Instant>,
     connecting: usize,
+    /// Payload bytes in all flows' `held` segments.
+    held_bytes: usize,
     next_generation: u64,
     rng: u64,
     next_forward_port: u16,
@@ -202,6 +211,7 @@ impl TcpTable {
             batch: Vec::new(),
             batch_now: None,
             connecting: 0,
+            held_bytes: 0,
             next_generation: 0,
             rng: seed | 1,
             next_forward_port: 0,
@@ -247,6 +257,7 @@ impl TcpTable {
 
     fn remove(&mut self, idx: usize) -> Option<Flow> {
         let flow = self.flows.get_mut(idx)?.take()?;
+        self.held_bytes -= flow.held.iter().map(|(_, d)| d.len()).sum::<usize>();
         self.by_key.remove(&flow.key);
         self.by_sock.remove(&flow.sock);
         if flow.state == State::HostConnecting {
@@ -284,6 +295,7 @@ impl TcpTable {
             unacked: 0,
             ack_deadline: None,
             unconsumed: 0,
+            held: Vec::new(),
             batched: false,
             dup_acks: 0,
             recover: iss,
@@ -419,8 +431,10 @@ impl TcpTable {
         if !seg.payload.is_empty() && !flow.fin_from_guest {
             let offset = flow.rcv_nxt.wrapping_sub(seg.seq);
             if seq_lt(flow.rcv_nxt, seg.seq) {
-                // A gap: drop it, and tell the guest what we expect.
+                // A gap: keep the segment for when it is filled; the duplicate ACK tells the
+                // guest what is missing.
                 self.stats.guest_out_of_order += 1;
+                hold(&mut self.held_bytes, flow, seg.seq, seg.payload);
                 ack_now = true;
             } else if offset as usize >= seg.payload.len() {
                 // Entirely old: the guest did not see our ACK.
@@ -431,25 +445,20 @@ impl TcpTable {
                 ack_now = true;
             } else {
                 let data = &seg.payload[offset as usize..];
-                match host.tcp_send(flow.sock, data) {
-                    Ok(n) => {
-                        flow.rcv_nxt = flow.rcv_nxt.wrapping_add(n as u32);
-                        if n < data.len() {
-                            self.stats.partial_sends += 1;
-                            flow.send_blocked = true;
-                        }
-                        flow.ack_pending = true;
-                        flow.unacked = flow.unacked.saturating_add(n as u32);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        flow.send_blocked = true;
-                        ack_now = true;
-                    }
-                    Err(e) => {
-                        debug!(error = %e, remote = %flow.key.remote, "host send failed, resetting");
-                        self.reset(host, out, cfg, idx);
-                        return;
-                    }
+                let sent = send_in_order(host, flow, data).and_then(|()| {
+                    // A filled gap is acknowledged at once (RFC 5681, 4.2).
+                    let filled = release_held(host, &mut self.held_bytes, flow)?;
+                    ack_now |= filled;
+                    Ok(())
+                });
+                if let Err(e) = sent {
+                    debug!(error = %e, remote = %flow.key.remote, "host send failed, resetting");
+                    self.reset(host, out, cfg, idx);
+                    return;
+                }
+                if flow.send_blocked {
+                    self.stats.partial_sends += 1;
+                    ack_now = true;
                 }
             }
         }
@@ -819,6 +828,11 @@ impl TcpTable {
         };
         if flow.send_blocked && flow.state == State::Established {
             flow.send_blocked = false;
+            if let Err(e) = release_held(host, &mut self.held_bytes, flow) {
+                debug!(error = %e, remote = %flow.key.remote, "host send failed, resetting");
+                self.reset(host, out, cfg, idx);
+                return;
+            }
             send_ack(host, out, cfg, flow);
         }
     }
@@ -1008,6 +1022,72 @@ impl TcpTable {
             self.schedule(idx);
         }
     }
+}
+
+/// Sends in-order guest data to the host socket; what the kernel does not take is left for the
+/// guest to send again once the window reopens (`send_blocked`).
+fn send_in_order(host: &mut impl Host, flow: &mut Flow, data: &[u8]) -> io::Result<()> {
+    let n = match host.tcp_send(flow.sock, data) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(e),
+    };
+    flow.rcv_nxt = flow.rcv_nxt.wrapping_add(n as u32);
+    flow.ack_pending |= n > 0;
+    flow.unacked = flow.unacked.saturating_add(n as u32);
+    if n < data.len() {
+        flow.send_blocked = true;
+    }
+    Ok(())
+}
+
+/// Keeps a guest segment that arrived after a gap, if it lies within the window we offered
+/// and the budgets allow.
+fn hold(held_bytes: &mut usize, flow: &mut Flow, seq: u32, payload: &[u8]) {
+    let ahead = seq.wrapping_sub(flow.rcv_nxt) as usize;
+    if flow.send_blocked
+        || ahead + payload.len() > flow.rcv_wnd as usize
+        || flow.held.len() >= HELD_SEGMENTS_MAX
+        || *held_bytes + payload.len() > HELD_BYTES_MAX
+    {
+        return;
+    }
+    let at = flow.held.partition_point(|(s, _)| seq_lt(*s, seq));
+    if flow
+        .held
+        .get(at)
+        .is_some_and(|(s, d)| *s == seq && d.len() >= payload.len())
+    {
+        return; // A retransmission of what is held already.
+    }
+    *held_bytes += payload.len();
+    flow.held.insert(at, (seq, payload.to_vec()));
+}
+
+/// Sends the held segments that the in-order stream has now reached; true if any data moved.
+fn release_held(host: &mut impl Host, held_bytes: &mut usize, flow: &mut Flow) -> io::Result<bool> {
+    let mut moved = false;
+    while let Some(&(seq, _)) = flow.held.first() {
+        if flow.send_blocked || seq_lt(flow.rcv_nxt, seq) {
+            break;
+        }
+        let (seq, data) = flow.held.remove(0);
+        *held_bytes -= data.len();
+        let skip = flow.rcv_nxt.wrapping_sub(seq) as usize;
+        if skip >= data.len() {
+            continue; // Covered by later in-order data.
+        }
+        let before = flow.rcv_nxt;
+        send_in_order(host, flow, &data[skip..])?;
+        moved |= flow.rcv_nxt != before;
+        if flow.send_blocked {
+            // Keep the rest for when the socket drains.
+            let taken = skip + flow.rcv_nxt.wrapping_sub(before) as usize;
+            *held_bytes += data.len() - taken;
+            flow.held.insert(0, (flow.rcv_nxt, data[taken..].to_vec()));
+        }
+    }
+    Ok(moved)
 }
 
 /// Retransmit from the first unacknowledged byte.

@@ -456,6 +456,39 @@ fn tcp_request_response_costs_one_peek_and_the_fin_rides_along() {
 }
 
 #[test]
+fn tcp_guest_segments_after_a_gap_are_held_until_it_is_filled() {
+    let (mut stack, mut host, port, now) = setup();
+    let mut c = open(&mut stack, &mut host, now, port, 40230, remote(80));
+    let (a, b, d) = (vec![b'a'; 1000], vec![b'b'; 1000], vec![b'd'; 500]);
+    // Segments 2 and 3 arrive before segment 1 (and 3 twice): duplicate ACKs, nothing sent.
+    for (offset, payload) in [(1000, &b), (2000, &d), (2000, &d)] {
+        let mut seg = c.seg(F::ACK | F::PSH, payload);
+        seg.seq = c.gseq.wrapping_add(offset);
+        send(&mut stack, &mut host, now, port, &tcp_frame(&seg));
+        let acks = drain_tcp(&mut stack);
+        assert_eq!(acks.len(), 1, "a duplicate ACK at once");
+        assert_eq!(acks[0].ack, c.gseq, "still expecting the first byte");
+    }
+    assert!(host.sock(c.sock).send_buf.is_empty());
+    // The missing segment fills the gap: everything goes to the host in order, and the ACK
+    // (sent at once) covers all of it.
+    send(
+        &mut stack,
+        &mut host,
+        now,
+        port,
+        &tcp_frame(&c.seg(F::ACK | F::PSH, &a)),
+    );
+    let all: Vec<u8> = [a, b, d].concat();
+    assert_eq!(host.sock(c.sock).send_buf, all);
+    c.gseq = c.gseq.wrapping_add(all.len() as u32);
+    let acks = drain_tcp(&mut stack);
+    assert_eq!(acks.len(), 1);
+    assert_eq!(acks[0].ack, c.gseq);
+    assert!(host.violations.is_empty());
+}
+
+#[test]
 fn tcp_lost_data_is_retransmitted_from_the_socket() {
     let (mut stack, mut host, port, now) = setup();
     let c = open(&mut stack, &mut host, now, port, 40210, remote(80));

@@ -33,9 +33,6 @@ impl Host for MemHost {
     fn tcp_send_space(&mut self, _: SockId) -> usize {
         65536
     }
-    fn tcp_unread(&mut self, id: SockId) -> io::Result<usize> {
-        Ok(self.tcp.get(&id).copied().unwrap_or(0))
-    }
     fn tcp_peek(&mut self, id: SockId, offset: usize, bufs: &mut [&mut [u8]]) -> io::Result<usize> {
         let have = self.tcp.get(&id).copied().unwrap_or(0);
         assert!(offset <= have, "peek past the received data");

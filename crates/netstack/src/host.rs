@@ -22,10 +22,6 @@ pub trait Host {
     /// Free space in the socket's send buffer: the window the guest may fill.
     fn tcp_send_space(&mut self, id: SockId) -> usize;
 
-    /// Bytes in the socket's receive queue: not yet consumed, whether peeked or not. Excludes the
-    /// peer's FIN, which the stack learns of through `Stack::on_tcp_readable`.
-    fn tcp_unread(&mut self, id: SockId) -> io::Result<usize>;
-
     /// Copies received bytes starting `offset` bytes past the first unconsumed byte into `bufs`
     /// without consuming them. `Ok(0)` means end of stream at that offset.
     fn tcp_peek(&mut self, id: SockId, offset: usize, bufs: &mut [&mut [u8]]) -> io::Result<usize>;

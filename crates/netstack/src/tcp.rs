@@ -188,6 +188,8 @@ pub struct TcpTable {
     connecting: usize,
     /// Payload bytes in all flows' `held` segments.
     held_bytes: usize,
+    /// Where host data is first peeked (see `send_data`).
+    probe: Vec<u8>,
     next_generation: u64,
     rng: u64,
     next_forward_port: u16,
@@ -212,6 +214,7 @@ impl TcpTable {
             batch_now: None,
             connecting: 0,
             held_bytes: 0,
+            probe: Vec::new(),
             next_generation: 0,
             rng: seed | 1,
             next_forward_port: 0,
@@ -558,11 +561,7 @@ impl TcpTable {
         }
         if flow.maybe_unsent {
             let remote = flow.key.remote;
-            let seen = flow.peeked();
-            let sent = host.tcp_unread(flow.sock).and_then(|unread| {
-                self.send_data(host, out, cfg, now, idx, unread.saturating_sub(seen))
-            });
-            if let Err(e) = sent {
+            if let Err(e) = self.send_data(host, out, cfg, now, idx) {
                 debug!(error = %e, %remote, "host receive failed, resetting");
                 self.reset(host, out, cfg, idx);
                 return;
@@ -584,8 +583,10 @@ impl TcpTable {
         self.finished(host, idx);
     }
 
-    /// Peeks up to `unsent` new bytes from the host socket into segments, as far as the guest's
-    /// window allows.
+    /// Peeks new host data into segments, as far as the guest's window allows, until the
+    /// socket is drained. The first peek takes one segment into `probe`, a buffer kept
+    /// initialized: most events bring less than that (a request, a response, a keystroke),
+    /// and then there is neither a size query nor a window's worth of frames to zero.
     fn send_data(
         &mut self,
         host: &mut impl Host,
@@ -593,76 +594,49 @@ impl TcpTable {
         cfg: &NetConfig,
         now: Instant,
         idx: usize,
-        mut unsent: usize,
     ) -> io::Result<()> {
         let Some(flow) = self.flows[idx].as_mut() else {
             return Ok(());
         };
         let mss = usize::from(flow.guest_mss.min(cfg.mss()));
-        while unsent > 0 {
-            let in_flight = flow.in_flight() as usize;
-            let room = (flow.snd_wnd as usize).saturating_sub(in_flight);
+        let mut first = true;
+        loop {
+            let room = (flow.snd_wnd as usize).saturating_sub(flow.in_flight() as usize);
             if room == 0 {
                 if flow.snd_wnd == 0 && flow.deadline.is_none() {
                     // Zero window: probe it later in case the window update is lost.
                     flow.deadline = Some(now + flow.rto);
                 }
-                return Ok(());
+                return Ok(()); // Data may be left: `maybe_unsent` stays.
             }
-            let want = unsent.min(room).min(mss * SEGMENTS_PER_ROUND);
-            let mut frames: Vec<Vec<u8>> = (0..want.div_ceil(mss))
-                .map(|i| {
+            let (want, got) = if first {
+                let want = room.min(mss);
+                if self.probe.len() < want {
+                    self.probe.resize(want, 0);
+                }
+                let got = host.tcp_peek(flow.sock, flow.peeked(), &mut [&mut self.probe[..want]]);
+                if let Ok(n @ 1..) = got {
                     let mut f = out.buffer();
-                    f.resize(HEADERS + mss.min(want - i * mss), 0);
-                    f
-                })
-                .collect();
-            let got = {
-                let mut bufs: Vec<&mut [u8]> =
-                    frames.iter_mut().map(|f| &mut f[HEADERS..]).collect();
-                host.tcp_peek(flow.sock, flow.peeked(), &mut bufs)
+                    f.resize(HEADERS, 0);
+                    f.extend_from_slice(&self.probe[..n]);
+                    emit_data(out, cfg, now, flow, f, n < want);
+                }
+                (want, got)
+            } else {
+                let want = room.min(mss * SEGMENTS_PER_ROUND);
+                (want, peek_segments(host, out, cfg, now, flow, mss, want))
             };
-            let n = match got {
-                Ok(n) => n,
-                Err(e) => {
-                    frames.into_iter().for_each(|f| out.recycle(f));
-                    return match e.kind() {
-                        // Nothing where bytes were counted: drained until the next event.
-                        io::ErrorKind::WouldBlock => {
-                            flow.maybe_unsent = false;
-                            Ok(())
-                        }
-                        _ => Err(e),
-                    };
+            first = false;
+            match got {
+                Ok(0) => {
+                    flow.host_fin = true; // End of stream.
+                    break;
                 }
-            };
-            if n == 0 {
-                // End of stream where data was expected: nothing more will come.
-                flow.host_fin = true;
-                unsent = 0;
+                Ok(n) if n < want => break, // Drained; new data brings a new event.
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
             }
-            let mut left = n;
-            for mut f in frames {
-                if left == 0 {
-                    out.recycle(f);
-                    continue;
-                }
-                let len = (f.len() - HEADERS).min(left);
-                f.truncate(HEADERS + len);
-                left -= len;
-                let flags = if left == 0 { F::ACK | F::PSH } else { F::ACK };
-                write_segment(cfg, flow, &mut f, flags, flow.snd_nxt, &[]);
-                flow.snd_nxt = flow.snd_nxt.wrapping_add(len as u32);
-                out.push(flow.link.port, f);
-            }
-            if n > 0 {
-                flow.ack_sent();
-                if flow.deadline.is_none() {
-                    flow.deadline = Some(now + flow.rto);
-                }
-            }
-            // A short peek means the queue holds less than counted: it is drained.
-            unsent = if n < want { 0 } else { unsent - n };
         }
         flow.maybe_unsent = false;
         Ok(())
@@ -1021,6 +995,63 @@ impl TcpTable {
             }
             self.schedule(idx);
         }
+    }
+}
+
+/// Peeks up to `want` bytes into segments of `mss` and sends them; returns the peek's result.
+fn peek_segments(
+    host: &mut impl Host,
+    out: &mut Output,
+    cfg: &NetConfig,
+    now: Instant,
+    flow: &mut Flow,
+    mss: usize,
+    want: usize,
+) -> io::Result<usize> {
+    let mut frames: Vec<Vec<u8>> = (0..want.div_ceil(mss))
+        .map(|i| {
+            let mut f = out.buffer();
+            f.resize(HEADERS + mss.min(want - i * mss), 0);
+            f
+        })
+        .collect();
+    let got = {
+        let mut bufs: Vec<&mut [u8]> = frames.iter_mut().map(|f| &mut f[HEADERS..]).collect();
+        host.tcp_peek(flow.sock, flow.peeked(), &mut bufs)
+    };
+    let mut left = *got.as_ref().unwrap_or(&0);
+    let drained = left < want;
+    for mut f in frames {
+        if left == 0 {
+            out.recycle(f);
+            continue;
+        }
+        let len = (f.len() - HEADERS).min(left);
+        f.truncate(HEADERS + len);
+        left -= len;
+        emit_data(out, cfg, now, flow, f, left == 0 && drained);
+    }
+    got
+}
+
+/// Sends one data segment (payload after the headers in `f`) at `snd_nxt`; `last` marks the
+/// end of what the socket held (PSH).
+fn emit_data(
+    out: &mut Output,
+    cfg: &NetConfig,
+    now: Instant,
+    flow: &mut Flow,
+    mut f: Vec<u8>,
+    last: bool,
+) {
+    let len = f.len() - HEADERS;
+    let flags = if last { F::ACK | F::PSH } else { F::ACK };
+    write_segment(cfg, flow, &mut f, flags, flow.snd_nxt, &[]);
+    flow.snd_nxt = flow.snd_nxt.wrapping_add(len as u32);
+    out.push(flow.link.port, f);
+    flow.ack_sent();
+    if flow.deadline.is_none() {
+        flow.deadline = Some(now + flow.rto);
     }
 }
 

@@ -214,10 +214,6 @@ impl Host for HostSockets {
         }
     }
 
-    fn tcp_unread(&mut self, id: SockId) -> io::Result<usize> {
-        sys::unread(self.fd(id)?)
-    }
-
     fn tcp_peek(&mut self, id: SockId, offset: usize, bufs: &mut [&mut [u8]]) -> io::Result<usize> {
         let supported = self.peek_off_supported;
         let entry = self

@@ -156,14 +156,6 @@ pub fn send_space(fd: RawFd, sndbuf: usize, unused: bool) -> usize {
     sndbuf.saturating_sub(queued.max(0) as usize) / 2
 }
 
-/// Bytes in a TCP socket's receive queue (`SIOCINQ`), peeked or not.
-pub fn unread(fd: RawFd) -> io::Result<usize> {
-    let mut queued: libc::c_int = 0;
-    // SAFETY: SIOCINQ (FIONREAD) writes one c_int.
-    cvt(unsafe { libc::ioctl(fd, libc::FIONREAD, &mut queued) })?;
-    Ok(queued.max(0) as usize)
-}
-
 pub fn set_peek_offset(fd: RawFd, offset: usize) -> io::Result<()> {
     let offset =
         libc::c_int::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;

@@ -79,8 +79,7 @@ pub struct FakeHost {
     pub fail_udp_open: bool,
     pub fail_icmp_open: bool,
     pub violations: Vec<String>,
-    /// Receive-side calls (`tcp_unread`, `tcp_peek`, `tcp_consume`): each is a system call in
-    /// the runtime.
+    /// Receive-side calls (`tcp_peek`, `tcp_consume`): each is a system call in the runtime.
     pub receive_calls: usize,
 }
 
@@ -203,17 +202,6 @@ impl Host for FakeHost {
         self.tcp
             .get(&id)
             .map_or(0, |s| s.capacity.saturating_sub(s.send_buf.len()))
-    }
-
-    fn tcp_unread(&mut self, id: SockId) -> io::Result<usize> {
-        self.receive_calls += 1;
-        let Some(s) = self.live_tcp(id, "unread") else {
-            return Err(io::ErrorKind::NotConnected.into());
-        };
-        if s.reset {
-            return Err(io::ErrorKind::ConnectionReset.into());
-        }
-        Ok(s.recv.len())
     }
 
     fn tcp_peek(&mut self, id: SockId, offset: usize, bufs: &mut [&mut [u8]]) -> io::Result<usize> {

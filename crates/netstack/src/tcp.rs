@@ -42,7 +42,7 @@ const RTO_INITIAL: Duration = Duration::from_millis(250);
 const RTO_MAX: Duration = Duration::from_secs(30);
 /// Retransmissions of the same data before the connection is reset.
 const MAX_RETRIES: u8 = 10;
-/// Frames peeked per flush round; bounds the work done for one flow per event.
+/// Segments filled by one peek (one system call) once data beyond a segment is waiting.
 const SEGMENTS_PER_ROUND: usize = 32;
 /// How long an ACK for a little guest data may wait for host data to ride on (a reply usually
 /// comes well within it): saves a frame per request/response. Kept short because a guest using
@@ -472,7 +472,9 @@ impl TcpTable {
                 flow.rcv_nxt = flow.rcv_nxt.wrapping_add(1);
                 flow.fin_from_guest = true;
                 host.tcp_shutdown(flow.sock);
-                ack_now = true;
+                // A delayed ACK: the host end usually closes in turn at once, and our FIN then
+                // carries it (one frame instead of two per connection).
+                flow.ack_pending = true;
             }
         }
 

@@ -575,6 +575,10 @@ fn tcp_guest_fin_then_host_fin() {
         "guest FIN shuts down the host write side"
     );
     assert_eq!(host.sock(c.sock).send_buf, b"bye");
+    // The ACK waits briefly for the host to close too; it does not, so it goes alone.
+    assert!(drain_tcp(&mut stack).is_empty(), "ACK of the FIN delayed");
+    let due = stack.poll_timeout().expect("delayed ACK");
+    stack.on_timeout(&mut host, due);
     let out = drain_tcp(&mut stack);
     assert_eq!(out.last().expect("ACK").ack, c.gseq, "FIN acknowledged");
     // The host still sends (half-close), then closes.
@@ -602,6 +606,32 @@ fn tcp_guest_fin_then_host_fin() {
         Some(false),
         "closed without reset"
     );
+    assert!(host.violations.is_empty());
+}
+
+#[test]
+fn tcp_guest_fin_is_acknowledged_by_the_host_fin_that_follows() {
+    // The usual close: the guest's FIN, then the host end closes in turn. One frame answers
+    // both: our FIN carries the ACK of the guest's.
+    let (mut stack, mut host, port, now) = setup();
+    let mut c = open(&mut stack, &mut host, now, port, 40232, remote(80));
+    send(
+        &mut stack,
+        &mut host,
+        now,
+        port,
+        &tcp_frame(&c.seg(F::FIN | F::ACK, &[])),
+    );
+    c.gseq = c.gseq.wrapping_add(1);
+    assert!(drain_tcp(&mut stack).is_empty());
+    host.sock(c.sock).eof = true;
+    readable(&mut stack, &mut host, now, c.sock);
+    let out = drain_tcp(&mut stack);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert!(out[0].has(F::FIN) && out[0].has(F::ACK));
+    assert_eq!(out[0].ack, c.gseq);
+    stack.on_timeout(&mut host, now + Duration::from_millis(5));
+    assert!(drain_tcp(&mut stack).is_empty(), "no separate ACK later");
     assert!(host.violations.is_empty());
 }
 

@@ -7,7 +7,7 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use tracing::{debug, warn};
 
 /// What a host socket is used for.
@@ -130,7 +130,7 @@ impl HostSockets {
 
     /// Gives a TCP socket the large send buffer and returns its size; the outcome is the same
     /// for every socket, so it is learnt once (two system calls saved per connection).
-    fn set_send_buffer(&mut self, fd: i32) -> usize {
+    fn set_send_buffer(&mut self, fd: RawFd) -> usize {
         if self.force_send_buffer {
             if sys::set_tcp_send_buffer(fd, true).is_ok() {
                 return *self

@@ -1,6 +1,7 @@
 //! TCP translation: every guest connection is mirrored onto one host kernel socket.
 //!
-//! There is no second TCP stack here, and no per-connection buffer (the design of passt):
+//! There is no second TCP stack here, and no per-connection data buffer (the design of passt;
+//! the one exception, segments that arrive after a gap, is below):
 //! - Guest → host: payload is `send()` straight to the host socket; the guest gets an ACK only
 //!   for what the kernel accepted, and a window equal to the free space of the socket's send
 //!   buffer, so it rarely sends what cannot be taken.

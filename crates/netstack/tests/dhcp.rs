@@ -12,6 +12,9 @@ use limanet_netstack::dhcp::{
 };
 use proptest::prelude::*;
 
+#[path = "support/wire.rs"]
+mod wire;
+
 const MAC_A: MacAddr = [0x52, 0x55, 0x55, 0x00, 0x00, 0x0a];
 const MAC_B: MacAddr = [0x52, 0x55, 0x55, 0x00, 0x00, 0x0b];
 const MAC_C: MacAddr = [0x52, 0x55, 0x55, 0x00, 0x00, 0x0c];
@@ -1053,71 +1056,25 @@ mod frames {
 
 /// A smoltcp device whose frames the test carries to and from the server.
 mod smoltcp_client {
-    use std::collections::VecDeque;
     use std::net::Ipv4Addr;
     use std::time::{Duration, Instant};
 
     use limanet_netstack::dhcp::{DhcpConfig, DhcpServer, MacAddr};
     use smoltcp::iface::{Config, Interface, SocketSet};
-    use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
     use smoltcp::socket::dhcpv4;
     use smoltcp::time::Instant as SmolInstant;
     use smoltcp::wire::{EthernetAddress, IpCidr, Ipv4Cidr};
 
     use super::frames;
+    use super::wire::Wire;
 
     const GUEST_MAC: MacAddr = [0x52, 0x55, 0x55, 0x12, 0x34, 0x56];
-
-    #[derive(Default)]
-    struct Pipe {
-        to_guest: VecDeque<Vec<u8>>,
-        from_guest: VecDeque<Vec<u8>>,
-    }
-
-    struct Rx(Vec<u8>);
-    struct Tx<'a>(&'a mut VecDeque<Vec<u8>>);
-
-    impl phy::RxToken for Rx {
-        fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-            f(&self.0)
-        }
-    }
-
-    impl phy::TxToken for Tx<'_> {
-        fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-            let mut buf = vec![0; len];
-            let r = f(&mut buf);
-            self.0.push_back(buf);
-            r
-        }
-    }
-
-    impl Device for Pipe {
-        type RxToken<'a> = Rx;
-        type TxToken<'a> = Tx<'a>;
-
-        fn receive(&mut self, _: SmolInstant) -> Option<(Rx, Tx<'_>)> {
-            let frame = self.to_guest.pop_front()?;
-            Some((Rx(frame), Tx(&mut self.from_guest)))
-        }
-
-        fn transmit(&mut self, _: SmolInstant) -> Option<Tx<'_>> {
-            Some(Tx(&mut self.from_guest))
-        }
-
-        fn capabilities(&self) -> DeviceCapabilities {
-            let mut caps = DeviceCapabilities::default();
-            caps.medium = Medium::Ethernet;
-            caps.max_transmission_unit = 1514;
-            caps
-        }
-    }
 
     #[test]
     fn smoltcp_dhcp_client_gets_configured_and_renews() {
         let start = Instant::now();
         let mut server = DhcpServer::new(DhcpConfig::default()).expect("default config");
-        let mut pipe = Pipe::default();
+        let mut pipe = Wire::default();
         let mut iface = Interface::new(
             Config::new(EthernetAddress(GUEST_MAC).into()),
             &mut pipe,

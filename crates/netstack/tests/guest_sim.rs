@@ -5,10 +5,11 @@
 //! Every transfer compares the bytes received end to end with the bytes sent.
 
 mod support;
+#[path = "support/wire.rs"]
+mod wire;
 
 use limanet_netstack::{NetConfig, PortId, SockId, Stack};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
-use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant as SmolInstant;
 use smoltcp::wire::{EthernetAddress, IpAddress, IpCidr};
@@ -16,6 +17,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 use support::*;
+use wire::Wire;
 
 /// SplitMix64: a small deterministic RNG for the link and the data.
 struct Rng(u64);
@@ -41,52 +43,6 @@ impl Rng {
         }
         v.truncate(n);
         v
-    }
-}
-
-/// The guest's network card: frames in both directions wait here.
-#[derive(Default)]
-struct Wire {
-    to_guest: VecDeque<Vec<u8>>,
-    from_guest: VecDeque<Vec<u8>>,
-}
-
-struct Rx(Vec<u8>);
-struct Tx<'a>(&'a mut VecDeque<Vec<u8>>);
-
-impl phy::RxToken for Rx {
-    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        f(&self.0)
-    }
-}
-
-impl phy::TxToken for Tx<'_> {
-    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut buf = vec![0; len];
-        let r = f(&mut buf);
-        self.0.push_back(buf);
-        r
-    }
-}
-
-impl Device for Wire {
-    type RxToken<'a> = Rx;
-    type TxToken<'a> = Tx<'a>;
-
-    fn receive(&mut self, _: SmolInstant) -> Option<(Rx, Tx<'_>)> {
-        let frame = self.to_guest.pop_front()?;
-        Some((Rx(frame), Tx(&mut self.from_guest)))
-    }
-
-    fn transmit(&mut self, _: SmolInstant) -> Option<Tx<'_>> {
-        Some(Tx(&mut self.from_guest))
-    }
-
-    fn capabilities(&self) -> DeviceCapabilities {
-        let mut caps = DeviceCapabilities::default();
-        caps.medium = Medium::Ethernet;
-        caps.max_transmission_unit = 1514;
-        caps
     }
 }
 

@@ -213,7 +213,7 @@ pub(crate) fn is_filler(line: &str) -> bool {
 
 /// Line range of the `networks:` block body (after the key line) when `networks:` is a
 /// top-level key with a block value. `Err(())` when it has an inline value.
-pub(crate) fn networks_block(lines: &[&str]) -> Option<Result<(usize, usize), ()>> {
+fn networks_block(lines: &[&str]) -> Option<Result<(usize, usize), ()>> {
     let key = lines.iter().position(|l| {
         l.strip_prefix("networks:")
             .is_some_and(|rest| rest.trim().is_empty() || rest.trim_start().starts_with('#'))
@@ -275,10 +275,9 @@ fn insert_text(text: &str, name: &str, net: &Network) -> Option<String> {
     Some(out.join("\n") + "\n")
 }
 
-/// Removes `name`'s key line and body from the `networks:` block.
-fn remove_text(text: &str, name: &str) -> Option<String> {
-    let lines: Vec<&str> = text.lines().collect();
-    let (start, end) = networks_block(&lines)?.ok()?;
+/// Line and indentation of network `name`'s key (plain or quoted) in the `networks:` block.
+pub(crate) fn network_key(lines: &[&str], name: &str) -> Option<(usize, usize)> {
+    let (start, end) = networks_block(lines)?.ok()?;
     let ci = (start..end)
         .find(|&i| !is_filler(lines[i]))
         .map(|i| indent(lines[i]))?;
@@ -287,9 +286,18 @@ fn remove_text(text: &str, name: &str) -> Option<String> {
         format!("\"{name}\":"),
         format!("'{name}':"),
     ];
-    let first = (start..end).find(|&i| {
-        indent(lines[i]) == ci && keys.iter().any(|k| lines[i][ci..].starts_with(k.as_str()))
-    })?;
+    (start..end)
+        .find(|&i| {
+            indent(lines[i]) == ci && keys.iter().any(|k| lines[i][ci..].starts_with(k.as_str()))
+        })
+        .map(|i| (i, ci))
+}
+
+/// Removes `name`'s key line and body from the `networks:` block.
+fn remove_text(text: &str, name: &str) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let (_, end) = networks_block(&lines)?.ok()?;
+    let (first, ci) = network_key(&lines, name)?;
     // The body: every following line indented deeper, up to the last such content line
     // (comments after it belong to the next entry).
     let mut last = first;

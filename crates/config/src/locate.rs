@@ -1,7 +1,7 @@
 //! Finding where in networks.yaml a validation error comes from, so messages can name the
 //! file, line and column (Lima's messages name neither).
 
-use crate::edit::{indent, is_filler, networks_block};
+use crate::edit::{indent, is_filler, network_key};
 use crate::error::ConfigError;
 
 /// 1-based line and column of the value (or key) an error is about, if it can be found in a
@@ -43,24 +43,6 @@ fn top_level_key(lines: &[&str], key: &str) -> Option<(u64, u64)> {
     let prefix = format!("{key}:");
     let i = lines.iter().position(|l| l.starts_with(&prefix))?;
     Some(to_pos(i, value_col(lines[i], 0, key)))
-}
-
-/// Line and column of a network's key inside the `networks:` block.
-fn network_key(lines: &[&str], name: &str) -> Option<(usize, usize)> {
-    let (start, end) = networks_block(lines)?.ok()?;
-    let ci = (start..end)
-        .find(|&i| !is_filler(lines[i]))
-        .map(|i| indent(lines[i]))?;
-    let keys = [
-        format!("{name}:"),
-        format!("\"{name}\":"),
-        format!("'{name}':"),
-    ];
-    (start..end)
-        .find(|&i| {
-            indent(lines[i]) == ci && keys.iter().any(|k| lines[i][ci..].starts_with(k.as_str()))
-        })
-        .map(|i| (i, ci))
 }
 
 fn field_in_network(lines: &[&str], network: &str, field: &str) -> Option<(u64, u64)> {

@@ -449,16 +449,16 @@ impl TcpTable {
                 ack_now = true;
             } else {
                 let data = &seg.payload[offset as usize..];
-                let sent = send_in_order(host, flow, data).and_then(|()| {
+                let sent = send_in_order(host, flow, data)
+                    .and_then(|()| release_held(host, &mut self.held_bytes, flow));
+                match sent {
                     // A filled gap is acknowledged at once (RFC 5681, 4.2).
-                    let filled = release_held(host, &mut self.held_bytes, flow)?;
-                    ack_now |= filled;
-                    Ok(())
-                });
-                if let Err(e) = sent {
-                    debug!(error = %e, remote = %flow.key.remote, "host send failed, resetting");
-                    self.reset(host, out, cfg, idx);
-                    return;
+                    Ok(filled) => ack_now |= filled,
+                    Err(e) => {
+                        debug!(error = %e, remote = %flow.key.remote, "host send failed, resetting");
+                        self.reset(host, out, cfg, idx);
+                        return;
+                    }
                 }
                 if flow.send_blocked {
                     self.stats.partial_sends += 1;

@@ -131,16 +131,13 @@ impl HostSockets {
     /// Gives a TCP socket the large send buffer and returns its size; the outcome is the same
     /// for every socket, so it is learnt once (two system calls saved per connection).
     fn set_send_buffer(&mut self, fd: RawFd) -> usize {
-        if self.force_send_buffer {
-            if sys::set_tcp_send_buffer(fd, true).is_ok() {
-                return *self
-                    .tcp_send_buffer
-                    .get_or_insert_with(|| sys::send_buffer_size(fd));
-            }
+        if self.force_send_buffer && sys::set_tcp_send_buffer(fd, true).is_err() {
             self.force_send_buffer = false;
             self.tcp_send_buffer = None;
         }
-        let _ = sys::set_tcp_send_buffer(fd, false);
+        if !self.force_send_buffer {
+            let _ = sys::set_tcp_send_buffer(fd, false);
+        }
         *self
             .tcp_send_buffer
             .get_or_insert_with(|| sys::send_buffer_size(fd))
@@ -171,12 +168,13 @@ impl HostSockets {
         let entry = self.get_mut(id)?;
         match &mut entry.kind {
             Kind::Tcp { connecting, .. } if *connecting => {
-                let result = match failure {
-                    false => Ok(()),
-                    true => match sys::take_socket_error(entry.fd.as_raw_fd()) {
+                let result = if failure {
+                    match sys::take_socket_error(entry.fd.as_raw_fd()) {
                         Ok(()) => Err(io::ErrorKind::ConnectionRefused.into()),
                         error => error,
-                    },
+                    }
+                } else {
+                    Ok(())
                 };
                 if result.is_ok() {
                     *connecting = false;

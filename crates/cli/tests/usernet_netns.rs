@@ -641,3 +641,60 @@ fn two_namespaces_on_one_network_reach_each_other() {
         String::from_utf8_lossy(&ping.stdout)
     );
 }
+
+/// CPU time (user + system, all threads) process `pid` has used so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+/// One-byte request/response round trips over one connection for `duration`; returns how many.
+fn ping_pong(guest: &limanet_testkit::Netns, server: SocketAddr, duration: Duration) -> u64 {
+    guest
+        .run_in(move || -> std::io::Result<u64> {
+            let mut s = TcpStream::connect_timeout(&server, Duration::from_secs(10))?;
+            s.set_nodelay(true)?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let start = std::time::Instant::now();
+            let mut rounds = 0;
+            let mut b = [0u8; 1];
+            while start.elapsed() < duration {
+                s.write_all(b"x")?;
+                s.read_exact(&mut b)?;
+                rounds += 1;
+            }
+            Ok(rounds)
+        })
+        .expect("netns")
+        .expect("request/response")
+}
+
+/// Busy polling (on by default) is for busy networks only: request/response traffic works with
+/// it and without it (`--busy-poll 0`), and once traffic stops, limanet goes back to sleeping
+/// instead of polling on.
+#[test]
+fn busy_polling_stops_when_traffic_stops() {
+    let env = Env::new("poll");
+    let echo = TcpEchoServer::start(&env.th.host, loopback(0)).expect("echo");
+    let server = SocketAddr::from(([192, 168, 5, 2], echo.addr().port()));
+    for extra in [&[][..], &["--busy-poll", "0"][..]] {
+        let u = env.usernet(extra);
+        let rounds = ping_pong(u.guest(), server, Duration::from_secs(1));
+        assert!(rounds > 100, "{extra:?}: only {rounds} round trips");
+        let before = cpu_time(u.daemon.id());
+        std::thread::sleep(Duration::from_secs(2));
+        let idle = cpu_time(u.daemon.id()) - before;
+        assert!(
+            idle < Duration::from_millis(200),
+            "{extra:?}: {idle:?} of CPU time in 2 s without traffic\n{}",
+            u.daemon.logs()
+        );
+    }
+}

@@ -2,6 +2,7 @@
 //! and datagram sockets, Lima's fd socket, TAP devices in network namespaces) and the host
 //! sockets that the netstack's flows are translated onto.
 
+pub mod busy_poll;
 pub mod network;
 pub mod pcap;
 pub mod sockets;

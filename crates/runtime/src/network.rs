@@ -1,6 +1,7 @@
 //! The data plane of one user-mode network: a single-threaded mio loop that moves frames
 //! between ports and the netstack, and drives the host sockets.
 
+use crate::busy_poll::PollWindow;
 use crate::pcap::Pcap;
 use crate::sockets::{HostSockets, Kind};
 use crate::sys;
@@ -146,6 +147,9 @@ pub struct Options {
     /// Keep running after the last packet port disconnects (false for `limanet run`-style
     /// single-guest networks).
     pub persistent: bool,
+    /// Longest time to keep polling after events before sleeping (see [`PollWindow`]); zero
+    /// never polls.
+    pub busy_poll: Duration,
 }
 
 enum Source {
@@ -182,6 +186,7 @@ pub struct Network {
     port_sources: HashMap<PortId, usize>,
     stop_fds: Vec<usize>,
     pending_reads: HashSet<usize>,
+    poll_window: PollWindow,
     socket_paths: Vec<PathBuf>,
     pcap: Option<Pcap>,
     max_frame: usize,
@@ -213,6 +218,7 @@ impl Network {
             port_sources: HashMap::new(),
             stop_fds: Vec::new(),
             pending_reads: HashSet::new(),
+            poll_window: PollWindow::new(opts.busy_poll),
             socket_paths: Vec::new(),
             pcap: None,
             max_frame,
@@ -403,17 +409,17 @@ impl Network {
         let mut events = Events::with_capacity(1024);
         let mut last_stats = Instant::now();
         loop {
-            let now = Instant::now();
+            let idle_since = Instant::now();
             let timeout = if self.pending_reads.is_empty() {
                 self.stack
                     .poll_timeout()
-                    .map(|t| t.saturating_duration_since(now))
+                    .map(|t| t.saturating_duration_since(idle_since))
                     .map(|d| d.min(Duration::from_secs(60)))
             } else {
                 Some(Duration::ZERO)
             };
             self.host.recycle_ids();
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
+            if let Err(e) = self.wait(&mut events, idle_since, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -423,6 +429,7 @@ impl Network {
                 });
             }
             let now = Instant::now();
+            self.poll_window.waited(now.duration_since(idle_since));
             for event in events.iter() {
                 let token = event.token().0;
                 if token < SOURCE_BASE {
@@ -457,6 +464,30 @@ impl Network {
                 self.stack.log_stats();
             }
         }
+    }
+
+    /// Waits for events: polls without sleeping for the current busy-poll window, then sleeps
+    /// for what is left of `timeout` (`None`: until an event).
+    fn wait(
+        &mut self,
+        events: &mut Events,
+        since: Instant,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
+        let window = self.poll_window.current();
+        if !window.is_zero() && timeout.is_none_or(|t| t > window) {
+            loop {
+                self.poll.poll(events, Some(Duration::ZERO))?;
+                if !events.is_empty() || since.elapsed() >= window {
+                    break;
+                }
+            }
+            if !events.is_empty() {
+                return Ok(());
+            }
+        }
+        let left = timeout.map(|t| t.saturating_sub(since.elapsed()));
+        self.poll.poll(events, left)
     }
 
     fn finish(&mut self) {

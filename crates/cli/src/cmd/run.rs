@@ -204,6 +204,7 @@ pub fn run(args: Args) -> Result<u8> {
             pcap: args.net.pcap.clone(),
             stop_fds: vec![signals, pidfd_open(pid)?],
             persistent: true,
+            busy_poll: args.net.busy_poll(),
         };
         let mut net = Network::new(cfg.clone(), opts)?;
         drop_privileges()?;

@@ -103,25 +103,10 @@ if [[ " $peers " == *" limanet "* ]] && [ -z "$limanet_bin" ]; then
 fi
 
 # --- the bench host ---------------------------------------------------------------------------
-ip netns add "$bh"
 # Peers read /etc/resolv.conf for their DNS forwarders: give them a private one (`ip netns exec`
 # bind-mounts /etc/netns/NAME/*), so nothing could ever reach the machine's real resolver.
 mkdir -p "/etc/netns/$bh"
 echo "nameserver 127.0.0.53" >"/etc/netns/$bh/resolv.conf"
-hx ip link set lo up
-# pasta copies its namespace's address and default gateway from the host's default-route
-# interface: give the bench host one, a veth pair with both ends inside it (no dummy module on
-# every kernel); nothing routed there reaches anything.
-hx ip link add bh0 type veth peer name bh1
-hx ip addr add 192.0.2.10/24 dev bh0
-hx ip link set bh1 up
-hx ip link set bh0 up
-hx ip route add default via 192.0.2.1
-hx sysctl -qw net.ipv4.ping_group_range="0 2147483647"
-# tcp-rr serves the whole run; iperf3 gets a fresh one-off server per cell (a client that dies
-# mid-test cannot leave it busy for the next peer).
-hx "$tcp_rr" server 0.0.0.0:5300 >/dev/null 2>&1 &
-bg_pids+=($!)
 
 # wait_port PORT: waits (5 s) until a TCP socket listens on PORT in the bench host. Looks with
 # ss rather than connecting: a probe connection would use up a one-off iperf3 server.
@@ -133,7 +118,26 @@ wait_port() {
   done
   return 1
 }
-wait_port 5300
+
+# new_host: a fresh bench host for every cell, so that nothing one peer leaves behind (the
+# host side of CRR leaves thousands of TIME_WAIT sockets for a minute) slows the next one.
+new_host() {
+  ip netns add "$bh"
+  hx ip link set lo up
+  # pasta copies its namespace's address and default gateway from the host's default-route
+  # interface: give the bench host one, a veth pair with both ends inside it (no dummy module
+  # on every kernel); nothing routed there reaches anything.
+  hx ip link add bh0 type veth peer name bh1
+  hx ip addr add 192.0.2.10/24 dev bh0
+  hx ip link set bh1 up
+  hx ip link set bh0 up
+  hx ip route add default via 192.0.2.1
+  hx sysctl -qw net.ipv4.ping_group_range="0 2147483647"
+  # iperf3 gets a fresh one-off server per measurement (a client that dies mid-test cannot
+  # leave it busy for the next one); tcp-rr serves the cell. Both die with the namespace.
+  hx "$tcp_rr" server 0.0.0.0:5300 >/dev/null 2>&1 &
+  wait_port 5300 || log "tcp-rr server did not start"
+}
 
 # --- measurements -----------------------------------------------------------------------------
 record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$results"; }
@@ -162,11 +166,27 @@ iperf() {
   wait "$server" 2>/dev/null || true
 }
 
-# rr NAME MTU TARGET: TCP_RR and TCP_CRR via tcp-rr.
+# cpu_ticks PID: CPU time (user + system, all threads) used so far by PID and its children
+# (PID is the subshell that `hx CMD &` forks; the peer is its child), in clock ticks.
+cpu_ticks() {
+  [ -n "$1" ] || return 0
+  local p files=()
+  for p in "$1" $(pgrep -P "$1"); do files+=("/proc/$p/stat"); done
+  cat "${files[@]}" 2>/dev/null | awk '{t += $14 + $15} END {if (NR) print t}'
+}
+
+# rr NAME MTU TARGET [HELPER_PID]: TCP_RR and TCP_CRR via tcp-rr, and the CPU share the
+# peer's process (if any) used during RR.
 rr() {
-  local name=$1 mtu=$2 target=$3 runner=gx line
+  local name=$1 mtu=$2 target=$3 helper=${4:-} runner=gx line t0 t1
   [ "$name" = loopback ] && runner=hx
+  t0=$(cpu_ticks "$helper")
   if line=$($runner timeout $((rr_secs + 20)) "$tcp_rr" rr "$target:5300" "$rr_secs"); then
+    t1=$(cpu_ticks "$helper")
+    if [ -n "$t0" ] && [ -n "$t1" ]; then
+      record "$name" "$mtu" rr_cpu "$(awk -v d=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v s="$rr_secs" \
+        'BEGIN {printf "%.0f", 100 * d / hz / s}')"
+    fi
     record "$name" "$mtu" rr_mean "$(sed -E 's/.*mean_us=([0-9.]+).*/\1/' <<<"$line")"
     record "$name" "$mtu" rr_p50 "$(sed -E 's/.*p50_us=([0-9.]+).*/\1/' <<<"$line")"
     record "$name" "$mtu" rr_p99 "$(sed -E 's/.*p99_us=([0-9.]+).*/\1/' <<<"$line")"
@@ -183,11 +203,12 @@ rr() {
   fi
 }
 
+# measure NAME MTU TARGET [HELPER_PID]
 measure() {
-  local name=$1 mtu=$2 target=$3
+  local name=$1 mtu=$2 target=$3 helper=${4:-}
   iperf "$name" "$mtu" g2h "$target"
   iperf "$name" "$mtu" h2g "$target" -R
-  rr "$name" "$mtu" "$target"
+  rr "$name" "$mtu" "$target" "$helper"
 }
 
 new_guest() {
@@ -200,8 +221,8 @@ new_guest() {
 
 end_guest() {
   local p
-  for p in "${bg_pids[@]:1}"; do kill "$p" 2>/dev/null || true; done
-  bg_pids=("${bg_pids[@]:0:1}")
+  for p in "${bg_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  bg_pids=()
   kill_ns "$g"
   g=""
 }
@@ -251,7 +272,7 @@ run_peer() {
         >"$work/slirp.log" 2>&1 &
       pid=$!; bg_pids+=("$pid")
       if wait_addr 10.0.2.100 "$pid"; then
-        measure slirp4netns "$mtu" 10.0.2.2
+        measure slirp4netns "$mtu" 10.0.2.2 "$pid"
         helper_survived slirp4netns "$pid" "$work/slirp.log" || true
       else
         log "slirp4netns did not come up: $(tail -3 "$work/slirp.log")"
@@ -264,7 +285,7 @@ run_peer() {
         -t none -u none -T none -U none --netns "/run/netns/$g" >"$work/pasta.log" 2>&1 &
       pid=$!; bg_pids+=("$pid")
       if wait_addr 192.0.2.10 "$pid"; then
-        measure pasta "$mtu" 192.0.2.1
+        measure pasta "$mtu" 192.0.2.1 "$pid"
         helper_survived pasta "$pid" "$work/pasta.log" || true
       else
         log "pasta did not come up: $(tail -3 "$work/pasta.log")"
@@ -276,7 +297,7 @@ run_peer() {
       hx "$limanet_bin" usernet --mtu "$mtu" --netns "/run/netns/$g" >"$work/limanet.log" 2>&1 &
       pid=$!; bg_pids+=("$pid")
       if wait_addr 192.168.5.15 "$pid"; then
-        measure limanet "$mtu" 192.168.5.2
+        measure limanet "$mtu" 192.168.5.2 "$pid"
         helper_survived limanet "$pid" "$work/limanet.log" || true
       else
         local why
@@ -295,16 +316,18 @@ load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 # Rounds: every peer at every MTU once per round, so a burst of load on this shared machine
 # hits all peers alike instead of the one measured at that moment; each cell is the median
 # over the rounds.
+# The order rotates from round to round, so no peer always runs right after the same one.
+read -ra peer_list <<<"$peers"
 for round in $(seq "$repeat"); do
-  for peer in $peers; do
-    if [ "$peer" = loopback ]; then
-      log "== round $round/$repeat: loopback"
-      run_peer loopback lo
-      continue
-    fi
-    for mtu in $mtus; do
+  for i in "${!peer_list[@]}"; do
+    peer=${peer_list[$(((i + round - 1) % ${#peer_list[@]}))]}
+    cell_mtus=$mtus
+    [ "$peer" = loopback ] && cell_mtus=lo
+    for mtu in $cell_mtus; do
       log "== round $round/$repeat: $peer, MTU $mtu"
+      new_host
       run_peer "$peer" "$mtu"
+      kill_ns "$bh"
     done
   done
 done
@@ -369,14 +392,14 @@ mkdir -p "$(dirname "$out")"
     END {
       print "## Absolute numbers"
       print ""
-      print "| peer | MTU | g→h Gbit/s | h→g Gbit/s | RR mean µs | RR p50 µs | RR p99 µs | CRR conn/s | CRR p50 µs |"
-      print "|---|---|---|---|---|---|---|---|---|"
+      print "| peer | MTU | g→h Gbit/s | h→g Gbit/s | RR mean µs | RR p50 µs | RR p99 µs | RR helper CPU % | CRR conn/s | CRR p50 µs |"
+      print "|---|---|---|---|---|---|---|---|---|---|"
       for (r = 1; r <= rows; r++) {
         split(order[r], k, SUBSEP); p = k[1]; m = k[2]
-        printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", p, m,
+        printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", p, m,
           fmt(val[p, m, "g2h"]), fmt(val[p, m, "h2g"]), fmt(val[p, m, "rr_mean"]),
-          fmt(val[p, m, "rr_p50"]), fmt(val[p, m, "rr_p99"]), fmt(val[p, m, "crr_rate"]),
-          fmt(val[p, m, "crr_p50"])
+          fmt(val[p, m, "rr_p50"]), fmt(val[p, m, "rr_p99"]), fmt(val[p, m, "rr_cpu"]),
+          fmt(val[p, m, "crr_rate"]), fmt(val[p, m, "crr_p50"])
       }
       print ""
       print "## Ratios within this run"
@@ -403,7 +426,9 @@ mkdir -p "$(dirname "$out")"
   echo "All inside a private bench-host netns (iperf3 -s and \`tcp-rr server\` on its 127.0.0.1)."
   echo "g→h: \`iperf3 -c HOST -t $secs\` in the guest netns; h→g: the same with \`-R\`."
   echo "RR: \`tcp-rr rr\` (1-byte ping-pong on one connection, TCP_NODELAY); CRR: \`tcp-rr crr\`"
-  echo "(connect, 1-byte request/response, close)."
+  echo "(connect, 1-byte request/response, close). RR helper CPU: CPU time the peer's process used"
+  echo "during the RR measurement ÷ its duration (100 = one core; the kernel references have none)."
+  echo "Every cell gets a fresh bench host and guest namespace; the peer order rotates per round."
   echo
   echo "| peer | how the guest netns is connected | host loopback as seen from the guest |"
   echo "|---|---|---|"

@@ -1,5 +1,6 @@
 //! The data plane of one user-mode network: a single-threaded mio loop that moves frames
-//! between ports and the netstack, and drives the host sockets.
+//! between ports and the netstack, and drives the host sockets. While traffic is dense it polls
+//! briefly before sleeping ([`crate::busy_poll`]).
 
 use crate::busy_poll::PollWindow;
 use crate::pcap::Pcap;
@@ -187,6 +188,8 @@ pub struct Network {
     stop_fds: Vec<usize>,
     pending_reads: HashSet<usize>,
     poll_window: PollWindow,
+    /// Bytes of frames received and sent in the current round of events.
+    round_bytes: usize,
     socket_paths: Vec<PathBuf>,
     pcap: Option<Pcap>,
     max_frame: usize,
@@ -219,6 +222,7 @@ impl Network {
             stop_fds: Vec::new(),
             pending_reads: HashSet::new(),
             poll_window: PollWindow::new(opts.busy_poll),
+            round_bytes: 0,
             socket_paths: Vec::new(),
             pcap: None,
             max_frame,
@@ -448,6 +452,8 @@ impl Network {
             }
             self.stack.end_batch(&mut self.host);
             self.flush_output();
+            self.poll_window
+                .round_moved(std::mem::take(&mut self.round_bytes));
             if let Some(p) = &mut self.pcap {
                 // Keep the capture readable while the network runs.
                 if let Err(e) = p.flush() {
@@ -481,6 +487,7 @@ impl Network {
                 if !events.is_empty() || since.elapsed() >= window {
                     break;
                 }
+                sys::yield_cpu();
             }
             if !events.is_empty() {
                 return Ok(());
@@ -764,6 +771,7 @@ impl Network {
             if let Some(p) = &mut self.pcap {
                 let _ = p.write(&self.scratch[..n]);
             }
+            self.round_bytes += n;
             self.stack
                 .handle_frame(&mut self.host, now, id, &self.scratch[..n]);
         }
@@ -785,10 +793,12 @@ impl Network {
         let stack = &mut self.stack;
         let host = &mut self.host;
         let pcap = &mut self.pcap;
+        let round_bytes = &mut self.round_bytes;
         let result = port.read_frames(self.max_frame, &mut self.scratch, |frame| {
             if let Some(p) = pcap {
                 let _ = p.write(frame);
             }
+            *round_bytes += frame.len();
             stack.handle_frame(host, now, id, frame);
         });
         match result {
@@ -814,6 +824,7 @@ impl Network {
             if let Some(p) = &mut self.pcap {
                 let _ = p.write(&tx.frame);
             }
+            self.round_bytes += tx.frame.len();
             let Some(&idx) = self.port_sources.get(&tx.port) else {
                 self.stack.out.recycle(tx.frame);
                 continue;

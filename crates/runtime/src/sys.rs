@@ -398,3 +398,9 @@ pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
     cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) }).map(|_| ())
 }
+
+/// Lets another runnable thread on this CPU run first (`sched_yield`); returns at once if none.
+pub fn yield_cpu() {
+    // SAFETY: sched_yield has no preconditions and cannot fail on Linux.
+    unsafe { libc::sched_yield() };
+}

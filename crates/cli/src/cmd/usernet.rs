@@ -65,8 +65,8 @@ pub struct NetworkArgs {
     #[arg(long)]
     pub pcap: Option<PathBuf>,
     /// Keep polling for up to this many microseconds after traffic before sleeping: lower
-    /// latency for a busy guest at the price of CPU time. Adaptive (an idle network never
-    /// polls); 0 turns it off.
+    /// request/response latency at the price of CPU time. Adaptive (idle networks and bulk
+    /// transfers do not poll); 0 turns it off.
     #[arg(long, value_name = "USEC", default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub busy_poll: u64,
 }

@@ -44,6 +44,19 @@ struct Conn {
     sseq: u32,
 }
 
+/// The guest sends a segment of `c` (at its current sequence numbers).
+fn guest_sends(
+    stack: &mut Stack,
+    host: &mut FakeHost,
+    now: Instant,
+    port: PortId,
+    c: &Conn,
+    flags: u8,
+    payload: &[u8],
+) {
+    send(stack, host, now, port, &tcp_frame(&c.seg(flags, payload)));
+}
+
 impl Conn {
     fn seg(&self, flags: u8, payload: &[u8]) -> Seg {
         let mut s = Seg::new(self.g, self.r, flags);
@@ -88,7 +101,7 @@ fn open(
         gseq: GUEST_ISS.wrapping_add(1),
         sseq: synack.seq.wrapping_add(1),
     };
-    send(stack, host, now, port, &tcp_frame(&c.seg(F::ACK, &[])));
+    guest_sends(stack, host, now, port, &c, F::ACK, &[]);
     assert!(drain_tcp(stack).is_empty(), "nothing to send yet");
     c
 }
@@ -349,13 +362,7 @@ fn tcp_data_both_ways_and_consumed_on_ack() {
     let mut c = open(&mut stack, &mut host, now, port, 40200, remote(80));
     // Guest → host.
     let req = b"GET / HTTP/1.0\r\n\r\n";
-    send(
-        &mut stack,
-        &mut host,
-        now,
-        port,
-        &tcp_frame(&c.seg(F::ACK | F::PSH, req)),
-    );
+    guest_sends(&mut stack, &mut host, now, port, &c, F::ACK | F::PSH, req);
     c.gseq = c.gseq.wrapping_add(req.len() as u32);
     assert_eq!(host.sock(c.sock).send_buf, req);
     // A little data waits (briefly) for a reply to carry its ACK; none comes, so the timer
@@ -390,22 +397,10 @@ fn tcp_data_both_ways_and_consumed_on_ack() {
     assert_eq!(got, body);
     assert_eq!(host.sock(c.sock).consumed, 0, "kept until acknowledged");
     c.sseq = c.sseq.wrapping_add(1460);
-    send(
-        &mut stack,
-        &mut host,
-        now,
-        port,
-        &tcp_frame(&c.seg(F::ACK, &[])),
-    );
+    guest_sends(&mut stack, &mut host, now, port, &c, F::ACK, &[]);
     assert_eq!(host.sock(c.sock).consumed, 1460);
     c.sseq = seq;
-    send(
-        &mut stack,
-        &mut host,
-        now,
-        port,
-        &tcp_frame(&c.seg(F::ACK, &[])),
-    );
+    guest_sends(&mut stack, &mut host, now, port, &c, F::ACK, &[]);
     assert_eq!(host.sock(c.sock).consumed, 4000);
     assert!(host.violations.is_empty());
 }
@@ -417,12 +412,14 @@ fn tcp_request_response_costs_one_peek_and_the_fin_rides_along() {
     let (mut stack, mut host, port, now) = setup();
     let mut c = open(&mut stack, &mut host, now, port, 40220, remote(80));
     let calls = host.receive_calls;
-    send(
+    guest_sends(
         &mut stack,
         &mut host,
         now,
         port,
-        &tcp_frame(&c.seg(F::ACK | F::PSH, b"ping")),
+        &c,
+        F::ACK | F::PSH,
+        b"ping",
     );
     c.gseq = c.gseq.wrapping_add(4);
     assert!(
@@ -471,13 +468,7 @@ fn tcp_guest_segments_after_a_gap_are_held_until_it_is_filled() {
     assert!(host.sock(c.sock).send_buf.is_empty());
     // The missing segment fills the gap: everything goes to the host in order, and the ACK
     // (sent at once) covers all of it.
-    send(
-        &mut stack,
-        &mut host,
-        now,
-        port,
-        &tcp_frame(&c.seg(F::ACK | F::PSH, &a)),
-    );
+    guest_sends(&mut stack, &mut host, now, port, &c, F::ACK | F::PSH, &a);
     let all: Vec<u8> = [a, b, d].concat();
     assert_eq!(host.sock(c.sock).send_buf, all);
     c.gseq = c.gseq.wrapping_add(all.len() as u32);
@@ -512,13 +503,7 @@ fn tcp_zero_window_and_partial_sends() {
     host.tcp_capacity = 1000;
     let mut c = open(&mut stack, &mut host, now, port, 40220, remote(80));
     let data = vec![0x5a; 1400];
-    send(
-        &mut stack,
-        &mut host,
-        now,
-        port,
-        &tcp_frame(&c.seg(F::ACK, &data)),
-    );
+    guest_sends(&mut stack, &mut host, now, port, &c, F::ACK, &data);
     assert_eq!(host.sock(c.sock).send_buf.len(), 1000, "partial send");
     let out = drain_tcp(&mut stack);
     let last = out.last().expect("an ACK");
@@ -530,13 +515,7 @@ fn tcp_zero_window_and_partial_sends() {
     assert_eq!(last.window, 0, "zero window while the socket is full");
     c.gseq = c.gseq.wrapping_add(1000);
     // More data while blocked is dropped and re-acknowledged with a zero window.
-    send(
-        &mut stack,
-        &mut host,
-        now,
-        port,
-        &tcp_frame(&c.seg(F::ACK, &data[1000..])),
-    );
+    guest_sends(&mut stack, &mut host, now, port, &c, F::ACK, &data[1000..]);
     let out = drain_tcp(&mut stack);
     assert_eq!((out[0].ack, out[0].window), (c.gseq, 0));
     assert_eq!(host.sock(c.sock).send_buf.len(), 1000);
@@ -546,13 +525,7 @@ fn tcp_zero_window_and_partial_sends() {
     let out = drain_tcp(&mut stack);
     assert_eq!(out.len(), 1);
     assert!(out[0].window > 0, "window update");
-    send(
-        &mut stack,
-        &mut host,
-        now,
-        port,
-        &tcp_frame(&c.seg(F::ACK, &data[1000..])),
-    );
+    guest_sends(&mut stack, &mut host, now, port, &c, F::ACK, &data[1000..]);
     host.drain_send(c.sock);
     assert_eq!(host.sock(c.sock).delivered, data);
     assert!(host.violations.is_empty());
@@ -562,12 +535,14 @@ fn tcp_zero_window_and_partial_sends() {
 fn tcp_guest_fin_then_host_fin() {
     let (mut stack, mut host, port, now) = setup();
     let mut c = open(&mut stack, &mut host, now, port, 40230, remote(80));
-    send(
+    guest_sends(
         &mut stack,
         &mut host,
         now,
         port,
-        &tcp_frame(&c.seg(F::FIN | F::ACK, b"bye")),
+        &c,
+        F::FIN | F::ACK,
+        b"bye",
     );
     c.gseq = c.gseq.wrapping_add(4);
     assert!(
@@ -593,13 +568,7 @@ fn tcp_guest_fin_then_host_fin() {
     assert_eq!(fin.seq, out[0].seq.wrapping_add(8));
     c.sseq = fin.seq.wrapping_add(1);
     assert_eq!(stack.tcp_flows(), 1);
-    send(
-        &mut stack,
-        &mut host,
-        now,
-        port,
-        &tcp_frame(&c.seg(F::ACK, &[])),
-    );
+    guest_sends(&mut stack, &mut host, now, port, &c, F::ACK, &[]);
     assert_eq!(stack.tcp_flows(), 0, "both sides closed and acknowledged");
     assert_eq!(
         host.sock(c.sock).closed,
@@ -615,13 +584,7 @@ fn tcp_guest_fin_is_acknowledged_by_the_host_fin_that_follows() {
     // both: our FIN carries the ACK of the guest's.
     let (mut stack, mut host, port, now) = setup();
     let mut c = open(&mut stack, &mut host, now, port, 40232, remote(80));
-    send(
-        &mut stack,
-        &mut host,
-        now,
-        port,
-        &tcp_frame(&c.seg(F::FIN | F::ACK, &[])),
-    );
+    guest_sends(&mut stack, &mut host, now, port, &c, F::FIN | F::ACK, &[]);
     c.gseq = c.gseq.wrapping_add(1);
     assert!(drain_tcp(&mut stack).is_empty());
     host.sock(c.sock).eof = true;
@@ -645,26 +608,14 @@ fn tcp_host_fin_first_then_guest_keeps_sending() {
     assert_eq!(out.len(), 1);
     assert!(out[0].has(F::FIN));
     c.sseq = out[0].seq.wrapping_add(1);
-    send(
-        &mut stack,
-        &mut host,
-        now,
-        port,
-        &tcp_frame(&c.seg(F::ACK, b"more")),
-    );
+    guest_sends(&mut stack, &mut host, now, port, &c, F::ACK, b"more");
     c.gseq = c.gseq.wrapping_add(4);
     assert_eq!(
         host.sock(c.sock).send_buf,
         b"more",
         "half-close: guest may still send"
     );
-    send(
-        &mut stack,
-        &mut host,
-        now,
-        port,
-        &tcp_frame(&c.seg(F::FIN | F::ACK, &[])),
-    );
+    guest_sends(&mut stack, &mut host, now, port, &c, F::FIN | F::ACK, &[]);
     assert_eq!(stack.tcp_flows(), 0);
     assert_eq!(host.sock(c.sock).closed, Some(false));
     assert!(host.violations.is_empty());
@@ -674,13 +625,7 @@ fn tcp_host_fin_first_then_guest_keeps_sending() {
 fn tcp_guest_rst_resets_host_socket() {
     let (mut stack, mut host, port, now) = setup();
     let c = open(&mut stack, &mut host, now, port, 40240, remote(80));
-    send(
-        &mut stack,
-        &mut host,
-        now,
-        port,
-        &tcp_frame(&c.seg(F::RST, &[])),
-    );
+    guest_sends(&mut stack, &mut host, now, port, &c, F::RST, &[]);
     assert_eq!(host.sock(c.sock).closed, Some(true));
     assert_eq!(stack.tcp_flows(), 0);
     assert!(drain(&mut stack).is_empty());

@@ -3,6 +3,7 @@
 //! sockets that the netstack's flows are translated onto.
 
 pub mod busy_poll;
+pub mod limits;
 pub mod network;
 pub mod pcap;
 pub mod sockets;

@@ -6,7 +6,7 @@ use crate::busy_poll::PollWindow;
 use crate::pcap::Pcap;
 use crate::sockets::{HostSockets, Kind};
 use crate::sys;
-use crate::transport::{Io, Port, PortError, ReadStatus};
+use crate::transport::{Io, Port, PortError, QueueBudget, ReadStatus};
 use limanet_netstack::{NetConfig, PortId, Stack, StackError};
 use mio::event::Event;
 use mio::unix::SourceFd;
@@ -197,12 +197,15 @@ pub struct Network {
     persistent: bool,
     had_port: bool,
     unnamed_peer_warned: bool,
+    /// Output queued by all ports together (see [`QueueBudget`]).
+    queue_budget: Rc<QueueBudget>,
 }
 
 impl Network {
     /// Builds the network and binds every listener. Socket files are created with mode 0600
     /// (owner only); stale socket files are replaced.
-    pub fn new(cfg: NetConfig, opts: Options) -> Result<Self, NetworkError> {
+    pub fn new(mut cfg: NetConfig, opts: Options) -> Result<Self, NetworkError> {
+        crate::limits::fit_flow_tables(&mut cfg, crate::limits::raise_nofile_limit());
         let max_frame = usize::from(cfg.mtu) + 14;
         let first_guest = cfg.dhcp_start;
         let stack = Stack::new(cfg)?;
@@ -230,6 +233,7 @@ impl Network {
             persistent: opts.persistent,
             had_port: false,
             unnamed_peer_warned: false,
+            queue_budget: QueueBudget::new(),
         };
         if let Some(path) = &opts.pcap {
             net.pcap = Some(
@@ -322,7 +326,7 @@ impl Network {
         info!(port = id, %name, "guest connected");
         let idx = self.add_source(
             Source::Port {
-                port: Port::new(io, name),
+                port: Port::with_budget(io, name, Rc::clone(&self.queue_budget)),
                 id,
             },
             Interest::READABLE | Interest::WRITABLE,

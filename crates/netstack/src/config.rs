@@ -56,6 +56,10 @@ pub struct NetConfig {
     pub max_ips_per_port: usize,
     /// DHCP offers one port may hold at once; a further DISCOVER withdraws its oldest.
     pub max_dhcp_offers_per_port: usize,
+    /// Broadcast and multicast frames per second a port may have flooded to the others (with
+    /// a burst of as many): a broadcast storm from one guest cannot fill every other
+    /// guest's link and queue.
+    pub max_flood_rate: u32,
     pub udp_idle_timeout: Duration,
     /// Idle timeout for UDP flows that only ever talked to port 53.
     pub udp_dns_idle_timeout: Duration,
@@ -130,6 +134,7 @@ impl NetConfig {
             mac_age: Duration::from_secs(300),
             max_ips_per_port: 4,
             max_dhcp_offers_per_port: 4,
+            max_flood_rate: 2000,
             udp_idle_timeout: Duration::from_secs(180),
             udp_dns_idle_timeout: Duration::from_secs(10),
             seed: 0x6c69_6d61_6e65_7400,

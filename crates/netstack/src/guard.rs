@@ -43,6 +43,9 @@ struct PortAddrs {
     macs: usize,
     /// Addresses this port took without a lease.
     unleased: usize,
+    /// Token bucket for flooded frames: tokens left, and when it was last refilled.
+    flood_tokens: u32,
+    flood_refilled: Option<Instant>,
 }
 
 /// Counters for logs and the stats API.
@@ -59,6 +62,8 @@ pub struct GuardStats {
     /// Frames dropped because the port already uses all the unleased addresses it may.
     pub address_limit: u64,
     pub macs_aged_out: u64,
+    /// Broadcast and multicast frames not flooded because their port exceeded its rate.
+    pub flood_limit: u64,
 }
 
 /// What [`Guard::admit_ip`] decided.
@@ -171,6 +176,37 @@ impl Guard {
                 p.macs -= 1;
             }
         }
+    }
+
+    /// Whether a broadcast or multicast frame from `port` may be flooded to the other ports
+    /// (at most `max_flood_rate` a second, in bursts of as many).
+    pub fn admit_flood(&mut self, cfg: &NetConfig, now: Instant, port: PortId) -> bool {
+        let p = self.ports.entry(port).or_default();
+        let rate = cfg.max_flood_rate;
+        match p.flood_refilled {
+            None => {
+                p.flood_tokens = rate;
+                p.flood_refilled = Some(now);
+            }
+            Some(last) => {
+                let elapsed = now.saturating_duration_since(last);
+                let earned = (elapsed.as_micros() * u128::from(rate) / 1_000_000) as u64;
+                if earned > 0 {
+                    p.flood_tokens =
+                        (u64::from(p.flood_tokens) + earned).min(u64::from(rate)) as u32;
+                    p.flood_refilled = Some(now);
+                }
+            }
+        }
+        if p.flood_tokens > 0 {
+            p.flood_tokens -= 1;
+            return true;
+        }
+        self.stats.flood_limit += 1;
+        if self.log.first(Limit::FloodRate) {
+            warn!(port, rate, "a port sends more broadcast or multicast frames than may be flooded: dropping the excess (logged once)");
+        }
+        false
     }
 
     /// Checks the source IPv4 address `ip` of a frame from `port` (source MAC `mac`, already

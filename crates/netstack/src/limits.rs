@@ -15,6 +15,7 @@ pub enum Limit {
     SourceAddress,
     AddressesPerPort,
     Checksum,
+    FloodRate,
     DhcpForeignClient,
     DhcpOffersPerPort,
     DhcpPoolExhausted,

@@ -181,7 +181,9 @@ impl Stack {
         if eth.dst == self.cfg.gateway_mac {
             self.local(host, now, port, &eth, checksums_verified);
         } else if wire::is_multicast(&eth.dst) {
-            self.flood(port, frame);
+            if self.guard.admit_flood(&self.cfg, now, port) {
+                self.flood(port, frame);
+            }
             if eth.dst == BROADCAST_MAC {
                 self.local(host, now, port, &eth, checksums_verified);
             }
@@ -558,6 +560,7 @@ impl Stack {
             + g.bad_source_mac
             + g.spoofed_source
             + g.address_limit
+            + g.flood_limit
             + s.bad_checksum
             + t.port_limit
             + t.syn_timeouts
@@ -573,6 +576,7 @@ impl Stack {
                 bad_source_mac = g.bad_source_mac,
                 spoofed_source = g.spoofed_source,
                 address_limit = g.address_limit,
+                flood_limit = g.flood_limit,
                 bad_checksum = s.bad_checksum,
                 tcp_port_limit = t.port_limit,
                 tcp_syn_timeouts = t.syn_timeouts,

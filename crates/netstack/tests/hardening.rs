@@ -539,3 +539,37 @@ fn bad_checksums_are_dropped_and_counted() {
     assert_eq!(drain(&mut net.stack).len(), 1);
     assert_eq!(net.stack.stats.bad_checksum, 4);
 }
+
+#[test]
+fn broadcast_storm_is_rate_limited_per_port() {
+    let mut net = Net::new(NetConfig::default());
+    let (a, b) = (net.a, net.b);
+    let rate = NetConfig::default().max_flood_rate as usize;
+    let storm = ethernet([0xff; 6], GUEST_MAC, 0x88b5, &[0u8; 1000]);
+    // One second of storm at 100 frames per millisecond.
+    let start = net.now;
+    let mut flooded = 0;
+    for ms in 0..1000u64 {
+        net.now = start + Duration::from_millis(ms);
+        for _ in 0..100 {
+            net.send(a, &storm);
+        }
+        flooded += drain(&mut net.stack)
+            .iter()
+            .filter(|(p, _)| *p == b)
+            .count();
+    }
+    // The burst, then the rate.
+    assert!(
+        flooded <= 2 * rate + 10 && flooded >= rate,
+        "{flooded} of 100000 flooded"
+    );
+    assert!(net.stack.guard.stats.flood_limit >= 100_000 - 2 * rate as u64 - 10);
+    // B's own broadcasts (ARP) still go out, and B works.
+    net.send(
+        b,
+        &from_mac(arp_request(GUEST2_MAC, GUEST2_IP, GUEST_IP), GUEST2_MAC),
+    );
+    assert!(drain(&mut net.stack).iter().any(|(p, _)| *p == a));
+    assert!(net.honest_guest_works(1));
+}

@@ -56,8 +56,8 @@ pub struct NetConfig {
     pub max_ips_per_port: usize,
     /// DHCP offers one port may hold at once; a further DISCOVER withdraws its oldest.
     pub max_dhcp_offers_per_port: usize,
-    /// Broadcast and multicast frames per second a port may have flooded to the others (with
-    /// a burst of as many): a broadcast storm from one guest cannot fill every other
+    /// Broadcast and multicast frames per second a port may have flooded to the others (in
+    /// bursts of 50 ms worth): a broadcast storm from one guest cannot fill every other
     /// guest's link and queue.
     pub max_flood_rate: u32,
     pub udp_idle_timeout: Duration,

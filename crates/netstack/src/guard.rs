@@ -179,13 +179,15 @@ impl Guard {
     }
 
     /// Whether a broadcast or multicast frame from `port` may be flooded to the other ports
-    /// (at most `max_flood_rate` a second, in bursts of as many).
+    /// (at most `max_flood_rate` a second, in bursts of 50 ms worth: every flooded frame is a
+    /// copy per port, made before the output queues' caps apply).
     pub fn admit_flood(&mut self, cfg: &NetConfig, now: Instant, port: PortId) -> bool {
         let p = self.ports.entry(port).or_default();
         let rate = cfg.max_flood_rate;
+        let burst = (rate / 20).max(16);
         match p.flood_refilled {
             None => {
-                p.flood_tokens = rate;
+                p.flood_tokens = burst;
                 p.flood_refilled = Some(now);
             }
             Some(last) => {
@@ -193,7 +195,7 @@ impl Guard {
                 let earned = (elapsed.as_micros() * u128::from(rate) / 1_000_000) as u64;
                 if earned > 0 {
                     p.flood_tokens =
-                        (u64::from(p.flood_tokens) + earned).min(u64::from(rate)) as u32;
+                        (u64::from(p.flood_tokens) + earned).min(u64::from(burst)) as u32;
                     p.flood_refilled = Some(now);
                 }
             }

@@ -24,10 +24,10 @@ use tracing::{debug, warn};
 /// through retransmission; this only bounds memory when a VM stops reading.
 const MAX_QUEUED_BYTES: usize = 16 << 20;
 /// Largest amount of queued output of all the ports of a network together ...
-pub const MAX_NETWORK_QUEUED_BYTES: usize = 48 << 20;
+pub const MAX_NETWORK_QUEUED_BYTES: usize = 32 << 20;
 /// ... except that every port may queue this much whatever the others hold, so a guest that
 /// reads keeps working while guests that stopped reading fill the shared budget.
-const PORT_GUARANTEED_BYTES: usize = 512 << 10;
+const PORT_GUARANTEED_BYTES: usize = 256 << 10;
 
 /// Output queued by all the ports of one network, shared by them. Frames beyond it are
 /// dropped and counted.

@@ -212,14 +212,15 @@ impl Guard {
     }
 
     /// Checks the source IPv4 address `ip` of a frame from `port` (source MAC `mac`, already
-    /// admitted). `holder` is the MAC that DHCP offered or leased the address to, if any.
+    /// admitted). `holder` says which MAC DHCP offered or leased the address to, if any; it
+    /// is only asked for addresses the port did not use before (not on the per-frame path).
     pub fn admit_ip(
         &mut self,
         cfg: &NetConfig,
         port: PortId,
         mac: MacAddr,
         ip: Ipv4Addr,
-        holder: Option<MacAddr>,
+        holder: impl FnOnce() -> Option<MacAddr>,
     ) -> Admission {
         if ip.is_unspecified() {
             return Admission::Known;
@@ -235,7 +236,7 @@ impl Guard {
         if !cfg.contains(ip) || cfg.is_local(ip) || ip == cfg.network || ip == cfg.broadcast() {
             return self.spoofed(port, ip);
         }
-        let leased = match holder {
+        let leased = match holder() {
             Some(h) if self.port_of(&h) == Some(port) => true,
             Some(_) => return self.spoofed(port, ip),
             None => false,

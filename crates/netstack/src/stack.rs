@@ -218,7 +218,8 @@ impl Stack {
             },
             _ => return true,
         };
-        let holder = self.dhcp.holder(now, ip);
+        let dhcp = &self.dhcp;
+        let holder = || dhcp.holder(now, ip);
         match self.guard.admit_ip(&self.cfg, port, eth.src, ip, holder) {
             Admission::Known | Admission::NewLeased => true,
             Admission::NewUnleased => {

@@ -43,6 +43,7 @@ pub mod supervisor;
 use anyhow::{bail, Context};
 use limanet_config::limayaml;
 use limanet_config::networks::{self, NetworksConfig};
+use limanet_config::quote::go_quote;
 use limanet_config::usernet::{self as unet, SockKind};
 use limanet_config::{identifiers, mac, LimaHome};
 use std::io::Read;
@@ -108,9 +109,29 @@ pub fn lima_home() -> anyhow::Result<LimaHome> {
     Ok(LimaHome::new(home.path()))
 }
 
-/// Checks an instance name (Lima's `ValidateInstName`).
+/// Checks an instance name (Lima's `ValidateInstName`), so it can never escape `$LIMA_HOME`
+/// nor be mistaken for a template file.
 pub fn check_name(name: &str) -> anyhow::Result<()> {
-    identifiers::validate(name).with_context(|| format!("invalid instance name `{name}`"))?;
+    validate_inst_name(name).with_context(|| format!("invalid instance name `{name}`"))
+}
+
+/// Lima's `ValidateInstName` with its messages: an identifier (see
+/// [`limanet_config::identifiers`]) that does not end in `.yml` or `.yaml` (any case; `limactl`
+/// takes such arguments as template files).
+pub fn validate_inst_name(name: &str) -> anyhow::Result<()> {
+    if let Err(e) = identifiers::validate(name) {
+        bail!(
+            "instance name {} is not a valid identifier: {e}",
+            go_quote(name)
+        );
+    }
+    let lower = name.to_ascii_lowercase();
+    if lower.ends_with(".yml") || lower.ends_with(".yaml") {
+        bail!(
+            "instance name {} must not end with .yml or .yaml suffix",
+            go_quote(name)
+        );
+    }
     Ok(())
 }
 
@@ -434,4 +455,38 @@ fn nic_addresses(home: &LimaHome, state: &InstanceState) -> Vec<Option<String>> 
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name_error(name: &str) -> String {
+        validate_inst_name(name)
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn instance_names_follow_limas_validate_inst_name() {
+        for good in ["default", "vm1", "a.b_c-d", "yml", "x.yml0", "my.yamlx"] {
+            assert!(validate_inst_name(good).is_ok(), "{good}");
+        }
+        for bad in ["vm.yml", "vm.yaml", "VM.YML", "a.b.YaMl"] {
+            assert_eq!(
+                name_error(bad),
+                format!("instance name \"{bad}\" must not end with .yml or .yaml suffix")
+            );
+        }
+        assert_eq!(
+            name_error("x-"),
+            "instance name \"x-\" is not a valid identifier: identifier `x-` must match \
+             ^[A-Za-z0-9]+(?:[._-](?:[A-Za-z0-9]+))*$"
+        );
+        assert_eq!(
+            name_error(""),
+            "instance name \"\" is not a valid identifier: identifier must not be empty"
+        );
+    }
 }

@@ -10,7 +10,8 @@ use std::time::Duration;
 /// `limanet start` arguments.
 #[derive(clap::Args, Debug, Clone)]
 pub struct StartArgs {
-    /// Instance name (letters, digits, and `.`, `_`, `-` between them; at most 76 characters).
+    /// Instance name (letters, digits, and `.`, `_`, `-` between them; at most 76 characters;
+    /// not ending in `.yml` or `.yaml`).
     pub name: String,
     /// A further network: `lima:NAME` (defined in networks.yaml) or `socket:PATH` (an
     /// unmanaged QEMU stream socket). Repeatable.

@@ -16,6 +16,7 @@ pub mod config;
 pub mod dhcp;
 pub mod host;
 pub mod icmp;
+pub mod inspect;
 pub mod output;
 pub mod stack;
 pub mod tcp;
@@ -24,5 +25,6 @@ pub mod wire;
 
 pub use config::NetConfig;
 pub use host::{Host, SockId};
+pub use inspect::{CamEntry, FlowInfo, FlowProtocol, InboundState};
 pub use output::{Link, Output, PortId, TxFrame};
 pub use stack::{MacDisplay, Stack, StackError};

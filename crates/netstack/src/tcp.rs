@@ -26,6 +26,7 @@
 use crate::checksum;
 use crate::config::NetConfig;
 use crate::host::{Host, SockId};
+use crate::inspect::{FlowInfo, FlowProtocol, InboundState};
 use crate::output::{Link, Output};
 use crate::wire::{self, tcp_flags as F, Tcp, ETH_HEADER_LEN, IPV4_HEADER_LEN, TCP_HEADER_LEN};
 use std::cmp::Reverse;
@@ -131,6 +132,8 @@ struct Flow {
     /// Deadline already in the timer heap (to avoid pushing duplicates).
     scheduled: Option<Instant>,
     generation: u64,
+    /// Opened by the host (port forward or probe), not by the guest.
+    inbound: bool,
 }
 
 impl Flow {
@@ -308,6 +311,7 @@ impl TcpTable {
             deadline: None,
             scheduled: None,
             generation: self.next_generation,
+            inbound: state == State::SynSent,
         }
     }
 
@@ -865,6 +869,39 @@ impl TcpTable {
         let idx = self.insert(flow);
         self.schedule(idx);
         info!(%guest, "forwarded connection opening");
+    }
+
+    /// The connection the host opened towards a guest on host socket `sock` (a forward or a
+    /// probe): its guest end and state, or `None` when there is no such connection (refused,
+    /// reset, never opened).
+    pub fn inbound_state(&self, sock: SockId) -> Option<(SocketAddrV4, InboundState)> {
+        let flow = self.flows.get(*self.by_sock.get(&sock)?)?.as_ref()?;
+        let state = match flow.state {
+            State::SynSent => InboundState::Opening,
+            State::Established => InboundState::Established,
+            // Guest-initiated connections are not inbound.
+            State::HostConnecting | State::SynReceived => return None,
+        };
+        Some((flow.key.guest, state))
+    }
+
+    /// Every live flow, for the control API.
+    pub fn flow_list(&self) -> Vec<FlowInfo> {
+        self.flows
+            .iter()
+            .flatten()
+            .map(|f| FlowInfo {
+                protocol: FlowProtocol::Tcp,
+                guest: f.key.guest,
+                remote: f.key.remote,
+                port: f.link.port,
+                inbound: f.inbound,
+                state: match f.state {
+                    State::Established => "established",
+                    _ => "opening",
+                },
+            })
+            .collect()
     }
 
     /// Resets every connection of a port that went away (the VM disconnected).

@@ -104,7 +104,8 @@ pub struct Args {
     /// Write the daemon's PID here once every socket listens; removed on exit.
     #[arg(long, short = 'p')]
     pub pidfile: Option<PathBuf>,
-    /// HTTP API socket (accepted for Lima compatibility; the API itself is not served yet).
+    /// Serve the gvproxy-compatible HTTP API (forwards, leases, DNS zones, wait_port, stats)
+    /// on this unix socket (mode 0600).
     #[arg(long, short = 'e')]
     pub endpoint: Option<PathBuf>,
 }
@@ -174,9 +175,23 @@ impl NetworkArgs {
                 .with_context(|| format!("invalid address in lease {lease:?}"))?;
             cfg.static_leases.push((ip, parse_mac(mac)?));
         }
-        // Lima's user-v2 lease files include the gateway itself: not a guest.
+        // Lima's user-v2 lease files include the gateway itself: not a guest. A saved lease
+        // can also come from an older subnet: Lima drops those silently, we say so.
         let gateway = cfg.gateway;
-        cfg.static_leases.retain(|(ip, _)| *ip != gateway);
+        let shape = cfg.clone();
+        cfg.static_leases.retain(|(ip, mac)| {
+            if *ip == gateway {
+                return false;
+            }
+            let usable = shape.contains(*ip)
+                && *ip != shape.network
+                && *ip != shape.broadcast()
+                && !shape.is_local(*ip);
+            if !usable {
+                warn!(%ip, mac = %MacDisplay(*mac), subnet = %format!("{}/{}", shape.network, shape.prefix_len), "dropping a static lease that is not a guest address of this network");
+            }
+            usable
+        });
         if !self.dhcp_dns.is_empty() {
             cfg.dhcp_dns = self.dhcp_dns.clone();
         }
@@ -196,6 +211,15 @@ impl NetworkArgs {
 
     /// Starts the embedded DNS server (unless disabled), with Lima's static names.
     pub fn start_dns(&self, cfg: &NetConfig) -> Result<Option<limanet_dns::BackgroundDns>> {
+        self.start_dns_with_zones(cfg, limanet_dns::ZonesHandle::default())
+    }
+
+    /// [`NetworkArgs::start_dns`], also answering from run-time `zones` (the API's `dns/add`).
+    pub fn start_dns_with_zones(
+        &self,
+        cfg: &NetConfig,
+        zones: limanet_dns::ZonesHandle,
+    ) -> Result<Option<limanet_dns::BackgroundDns>> {
         if self.no_dns {
             return Ok(None);
         }
@@ -215,7 +239,18 @@ impl NetworkArgs {
             .instance
             .as_deref()
             .map(|n| (n, IpAddr::V4(first_guest)));
-        let hosts = limanet_dns::lima_hosts(&user_hosts, IpAddr::V4(cfg.gateway), instance);
+        let hosts = match (self.mode, instance) {
+            // user-v2 names instances `lima-<NAME>.internal`, as Lima's usernet client does.
+            (Mode::UserV2, Some((name, ip))) => {
+                let mut hosts = limanet_dns::lima_hosts(&user_hosts, IpAddr::V4(cfg.gateway), None);
+                hosts.push((
+                    format!("{}.internal", limanet_dns::instance_host_name(name)),
+                    ip.to_string(),
+                ));
+                hosts
+            }
+            _ => limanet_dns::lima_hosts(&user_hosts, IpAddr::V4(cfg.gateway), instance),
+        };
         let upstreams = self
             .dns_upstreams
             .iter()
@@ -226,6 +261,7 @@ impl NetworkArgs {
             ipv6: self.dns_ipv6,
             upstreams,
             resolv_conf: self.resolv_conf.clone(),
+            zones,
             ..Default::default()
         })
         .context("cannot start the embedded DNS server")?;
@@ -381,9 +417,6 @@ fn default_socket() -> PathBuf {
 /// Runs the subcommand.
 pub fn run(mut args: Args) -> Result<u8> {
     let cfg = args.net.net_config()?;
-    if args.endpoint.is_some() {
-        warn!("--endpoint: the HTTP API is not implemented yet; ignoring");
-    }
     let no_transport = args.listen_qemu.is_empty()
         && args.listen_dgram.is_empty()
         && args.listen_fd.is_empty()
@@ -426,8 +459,14 @@ pub fn run(mut args: Args) -> Result<u8> {
         cfg.mtu
     );
     let mut net = Network::new(cfg.clone(), opts)?;
+    let zones = limanet_dns::ZonesHandle::default();
+    // Bound before privileges go, so its mode and owner are settled by then.
+    let _api = match &args.endpoint {
+        Some(path) => Some(start_api(&mut net, &cfg, path, zones.clone())?),
+        None => None,
+    };
     drop_privileges()?;
-    let dns = args.net.start_dns(&cfg)?;
+    let dns = args.net.start_dns_with_zones(&cfg, zones)?;
     attach_dns(&mut net, &dns)?;
     let _pidfile = args.pidfile.as_deref().map(PidFile::create).transpose()?;
     info!("user-mode network ready: {summary}");
@@ -444,6 +483,29 @@ pub fn run(mut args: Args) -> Result<u8> {
         Exit::PortsGone => info!("last guest disconnected"),
     }
     Ok(0)
+}
+
+/// Serves the HTTP API for `net` on `path`.
+pub fn start_api(
+    net: &mut Network,
+    cfg: &NetConfig,
+    path: &Path,
+    zones: limanet_dns::ZonesHandle,
+) -> Result<limanet_api::ApiServer> {
+    let control = net
+        .control()
+        .context("cannot open the network's control channel")?;
+    let ctx = limanet_api::Context {
+        control,
+        zones,
+        network: cfg.network,
+        prefix_len: cfg.prefix_len,
+    };
+    let config = limanet_api::ApiConfig {
+        path: path.to_path_buf(),
+        group: None,
+    };
+    limanet_api::spawn(config, ctx).context("cannot serve the HTTP API")
 }
 
 /// Creates a TAP device in each namespace. Configured namespaces get consecutive addresses from

@@ -518,8 +518,20 @@ pub fn attach_namespaces(
     configure: bool,
 ) -> Result<Vec<(OwnedFd, String)>> {
     let mut ports = Vec::new();
-    for (i, ns) in namespaces.iter().enumerate() {
-        let address = Ipv4Addr::from(u32::from(cfg.dhcp_start) + i as u32);
+    let mut next = u32::from(cfg.dhcp_start);
+    for ns in namespaces {
+        // user-v2 guests start below the gateway: skip the gateway's own addresses and
+        // addresses already leased.
+        while cfg.is_local(Ipv4Addr::from(next))
+            || cfg
+                .static_leases
+                .iter()
+                .any(|(ip, _)| u32::from(*ip) == next)
+        {
+            next += 1;
+        }
+        let address = Ipv4Addr::from(next);
+        next += 1;
         if configure && !cfg.contains(address) {
             bail!(
                 "no address left in {}/{} for namespace {ns}",

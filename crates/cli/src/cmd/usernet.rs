@@ -13,9 +13,10 @@ use tracing::{info, warn};
 #[derive(clap::Args, Debug, Clone)]
 pub struct NetworkArgs {
     /// Address layout: Lima's default network, or a user-v2 network (gateway .2 also serving
-    /// DNS, guests from .1).
-    #[arg(long, value_enum, default_value = "default")]
-    pub mode: Mode,
+    /// DNS, guests from .1). Default: `default`, or `user-v2` for `limanet usernet` with
+    /// `-e/--endpoint` (as `limactl usernet`, which serves only user-v2).
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
     /// The subnet.
     #[arg(long, default_value = "192.168.5.0/24")]
     pub subnet: String,
@@ -157,7 +158,7 @@ impl NetworkArgs {
     /// The netstack configuration these options describe.
     pub fn net_config(&self) -> Result<NetConfig> {
         let (network, prefix) = parse_subnet(&self.subnet)?;
-        let mut cfg = match self.mode {
+        let mut cfg = match self.mode.unwrap_or(Mode::Default) {
             Mode::Default => NetConfig::for_subnet(network, prefix),
             Mode::UserV2 => NetConfig::user_v2(network, prefix),
         };
@@ -239,7 +240,7 @@ impl NetworkArgs {
             .instance
             .as_deref()
             .map(|n| (n, IpAddr::V4(first_guest)));
-        let hosts = match (self.mode, instance) {
+        let hosts = match (self.mode.unwrap_or(Mode::Default), instance) {
             // user-v2 names instances `lima-<NAME>.internal`, as Lima's usernet client does.
             (Mode::UserV2, Some((name, ip))) => {
                 let mut hosts = limanet_dns::lima_hosts(&user_hosts, IpAddr::V4(cfg.gateway), None);
@@ -416,6 +417,9 @@ fn default_socket() -> PathBuf {
 
 /// Runs the subcommand.
 pub fn run(mut args: Args) -> Result<u8> {
+    if args.endpoint.is_some() {
+        args.net.mode.get_or_insert(Mode::UserV2);
+    }
     let cfg = args.net.net_config()?;
     let no_transport = args.listen_qemu.is_empty()
         && args.listen_dgram.is_empty()

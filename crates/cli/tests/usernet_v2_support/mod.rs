@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use limanet_testkit::{wait_for_path, ChildGuard, Netns};
+use limanet_testkit::{wait_for, ChildGuard, Netns};
 
 use crate::usernet_support::Env;
 
@@ -82,7 +82,12 @@ pub fn start_v2(env: &Env, tag: &str, guests: &[&Netns], extra: &[&str]) -> V2 {
     }
     cmd.args(extra);
     let daemon = ChildGuard::spawn("limanet-usernet-v2", &mut cmd).expect("spawn usernet");
-    if let Err(e) = wait_for_path(&pidfile, Duration::from_secs(20)) {
+    // The pid file may be a stale one from a killed daemon: wait for this daemon's pid.
+    let pid = daemon.id().to_string();
+    let started = wait_for("usernet pid file", Duration::from_secs(20), || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|t| t.trim() == pid)
+    });
+    if let Err(e) = started {
         panic!("limanet usernet did not start: {e}\n{}", daemon.logs());
     }
     assert!(ep.exists(), "{} missing\n{}", ep.display(), daemon.logs());

@@ -284,3 +284,64 @@ fn clients_that_never_read_and_a_broadcast_flood_keep_memory_bounded() {
 fn connect(path: &Path) -> UnixStream {
     UnixStream::connect(path).expect("connect to limanet")
 }
+
+/// hping3 SYN floods from guest A, as the original attack: one from A's own address at an open
+/// host port whose listener never accepts (the host's backlog fills, so host connects stay
+/// pending: half-open flows), one with B's address as source (spoofed), both for 3 s, while B
+/// keeps probing. Defined reaction: spoofed SYNs are dropped, A's half-open flows are capped
+/// (further SYNs get RST), limanet keeps descriptors in reserve, B's probes succeed.
+#[test]
+fn hping3_syn_floods_own_and_spoofed_sources() {
+    if std::process::Command::new("hping3")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!("hping3 is missing: run scripts/install-deps");
+    }
+    raise_nofile();
+    let env = Env::new("hsyn");
+    let echo = TcpEchoServer::start(&env.th.host, "127.0.0.1:0".parse().unwrap()).expect("echo");
+    let server = SocketAddr::from(([192, 168, 5, 2], echo.addr().port()));
+    let deaf = env
+        .th
+        .host
+        .run_in(|| std::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("netns")
+        .expect("bind deaf listener");
+    let deaf_port = deaf.local_addr().expect("addr").port().to_string();
+    let u = start(&env, 2, Some(1024), &[]);
+    let pid = u.daemon.id();
+    let (a, b) = (&u.guests[0], &u.guests[1]);
+    let flood = |extra: &[&str]| {
+        let mut args = vec!["-q", "-S", "--flood", "-p", &deaf_port];
+        args.extend_from_slice(extra);
+        args.push("192.168.5.2");
+        a.spawn("hping3", "hping3", &args).expect("spawn hping3")
+    };
+    let own = flood(&[]);
+    let spoofed = flood(&["-a", "192.168.5.16"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let ok = probes(b, server, 100, Duration::from_millis(10));
+    let peak_fds = fds(pid);
+    drop(own);
+    drop(spoofed);
+    let (peak, _) = rss_kib(pid);
+    println!("hping3 SYN floods: honest probes {ok}/100, limanet fds {peak_fds} (limit 1024), peak RSS {peak} KiB");
+    let logs = u.daemon.logs();
+    assert!(ok >= 99, "honest guest: {ok}/100\n{logs}");
+    assert!(
+        peak_fds < 1024 - 100,
+        "descriptors in reserve: {peak_fds}\n{logs}"
+    );
+    assert!(
+        // With 1024 descriptors the half-open share is the whole per-guest share.
+        logs.contains("connections as it may"),
+        "per-guest limit logged\n{logs}"
+    );
+    assert!(
+        logs.contains("source address this port may not use"),
+        "spoofed sources logged\n{logs}"
+    );
+    drop(deaf);
+}

@@ -122,6 +122,15 @@ impl Guard {
         self.addrs.get(ip).copied()
     }
 
+    /// The addresses a port uses.
+    pub fn addresses_of(&self, port: PortId) -> Vec<Ipv4Addr> {
+        self.addrs
+            .iter()
+            .filter(|(_, l)| l.port == port)
+            .map(|(ip, _)| *ip)
+            .collect()
+    }
+
     /// Learned MACs.
     pub fn mac_count(&self) -> usize {
         self.macs.len()

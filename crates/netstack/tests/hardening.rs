@@ -573,3 +573,32 @@ fn broadcast_storm_is_rate_limited_per_port() {
     assert!(drain(&mut net.stack).iter().any(|(p, _)| *p == a));
     assert!(net.honest_guest_works(1));
 }
+
+#[test]
+fn guest_that_kept_its_address_across_a_restart_renews_it_and_others_cannot_take_it() {
+    // A fresh stack (limanet restarted): A still uses .15 (Net::new's ARP), B .16.
+    let mut net = Net::new(NetConfig::default());
+    let (a, b) = (net.a, net.b);
+    // B asks for A's address: not offered.
+    let z = Ipv4Addr::UNSPECIFIED;
+    net.send(
+        b,
+        &dhcp_message(GUEST2_MAC, GUEST2_MAC, DISCOVER, Some(GUEST_IP), z, false),
+    );
+    let offers = dhcp_replies(&drain(&mut net.stack), b);
+    assert!(offers.iter().all(|o| o.1 != GUEST_IP), "{offers:?}");
+    // A renews .15 (RENEWING: ciaddr, no server identifier): acknowledged.
+    let renew = dhcp_message(GUEST_MAC, GUEST_MAC, REQUEST, None, GUEST_IP, false);
+    net.send(a, &renew);
+    let replies = dhcp_replies(&drain(&mut net.stack), a);
+    assert_eq!(
+        replies.first().map(|r| r.0),
+        Some(5),
+        "DHCPACK: {replies:?}"
+    );
+    assert!(net
+        .stack
+        .leases()
+        .iter()
+        .any(|l| l.ip == GUEST_IP && l.mac == GUEST_MAC));
+}

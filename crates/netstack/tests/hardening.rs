@@ -602,3 +602,37 @@ fn guest_that_kept_its_address_across_a_restart_renews_it_and_others_cannot_take
         .iter()
         .any(|l| l.ip == GUEST_IP && l.mac == GUEST_MAC));
 }
+
+#[test]
+fn udp_and_ping_floods_from_one_guest_leave_the_others_their_flows() {
+    let cfg = NetConfig {
+        max_udp_flows: 16,
+        max_icmp_flows: 8,
+        ..NetConfig::default()
+    };
+    let mut net = Net::new(cfg);
+    let (a, b) = (net.a, net.b);
+    // B has a UDP flow (say its DNS resolver's) and pings the outside.
+    let b_flow = from_mac(
+        udp_frame(SocketAddrV4::new(GUEST2_IP, 5353), remote(53), b"q"),
+        GUEST2_MAC,
+    );
+    net.send(b, &b_flow);
+    let b_sock = *net.host.udp.keys().next().expect("B's UDP socket");
+    // A opens UDP flows from 1000 source ports and pings with 1000 identifiers.
+    for i in 0..1000u16 {
+        net.now += Duration::from_millis(1);
+        net.send(
+            a,
+            &udp_frame(SocketAddrV4::new(GUEST_IP, 20000 + i), remote(9), b"x"),
+        );
+        net.send(a, &ping_frame(GUEST_IP, REMOTE_IP, i, 1, b"x"));
+    }
+    assert!(!net.host.udp[&b_sock].closed, "B's flow survives A's flood");
+    assert_eq!(net.stack.udp_flows(), 16);
+    assert_eq!(net.host.icmp.len(), 4, "A holds half of the echo table");
+    let ping = from_mac(ping_frame(GUEST2_IP, REMOTE_IP, 77, 1, b"x"), GUEST2_MAC);
+    net.send(b, &ping);
+    assert_eq!(net.host.icmp.len(), 5, "B can still ping");
+    assert!(net.host.violations.is_empty());
+}

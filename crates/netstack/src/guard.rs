@@ -127,6 +127,15 @@ impl Guard {
         self.macs.iter().map(|(mac, e)| (*mac, e.port))
     }
 
+    /// The addresses a port uses.
+    pub fn addresses_of(&self, port: PortId) -> Vec<Ipv4Addr> {
+        self.addrs
+            .iter()
+            .filter(|(_, l)| l.port == port)
+            .map(|(ip, _)| *ip)
+            .collect()
+    }
+
     /// Learned MACs.
     pub fn mac_count(&self) -> usize {
         self.macs.len()

@@ -408,13 +408,25 @@ impl Stack {
     }
 
     fn dhcp(&mut self, now: Instant, link: Link, payload: &[u8]) {
+        // Addresses this port uses without a lease are kept from other clients, not from its
+        // own: a guest that kept its address while limanet restarted renews it.
+        let own = self.guard.addresses_of(link.port);
+        for &ip in &own {
+            self.dhcp.clear_in_use(ip);
+        }
         let guard = &self.guard;
         let mac_on_port = |mac: &MacAddr| guard.port_of(mac) == Some(link.port);
         let origin = Origin {
             port: link.port,
             mac_on_port: &mac_on_port,
         };
-        match self.dhcp.handle_from(now, link.mac, payload, Some(origin)) {
+        let result = self.dhcp.handle_from(now, link.mac, payload, Some(origin));
+        for ip in own {
+            if self.dhcp.holder(now, ip).is_none() {
+                self.dhcp.mark_in_use(now, ip);
+            }
+        }
+        match result {
             Ok(Some(reply)) => {
                 let to = Link {
                     port: link.port,

@@ -329,14 +329,15 @@ pub fn describe(nic: &Nic) -> String {
     }
 }
 
-/// Starts the instance's own user-mode network (eth0). A leftover from a run whose supervisor
-/// was killed is stopped first: its leases and hosts may differ.
+/// Starts the instance's own user-mode network when eth0 is on it. A leftover from a run whose
+/// supervisor was killed is stopped first: its leases and hosts may differ.
 fn start_own_usernet(plan: &Plan) -> anyhow::Result<()> {
     let paths = &plan.paths;
     stop_own_usernet(paths);
     let eth0 = plan.nics.first().context("no eth0")?;
     let Attachment::Usernet { socket } = &eth0.attachment else {
-        bail!("internal error: eth0 is not on the instance's usernet");
+        // eth0 is on a user-v2 network (Lima's FirstUsernetIndex): no network of its own.
+        return Ok(());
     };
     let exe = std::env::current_exe().context("cannot find the limanet executable")?;
     let mut argv = vec![

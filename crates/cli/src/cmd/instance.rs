@@ -13,12 +13,13 @@ pub struct StartArgs {
     /// Instance name (letters, digits, and `.`, `_`, `-` between them; at most 76 characters;
     /// not ending in `.yml` or `.yaml`).
     pub name: String,
-    /// A further network: `lima:NAME` (defined in networks.yaml) or `socket:PATH` (an
-    /// unmanaged QEMU stream socket). Repeatable.
+    /// A network: `lima:NAME` (defined in networks.yaml) or `socket:PATH` (an unmanaged QEMU
+    /// stream socket). Repeatable. The first user-v2 network is eth0 (as in Lima); without
+    /// one, eth0 is the instance's own user-mode network.
     #[arg(long = "network", value_name = "lima:NET|socket:PATH")]
     pub networks: Vec<String>,
-    /// DNS server announced to the guest by DHCP instead of the embedded host-resolver DNS.
-    /// Repeatable.
+    /// DNS server announced to the guest by DHCP instead of the embedded host-resolver DNS
+    /// (only with eth0 on the instance's own network). Repeatable.
     #[arg(long = "dns", value_name = "IP")]
     pub dns: Vec<String>,
     /// Static DNS entry for the guest (`hostResolver.hosts`). Repeatable.

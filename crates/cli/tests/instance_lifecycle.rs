@@ -83,10 +83,22 @@ fn the_first_user_v2_network_is_eth0_and_instances_share_its_daemon() {
     assert_eq!(read_pid(&pid_file), Some(daemon));
 
     // Without a user-v2 network, eth0 stays on the instance's own network: a default-mode
-    // usernet with the static lease for the eth0 MAC, `--host` and `--dns`.
+    // usernet with the static lease for the eth0 MAC, `--host`, `--dns` and the forwards.
+    let ssh_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+        .to_string();
     h.ok(&start_args(
         "c",
-        &["--host", "db.test=10.1.2.3", "--dns", "192.168.5.53"],
+        &[
+            "--host",
+            "db.test=10.1.2.3",
+            "--dns",
+            "192.168.5.53",
+            "--ssh-port",
+            &ssh_port,
+        ],
     ));
     let c_mac = h.state("c")["nics"][0]["mac"]
         .as_str()
@@ -100,7 +112,9 @@ fn the_first_user_v2_network_is_eth0_and_instances_share_its_daemon() {
     );
     assert!(own_cl.contains("--instance c"), "{own_cl}");
     assert!(
-        own_cl.contains("--host db.test=10.1.2.3 --dhcp-dns 192.168.5.53"),
+        own_cl.contains(&format!(
+            "--host db.test=10.1.2.3 --dhcp-dns 192.168.5.53 --forward tcp:127.0.0.1:{ssh_port}:22"
+        )),
         "{own_cl}"
     );
 
@@ -365,6 +379,8 @@ fn invalid_names_and_entries_are_rejected_with_limas_messages() {
     );
     let err = h.fails(&start_args("n", &["--dns", "not-an-ip"]));
     assert!(err.contains("not-an-ip"), "{err}");
+    let err = h.fails(&start_args("n", &["--forward", "tcp:99999:22"]));
+    assert!(err.contains("invalid --forward"), "{err}");
     let err = h.fails(&start_args("n", &["--host", "novalue"]));
     assert!(err.contains("invalid --host `novalue`"), "{err}");
     let err = h.fails(&["stop", "ghost"]);

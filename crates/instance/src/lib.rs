@@ -37,11 +37,14 @@
 //! [`StartOptions`] and formats what [`start`], [`stop`] and [`list`] return.
 
 pub mod daemon;
+pub mod dnshosts;
 pub mod process;
 pub mod qemu;
 pub mod reconcile;
+pub mod register;
 pub mod store;
 pub mod supervisor;
+pub mod usernet_client;
 
 use anyhow::{bail, Context};
 use limanet_config::limayaml;
@@ -49,6 +52,7 @@ use limanet_config::networks::{self, Mode, NetworksConfig};
 use limanet_config::quote::go_quote;
 use limanet_config::usernet::{self as unet, SockKind};
 use limanet_config::{identifiers, mac, LimaHome};
+use limanet_runtime::Forward;
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -69,6 +73,11 @@ pub struct StartOptions {
     pub dns: Vec<String>,
     /// `--host NAME=VALUE` entries.
     pub hosts: Vec<String>,
+    /// `--forward tcp|udp:[HOSTADDR:]HOSTPORT:[GUESTADDR:]GUESTPORT` port forwards.
+    pub forwards: Vec<String>,
+    /// `--ssh-port PORT`: forward 127.0.0.1:PORT to the guest's port 22 (Lima's
+    /// `ssh.localPort`).
+    pub ssh_port: Option<u16>,
     /// Keep QEMU on this terminal and return its exit code.
     pub foreground: bool,
     /// The QEMU command line.
@@ -83,11 +92,16 @@ impl StartOptions {
             ("--network", &self.networks),
             ("--dns", &self.dns),
             ("--host", &self.hosts),
+            ("--forward", &self.forwards),
         ] {
             for v in values {
                 out.push(flag.to_owned());
                 out.push(v.clone());
             }
+        }
+        if let Some(port) = self.ssh_port {
+            out.push("--ssh-port".to_owned());
+            out.push(port.to_string());
         }
         out.push("--".to_owned());
         out.extend(self.qemu.iter().cloned());
@@ -151,6 +165,7 @@ fn plan(args: &StartOptions) -> anyhow::Result<supervisor::Plan> {
         }
     }
     limayaml::apply_dns_flags(&[], &args.dns)?;
+    let forwards = forwards(args)?;
     let home = lima_home()?;
     let cfg = networks::load(&home)?;
     let dir = home.instance_dir(&args.name);
@@ -170,8 +185,26 @@ fn plan(args: &StartOptions) -> anyhow::Result<supervisor::Plan> {
         qemu_argv: args.qemu.clone(),
         hosts: args.hosts.clone(),
         dns: args.dns.clone(),
+        forwards,
         foreground: args.foreground,
     })
+}
+
+/// The port forwards: `--forward` specs (checked) and `--ssh-port` as `tcp:127.0.0.1:PORT:22`.
+fn forwards(args: &StartOptions) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for f in &args.forwards {
+        f.parse::<Forward>()
+            .map_err(|e| anyhow::anyhow!("invalid --forward: {e}"))?;
+        out.push(f.clone());
+    }
+    if let Some(port) = args.ssh_port {
+        if port == 0 {
+            bail!("invalid --ssh-port 0");
+        }
+        out.push(format!("tcp:127.0.0.1:{port}:22"));
+    }
+    Ok(out)
 }
 
 /// eth0 plus one NIC per `--network`, with Lima's defaults and validation.

@@ -189,18 +189,31 @@ pub fn resolve_ip_timeout(env_value: Option<&str>) -> Duration {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    /// A stand-in daemon: answers each connection's one request with the next canned reply
-    /// and hands the raw request back.
     fn fake_daemon(
         replies: Vec<&'static str>,
     ) -> anyhow::Result<(PathBuf, std::thread::JoinHandle<Vec<String>>)> {
-        use std::io::{Read, Write};
         let dir = crate::process::tests::tempdir()?;
         let path = dir.join("ep.sock");
-        let listener = std::os::unix::net::UnixListener::bind(&path)?;
+        let handle = fake_daemon_at(&path, replies)?;
+        let cleanup = std::thread::spawn(move || {
+            let seen = handle.join().unwrap_or_default();
+            let _ = std::fs::remove_dir_all(&dir);
+            seen
+        });
+        Ok((path, cleanup))
+    }
+
+    /// A stand-in daemon listening on `path`: answers each connection's one request with the
+    /// next canned reply and hands the raw requests back.
+    pub(crate) fn fake_daemon_at(
+        path: &Path,
+        replies: Vec<&'static str>,
+    ) -> anyhow::Result<std::thread::JoinHandle<Vec<String>>> {
+        use std::io::{Read, Write};
+        let listener = std::os::unix::net::UnixListener::bind(path)?;
         let handle = std::thread::spawn(move || {
             let mut seen = Vec::new();
             for reply in replies {
@@ -233,10 +246,9 @@ mod tests {
                 seen.push(String::from_utf8_lossy(&buf).into_owned());
                 let _ = conn.write_all(reply.as_bytes());
             }
-            let _ = std::fs::remove_dir_all(&dir);
             seen
         });
-        Ok((path, handle))
+        Ok(handle)
     }
 
     #[test]

@@ -106,7 +106,7 @@ fn busybox_guest_gets_192_168_5_15_and_reaches_host_loopback() {
 /// guests started with `--network lima:user-v2` have it as eth0 (their only NIC) and share one
 /// daemon; `limanet start` registers each through the API, so `limanet list` shows the lease,
 /// a `--forward` reaches the guest, and the second guest resolves and pings the first by
-/// `lima-v2a.internal`. When the last one stops, the daemon's leases are saved to
+/// `lima-v2a.internal` and resolves its own `--host` entry. When the last one stops, the daemon's leases are saved to
 /// `leases.json`; after a restart the second guest gets its old address back first, and the
 /// first address stays reserved for the first guest.
 #[test]
@@ -228,6 +228,7 @@ fn user_v2_eth0_guests_are_registered_and_keep_their_leases() {
             "{one_nic}nslookup lima-v2a.internal 192.168.104.2 > /tmp/ns 2>&1; cat /tmp/ns\n\
              grep -q 192.168.104.1 /tmp/ns || exit 13\n\
              nslookup host.lima.internal 192.168.104.2 | grep -q 192.168.104.2 || exit 14\n\
+             nslookup db.test 192.168.104.2 | grep -q 10.1.2.3 || exit 16\n\
              i=0\n\
              until ping -c 1 -W 1 lima-v2a.internal > /dev/null 2>&1; do i=$((i+1)); [ $i -lt 30 ] || exit 15; done\n\
              echo LIMANET-PING-OK\n"
@@ -236,7 +237,11 @@ fn user_v2_eth0_guests_are_registered_and_keep_their_leases() {
         ..Default::default()
     })
     .expect("guest 2");
-    start("v2b", &[], &client.argv);
+    start(
+        "v2b",
+        &["--host".to_owned(), "db.test=10.1.2.3".to_owned()],
+        &client.argv,
+    );
     // The second instance reuses the running daemon.
     assert_eq!(read_pid(&h.user_v2_pid_file()), Some(daemon));
     let done = eventually(Duration::from_secs(150), || {

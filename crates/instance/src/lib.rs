@@ -2,8 +2,9 @@
 //! limanet's networks added) and the lifecycle of the network daemons they use.
 //!
 //! `limanet start NAME [--network lima:NET | --network socket:PATH]... [--dns IP]...
-//! [--host NAME=VALUE]... [--foreground] -- QEMU-COMMAND...`:
-//! * checks the name (Lima's identifier rule, so it can never escape `$LIMA_HOME`) and the
+//! [--host NAME=VALUE]... [--forward SPEC]... [--ssh-port PORT] [--foreground] -- QEMU-COMMAND...`:
+//! * checks the name (Lima's `ValidateInstName`: the identifier rule, so it can never escape
+//!   `$LIMA_HOME`, and no `.yml`/`.yaml` suffix) and the
 //!   network entries (Lima's `--network` parsing and `validateNetwork`, §2);
 //! * eth0 (`net0`, with Lima's eth0 MAC: `52:55:55` + SHA-256 of the machine id and
 //!   `<instdir>`) is, as in Lima, the first user-v2 network when there is one (Lima's
@@ -20,6 +21,10 @@
 //!   `-device virtio-net-pci,netdev=netN,mac=MAC` and Lima's MAC (`<instdir>/lima.yaml#i`).
 //!   The arguments are appended to the user's command line. Unlike Lima, a second user-v2
 //!   network gets its `-device` once (§7.5).
+//! * with eth0 on a user-v2 network, the supervisor registers the instance with the network's
+//!   API once QEMU runs, as Lima's `ConfigureDriver` (see [`register`]): the VM's lease (shown
+//!   by `limanet list`), the `--forward`/`--ssh-port` forwards, and DNS zones for
+//!   `lima-NAME.internal`, `host.lima.internal` and the `--host` entries;
 //! * the network daemons are reconciled (see [`reconcile`]): a network's daemon starts with the
 //!   first live instance that references it and stops after the last one.
 //!
@@ -487,6 +492,13 @@ pub fn list(names: &[String]) -> anyhow::Result<Vec<Listed>> {
                 state.name
             );
             let paths = InstancePaths::new(dir.clone());
+            // Its forwards on a user-v2 eth0 would otherwise hold their host ports for as
+            // long as the network runs.
+            if let Ok(cfg) = networks::load(&home) {
+                if let Ok(Some(reg)) = register::Registration::for_instance(&home, &cfg, &state) {
+                    reg.unregister();
+                }
+            }
             supervisor::stop_own_usernet(&paths);
             let _ = std::fs::remove_file(paths.qemu_pid());
             state.status = Status::Stopped;

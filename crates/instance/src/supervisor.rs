@@ -319,6 +319,10 @@ fn watch(
                 }
                 state.save()?;
             }
+            // Cancelled by a stop request: nothing went wrong.
+            Some(Err(e)) if STOP_REQUESTED.load(Ordering::SeqCst) => {
+                tracing::debug!("registration ended by the stop request: {e:#}");
+            }
             Some(Err(e)) => tracing::error!(
                 "registering instance `{}` with its user-v2 network failed: {e:#}",
                 plan.name

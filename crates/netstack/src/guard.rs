@@ -122,6 +122,11 @@ impl Guard {
         self.addrs.get(ip).copied()
     }
 
+    /// Learned MACs and their ports.
+    pub fn macs(&self) -> impl Iterator<Item = (MacAddr, PortId)> + '_ {
+        self.macs.iter().map(|(mac, e)| (*mac, e.port))
+    }
+
     /// Learned MACs.
     pub fn mac_count(&self) -> usize {
         self.macs.len()

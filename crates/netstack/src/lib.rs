@@ -17,6 +17,7 @@ pub mod dhcp;
 pub mod guard;
 pub mod host;
 pub mod icmp;
+pub mod inspect;
 pub mod limits;
 pub mod output;
 pub mod stack;
@@ -26,5 +27,6 @@ pub mod wire;
 
 pub use config::NetConfig;
 pub use host::{Host, SockId};
+pub use inspect::{CamEntry, FlowInfo, FlowProtocol, InboundState};
 pub use output::{Link, Output, PortId, TxFrame};
 pub use stack::{MacDisplay, Stack, StackError};

@@ -7,6 +7,7 @@ use crate::dhcp::{DhcpConfig, DhcpServer, Origin};
 use crate::guard::{Admission, Guard};
 use crate::host::{Host, SockId};
 use crate::icmp::IcmpTable;
+use crate::inspect::{CamEntry, FlowInfo, InboundState};
 use crate::limits::{Limit, LimitLog};
 use crate::output::{Link, Output, PortId};
 use crate::tcp::{FlowKey, TcpTable};
@@ -28,6 +29,13 @@ pub struct StackStats {
     pub unknown_destination: u64,
     /// IPv4 packets dropped for a bad IPv4 header, TCP, UDP or ICMP checksum.
     pub bad_checksum: u64,
+}
+
+impl StackStats {
+    /// Frames from guests that went nowhere: malformed, fragments, unknown destination.
+    pub fn dropped(&self) -> u64 {
+        self.malformed + self.fragments + self.unknown_destination
+    }
 }
 
 /// Why a stack could not be built, or a forward not opened.
@@ -128,6 +136,47 @@ impl Stack {
 
     pub fn udp_flows(&self) -> usize {
         self.udp.len()
+    }
+
+    pub fn udp_stats(&self) -> crate::udp::UdpStats {
+        self.udp.stats
+    }
+
+    /// The switch's MAC table: which port each learned Ethernet address was last seen on.
+    pub fn cam(&self) -> Vec<CamEntry> {
+        let mut entries: Vec<CamEntry> = self
+            .guard
+            .macs()
+            .map(|(mac, port)| CamEntry { mac, port })
+            .collect();
+        entries.sort_by_key(|e| (e.port, e.mac));
+        entries
+    }
+
+    /// The TCP and UDP flow table.
+    pub fn flows(&self) -> Vec<FlowInfo> {
+        let mut flows = self.tcp.flow_list();
+        flows.extend(self.udp.flow_list(self.cfg.gateway));
+        flows
+    }
+
+    /// The state of a connection the host opened towards a guest on `sock` (see
+    /// [`Stack::open_tcp_forward`]); `None` once it is refused, reset or closed.
+    pub fn inbound_state(&self, sock: SockId) -> Option<(SocketAddrV4, InboundState)> {
+        self.tcp.inbound_state(sock)
+    }
+
+    /// A UDP forward listener is about to be closed: forget everything that would send
+    /// through it.
+    pub fn udp_forward_closed(&mut self, listener: SockId) {
+        self.udp.forward_listener_closed(listener);
+    }
+
+    /// The ports connected to the switch.
+    pub fn ports(&self) -> Vec<PortId> {
+        let mut ports: Vec<PortId> = self.ports.iter().copied().collect();
+        ports.sort_unstable();
+        ports
     }
 
     /// Connects a new port (a VM or namespace) to the switch.

@@ -26,6 +26,7 @@
 use crate::checksum;
 use crate::config::NetConfig;
 use crate::host::{Host, SockId};
+use crate::inspect::{FlowInfo, FlowProtocol, InboundState};
 use crate::limits::{Limit, LimitLog};
 use crate::output::{Link, Output, PortId};
 use crate::wire::{self, tcp_flags as F, Tcp, ETH_HEADER_LEN, IPV4_HEADER_LEN, TCP_HEADER_LEN};
@@ -134,6 +135,8 @@ struct Flow {
     /// A guest-opened connection not established by then is reset.
     syn_expires: Instant,
     generation: u64,
+    /// Opened by the host (port forward or probe), not by the guest.
+    inbound: bool,
 }
 
 impl Flow {
@@ -351,6 +354,7 @@ impl TcpTable {
             scheduled: None,
             syn_expires: now,
             generation: self.next_generation,
+            inbound: state == State::SynSent,
         }
     }
 
@@ -939,6 +943,39 @@ impl TcpTable {
         let idx = self.insert(flow);
         self.schedule(idx);
         info!(%guest, "forwarded connection opening");
+    }
+
+    /// The connection the host opened towards a guest on host socket `sock` (a forward or a
+    /// probe): its guest end and state, or `None` when there is no such connection (refused,
+    /// reset, never opened).
+    pub fn inbound_state(&self, sock: SockId) -> Option<(SocketAddrV4, InboundState)> {
+        let flow = self.flows.get(*self.by_sock.get(&sock)?)?.as_ref()?;
+        let state = match flow.state {
+            State::SynSent => InboundState::Opening,
+            State::Established => InboundState::Established,
+            // Guest-initiated connections are not inbound.
+            State::HostConnecting | State::SynReceived => return None,
+        };
+        Some((flow.key.guest, state))
+    }
+
+    /// Every live flow, for the control API.
+    pub fn flow_list(&self) -> Vec<FlowInfo> {
+        self.flows
+            .iter()
+            .flatten()
+            .map(|f| FlowInfo {
+                protocol: FlowProtocol::Tcp,
+                guest: f.key.guest,
+                remote: f.key.remote,
+                port: f.link.port,
+                inbound: f.inbound,
+                state: match f.state {
+                    State::Established => "established",
+                    _ => "opening",
+                },
+            })
+            .collect()
     }
 
     /// Resets every connection of a port that went away (the VM disconnected).

@@ -3,6 +3,7 @@
 //! sockets that the netstack's flows are translated onto.
 
 pub mod busy_poll;
+pub mod files;
 pub mod network;
 pub mod pcap;
 pub mod sockets;
@@ -10,6 +11,7 @@ pub mod sys;
 pub mod tap;
 pub mod transport;
 
+pub use files::{BoundPath, ExclusiveFile, FileError, PidFile, PidFileState};
 pub use network::{
     Command, Control, ControlClosed, Exit, Forward, Listen, Network, NetworkError, NetworkStats,
     Options, PortCounters, PortStats, Reply,

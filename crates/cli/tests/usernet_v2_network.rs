@@ -37,7 +37,7 @@ fn three_guests_leases_names_tcp_and_introspection() {
     let env = Env::new("v2net");
     let guests: Vec<Netns> = (0..3).map(|_| Netns::new("v2g").expect("netns")).collect();
     let refs: Vec<&Netns> = guests.iter().collect();
-    let v2 = start_v2(&env, "v2net", &refs, &[]);
+    let v2 = start_v2(&env, "v2net", &refs, &["--dns-listen", "127.0.0.1:5354"]);
 
     // Leases in Lima's (gvisor's) order: lowest free host address, skipping the gateway.
     let ips: Vec<Ipv4Addr> = guests.iter().map(|g| dhcp(g, None)).collect();
@@ -111,6 +111,25 @@ fn three_guests_leases_names_tcp_and_introspection() {
     let nx = dig(g, &[&at, "nothing-here.internal"]);
     assert!(nx.contains("status: NXDOMAIN"), "{nx}");
     assert_eq!(env.stub.count("nothing-here.internal"), 0);
+    // The host can ask too, on --dns-listen (what a systemd-resolved drop-in would use).
+    let a = dig(
+        &env.th.host,
+        &["@127.0.0.1", "-p", "5354", "+short", "lima-vm2.internal"],
+    );
+    assert_eq!(a.trim(), ips[2].to_string());
+    let a = dig(
+        &env.th.host,
+        &[
+            "@127.0.0.1",
+            "-p",
+            "5354",
+            "+tcp",
+            "+short",
+            "lima-vm0.internal",
+        ],
+    );
+    assert_eq!(a.trim(), ips[0].to_string());
+
     // A zone with a default IP answers every name below it.
     let r = api(
         &v2.ep,

@@ -62,6 +62,11 @@ pub struct NetworkArgs {
     /// Do not run the embedded DNS server.
     #[arg(long)]
     pub no_dns: bool,
+    /// Let the host ask the embedded DNS too (e.g. for `lima-<NAME>.internal` through a
+    /// systemd-resolved drop-in): listen on this address, UDP and TCP, instead of a free
+    /// loopback port.
+    #[arg(long = "dns-listen", value_name = "IP:PORT")]
+    pub dns_listen: Option<SocketAddr>,
     /// Write every frame to this pcap file.
     #[arg(long)]
     pub pcap: Option<PathBuf>,
@@ -257,7 +262,14 @@ impl NetworkArgs {
             .iter()
             .map(|u| parse_upstream(u))
             .collect::<Result<Vec<_>>>()?;
+        let (listen, port) = match self.dns_listen {
+            Some(addr) => (addr.ip(), addr.port()),
+            None => (IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+        };
         let dns = limanet_dns::spawn_background(limanet_dns::DnsConfig {
+            listen,
+            udp_port: port,
+            tcp_port: port,
             hosts,
             ipv6: self.dns_ipv6,
             upstreams,

@@ -14,9 +14,11 @@
 pub mod checksum;
 pub mod config;
 pub mod dhcp;
+pub mod guard;
 pub mod host;
 pub mod icmp;
 pub mod inspect;
+pub mod limits;
 pub mod output;
 pub mod stack;
 pub mod tcp;

@@ -4,6 +4,7 @@
 
 pub mod busy_poll;
 pub mod files;
+pub mod limits;
 pub mod network;
 pub mod pcap;
 pub mod sockets;

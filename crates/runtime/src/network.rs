@@ -11,7 +11,7 @@ use crate::files;
 use crate::pcap::Pcap;
 use crate::sockets::{HostSockets, Kind};
 use crate::sys;
-use crate::transport::{Io, Port, PortError, ReadStatus};
+use crate::transport::{Io, Port, PortError, QueueBudget, ReadStatus};
 use limanet_netstack::{NetConfig, PortId, Stack, StackError};
 use mio::event::Event;
 use mio::unix::SourceFd;
@@ -211,12 +211,15 @@ pub struct Network {
     /// Where forwards without a guest address go.
     first_guest: Ipv4Addr,
     control: control::ControlState,
+    /// Output queued by all ports together (see [`QueueBudget`]).
+    queue_budget: Rc<QueueBudget>,
 }
 
 impl Network {
     /// Builds the network and binds every listener. Socket files are created with mode 0600
     /// (owner only); a dead socket file is replaced, a live one (anyone listening) refused.
-    pub fn new(cfg: NetConfig, opts: Options) -> Result<Self, NetworkError> {
+    pub fn new(mut cfg: NetConfig, opts: Options) -> Result<Self, NetworkError> {
+        crate::limits::fit_flow_tables(&mut cfg, crate::limits::raise_nofile_limit());
         let max_frame = usize::from(cfg.mtu) + 14;
         let first_guest = cfg.dhcp_start;
         let stack = Stack::new(cfg)?;
@@ -246,6 +249,7 @@ impl Network {
             unnamed_peer_warned: false,
             first_guest,
             control: control::ControlState::default(),
+            queue_budget: QueueBudget::new(),
         };
         if let Some(path) = &opts.pcap {
             net.pcap = Some(
@@ -331,7 +335,7 @@ impl Network {
         info!(port = id, %name, "guest connected");
         let idx = self.add_source(
             Source::Port {
-                port: Port::new(io, name),
+                port: Port::with_budget(io, name, Rc::clone(&self.queue_budget)),
                 id,
                 counters: PortCounters::default(),
             },
@@ -774,10 +778,10 @@ impl Network {
                 let _ = p.write(&self.scratch[..n]);
             }
             self.round_bytes += n;
-            let dropped = self.stack.stats.dropped();
+            let dropped = self.stack.frames_dropped();
             self.stack
                 .handle_frame(&mut self.host, now, id, &self.scratch[..n]);
-            let dropped = self.stack.stats.dropped() - dropped;
+            let dropped = self.stack.frames_dropped() - dropped;
             if let Some(Some(Source::Port { counters, .. })) = self.sources.get_mut(port_idx) {
                 counters.drops_in += dropped;
             }
@@ -801,7 +805,7 @@ impl Network {
         let host = &mut self.host;
         let pcap = &mut self.pcap;
         let round_bytes = &mut self.round_bytes;
-        let dropped = stack.stats.dropped();
+        let dropped = stack.frames_dropped();
         let result = port.read_frames(self.max_frame, &mut self.scratch, |frame| {
             if let Some(p) = pcap {
                 let _ = p.write(frame);
@@ -811,7 +815,7 @@ impl Network {
             counters.bytes_in += frame.len() as u64;
             stack.handle_frame(host, now, id, frame);
         });
-        counters.drops_in += stack.stats.dropped() - dropped;
+        counters.drops_in += stack.frames_dropped() - dropped;
         match result {
             Ok(ReadStatus::Drained) => {}
             Ok(ReadStatus::More) => {

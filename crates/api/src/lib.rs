@@ -54,8 +54,8 @@ pub enum ApiError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: a file that is not a socket is in the way")]
-    NotSocket { path: PathBuf },
+    #[error(transparent)]
+    File(#[from] limanet_runtime::FileError),
     #[error("cannot start the API thread: {0}")]
     Start(std::io::Error),
 }
@@ -64,6 +64,8 @@ pub enum ApiError {
 /// socket file.
 pub struct ApiServer {
     path: PathBuf,
+    /// Removes the socket file on drop (if it is still ours).
+    _bound: limanet_runtime::files::BoundPath,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -83,14 +85,13 @@ impl Drop for ApiServer {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 
 /// Binds the socket now (so it exists, with its mode, before privileges are dropped) and
 /// serves it from a new thread.
 pub fn spawn(config: ApiConfig, ctx: Context) -> Result<ApiServer, ApiError> {
-    let listener = bind(&config)?;
+    let (listener, bound) = bind(&config)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -118,13 +119,21 @@ pub fn spawn(config: ApiConfig, ctx: Context) -> Result<ApiServer, ApiError> {
     info!(path = %path.display(), "API listening");
     Ok(ApiServer {
         path,
+        _bound: bound,
         stop: Some(stop_tx),
         thread: Some(thread),
     })
 }
 
-fn bind(config: &ApiConfig) -> Result<std::os::unix::net::UnixListener, ApiError> {
-    use std::os::unix::fs::FileTypeExt;
+fn bind(
+    config: &ApiConfig,
+) -> Result<
+    (
+        std::os::unix::net::UnixListener,
+        limanet_runtime::files::BoundPath,
+    ),
+    ApiError,
+> {
     let path = &config.path;
     let io = |what: &'static str| {
         move |source| ApiError::Io {
@@ -133,14 +142,10 @@ fn bind(config: &ApiConfig) -> Result<std::os::unix::net::UnixListener, ApiError
             source,
         }
     };
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            return Err(ApiError::NotSocket { path: path.clone() });
-        }
-        // Left by a daemon that was killed: nobody serves it any more.
-        std::fs::remove_file(path).map_err(io("remove stale socket"))?;
-    }
+    // A socket left by a daemon that was killed is replaced; a live one or another file is not.
+    limanet_runtime::files::prepare_socket_path(path)?;
     let listener = std::os::unix::net::UnixListener::bind(path).map_err(io("listen on"))?;
+    let bound = limanet_runtime::files::BoundPath::record(path)?;
     let mode = if let Some(gid) = config.group {
         let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
             .map_err(|e| io("chown")(std::io::Error::other(e)))?;
@@ -155,7 +160,7 @@ fn bind(config: &ApiConfig) -> Result<std::os::unix::net::UnixListener, ApiError
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(io("set the mode of"))?;
     listener.set_nonblocking(true).map_err(io("listen on"))?;
-    Ok(listener)
+    Ok((listener, bound))
 }
 
 async fn serve(listener: tokio::net::UnixListener, ctx: Arc<Context>) {

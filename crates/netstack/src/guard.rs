@@ -122,7 +122,7 @@ impl Guard {
         self.addrs.get(ip).copied()
     }
 
-    /// Learned MACs and their ports.
+    /// The learned MACs and the ports they are on (the switch's CAM table).
     pub fn macs(&self) -> impl Iterator<Item = (MacAddr, PortId)> + '_ {
         self.macs.iter().map(|(mac, e)| (*mac, e.port))
     }

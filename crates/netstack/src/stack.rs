@@ -31,13 +31,6 @@ pub struct StackStats {
     pub bad_checksum: u64,
 }
 
-impl StackStats {
-    /// Frames from guests that went nowhere: malformed, fragments, unknown destination.
-    pub fn dropped(&self) -> u64 {
-        self.malformed + self.fragments + self.unknown_destination
-    }
-}
-
 /// Why a stack could not be built, or a forward not opened.
 #[derive(Debug, thiserror::Error)]
 pub enum StackError {
@@ -136,6 +129,23 @@ impl Stack {
 
     pub fn udp_flows(&self) -> usize {
         self.udp.len()
+    }
+
+    /// Frames from guests dropped so far: malformed, fragments, bad checksums, unknown
+    /// destination, and those the guard refused (spoofed or foreign source addresses, limits).
+    pub fn frames_dropped(&self) -> u64 {
+        let s = &self.stats;
+        let g = &self.guard.stats;
+        s.malformed
+            + s.fragments
+            + s.unknown_destination
+            + s.bad_checksum
+            + g.mac_of_other_port
+            + g.mac_limit
+            + g.bad_source_mac
+            + g.spoofed_source
+            + g.address_limit
+            + g.flood_limit
     }
 
     pub fn udp_stats(&self) -> crate::udp::UdpStats {

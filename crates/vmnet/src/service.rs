@@ -62,13 +62,18 @@ const CAP_NET_ADMIN: u32 = 12;
 /// Keeps only the capabilities in `keep` (permitted and effective) and drops every other one
 /// from the bounding set too, so programs run later (`nft` at exit) cannot regain them. Applies
 /// to the calling thread and threads it starts afterwards. A no-op when not root.
-pub fn keep_only_capabilities(keep: &[u32]) -> io::Result<()> {
+pub fn keep_only_capabilities(keep: &[u32], bounding: &[u32]) -> io::Result<()> {
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         return Ok(());
     }
     for cap in 0..64u32 {
-        if keep.contains(&cap) {
+        // SAFETY: prctl with integer arguments.
+        let in_set = unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong, 0, 0, 0) };
+        if in_set < 0 {
+            break;
+        }
+        if in_set == 0 || bounding.contains(&cap) {
             continue;
         }
         // SAFETY: prctl with integer arguments; EINVAL past the last capability ends the loop.
@@ -77,7 +82,10 @@ pub fn keep_only_capabilities(keep: &[u32]) -> io::Result<()> {
             if e.raw_os_error() == Some(libc::EINVAL) {
                 break;
             }
-            return Err(e);
+            return Err(io::Error::new(
+                e.kind(),
+                format!("dropping capability {cap} from the bounding set: {e}"),
+            ));
         }
     }
     #[repr(C)]
@@ -115,7 +123,11 @@ pub fn keep_only_capabilities(keep: &[u32]) -> io::Result<()> {
     ];
     // SAFETY: capset with a version-3 header and two data words, as the kernel expects.
     if unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) } != 0 {
-        return Err(io::Error::last_os_error());
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("dropping capabilities: {e}"),
+        ));
     }
     Ok(())
 }
@@ -159,7 +171,7 @@ pub fn run(opts: &VmnetOptions) -> Result<(), ServiceError> {
     )?;
     // The DNS thread binds port 53, so it starts with CAP_NET_BIND_SERVICE and keeps it; the
     // main thread drops it right after.
-    keep_only_capabilities(&[CAP_NET_ADMIN, CAP_NET_BIND_SERVICE])?;
+    keep_only_capabilities(&[CAP_NET_ADMIN, CAP_NET_BIND_SERVICE], &[CAP_NET_ADMIN])?;
     let dns = match &opts.subnet {
         Some(subnet) if opts.mode != Mode::Bridged => {
             let gw = IpAddr::V4(subnet.gateway);
@@ -175,7 +187,7 @@ pub fn run(opts: &VmnetOptions) -> Result<(), ServiceError> {
         }
         _ => None,
     };
-    keep_only_capabilities(&[CAP_NET_ADMIN])?;
+    keep_only_capabilities(&[CAP_NET_ADMIN], &[CAP_NET_ADMIN])?;
     let pidfile = opts.pidfile.as_deref().map(PidFile::create).transpose()?;
     info!(
         mode = %opts.mode,

@@ -55,11 +55,14 @@ fn start_daemon(ns: &Netns, dir: &Dir, flags: &[&str]) -> ChildGuard {
     args.push(dir.sock().display().to_string());
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut d = ns.spawn("vmnet", LIMANET, &argv).expect("spawn daemon");
+    // Its own pid (a killed daemon's pid file may still be there).
+    let pid = d.id().to_string();
+    let written = || std::fs::read_to_string(dir.pid()).is_ok_and(|p| p == pid);
     let ok = limanet_testkit::wait_for("vmnet pid file", Duration::from_secs(20), || {
-        dir.pid().exists() || d.try_wait().ok().flatten().is_some()
+        written() || d.try_wait().ok().flatten().is_some()
     });
     assert!(
-        ok.is_ok() && dir.pid().exists(),
+        ok.is_ok() && written(),
         "daemon did not start:\n{}",
         d.logs()
     );
@@ -459,7 +462,7 @@ fn bad_clients_are_disconnected_alone_and_a_stalled_client_slows_nobody() {
     stalled.write_all(&msg).expect("announce");
     let _server = vm2
         .ns
-        .spawn("iperf3-s", "iperf3", &["-s", "-1"])
+        .spawn("iperf3-s", "iperf3", &["-s"])
         .expect("iperf3 -s");
     vm1.ns
         .run_in(|| {
@@ -518,7 +521,12 @@ fn crashes_and_failed_starts_leave_nothing_and_live_daemons_are_not_displaced() 
     // The next start cleans up and works; a second daemon does not displace it.
     let d = start_daemon(&th.host, &dir, &flags);
     let logs = d.logs();
-    assert!(logs.contains("left by an earlier limanet vmnet"), "{logs}");
+    assert!(
+        logs.contains("left by an earlier limanet vmnet"),
+        "{logs}\npid file {:?} pid {}",
+        std::fs::read_to_string(dir.pid()),
+        d.id()
+    );
     let second = th.host.run(
         LIMANET,
         &[
@@ -579,8 +587,8 @@ fn crashes_and_failed_starts_leave_nothing_and_live_daemons_are_not_displaced() 
 
     // An interface with our bridge's name that is not ours is never touched.
     th.host
-        .run("ip", &["link", "add", &n.bridge, "type", "dummy"])
-        .expect("dummy");
+        .run("ip", &["link", "add", &n.bridge, "type", "bridge"])
+        .expect("foreign bridge");
     let refused = th.host.run(
         LIMANET,
         &[

@@ -3,6 +3,7 @@
 //! sockets that the netstack's flows are translated onto.
 
 pub mod busy_poll;
+pub mod files;
 pub mod network;
 pub mod pcap;
 pub mod sockets;
@@ -10,5 +11,6 @@ pub mod sys;
 pub mod tap;
 pub mod transport;
 
+pub use files::{BoundPath, ExclusiveFile, FileError, PidFile, PidFileState};
 pub use network::{Exit, Forward, Listen, Network, NetworkError, Options};
 pub use tap::{create_tap_in, open_netns, Tap, TapConfig};

@@ -3,6 +3,7 @@
 //! briefly before sleeping ([`crate::busy_poll`]).
 
 use crate::busy_poll::PollWindow;
+use crate::files;
 use crate::pcap::Pcap;
 use crate::sockets::{HostSockets, Kind};
 use crate::sys;
@@ -126,13 +127,17 @@ impl fmt::Display for Forward {
 pub enum NetworkError {
     #[error(transparent)]
     Stack(#[from] StackError),
-    #[error("{what}: {source}")]
-    Io { what: String, source: io::Error },
+    /// Not `#[source]`: the message already includes the cause, and error chains printed with
+    /// `{:#}` would repeat it.
+    #[error("{what}: {error}")]
+    Io { what: String, error: io::Error },
+    #[error(transparent)]
+    File(#[from] files::FileError),
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> NetworkError {
     let what = what.into();
-    move |source| NetworkError::Io { what, source }
+    move |error| NetworkError::Io { what, error }
 }
 
 /// What to attach at start.
@@ -190,7 +195,8 @@ pub struct Network {
     poll_window: PollWindow,
     /// Bytes of frames received and sent in the current round of events.
     round_bytes: usize,
-    socket_paths: Vec<PathBuf>,
+    /// Socket files this network bound; each is removed on drop only if still ours.
+    socket_paths: Vec<files::BoundPath>,
     pcap: Option<Pcap>,
     max_frame: usize,
     scratch: Vec<u8>,
@@ -201,7 +207,7 @@ pub struct Network {
 
 impl Network {
     /// Builds the network and binds every listener. Socket files are created with mode 0600
-    /// (owner only); stale socket files are replaced.
+    /// (owner only); a dead socket file is replaced, a live one (anyone listening) refused.
     pub fn new(cfg: NetConfig, opts: Options) -> Result<Self, NetworkError> {
         let max_frame = usize::from(cfg.mtu) + 14;
         let first_guest = cfg.dhcp_start;
@@ -350,29 +356,11 @@ impl Network {
         }
     }
 
-    fn bind_unix_path(path: &Path) -> Result<(), NetworkError> {
-        // A stale socket from an earlier run is replaced; any other file is left alone.
-        if let Ok(meta) = std::fs::symlink_metadata(path) {
-            use std::os::unix::fs::FileTypeExt;
-            if meta.file_type().is_socket() {
-                std::fs::remove_file(path)
-                    .map_err(io_err(format!("remove stale socket {}", path.display())))?;
-            } else {
-                return Err(NetworkError::Io {
-                    what: format!("listen on {}", path.display()),
-                    source: io::Error::new(
-                        io::ErrorKind::AlreadyExists,
-                        "a file that is not a socket is in the way",
-                    ),
-                });
-            }
-        }
-        Ok(())
-    }
-
     fn listen(&mut self, listen: &Listen) -> Result<(), NetworkError> {
         let path = listen.path().to_path_buf();
-        Self::bind_unix_path(&path)?;
+        // A live socket (another program, or another limanet) is refused; only a dead one is
+        // replaced.
+        files::prepare_socket_path(&path)?;
         let what = || format!("listen on {}", path.display());
         let source = match listen {
             Listen::Qemu(_) | Listen::Fd(_) => {
@@ -402,8 +390,9 @@ impl Network {
             Source::DgramListener { .. } => Interest::READABLE | Interest::WRITABLE,
             _ => Interest::READABLE,
         };
+        let bound = files::BoundPath::record(&path)?;
         self.add_source(source, interest)?;
-        self.socket_paths.push(path.clone());
+        self.socket_paths.push(bound);
         info!(listen = ?listen, "listening");
         Ok(())
     }
@@ -429,7 +418,7 @@ impl Network {
                 }
                 return Err(NetworkError::Io {
                     what: "poll".into(),
-                    source: e,
+                    error: e,
                 });
             }
             let now = Instant::now();
@@ -876,14 +865,6 @@ fn accept_all(listener: &UnixListener) -> Vec<std::os::unix::net::UnixStream> {
                 }
                 return accepted;
             }
-        }
-    }
-}
-
-impl Drop for Network {
-    fn drop(&mut self) {
-        for path in &self.socket_paths {
-            let _ = std::fs::remove_file(path);
         }
     }
 }

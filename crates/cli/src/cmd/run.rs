@@ -174,16 +174,21 @@ pub fn run(args: Args) -> Result<u8> {
         for dns in &cfg.dhcp_dns {
             text.push_str(&format!("nameserver {dns}\n"));
         }
+        // A predictable name in a shared directory: created exclusively, never through a
+        // symlink someone planted there.
         let path = std::env::temp_dir().join(format!("limanet-resolv-{}.conf", std::process::id()));
-        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
-        Some(TempFile(path))
+        Some(limanet_runtime::ExclusiveFile::create(
+            &path,
+            text.as_bytes(),
+            0o644,
+        )?)
     };
 
     let signals = termination_signals()?;
     let (ready_r, ready_w) = pipe()?;
     let pid = spawn_in_new_netns(
         &args.command,
-        resolv.as_ref().map(|t| t.0.as_path()),
+        resolv.as_ref().map(|t| t.path()),
         ready_r,
         &ready_w,
     )?;
@@ -257,12 +262,4 @@ fn wait(pid: u32) -> Result<u8> {
     } else {
         1
     })
-}
-
-struct TempFile(std::path::PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }

@@ -5,7 +5,7 @@ use limanet_netstack::{MacDisplay, NetConfig};
 use limanet_runtime::{Exit, Forward, Listen, Network, Options, TapConfig};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 use tracing::{info, warn};
 
@@ -328,54 +328,25 @@ pub fn drop_privileges() -> Result<()> {
     Ok(())
 }
 
-/// A pid file that is removed when dropped.
-pub struct PidFile(PathBuf);
-
-impl PidFile {
-    /// Writes `<pid>\n` atomically; refuses if the file names a live process.
-    pub fn create(path: &Path) -> Result<Self> {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            if let Ok(pid) = text.trim().parse::<libc::pid_t>() {
-                // SAFETY: signal 0 only checks for existence.
-                let alive = pid > 0
-                    && (unsafe { libc::kill(pid, 0) } == 0
-                        || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM));
-                if alive && pid != std::process::id() as libc::pid_t {
-                    bail!(
-                        "pidfile `{}` already exists and names running process {pid}",
-                        path.display()
-                    );
-                }
-            }
-            warn!(path = %path.display(), "replacing stale pid file");
-        }
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, format!("{}\n", std::process::id()))
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("cannot write pidfile {}", path.display()))?;
-        Ok(PidFile(path.to_path_buf()))
-    }
-}
-
-impl Drop for PidFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// Where `limanet usernet` listens when no transport is given.
-fn default_socket() -> PathBuf {
-    let dir = std::env::var_os("XDG_RUNTIME_DIR")
+/// Where `limanet usernet` listens when no transport is given: `default_qemu.sock` in
+/// `$XDG_RUNTIME_DIR/limanet`, `/run/limanet` for root, else `$TMPDIR/limanet`. The directory
+/// is created 0700 and refused if another user could have prepared it (see
+/// [`limanet_runtime::files::private_dir`]).
+fn default_socket() -> Result<PathBuf> {
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|d| !d.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| {
+            // SAFETY: geteuid cannot fail.
             if unsafe { libc::geteuid() } == 0 {
                 PathBuf::from("/run")
             } else {
                 std::env::temp_dir()
             }
         });
-    dir.join("limanet").join("default_qemu.sock")
+    let dir = base.join("limanet");
+    limanet_runtime::files::private_dir(&dir)?;
+    Ok(dir.join("default_qemu.sock"))
 }
 
 /// Runs the subcommand.
@@ -389,12 +360,7 @@ pub fn run(mut args: Args) -> Result<u8> {
         && args.listen_fd.is_empty()
         && args.netns.is_empty();
     if no_transport {
-        let path = default_socket();
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-        }
-        args.listen_qemu.push(path);
+        args.listen_qemu.push(default_socket()?);
     }
     let mut listen = Vec::new();
     listen.extend(args.listen_qemu.iter().cloned().map(Listen::Qemu));
@@ -429,7 +395,11 @@ pub fn run(mut args: Args) -> Result<u8> {
     drop_privileges()?;
     let dns = args.net.start_dns(&cfg)?;
     attach_dns(&mut net, &dns)?;
-    let _pidfile = args.pidfile.as_deref().map(PidFile::create).transpose()?;
+    let _pidfile = args
+        .pidfile
+        .as_deref()
+        .map(limanet_runtime::PidFile::create)
+        .transpose()?;
     info!("user-mode network ready: {summary}");
     for l in &listen {
         if let Listen::Qemu(p) = l {

@@ -473,10 +473,47 @@ fn bad_clients_are_disconnected_alone_and_a_stalled_client_slows_nobody() {
         .expect("run_in")
         .expect("iperf3 server up");
     std::thread::sleep(Duration::from_millis(300));
+    // While VM1 and VM2 transfer, VM1 also blasts the stalled client's MAC (about 80 MB, more
+    // than its queue and socket buffer hold): that client alone loses frames.
+    vm1.ns
+        .run(
+            "ip",
+            &[
+                "neigh",
+                "add",
+                "192.168.106.99",
+                "lladdr",
+                "52:55:55:00:00:77",
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ],
+        )
+        .expect("neigh");
+    let blast_ns = vm1.ns.path();
+    let blast = std::thread::spawn(move || {
+        let ns = std::fs::File::open(blast_ns).expect("netns");
+        // SAFETY: setns on this fresh thread only.
+        assert_eq!(
+            unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) },
+            0
+        );
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp");
+        let payload = [0x5au8; 1400];
+        // Paced, so the frames are not lost in VM1's own TAP queue before reaching the switch.
+        for i in 0..60_000 {
+            let _ = sock.send_to(&payload, "192.168.106.99:9");
+            if i % 32 == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    });
     let out = vm1
         .ns
         .run("iperf3", &["-c", "192.168.106.11", "-t", "3", "-J"])
         .expect("iperf3");
+    blast.join().expect("blast");
     let json: serde_json::Value = serde_json::from_str(&out).expect("iperf3 json");
     let bps = json["end"]["sum_received"]["bits_per_second"]
         .as_f64()
@@ -488,6 +525,17 @@ fn bad_clients_are_disconnected_alone_and_a_stalled_client_slows_nobody() {
     drop(stalled);
 
     let logs = stop_and_check_clean(&th, d, &dir);
+    let stalled_drops: u64 = logs
+        .lines()
+        .filter(|l| l.contains("client disconnected"))
+        .filter_map(|l| l.split("dropped=").nth(1))
+        .filter_map(|d| d.split_whitespace().next()?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
+    assert!(
+        stalled_drops > 0,
+        "the stalled client's own frames are dropped:\n{logs}"
+    );
     let disconnects = logs.matches("disconnecting client").count();
     assert_eq!(disconnects, 4, "one log line per bad client:\n{logs}");
     for needle in [
@@ -630,4 +678,41 @@ fn bad_flags_get_socket_vmnet_errors() {
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("unknown group name \"no-such-group-lnv\"")
     );
+}
+
+#[test]
+fn vmnet_client_runs_the_command_with_the_connection_on_fd_3() {
+    let dir = std::env::temp_dir().join(format!("lnv-client-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("s");
+    let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        let mut got = String::new();
+        s.read_to_string(&mut got).expect("read");
+        got
+    });
+    let out = std::process::Command::new(LIMANET)
+        .arg("vmnet-client")
+        .arg(&path)
+        .args(["--", "sh", "-c", "echo from-fd-3 >&3"])
+        .output()
+        .expect("vmnet-client");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(server.join().expect("server"), "from-fd-3\n");
+    let out = std::process::Command::new(LIMANET)
+        .arg("vmnet-client")
+        .arg(dir.join("missing"))
+        .arg("true")
+        .output()
+        .expect("vmnet-client");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Failed to connect to \""), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

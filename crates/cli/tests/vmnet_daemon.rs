@@ -302,9 +302,20 @@ fn shared_mode_nats_to_the_outside_and_restores_everything() {
 
 #[test]
 fn bridged_mode_puts_vms_on_the_lan_of_a_plain_nic() {
+    bridged(false);
+}
+
+#[test]
+fn bridged_mode_on_a_host_bridge_also_lets_the_host_reach_vms() {
+    bridged(true);
+}
+
+/// A VM on the LAN behind `--vmnet-interface`: the test host's veth end itself (packet socket),
+/// or a bridge in the test host with that veth end as a port (our TAP joins the bridge).
+fn bridged(on_bridge: bool) {
     require_root();
     let th = TestHost::new().expect("test host");
-    let dir = Dir::new("bridged");
+    let dir = Dir::new(if on_bridge { "bridgedbr" } else { "bridged" });
     // The "LAN": a namespace with dnsmasq, joined to the test host by a veth pair. It is also
     // the "other host" that reaches the VM.
     let lan = Netns::new("lan").expect("lan netns");
@@ -327,8 +338,21 @@ fn bridged_mode_puts_vms_on_the_lan_of_a_plain_nic() {
             ],
         )
         .expect("veth");
+    let lan_if = if on_bridge {
+        let br = limanet_testkit::unique_name("lanbr");
+        th.host
+            .run("ip", &["link", "add", &br, "type", "bridge"])
+            .expect("bridge");
+        th.host
+            .run("ip", &["link", "set", &host_end, "master", &br])
+            .expect("port");
+        th.host.run("ip", &["link", "set", &br, "up"]).expect("up");
+        br
+    } else {
+        host_end.clone()
+    };
     th.host
-        .run("ip", &["addr", "add", "10.77.0.1/24", "dev", &host_end])
+        .run("ip", &["addr", "add", "10.77.0.1/24", "dev", &lan_if])
         .expect("host addr");
     th.host
         .run("ip", &["link", "set", &host_end, "up"])
@@ -355,11 +379,11 @@ fn bridged_mode_puts_vms_on_the_lan_of_a_plain_nic() {
             ],
         )
         .expect("dnsmasq");
-    let host_end_flag = format!("--vmnet-interface={host_end}");
+    let host_end_flag = format!("--vmnet-interface={lan_if}");
     let d = start_daemon(&th.host, &dir, &["--vmnet-mode=bridged", &host_end_flag]);
     let host_addrs = th
         .host
-        .run("ip", &["-br", "addr", "show", &host_end])
+        .run("ip", &["-br", "addr", "show", &lan_if])
         .expect("ip");
     assert!(
         host_addrs.contains("10.77.0.1/24"),
@@ -395,7 +419,23 @@ fn bridged_mode_puts_vms_on_the_lan_of_a_plain_nic() {
     // The other host on the LAN reaches the VM, and the VM it.
     ping_ok(&lan, &ip);
     ping_ok(&vm.ns, "10.77.0.2");
+    if on_bridge {
+        ping_ok(&th.host, &ip);
+    } else {
+        // Documented: through a plain NIC the host itself cannot reach its VMs.
+        assert!(!ping(&th.host, &ip));
+    }
     stop_and_check_clean(&th, d, &dir);
+    if on_bridge {
+        let ports = th
+            .host
+            .run("ip", &["-br", "link", "show", "master", &lan_if])
+            .expect("ip");
+        assert!(
+            !ports.contains("lnvtp"),
+            "TAP left on the host bridge: {ports}"
+        );
+    }
     let after = th
         .host
         .run("ip", &["-br", "link", "show", &host_end])

@@ -45,21 +45,7 @@ fn qemu_guest_on_the_shared_network_through_limanet_start() {
     assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root");
     let run = RunDir::new();
     let bin = run.0.join("bin");
-    let out = Command::new(env!("CARGO_BIN_EXE_limanet"))
-        .args(["install-vmnet", "--prefix"])
-        .arg(&bin)
-        .output()
-        .expect("install-vmnet");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let daemon = bin.join("socket_vmnet");
-    let meta = std::fs::symlink_metadata(&daemon).expect("installed daemon");
-    assert!(meta.file_type().is_file());
-    assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o755));
-
     let th = TestHost::new().expect("test host");
     th.host
         .set_etc("resolv.conf", "nameserver 127.0.0.53\n")
@@ -78,10 +64,27 @@ fn qemu_guest_on_the_shared_network_through_limanet_start() {
         ),
     )
     .expect("networks.yaml");
+    let choose_args = ["choose", "--connect-via", "ip", "--from", "host"];
+    let choose = h.ok(&choose_args);
+    assert!(choose.contains("not installed"), "{choose}");
+    let out = Command::new(env!("CARGO_BIN_EXE_limanet"))
+        .args(["install-vmnet", "--prefix"])
+        .arg(&bin)
+        .output()
+        .expect("install-vmnet");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta = std::fs::symlink_metadata(&daemon).expect("installed daemon");
+    assert!(meta.file_type().is_file());
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o755));
+
     // `limanet network list` and `choose` know the daemon is installed.
     let list = h.ok(&["network", "list"]);
     assert!(!list.contains("not installed"), "{list}");
-    let choose = h.ok(&["choose", "--connect-via", "ip", "--from", "host"]);
+    let choose = h.ok(&choose_args);
     assert!(!choose.contains("not installed"), "{choose}");
 
     let script = format!(

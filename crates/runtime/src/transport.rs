@@ -73,6 +73,8 @@ pub struct Port {
     /// Bytes of the first queued frame (counting its stream header) already written.
     whead: usize,
     queued: usize,
+    /// Output queue bound in bytes (see [`Port::set_queue_limit`]).
+    max_queued: usize,
     pub dropped: u64,
     pub zero_length_frames: u64,
 }
@@ -91,6 +93,7 @@ impl Port {
             wq: VecDeque::new(),
             whead: 0,
             queued: 0,
+            max_queued: MAX_QUEUED_BYTES,
             dropped: 0,
             zero_length_frames: 0,
         }
@@ -218,9 +221,15 @@ impl Port {
         Ok(())
     }
 
+    /// Bounds this port's output queue to `bytes` (default 16 MiB): a switch with many ports
+    /// keeps the worst case (every port stalled) small.
+    pub fn set_queue_limit(&mut self, bytes: usize) {
+        self.max_queued = bytes;
+    }
+
     /// Queues a frame; returns it back if the queue is full (the caller recycles it).
     pub fn queue(&mut self, frame: Vec<u8>) -> Option<Vec<u8>> {
-        if self.queued + frame.len() > MAX_QUEUED_BYTES {
+        if self.queued + frame.len() > self.max_queued {
             self.dropped += 1;
             if self.dropped.is_power_of_two() {
                 debug!(port = %self.name, dropped = self.dropped, "output queue full, dropping frames");

@@ -29,6 +29,9 @@ const LISTENER: Token = Token(0);
 const STOP: Token = Token(1);
 const FIRST_PORT: usize = 2;
 const HOST: usize = 0;
+/// Output queue per client: with 4 MiB socket buffers, enough for bursts at full speed; a
+/// stalled client costs at most this much (times [`MAX_CLIENTS`] in the very worst case).
+const CLIENT_QUEUE_BYTES: usize = 4 << 20;
 /// Recycled frame buffers kept.
 const POOL_MAX: usize = 4096;
 
@@ -112,7 +115,8 @@ impl Daemon {
                 self.ports.len() - 1
             }
         };
-        let port = Port::new(io, name);
+        let mut port = Port::new(io, name);
+        port.set_queue_limit(CLIENT_QUEUE_BYTES);
         self.poll.registry().register(
             &mut SourceFd(&port.raw_fd()),
             Token(FIRST_PORT + idx),

@@ -19,6 +19,7 @@ mod mux;
 pub mod server;
 pub mod system;
 pub mod upstream;
+pub mod zones;
 
 /// The DNS message library this crate's API uses (hickory-proto), for callers and tests.
 pub use hickory_proto as proto;
@@ -30,6 +31,7 @@ pub use hosts::{
 pub use server::{spawn_background, BackgroundDns, DnsConfig, DnsError, DnsServer, Limits};
 pub use system::SystemLookup;
 pub use upstream::Upstreams;
+pub use zones::{Zone, ZoneAnswer, ZoneRecord, Zones, ZonesHandle};
 
 /// Runs one input through everything a query touches without I/O: the accept filter, the
 /// handler (with an in-memory [`TableLookup`]) and UDP truncation. For the fuzz target and its

@@ -9,7 +9,7 @@
 
 use crate::gateway::{dhcp_request, Gateway};
 use crate::switch::{MacTable, Route, TableLimits};
-use limanet_runtime::transport::{Io, Port, PortError, ReadStatus};
+use limanet_runtime::transport::{Io, Port, PortError, QueueBudget, ReadStatus};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use std::collections::HashSet;
@@ -62,6 +62,8 @@ pub struct Daemon {
     inbound: Vec<Vec<u8>>,
     pool: Vec<Vec<u8>>,
     next_client: u64,
+    /// Output queued to all ports together is bounded too (runtime's network-wide budget).
+    budget: std::rc::Rc<QueueBudget>,
     fatal: Option<String>,
     pub stats: Stats,
 }
@@ -99,6 +101,7 @@ impl Daemon {
             inbound: Vec::new(),
             pool: Vec::new(),
             next_client: 0,
+            budget: QueueBudget::new(),
             fatal: None,
             stats: Stats::default(),
         };
@@ -115,7 +118,7 @@ impl Daemon {
                 self.ports.len() - 1
             }
         };
-        let mut port = Port::new(io, name);
+        let mut port = Port::with_budget(io, name, std::rc::Rc::clone(&self.budget));
         port.set_queue_limit(CLIENT_QUEUE_BYTES);
         self.poll.registry().register(
             &mut SourceFd(&port.raw_fd()),
@@ -291,7 +294,9 @@ impl Daemon {
         if from != HOST {
             if let Some(gw) = &mut self.gateway {
                 if let Some((mac, payload)) = dhcp_request(&frame) {
-                    if let Some(reply) = gw.handle(now, mac, payload) {
+                    let table = &self.table;
+                    let on_port = |m: &[u8; 6]| table.port_of(m) == Some(from);
+                    if let Some(reply) = gw.handle(now, from, &on_port, mac, payload) {
                         self.queue(from, reply);
                     }
                     return self.recycle(frame);

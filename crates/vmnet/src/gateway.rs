@@ -7,7 +7,7 @@
 
 use crate::options::Subnet;
 use limanet_netstack::checksum;
-use limanet_netstack::dhcp::{DhcpConfig, DhcpError, DhcpServer};
+use limanet_netstack::dhcp::{DhcpConfig, DhcpError, DhcpServer, Origin};
 use limanet_netstack::wire::{
     self, Ethernet, Ipv4, MacAddr, Udp, ETHERTYPE_IPV4, ETH_HEADER_LEN, IPV4_HEADER_LEN, PROTO_UDP,
     UDP_HEADER_LEN,
@@ -57,9 +57,7 @@ impl Gateway {
             reserved: vec![subnet.gateway],
             lease_time: Duration::from_secs(3600),
             mtu,
-            search_domains: Vec::new(),
-            hostname: None,
-            static_leases: Vec::new(),
+            ..DhcpConfig::default()
         })?;
         Ok(Gateway {
             server,
@@ -72,10 +70,20 @@ impl Gateway {
         &self.server
     }
 
-    /// Answers one DHCP client message; returns the reply frame, if any. Malformed messages
-    /// are logged at debug level and get no reply; an exhausted pool is logged by the server.
-    pub fn handle(&mut self, now: Instant, src_mac: MacAddr, payload: &[u8]) -> Option<Vec<u8>> {
-        match self.server.handle(now, src_mac, payload) {
+    /// Answers one DHCP client message that came in on switch port `port`; returns the reply
+    /// frame, if any. `mac_on_port` says whether a MAC was learned on that port (a VM cannot
+    /// speak DHCP for another VM's MAC). Malformed messages are logged at debug level and get
+    /// no reply; an exhausted pool is logged by the server.
+    pub fn handle(
+        &mut self,
+        now: Instant,
+        port: usize,
+        mac_on_port: &dyn Fn(&MacAddr) -> bool,
+        src_mac: MacAddr,
+        payload: &[u8],
+    ) -> Option<Vec<u8>> {
+        let origin = Origin { port, mac_on_port };
+        match self.server.handle_from(now, src_mac, payload, Some(origin)) {
             Ok(Some(reply)) => Some(udp_frame(
                 reply.dst_mac,
                 self.gateway_mac,
@@ -163,7 +171,9 @@ mod tests {
         let frame = discover(mac, 7);
         let (src, payload) = dhcp_request(&frame).expect("a DHCP request");
         assert_eq!(src, mac);
-        let reply = gw.handle(Instant::now(), src, payload).expect("an offer");
+        let reply = gw
+            .handle(Instant::now(), 1, &|m| *m == mac, src, payload)
+            .expect("an offer");
         let eth = Ethernet::parse(&reply).unwrap();
         assert_eq!(eth.src, GW_MAC);
         let ip = Ipv4::parse(eth.payload).unwrap();
@@ -182,11 +192,11 @@ mod tests {
         let now = Instant::now();
         let a = discover([0x52, 0, 0, 0, 0, 1], 1);
         let (src, p) = dhcp_request(&a).unwrap();
-        assert!(gw.handle(now, src, p).is_some());
+        assert!(gw.handle(now, 1, &|_| true, src, p).is_some());
         let b = discover([0x52, 0, 0, 0, 0, 2], 2);
         let (src, p) = dhcp_request(&b).unwrap();
-        assert!(gw.handle(now, src, p).is_none());
+        assert!(gw.handle(now, 2, &|_| true, src, p).is_none());
         // Garbage is not a crash either.
-        assert!(gw.handle(now, src, &[1, 2, 3]).is_none());
+        assert!(gw.handle(now, 2, &|_| true, src, &[1, 2, 3]).is_none());
     }
 }

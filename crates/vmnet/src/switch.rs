@@ -109,6 +109,11 @@ impl MacTable {
         }
     }
 
+    /// The port `mac` was learned on, if any.
+    pub fn port_of(&self, mac: &MacAddr) -> Option<PortId> {
+        self.entries.get(mac).map(|e| e.port)
+    }
+
     /// Forgets every address behind `port` (it closed).
     pub fn forget_port(&mut self, port: PortId) {
         self.entries.retain(|_, e| e.port != port);

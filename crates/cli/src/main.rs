@@ -41,9 +41,39 @@ enum Command {
     List(cmd::instance::ListArgs),
     /// Choose the right network for a use case, and print the command line for it.
     Choose(cmd::choose::Args),
+    /// The socket_vmnet-compatible daemon for shared, host and bridged networks (socket_vmnet's
+    /// command line: `--vmnet-mode=...`, `--pidfile=...`, ..., SOCKET; see `limanet vmnet --help`).
+    #[command(disable_help_flag = true)]
+    Vmnet {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Connect to a vmnet socket and run a command with the connection as fd 3
+    /// (socket_vmnet_client).
+    VmnetClient(cmd::vmnet::ClientArgs),
+    /// Put a TAP device inside a network namespace on a stream-socket network.
+    Attach(cmd::vmnet::AttachArgs),
+    /// Install this binary as a root-owned `socket_vmnet` where networks.yaml looks for it.
+    InstallVmnet(cmd::vmnet::InstallArgs),
 }
 
 fn main() -> ExitCode {
+    // Installed as `socket_vmnet` (paths.socketVMNet), the binary is the vmnet daemon and takes
+    // socket_vmnet's command line as Lima's sudoers rules run it.
+    let mut argv = std::env::args();
+    let argv0 = argv.next().unwrap_or_default();
+    let base = std::path::Path::new(&argv0)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if base == "socket_vmnet" {
+        init_logging(if std::env::var_os("DEBUG").is_some() {
+            "debug"
+        } else {
+            "info"
+        });
+        return exit(cmd::vmnet::run_daemon(&argv0, argv.collect()));
+    }
     let cli = Cli::parse();
     init_logging(&cli.log);
     let result = match cli.command {
@@ -56,7 +86,15 @@ fn main() -> ExitCode {
         Command::Stop(args) => cmd::instance::stop(args),
         Command::List(args) => cmd::instance::list(args),
         Command::Choose(args) => cmd::choose::run(args),
+        Command::Vmnet { args } => cmd::vmnet::run_daemon("limanet vmnet", args),
+        Command::VmnetClient(args) => cmd::vmnet::client(args),
+        Command::Attach(args) => cmd::vmnet::attach(args),
+        Command::InstallVmnet(args) => cmd::vmnet::install(args),
     };
+    exit(result)
+}
+
+fn exit(result: anyhow::Result<u8>) -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(err) => {

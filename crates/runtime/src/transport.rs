@@ -111,6 +111,8 @@ pub struct Port {
     /// Bytes of the first queued frame (counting its stream header) already written.
     whead: usize,
     queued: usize,
+    /// Output queue bound in bytes (see [`Port::set_queue_limit`]).
+    max_queued: usize,
     pub dropped: u64,
     pub zero_length_frames: u64,
     budget: Rc<QueueBudget>,
@@ -136,6 +138,7 @@ impl Port {
             wq: VecDeque::new(),
             whead: 0,
             queued: 0,
+            max_queued: MAX_QUEUED_BYTES,
             dropped: 0,
             zero_length_frames: 0,
             budget,
@@ -264,10 +267,16 @@ impl Port {
         Ok(())
     }
 
+    /// Bounds this port's output queue to `bytes` (default 16 MiB): a switch with many ports
+    /// keeps the worst case (every port stalled) small.
+    pub fn set_queue_limit(&mut self, bytes: usize) {
+        self.max_queued = bytes;
+    }
+
     /// Queues a frame; returns it back if the queue is full (the caller recycles it).
     pub fn queue(&mut self, frame: Vec<u8>) -> Option<Vec<u8>> {
         let after = self.queued + frame.len();
-        let port_full = after > MAX_QUEUED_BYTES;
+        let port_full = after > self.max_queued;
         let network_full = after > PORT_GUARANTEED_BYTES
             && self.budget.queued() + frame.len() > MAX_NETWORK_QUEUED_BYTES;
         if port_full || network_full {

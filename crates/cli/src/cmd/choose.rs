@@ -296,8 +296,16 @@ fn describe(
         out.push_str("\nThis network runs a root daemon via sudo:\n");
         if !config.is_daemon_installed() {
             out.push_str(&format!(
-                "  limanet's socket_vmnet-compatible daemon is not installed at `{}` yet; starting this network fails until it is.\n",
-                config.paths.socket_vmnet
+                "  limanet's socket_vmnet-compatible daemon is not installed at `{}` yet; starting this network fails until it is:\n  sudo limanet install-vmnet{}\n",
+                config.paths.socket_vmnet,
+                std::path::Path::new(&config.paths.socket_vmnet)
+                    .parent()
+                    .filter(|d| {
+                        config.paths.socket_vmnet != limanet_config::networks::DEFAULT_SOCKET_VMNET
+                            && !d.as_os_str().is_empty()
+                    })
+                    .map(|d| format!(" --prefix {}", d.display()))
+                    .unwrap_or_default()
             ));
         }
         out.push_str("  limanet sudoers >etc_sudoers.d_lima && sudo install -o root etc_sudoers.d_lima /etc/sudoers.d/lima\n");

@@ -7,3 +7,4 @@ pub mod network;
 pub mod run;
 pub mod sudoers;
 pub mod usernet;
+pub mod vmnet;

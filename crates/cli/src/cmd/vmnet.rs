@@ -1,0 +1,207 @@
+//! `limanet vmnet` (also run as `socket_vmnet`), `limanet vmnet-client`, `limanet attach` and
+//! `limanet install-vmnet`. The daemon itself lives in the `limanet-vmnet` crate.
+
+use anyhow::{bail, Context, Result};
+use clap::Args as ClapArgs;
+use limanet_vmnet::Parsed;
+use std::ffi::OsString;
+use std::os::fd::IntoRawFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use tracing::info;
+
+/// Runs the daemon with socket_vmnet's command line (`args` without argv[0]). Usage errors print
+/// the message and the usage and exit 1, as socket_vmnet does.
+pub fn run_daemon(argv0: &str, args: Vec<String>) -> Result<u8> {
+    let opts = match limanet_vmnet::parse(args) {
+        Ok(Parsed::Run(o)) => o,
+        Ok(Parsed::Help) => {
+            print!("{}", limanet_vmnet::usage(argv0));
+            return Ok(0);
+        }
+        Ok(Parsed::Version) => {
+            println!("{}", env!("CARGO_PKG_VERSION"));
+            return Ok(0);
+        }
+        Err(e) => {
+            eprintln!("ERROR: {e}");
+            print!("{}", limanet_vmnet::usage(argv0));
+            return Ok(1);
+        }
+    };
+    limanet_vmnet::service::run(&opts)?;
+    Ok(0)
+}
+
+/// `limanet vmnet-client SOCKET COMMAND [ARGS...]`.
+#[derive(ClapArgs, Debug)]
+#[command(trailing_var_arg = true)]
+pub struct ClientArgs {
+    /// The vmnet socket.
+    pub socket: PathBuf,
+    /// The command to run with the connection as fd 3 (a leading `--` is dropped).
+    #[arg(allow_hyphen_values = true, num_args = 1.., required = true)]
+    pub command: Vec<OsString>,
+}
+
+/// Connects, puts the connection on fd 3 (inherited, as socket_vmnet_client does) and execs.
+pub fn client(args: ClientArgs) -> Result<u8> {
+    let stream = match std::os::unix::net::UnixStream::connect(&args.socket) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("Failed to connect to \"{}\": {e}", args.socket.display());
+            return Ok(1);
+        }
+    };
+    let mut command = args.command;
+    if command.first().is_some_and(|c| c == "--") {
+        command.remove(0);
+    }
+    let Some((program, rest)) = command.split_first() else {
+        bail!("no command given");
+    };
+    let fd = stream.into_raw_fd();
+    // SAFETY: dup2/fcntl on descriptors we own; fd 3 is replaced on purpose.
+    unsafe {
+        if fd != 3 {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error()).context("dup2 to fd 3");
+            }
+            libc::close(fd);
+        } else {
+            let flags = libc::fcntl(3, libc::F_GETFD);
+            libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+        }
+    }
+    let err = std::process::Command::new(program).args(rest).exec();
+    eprintln!("cannot run {}: {err}", program.to_string_lossy());
+    Ok(1)
+}
+
+/// `limanet attach --netns PATH|PID SOCKET`.
+#[derive(ClapArgs, Debug)]
+pub struct AttachArgs {
+    /// The network namespace: a path (/run/netns/NAME, /proc/PID/ns/net) or a PID.
+    #[arg(long)]
+    pub netns: String,
+    /// Name of the TAP device created in the namespace.
+    #[arg(long, default_value = "tap0")]
+    pub tap_name: String,
+    #[arg(long, default_value_t = 1500)]
+    pub mtu: u16,
+    /// Configure ADDRESS/PREFIX on the TAP (otherwise it is left up but unconfigured, e.g. for
+    /// a DHCP client).
+    #[arg(long, value_name = "IP/PREFIX", requires = "gateway")]
+    pub address: Option<String>,
+    /// Default route via this address (with --address).
+    #[arg(long, value_name = "IP")]
+    pub gateway: Option<std::net::Ipv4Addr>,
+    /// A stream socket (QEMU framing): a vmnet socket, `limanet usernet --listen-qemu`, ...
+    pub socket: PathBuf,
+}
+
+pub fn attach(args: AttachArgs) -> Result<u8> {
+    let address = match (&args.address, args.gateway) {
+        (Some(a), Some(gw)) => {
+            let (ip, prefix) = crate::cmd::usernet::parse_subnet(a)
+                .with_context(|| format!("invalid --address {a:?}"))?;
+            Some((ip, prefix, gw))
+        }
+        _ => None,
+    };
+    let signals = limanet_vmnet::service::termination_signals()?;
+    let stream = std::os::unix::net::UnixStream::connect(&args.socket)
+        .with_context(|| format!("cannot connect to {}", args.socket.display()))?;
+    let netns = limanet_runtime::open_netns(&args.netns)?;
+    let tap = limanet_runtime::create_tap_in(
+        &netns,
+        &limanet_runtime::TapConfig {
+            name: args.tap_name.clone(),
+            mtu: args.mtu,
+            address,
+        },
+    )
+    .with_context(|| {
+        format!(
+            "cannot set up {} in network namespace {}",
+            args.tap_name, args.netns
+        )
+    })?;
+    info!(
+        netns = %args.netns,
+        tap = %args.tap_name,
+        mac = %limanet_netstack::MacDisplay(tap.mac),
+        socket = %args.socket.display(),
+        "attached"
+    );
+    let why = limanet_vmnet::relay::relay(tap.fd, stream.into(), signals)?;
+    info!(reason = %why, "detached");
+    Ok(0)
+}
+
+/// `limanet install-vmnet [--prefix DIR]`.
+#[derive(ClapArgs, Debug)]
+pub struct InstallArgs {
+    /// Install as DIR/socket_vmnet instead of the default location
+    /// (/usr/local/libexec/limanet/socket_vmnet, where networks.yaml's paths.socketVMNet looks).
+    #[arg(long, value_name = "DIR")]
+    pub prefix: Option<PathBuf>,
+}
+
+/// Copies the running binary to a root-owned 0755 `socket_vmnet` (a real file, no symlink),
+/// creating missing directories root-owned 0755, so Lima's path-security rules accept it.
+pub fn install(args: InstallArgs) -> Result<u8> {
+    let dir = args.prefix.unwrap_or_else(|| {
+        Path::new(limanet_config::networks::DEFAULT_SOCKET_VMNET)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("/usr/local/libexec/limanet"))
+    });
+    if !dir.is_absolute() {
+        bail!("--prefix must be an absolute path");
+    }
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("install-vmnet must run as root (the daemon must be root-owned)");
+    }
+    let exe = std::fs::read_link("/proc/self/exe").context("cannot find the running binary")?;
+    let mut created = Vec::new();
+    let mut d = dir.as_path();
+    while !d.exists() {
+        created.push(d.to_path_buf());
+        d = d.parent().unwrap_or(Path::new("/"));
+    }
+    for c in created.iter().rev() {
+        std::fs::create_dir(c).with_context(|| format!("cannot create {}", c.display()))?;
+        std::fs::set_permissions(c, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let meta = std::fs::symlink_metadata(&dir)?;
+    if !meta.is_dir() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+        bail!(
+            "{} must be a root-owned directory that is not group- or world-writable",
+            dir.display()
+        );
+    }
+    let target = dir.join("socket_vmnet");
+    let tmp = dir.join(format!(".socket_vmnet.tmp{}", std::process::id()));
+    std::fs::copy(&exe, &tmp)
+        .with_context(|| format!("cannot copy {} to {}", exe.display(), tmp.display()))?;
+    let finish = (|| -> std::io::Result<()> {
+        std::os::unix::fs::chown(&tmp, Some(0), Some(0))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::rename(&tmp, &target)
+    })();
+    if let Err(e) = finish {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot install {}", target.display()));
+    }
+    println!("installed {}", target.display());
+    if target != Path::new(limanet_config::networks::DEFAULT_SOCKET_VMNET) {
+        println!(
+            "set `paths: socketVMNet: {}` in networks.yaml to use it",
+            target.display()
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,758 @@
+//! `limanet vmnet` end to end, inside a testkit `TestHost`: the daemon runs in the test's private
+//! "host" namespace (so its bridge, TAP, nftables table and sysctls never touch the machine), and
+//! "VMs" are network namespaces put on the network with `limanet attach`.
+
+use limanet_testkit::{ChildGuard, Netns, TestHost};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const LIMANET: &str = env!("CARGO_BIN_EXE_limanet");
+
+fn require_root() {
+    // SAFETY: geteuid has no failure mode.
+    if unsafe { libc::geteuid() } != 0 {
+        panic!("these tests need root (network namespaces, bridges, nftables)");
+    }
+}
+
+/// A scratch directory for the socket and pid file, removed on drop.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(tag: &str) -> Self {
+        let d = PathBuf::from(format!("/run/lnvtest-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("create test dir");
+        Dir(d)
+    }
+    fn sock(&self) -> PathBuf {
+        self.0.join("vmnet.sock")
+    }
+    fn pid(&self) -> PathBuf {
+        self.0.join("vmnet.pid")
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn names(dir: &Dir) -> limanet_vmnet::backend::Names {
+    limanet_vmnet::backend::Names::for_socket(&dir.sock())
+}
+
+/// Starts the daemon in `ns` with socket_vmnet's flags; waits for its pid file (readiness).
+fn start_daemon(ns: &Netns, dir: &Dir, flags: &[&str]) -> ChildGuard {
+    let mut args = vec!["vmnet".to_string()];
+    args.extend(flags.iter().map(|s| s.to_string()));
+    args.push(format!("--pidfile={}", dir.pid().display()));
+    args.push("--socket-group=root".into());
+    args.push(dir.sock().display().to_string());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut d = ns.spawn("vmnet", LIMANET, &argv).expect("spawn daemon");
+    // Its own pid (a killed daemon's pid file may still be there).
+    let pid = d.id().to_string();
+    let written = || std::fs::read_to_string(dir.pid()).is_ok_and(|p| p == pid);
+    let ok = limanet_testkit::wait_for("vmnet pid file", Duration::from_secs(20), || {
+        written() || d.try_wait().ok().flatten().is_some()
+    });
+    assert!(
+        ok.is_ok() && written(),
+        "daemon did not start:\n{}",
+        d.logs()
+    );
+    d
+}
+
+/// A "VM": a namespace with a TAP on the network through `limanet attach`.
+struct Vm {
+    ns: Netns,
+    _attach: ChildGuard,
+}
+
+fn attach(sock: &Path, address: Option<(&str, &str)>) -> Vm {
+    let ns = Netns::new("vm").expect("vm netns");
+    let path = ns.path().display().to_string();
+    let sock = sock.display().to_string();
+    let mut args = vec!["attach", "--netns", &path, "--tap-name", "eth0"];
+    if let Some((a, gw)) = &address {
+        args.extend(["--address", a, "--gateway", gw]);
+    }
+    args.push(&sock);
+    let guard = ChildGuard::spawn("attach", std::process::Command::new(LIMANET).args(&args))
+        .expect("spawn attach");
+    limanet_testkit::wait_for("TAP in the VM", Duration::from_secs(10), || {
+        ns.run("ip", &["link", "show", "eth0"]).is_ok()
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", guard.logs()));
+    Vm { ns, _attach: guard }
+}
+
+fn ping(ns: &Netns, ip: &str) -> bool {
+    ns.run("ping", &["-c", "1", "-W", "2", ip]).is_ok()
+}
+
+fn ping_ok(ns: &Netns, ip: &str) {
+    let ok = (0..5).any(|_| ping(ns, ip));
+    assert!(ok, "ping {ip} from {} failed", ns.name());
+}
+
+fn echo_roundtrip(from: &Netns, to: SocketAddr) {
+    let got = from
+        .run_in(move || {
+            let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))?;
+            s.write_all(b"hello vmnet")?;
+            s.shutdown(std::net::Shutdown::Write)?;
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf)?;
+            Ok::<_, std::io::Error>(buf)
+        })
+        .expect("run_in")
+        .unwrap_or_else(|e| panic!("TCP to {to}: {e}"));
+    assert_eq!(got, b"hello vmnet");
+}
+
+fn link_exists(ns: &Netns, name: &str) -> bool {
+    ns.run("ip", &["link", "show", name]).is_ok()
+}
+
+fn nft_table_exists(ns: &Netns, table: &str) -> bool {
+    ns.run("nft", &["list", "table", "ip", table]).is_ok()
+}
+
+fn forwarding(ns: &Netns, iface: &str) -> String {
+    ns.run(
+        "sysctl",
+        &["-n", &format!("net.ipv4.conf.{iface}.forwarding")],
+    )
+    .unwrap_or_default()
+    .trim()
+    .to_string()
+}
+
+/// Stops the daemon with SIGTERM and checks that nothing of it is left.
+fn stop_and_check_clean(th: &TestHost, mut d: ChildGuard, dir: &Dir) -> String {
+    d.signal(libc::SIGTERM);
+    let status = d
+        .wait_timeout(Duration::from_secs(10))
+        .expect("daemon exit");
+    let logs = d.logs();
+    assert!(status.success(), "daemon exit {status:?}\n{logs}");
+    assert_clean(th, dir);
+    logs
+}
+
+fn assert_clean(th: &TestHost, dir: &Dir) {
+    let n = names(dir);
+    assert!(!link_exists(&th.host, &n.bridge), "bridge left behind");
+    assert!(!link_exists(&th.host, &n.tap), "TAP left behind");
+    assert!(
+        !nft_table_exists(&th.host, &n.table),
+        "nftables table left behind"
+    );
+    assert!(!dir.sock().exists(), "socket left behind");
+    assert!(!dir.pid().exists(), "pid file left behind");
+    assert!(!n.state_file.exists(), "sysctl state file left behind");
+}
+
+fn host_resolv(th: &TestHost) {
+    // Upstream DNS of the daemon: a stub address on loopback; the tests only ask for names the
+    // daemon answers itself.
+    th.host
+        .set_etc("resolv.conf", "nameserver 127.0.0.53\n")
+        .expect("resolv.conf");
+}
+
+#[test]
+fn host_mode_connects_host_and_vms_and_nothing_else() {
+    require_root();
+    let th = TestHost::new().expect("test host");
+    host_resolv(&th);
+    let dir = Dir::new("host");
+    let d = start_daemon(
+        &th.host,
+        &dir,
+        &[
+            "--vmnet-mode=host",
+            "--vmnet-gateway=192.168.106.1",
+            "--vmnet-dhcp-end=192.168.106.254",
+            "--vmnet-mask=255.255.255.0",
+        ],
+    );
+    let mode = std::fs::metadata(dir.sock()).expect("socket");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(mode.permissions().mode() & 0o777, 0o770);
+    let pid = std::fs::read_to_string(dir.pid()).expect("pid file");
+    assert_eq!(pid, d.id().to_string(), "pid without newline");
+
+    let vm1 = attach(&dir.sock(), Some(("192.168.106.10/24", "192.168.106.1")));
+    // VM 2 configures itself by DHCP (busybox udhcpc) and asks the gateway's DNS.
+    let vm2 = attach(&dir.sock(), None);
+    let out = vm2
+        .ns
+        .run(
+            "sh",
+            &[
+                "-c",
+                "busybox udhcpc -i eth0 -n -q -t 5 -T 1 -s /bin/true 2>&1",
+            ],
+        )
+        .unwrap_or_else(|e| panic!("udhcpc: {e}\n{}", d.logs()));
+    assert!(
+        out.contains("lease of 192.168.106.2 obtained from 192.168.106.1"),
+        "{out}"
+    );
+    vm2.ns
+        .run("ip", &["addr", "add", "192.168.106.2/24", "dev", "eth0"])
+        .expect("addr");
+    let answer = vm2
+        .ns
+        .run(
+            "dig",
+            &[
+                "+short",
+                "+time=2",
+                "+tries=2",
+                "@192.168.106.1",
+                "host.lima.internal",
+            ],
+        )
+        .expect("dig");
+    assert_eq!(answer.trim(), "192.168.106.1");
+
+    // The host reaches VM addresses directly, TCP included.
+    ping_ok(&th.host, "192.168.106.10");
+    let server =
+        limanet_testkit::servers::TcpEchoServer::start(&vm1.ns, "0.0.0.0:7007".parse().unwrap())
+            .expect("server in vm1");
+    echo_roundtrip(&th.host, "192.168.106.10:7007".parse().unwrap());
+    drop(server);
+    // VM to VM, and VM to the host at the gateway.
+    ping_ok(&vm2.ns, "192.168.106.10");
+    ping_ok(&vm1.ns, "192.168.106.1");
+    // Nothing else: the fake internet is not reachable from a host-mode VM.
+    assert!(!ping(&vm1.ns, &TestHost::INTERNET_ADDR.to_string()));
+    assert_eq!(forwarding(&th.host, &names(&dir).bridge), "0");
+
+    let logs = stop_and_check_clean(&th, d, &dir);
+    assert!(logs.contains("vmnet network ready"), "{logs}");
+}
+
+#[test]
+fn shared_mode_nats_to_the_outside_and_restores_everything() {
+    require_root();
+    let th = TestHost::new().expect("test host");
+    host_resolv(&th);
+    let dir = Dir::new("shared");
+    assert_eq!(forwarding(&th.host, &th.host_if), "0");
+    let d = start_daemon(
+        &th.host,
+        &dir,
+        &["--vmnet-mode=shared", "--vmnet-gateway=192.168.105.1"],
+    );
+    assert!(nft_table_exists(&th.host, &names(&dir).table));
+    assert_eq!(forwarding(&th.host, &th.host_if), "1");
+    let vm = attach(&dir.sock(), Some(("192.168.105.20/24", "192.168.105.1")));
+
+    // A server on the fake internet that reports who connected.
+    let listener = th
+        .internet
+        .run_in(|| TcpListener::bind("0.0.0.0:8080"))
+        .expect("run_in")
+        .expect("bind");
+    let seen = std::thread::spawn(move || {
+        let (mut s, peer) = listener.accept().expect("accept");
+        let _ = s.write_all(b"ok");
+        peer
+    });
+    let got = vm
+        .ns
+        .run_in(|| {
+            let mut s = TcpStream::connect_timeout(
+                &"203.0.113.2:8080".parse().unwrap(),
+                Duration::from_secs(5),
+            )?;
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf)?;
+            Ok::<_, std::io::Error>(buf)
+        })
+        .expect("run_in")
+        .unwrap_or_else(|e| panic!("VM to the internet: {e}\n{}", d.logs()));
+    assert_eq!(got, b"ok");
+    let peer = seen.join().expect("server thread");
+    assert_eq!(peer.ip(), std::net::IpAddr::V4(TestHost::HOST_ADDR), "NAT");
+
+    // The outside cannot open connections to the VM.
+    th.internet
+        .run(
+            "ip",
+            &["route", "add", "192.168.105.0/24", "via", "203.0.113.1"],
+        )
+        .expect("route");
+    assert!(!ping(&th.internet, "192.168.105.20"));
+
+    stop_and_check_clean(&th, d, &dir);
+    assert_eq!(forwarding(&th.host, &th.host_if), "0", "sysctl restored");
+}
+
+#[test]
+fn bridged_mode_puts_vms_on_the_lan_of_a_plain_nic() {
+    bridged(false);
+}
+
+#[test]
+fn bridged_mode_on_a_host_bridge_also_lets_the_host_reach_vms() {
+    bridged(true);
+}
+
+/// A VM on the LAN behind `--vmnet-interface`: the test host's veth end itself (packet socket),
+/// or a bridge in the test host with that veth end as a port (our TAP joins the bridge).
+fn bridged(on_bridge: bool) {
+    require_root();
+    let th = TestHost::new().expect("test host");
+    let dir = Dir::new(if on_bridge { "bridgedbr" } else { "bridged" });
+    // The "LAN": a namespace with dnsmasq, joined to the test host by a veth pair. It is also
+    // the "other host" that reaches the VM.
+    let lan = Netns::new("lan").expect("lan netns");
+    let host_end = limanet_testkit::unique_name("vlh");
+    let lan_end = limanet_testkit::unique_name("vll");
+    th.host
+        .run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &host_end,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &lan_end,
+                "netns",
+                lan.name(),
+            ],
+        )
+        .expect("veth");
+    let lan_if = if on_bridge {
+        let br = limanet_testkit::unique_name("lanbr");
+        th.host
+            .run("ip", &["link", "add", &br, "type", "bridge"])
+            .expect("bridge");
+        th.host
+            .run("ip", &["link", "set", &host_end, "master", &br])
+            .expect("port");
+        th.host.run("ip", &["link", "set", &br, "up"]).expect("up");
+        br
+    } else {
+        host_end.clone()
+    };
+    th.host
+        .run("ip", &["addr", "add", "10.77.0.1/24", "dev", &lan_if])
+        .expect("host addr");
+    th.host
+        .run("ip", &["link", "set", &host_end, "up"])
+        .expect("up");
+    lan.run("ip", &["addr", "add", "10.77.0.2/24", "dev", &lan_end])
+        .expect("lan addr");
+    lan.run("ip", &["link", "set", &lan_end, "up"]).expect("up");
+    // veth leaves UDP checksums to "hardware"; a packet socket would pass them on unfinished.
+    lan.run("ethtool", &["-K", &lan_end, "tx", "off"])
+        .expect("ethtool");
+    let _dnsmasq = lan
+        .spawn(
+            "dnsmasq",
+            "dnsmasq",
+            &[
+                "--no-daemon",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--port=0",
+                &format!("--interface={lan_end}"),
+                "--dhcp-range=10.77.0.100,10.77.0.150,255.255.255.0,1h",
+                "--dhcp-leasefile=/dev/null",
+            ],
+        )
+        .expect("dnsmasq");
+    let host_end_flag = format!("--vmnet-interface={lan_if}");
+    let d = start_daemon(&th.host, &dir, &["--vmnet-mode=bridged", &host_end_flag]);
+    let host_addrs = th
+        .host
+        .run("ip", &["-br", "addr", "show", &lan_if])
+        .expect("ip");
+    assert!(
+        host_addrs.contains("10.77.0.1/24"),
+        "host address untouched: {host_addrs}"
+    );
+
+    let vm = attach(&dir.sock(), None);
+    let out = vm
+        .ns
+        .run(
+            "sh",
+            &[
+                "-c",
+                "busybox udhcpc -i eth0 -n -q -t 5 -T 2 -s /bin/true 2>&1",
+            ],
+        )
+        .unwrap_or_else(|e| panic!("udhcpc: {e}\n{}", d.logs()));
+    let ip = out
+        .lines()
+        .find_map(|l| {
+            l.split("lease of ")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+        })
+        .unwrap_or_else(|| panic!("no lease: {out}"))
+        .to_string();
+    assert!(out.contains("from 10.77.0.2"), "{out}");
+    let parsed: Ipv4Addr = ip.parse().expect("leased address");
+    assert!((100..=150).contains(&parsed.octets()[3]), "{ip}");
+    vm.ns
+        .run("ip", &["addr", "add", &format!("{ip}/24"), "dev", "eth0"])
+        .expect("addr");
+    // The other host on the LAN reaches the VM, and the VM it.
+    ping_ok(&lan, &ip);
+    ping_ok(&vm.ns, "10.77.0.2");
+    if on_bridge {
+        ping_ok(&th.host, &ip);
+    } else {
+        // Documented: through a plain NIC the host itself cannot reach its VMs.
+        assert!(!ping(&th.host, &ip));
+    }
+    stop_and_check_clean(&th, d, &dir);
+    if on_bridge {
+        let ports = th
+            .host
+            .run("ip", &["-br", "link", "show", "master", &lan_if])
+            .expect("ip");
+        assert!(
+            !ports.contains("lnvtp"),
+            "TAP left on the host bridge: {ports}"
+        );
+    }
+    let after = th
+        .host
+        .run("ip", &["-br", "link", "show", &host_end])
+        .expect("ip");
+    assert!(
+        !after.contains("PROMISC"),
+        "promiscuous mode left on: {after}"
+    );
+}
+
+/// Sends raw bytes as a client and waits for the daemon to close the connection.
+fn bad_client(sock: &Path, bytes: &[u8], close_write: bool) {
+    let mut s = UnixStream::connect(sock).expect("connect");
+    s.write_all(bytes).expect("write");
+    if close_write {
+        s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    }
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => continue, // flooded frames
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+            Err(e) => panic!("the daemon did not disconnect a bad client: {e}"),
+        }
+    }
+}
+
+#[test]
+fn bad_clients_are_disconnected_alone_and_a_stalled_client_slows_nobody() {
+    require_root();
+    let th = TestHost::new().expect("test host");
+    host_resolv(&th);
+    let dir = Dir::new("bad");
+    let d = start_daemon(
+        &th.host,
+        &dir,
+        &["--vmnet-mode=host", "--vmnet-gateway=192.168.106.1"],
+    );
+    let vm1 = attach(&dir.sock(), Some(("192.168.106.10/24", "192.168.106.1")));
+    let vm2 = attach(&dir.sock(), Some(("192.168.106.11/24", "192.168.106.1")));
+    ping_ok(&vm1.ns, "192.168.106.11");
+
+    // Lying length header (over 64 KiB), zero-length frame, a header promising more than
+    // arrives before close, a short read of the header itself.
+    bad_client(&dir.sock(), &70000u32.to_be_bytes(), false);
+    bad_client(&dir.sock(), &[0, 0, 0, 0], false);
+    let mut short = 100u32.to_be_bytes().to_vec();
+    short.extend_from_slice(&[0xff; 10]);
+    bad_client(&dir.sock(), &short, true);
+    bad_client(&dir.sock(), &[0, 0], true);
+    ping_ok(&vm1.ns, "192.168.106.11");
+
+    // A client that never reads, while two VMs transfer at full speed.
+    let mut stalled = UnixStream::connect(dir.sock()).expect("connect");
+    // Announce a MAC so the switch knows the port (a gratuitous broadcast frame).
+    let mut frame = vec![0xffu8; 6];
+    frame.extend_from_slice(&[0x52, 0x55, 0x55, 0, 0, 0x77]);
+    frame.extend_from_slice(&[0x88, 0xb5]);
+    frame.resize(60, 0);
+    let mut msg = (frame.len() as u32).to_be_bytes().to_vec();
+    msg.extend_from_slice(&frame);
+    stalled.write_all(&msg).expect("announce");
+    let _server = vm2
+        .ns
+        .spawn("iperf3-s", "iperf3", &["-s"])
+        .expect("iperf3 -s");
+    vm1.ns
+        .run_in(|| {
+            limanet_testkit::wait_for("iperf3 server", Duration::from_secs(10), || {
+                TcpStream::connect("192.168.106.11:5201").is_ok()
+            })
+        })
+        .expect("run_in")
+        .expect("iperf3 server up");
+    std::thread::sleep(Duration::from_millis(300));
+    // While VM1 and VM2 transfer, VM1 also blasts the stalled client's MAC (about 80 MB, more
+    // than its queue and socket buffer hold): that client alone loses frames.
+    vm1.ns
+        .run(
+            "ip",
+            &[
+                "neigh",
+                "add",
+                "192.168.106.99",
+                "lladdr",
+                "52:55:55:00:00:77",
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ],
+        )
+        .expect("neigh");
+    let blast_ns = vm1.ns.path();
+    let blast = std::thread::spawn(move || {
+        let ns = std::fs::File::open(blast_ns).expect("netns");
+        // SAFETY: setns on this fresh thread only.
+        assert_eq!(
+            unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) },
+            0
+        );
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp");
+        let payload = [0x5au8; 1400];
+        // Paced, so the frames are not lost in VM1's own TAP queue before reaching the switch.
+        for i in 0..60_000 {
+            let _ = sock.send_to(&payload, "192.168.106.99:9");
+            if i % 32 == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    });
+    let out = vm1
+        .ns
+        .run("iperf3", &["-c", "192.168.106.11", "-t", "3", "-J"])
+        .expect("iperf3");
+    blast.join().expect("blast");
+    let json: serde_json::Value = serde_json::from_str(&out).expect("iperf3 json");
+    let bps = json["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0);
+    assert!(
+        bps > 100e6,
+        "VM to VM throughput with a stalled client: {bps} bit/s"
+    );
+    drop(stalled);
+
+    let logs = stop_and_check_clean(&th, d, &dir);
+    let stalled_drops: u64 = logs
+        .lines()
+        .filter(|l| l.contains("client disconnected"))
+        .filter_map(|l| l.split("dropped=").nth(1))
+        .filter_map(|d| d.split_whitespace().next()?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
+    assert!(
+        stalled_drops > 0,
+        "the stalled client's own frames are dropped:\n{logs}"
+    );
+    let disconnects = logs.matches("disconnecting client").count();
+    assert_eq!(disconnects, 4, "one log line per bad client:\n{logs}");
+    for needle in [
+        "exceeds the maximum",
+        "zero-length frame",
+        "in the middle of a frame",
+    ] {
+        assert!(logs.contains(needle), "{needle} missing:\n{logs}");
+    }
+}
+
+#[test]
+fn crashes_and_failed_starts_leave_nothing_and_live_daemons_are_not_displaced() {
+    require_root();
+    let th = TestHost::new().expect("test host");
+    host_resolv(&th);
+    let dir = Dir::new("crash");
+    let n = names(&dir);
+    let flags = ["--vmnet-mode=shared", "--vmnet-gateway=192.168.105.1"];
+
+    // SIGKILL leaves the bridge, the NAT table, the sysctl, the socket and the pid file.
+    let d = start_daemon(&th.host, &dir, &flags);
+    d.signal(libc::SIGKILL);
+    let mut d = d;
+    let _ = d.wait_timeout(Duration::from_secs(5));
+    assert!(link_exists(&th.host, &n.bridge));
+    assert!(nft_table_exists(&th.host, &n.table));
+    assert_eq!(forwarding(&th.host, &th.host_if), "1");
+    assert!(dir.sock().exists() && dir.pid().exists());
+
+    // The next start cleans up and works; a second daemon does not displace it.
+    let d = start_daemon(&th.host, &dir, &flags);
+    let logs = d.logs();
+    assert!(
+        logs.contains("left by an earlier limanet vmnet"),
+        "{logs}\npid file {:?} pid {}",
+        std::fs::read_to_string(dir.pid()),
+        d.id()
+    );
+    let second = th.host.run(
+        LIMANET,
+        &[
+            "vmnet",
+            "--socket-group=root",
+            &format!("--pidfile={}", dir.pid().display()),
+            flags[0],
+            flags[1],
+            &dir.sock().display().to_string(),
+        ],
+    );
+    let err = second.expect_err("second daemon must fail").to_string();
+    assert!(err.contains("locked by a running daemon"), "{err}");
+    let other_pid = dir.0.join("other.pid");
+    let third = th.host.run(
+        LIMANET,
+        &[
+            "vmnet",
+            "--socket-group=root",
+            &format!("--pidfile={}", other_pid.display()),
+            flags[0],
+            flags[1],
+            &dir.sock().display().to_string(),
+        ],
+    );
+    let err = third.expect_err("third daemon must fail").to_string();
+    assert!(err.contains("in use by a running daemon"), "{err}");
+    assert!(
+        UnixStream::connect(dir.sock()).is_ok(),
+        "live daemon still serves"
+    );
+    assert!(link_exists(&th.host, &n.bridge));
+    stop_and_check_clean(&th, d, &dir);
+    assert_eq!(forwarding(&th.host, &th.host_if), "0", "sysctl restored");
+
+    // A failed start (DNS port taken on the host) undoes bridge, TAP, NAT and sysctls.
+    let blocker = th
+        .host
+        .run_in(|| std::net::UdpSocket::bind("0.0.0.0:53"))
+        .expect("run_in")
+        .expect("bind :53");
+    let failed = th.host.run(
+        LIMANET,
+        &[
+            "vmnet",
+            "--socket-group=root",
+            &format!("--pidfile={}", dir.pid().display()),
+            flags[0],
+            flags[1],
+            &dir.sock().display().to_string(),
+        ],
+    );
+    let err = failed.expect_err("start must fail").to_string();
+    assert!(err.contains("DNS"), "{err}");
+    drop(blocker);
+    assert_clean(&th, &dir);
+    assert_eq!(forwarding(&th.host, &th.host_if), "0");
+
+    // An interface with our bridge's name that is not ours is never touched.
+    th.host
+        .run("ip", &["link", "add", &n.bridge, "type", "bridge"])
+        .expect("foreign bridge");
+    let refused = th.host.run(
+        LIMANET,
+        &[
+            "vmnet",
+            "--socket-group=root",
+            flags[0],
+            flags[1],
+            &dir.sock().display().to_string(),
+        ],
+    );
+    let err = refused.expect_err("start must fail").to_string();
+    assert!(err.contains("is not limanet's"), "{err}");
+    assert!(link_exists(&th.host, &n.bridge), "foreign interface kept");
+    assert!(!dir.sock().exists());
+}
+
+#[test]
+fn bad_flags_get_socket_vmnet_errors() {
+    let out = std::process::Command::new(LIMANET)
+        .args(["vmnet", "--vmnet-mode=bridged", "/tmp/x"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("vmnet mode \"bridged\" require --vmnet-interface to be specified"),
+        "{err}"
+    );
+    let out = std::process::Command::new(LIMANET)
+        .args([
+            "vmnet",
+            "--socket-group=no-such-group-lnv",
+            "--vmnet-mode=host",
+            "/tmp/lnv-nonexistent/x",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown group name \"no-such-group-lnv\"")
+    );
+}
+
+#[test]
+fn vmnet_client_runs_the_command_with_the_connection_on_fd_3() {
+    let dir = std::env::temp_dir().join(format!("lnv-client-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("s");
+    let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        let mut got = String::new();
+        s.read_to_string(&mut got).expect("read");
+        got
+    });
+    let out = std::process::Command::new(LIMANET)
+        .arg("vmnet-client")
+        .arg(&path)
+        .args(["--", "sh", "-c", "echo from-fd-3 >&3"])
+        .output()
+        .expect("vmnet-client");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(server.join().expect("server"), "from-fd-3\n");
+    let out = std::process::Command::new(LIMANET)
+        .arg("vmnet-client")
+        .arg(dir.join("missing"))
+        .arg("true")
+        .output()
+        .expect("vmnet-client");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Failed to connect to \""), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,430 @@
+//! The Linux side of one vmnet network: where the daemon's switch meets the host kernel.
+//!
+//! - host/shared: a bridge owned by limanet (name and marker derived from the socket path) with
+//!   the gateway address, and one TAP, enslaved to it, whose descriptor is the switch's host
+//!   port. shared adds NAT ([`crate::nft`]) and IPv4 forwarding on the bridge and on the uplinks
+//!   the return traffic arrives on; host turns forwarding off on the bridge.
+//! - bridged: the interface named by `--vmnet-interface`. A bridge gets our TAP as a new port
+//!   (the host's own addresses stay where they are). A plain NIC is reached through an AF_PACKET
+//!   socket in promiscuous mode: nothing on the NIC changes, and the promiscuous flag goes with
+//!   the socket. The host itself cannot reach VMs through that NIC (its own frames leave on the
+//!   wire, not through the socket), as with macvlan.
+//!
+//! Everything created is undone on drop, also after a failed start. A crash (SIGKILL) leaves the
+//! bridge, the nftables table and changed sysctls behind: the next start finds them by their
+//! names and markers (and a state file of changed sysctls) and removes them first. TAP devices
+//! are not persistent, so they vanish with the process. Interfaces with our names that do not
+//! carry our marker are never touched.
+
+use crate::netlink::Netlink;
+use crate::nft;
+use crate::options::{Mode, VmnetOptions};
+use limanet_netstack::wire::MacAddr;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use tracing::{debug, info, warn};
+
+/// The ifalias prefix that marks an interface as limanet's.
+pub const MARKER: &str = "limanet-vmnet:";
+/// MTU of the bridge and TAP (vmnet's: 1500, frames up to 1514 bytes).
+pub const MTU: u16 = 1500;
+/// Where changed sysctls are recorded until they are restored.
+const STATE_DIR: &str = "/run/limanet-vmnet";
+
+/// Why the backend could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error(
+        "interface {name} already exists and is not limanet's (alias {alias:?}); not touching it"
+    )]
+    NameTaken { name: String, alias: Option<String> },
+    #[error("--vmnet-interface={0}: no such interface")]
+    NoInterface(String),
+    #[error("nftables: {0}")]
+    Nft(#[from] nftables::helper::NftablesError),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// Names derived from the socket path, so one network always gets the same ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    pub id: String,
+    pub bridge: String,
+    pub tap: String,
+    pub table: String,
+    pub marker: String,
+    pub state_file: PathBuf,
+}
+
+impl Names {
+    pub fn for_socket(socket: &Path) -> Self {
+        // FNV-1a: stable across runs and versions (std's hasher is not).
+        let mut h: u32 = 0x811c_9dc5;
+        for b in socket.as_os_str().as_encoded_bytes() {
+            h ^= u32::from(*b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        let id = format!("{h:08x}");
+        let mut marker = format!("{MARKER}{}", socket.display());
+        marker.truncate(250);
+        Names {
+            bridge: format!("lnvbr{id}"),
+            tap: format!("lnvtp{id}"),
+            table: format!("limanet_vmnet_{id}"),
+            state_file: PathBuf::from(STATE_DIR).join(format!("{id}.sysctl")),
+            marker,
+            id,
+        }
+    }
+
+    /// A locally administered MAC for the bridge (the gateway's MAC).
+    pub fn bridge_mac(&self) -> MacAddr {
+        let n = u32::from_str_radix(&self.id, 16).unwrap_or(0).to_be_bytes();
+        [0x02, 0x4c, n[0], n[1], n[2], n[3]]
+    }
+}
+
+/// The set-up network.
+pub struct Backend {
+    nl: Netlink,
+    names: Names,
+    bridge: Option<u32>,
+    tap: Option<u32>,
+    nat: bool,
+    /// (sysctl file, value to restore), in the order they were changed.
+    sysctls: Vec<(PathBuf, String)>,
+    /// The host port: TAP or packet socket descriptor, taken by the daemon.
+    host_port: Option<OwnedFd>,
+    /// The gateway's MAC (host/shared).
+    pub gateway_mac: Option<MacAddr>,
+    pub description: String,
+}
+
+fn sysctl_path(iface: &str) -> PathBuf {
+    PathBuf::from(format!("/proc/sys/net/ipv4/conf/{iface}/forwarding"))
+}
+
+impl Backend {
+    /// Removes what a crashed daemon for this socket left, then sets the network up.
+    pub fn setup(opts: &VmnetOptions) -> Result<Self, BackendError> {
+        let nl = Netlink::new()?;
+        let names = Names::for_socket(&opts.socket);
+        let mut b = Backend {
+            nl,
+            names,
+            bridge: None,
+            tap: None,
+            nat: false,
+            sysctls: Vec::new(),
+            host_port: None,
+            gateway_mac: None,
+            description: String::new(),
+        };
+        b.remove_leftovers()?;
+        match opts.mode {
+            Mode::Host | Mode::Shared => b.setup_routed(opts)?,
+            Mode::Bridged => b.setup_bridged(opts)?,
+        }
+        Ok(b)
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// Takes the host port's descriptor (once).
+    pub fn take_host_port(&mut self) -> Option<OwnedFd> {
+        self.host_port.take()
+    }
+
+    /// Fails if `name` exists and is not marked as ours; deletes it if it is ours.
+    fn clear_name(&self, name: &str) -> Result<(), BackendError> {
+        if let Some(link) = self.nl.link(name)? {
+            let ours = link.alias.as_deref().is_some_and(|a| a.starts_with(MARKER));
+            if !ours {
+                return Err(BackendError::NameTaken {
+                    name: name.to_string(),
+                    alias: link.alias,
+                });
+            }
+            warn!(
+                interface = name,
+                "removing interface left by an earlier limanet vmnet"
+            );
+            self.nl.delete_link(link.index)?;
+        }
+        Ok(())
+    }
+
+    fn remove_leftovers(&mut self) -> Result<(), BackendError> {
+        if let Ok(state) = std::fs::read_to_string(&self.names.state_file) {
+            for line in state.lines() {
+                if let Some((path, value)) = line.split_once(' ') {
+                    let path = Path::new(path);
+                    // Only ever the forwarding sysctls this module writes.
+                    if path.starts_with("/proc/sys/net/ipv4/conf/")
+                        && path.ends_with("forwarding")
+                        && (value == "0" || value == "1")
+                    {
+                        warn!(sysctl = %path.display(), value, "restoring a sysctl left changed by an earlier limanet vmnet");
+                        let _ = std::fs::write(path, value);
+                    }
+                }
+            }
+            let _ = std::fs::remove_file(&self.names.state_file);
+        }
+        if nft::delete_if_present(&self.names.table)? {
+            warn!(table = %self.names.table, "removed nftables table left by an earlier limanet vmnet");
+        }
+        self.clear_name(&self.names.bridge.clone())?;
+        self.clear_name(&self.names.tap.clone())?;
+        Ok(())
+    }
+
+    /// Creates our TAP (not persistent: it goes away with the descriptor), marked as ours.
+    fn create_tap(&mut self) -> Result<u32, BackendError> {
+        let netns = std::fs::File::open("/proc/thread-self/ns/net")?;
+        let tap = limanet_runtime::create_tap_in(
+            &netns,
+            &limanet_runtime::TapConfig {
+                name: self.names.tap.clone(),
+                mtu: MTU,
+                address: None,
+            },
+        )?;
+        self.host_port = Some(tap.fd);
+        let link = self
+            .nl
+            .link(&self.names.tap)?
+            .ok_or_else(|| io::Error::other("the TAP device vanished after creation"))?;
+        self.tap = Some(link.index);
+        self.nl.set_alias(link.index, &self.names.marker)?;
+        Ok(link.index)
+    }
+
+    fn setup_routed(&mut self, opts: &VmnetOptions) -> Result<(), BackendError> {
+        let subnet = opts
+            .subnet
+            .ok_or_else(|| io::Error::other("host and shared networks need a subnet"))?;
+        let mac = self.names.bridge_mac();
+        let name = self.names.bridge.clone();
+        self.nl.add_bridge(&name, mac, u32::from(MTU))?;
+        let link = self
+            .nl
+            .link(&name)?
+            .ok_or_else(|| io::Error::other("the bridge vanished after creation"))?;
+        self.bridge = Some(link.index);
+        self.nl.set_alias(link.index, &self.names.marker)?;
+        self.gateway_mac = Some(link.mac.unwrap_or(mac));
+        // Forwarding only where needed: on for a shared bridge, explicitly off for host mode
+        // (new interfaces inherit conf/default, which may be on).
+        let forwarding = if opts.mode == Mode::Shared { "1" } else { "0" };
+        std::fs::write(sysctl_path(&name), forwarding)?;
+        self.nl
+            .add_address(link.index, subnet.gateway, subnet.prefix_len)?;
+        self.nl.set_up(link.index)?;
+        let tap = self.create_tap()?;
+        self.nl.set_controller(tap, link.index)?;
+        if opts.mode == Mode::Shared {
+            let uplinks = self.open_uplinks(link.index)?;
+            nft::apply(&nft::NatSpec {
+                table: self.names.table.clone(),
+                bridge: name.clone(),
+                network: subnet.network(),
+                prefix_len: subnet.prefix_len,
+                opened_uplinks: uplinks,
+            })?;
+            self.nat = true;
+        }
+        self.description = format!(
+            "bridge {name} {}/{} ({}), TAP {}{}",
+            subnet.gateway,
+            subnet.prefix_len,
+            limanet_netstack::MacDisplay(mac),
+            self.names.tap,
+            if self.nat {
+                format!(", NAT in nftables table ip {}", self.names.table)
+            } else {
+                String::new()
+            }
+        );
+        Ok(())
+    }
+
+    /// Enables IPv4 forwarding on the interfaces default routes leave through (where the NATed
+    /// replies come back in); returns those it changed.
+    fn open_uplinks(&mut self, bridge: u32) -> Result<Vec<String>, BackendError> {
+        let mut opened = Vec::new();
+        for index in self.nl.default_route_interfaces()? {
+            if index == bridge {
+                continue;
+            }
+            let Some(name) = self.nl.link_name(index)? else {
+                continue;
+            };
+            let path = sysctl_path(&name);
+            let old = std::fs::read_to_string(&path)?.trim().to_string();
+            if old == "1" {
+                continue;
+            }
+            self.record_sysctl(&path, &old)?;
+            std::fs::write(&path, "1")?;
+            info!(interface = %name, "enabled IPv4 forwarding for NAT return traffic");
+            opened.push(name);
+        }
+        if opened.is_empty() && self.sysctls.is_empty() {
+            debug!("uplinks already forward IPv4");
+        }
+        Ok(opened)
+    }
+
+    /// Notes a sysctl's old value, on disk first so a crash cannot lose it.
+    fn record_sysctl(&mut self, path: &Path, old: &str) -> io::Result<()> {
+        self.sysctls.push((path.to_path_buf(), old.to_string()));
+        let dir = Path::new(STATE_DIR);
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        let text: String = self
+            .sysctls
+            .iter()
+            .map(|(p, v)| format!("{} {v}\n", p.display()))
+            .collect();
+        std::fs::write(&self.names.state_file, text)
+    }
+
+    fn setup_bridged(&mut self, opts: &VmnetOptions) -> Result<(), BackendError> {
+        let iface = opts.interface.clone().unwrap_or_default();
+        let link = self
+            .nl
+            .link(&iface)?
+            .ok_or_else(|| BackendError::NoInterface(iface.clone()))?;
+        if link.kind.as_deref() == Some("bridge") {
+            let tap = self.create_tap()?;
+            self.nl.set_controller(tap, link.index)?;
+            self.description = format!("TAP {} on bridge {iface}", self.names.tap);
+        } else {
+            self.host_port = Some(packet_socket(link.index)?);
+            self.description = format!(
+                "packet socket on {iface} (promiscuous; the host cannot reach VMs through {iface})"
+            );
+        }
+        Ok(())
+    }
+
+    fn teardown(&mut self) {
+        self.host_port = None;
+        if self.nat {
+            if let Err(e) = nft::delete_if_present(&self.names.table) {
+                warn!(error = %e, table = %self.names.table, "cannot remove nftables table");
+            }
+            self.nat = false;
+        }
+        for (path, value) in self.sysctls.drain(..).rev() {
+            if let Err(e) = std::fs::write(&path, &value) {
+                warn!(error = %e, sysctl = %path.display(), "cannot restore sysctl");
+            }
+        }
+        let _ = std::fs::remove_file(&self.names.state_file);
+        // The TAP went with its descriptor; delete it in case something else still holds it.
+        if let Some(tap) = self.tap.take() {
+            if self.nl.link(&self.names.tap).ok().flatten().is_some() {
+                let _ = self.nl.delete_link(tap);
+            }
+        }
+        if let Some(bridge) = self.bridge.take() {
+            if let Err(e) = self.nl.delete_link(bridge) {
+                warn!(error = %e, bridge = %self.names.bridge, "cannot remove bridge");
+            }
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+/// An AF_PACKET socket on `ifindex` that sees every frame on the wire (promiscuous while it is
+/// open) but not the host's own outgoing frames.
+fn packet_socket(ifindex: u32) -> io::Result<OwnedFd> {
+    const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+    let proto = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: plain socket(2).
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            libc::c_int::from(proto),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh descriptor.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: all-zero sockaddr_ll is valid; filled below.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = proto;
+    sll.sll_ifindex = ifindex as i32;
+    // SAFETY: bind with a sockaddr_ll of the right size.
+    if unsafe {
+        libc::bind(
+            sock.as_raw_fd(),
+            &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: all-zero packet_mreq is valid.
+    let mut mreq: libc::packet_mreq = unsafe { std::mem::zeroed() };
+    mreq.mr_ifindex = ifindex as i32;
+    mreq.mr_type = libc::PACKET_MR_PROMISC as u16;
+    setsockopt(&sock, libc::PACKET_ADD_MEMBERSHIP, &mreq)?;
+    setsockopt(&sock, PACKET_IGNORE_OUTGOING, &1i32)?;
+    Ok(sock)
+}
+
+fn setsockopt<T>(sock: &OwnedFd, opt: libc::c_int, value: &T) -> io::Result<()> {
+    // SAFETY: setsockopt with a pointer to a live value of the size given.
+    if unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_PACKET,
+            opt,
+            value as *const T as *const libc::c_void,
+            std::mem::size_of::<T>() as u32,
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_interface_names_and_are_stable() {
+        let n = Names::for_socket(Path::new("/run/lima/socket_vmnet.shared"));
+        assert!(n.bridge.len() <= 15 && n.tap.len() <= 15);
+        assert_eq!(
+            n,
+            Names::for_socket(Path::new("/run/lima/socket_vmnet.shared"))
+        );
+        assert_ne!(
+            n.id,
+            Names::for_socket(Path::new("/run/lima/socket_vmnet.host")).id
+        );
+        assert!(n.marker.starts_with(MARKER));
+        let mac = n.bridge_mac();
+        assert_eq!(mac[0] & 0x03, 0x02, "locally administered unicast");
+    }
+}

@@ -1,0 +1,389 @@
+//! The daemon's data plane: one mio loop (edge-triggered, non-blocking) around the switch.
+//!
+//! Port 0 is the host port (TAP or packet socket); every accepted connection is a client port
+//! speaking QEMU's stream framing, through `limanet_runtime::transport::Port` (which bounds each
+//! port's output queue and rejects lying lengths). A client that sends a bad frame (length over
+//! [`MAX_CLIENT_FRAME`], zero length, or a connection closed mid-frame) is disconnected with one
+//! log line; the others carry on. A client that stops reading fills its own queue and loses its
+//! own frames (counted), without slowing anyone else.
+
+use crate::gateway::{dhcp_request, Gateway};
+use crate::switch::{MacTable, Route, TableLimits};
+use limanet_runtime::transport::{Io, Port, PortError, QueueBudget, ReadStatus};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use std::collections::HashSet;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::time::{Duration, Instant};
+use tracing::{debug, error, info, warn};
+
+/// Largest frame a client may send: socket_vmnet's limit (64 KiB).
+pub const MAX_CLIENT_FRAME: usize = 64 * 1024;
+/// Largest frame read from the host side.
+const MAX_HOST_FRAME: usize = 64 * 1024;
+/// Clients beyond this are refused.
+const MAX_CLIENTS: usize = 1024;
+const LISTENER: Token = Token(0);
+const STOP: Token = Token(1);
+const FIRST_PORT: usize = 2;
+const HOST: usize = 0;
+/// Output queue per client: with 4 MiB socket buffers, enough for bursts at full speed; a
+/// stalled client costs at most this much (times [`MAX_CLIENTS`] in the very worst case).
+const CLIENT_QUEUE_BYTES: usize = 4 << 20;
+/// Recycled frame buffers kept.
+const POOL_MAX: usize = 4096;
+
+struct Slot {
+    port: Port,
+}
+
+/// Counters, for logs and tests.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    pub clients_accepted: u64,
+    pub clients_rejected: u64,
+    pub frames: u64,
+    pub runts: u64,
+}
+
+/// A running switch.
+pub struct Daemon {
+    poll: Poll,
+    listener: UnixListener,
+    _stop: OwnedFd,
+    ports: Vec<Option<Slot>>,
+    table: MacTable,
+    gateway: Option<Gateway>,
+    pending: HashSet<usize>,
+    dirty: Vec<usize>,
+    scratch: Vec<u8>,
+    inbound: Vec<Vec<u8>>,
+    pool: Vec<Vec<u8>>,
+    next_client: u64,
+    /// Output queued to all ports together is bounded too (runtime's network-wide budget).
+    budget: std::rc::Rc<QueueBudget>,
+    fatal: Option<String>,
+    pub stats: Stats,
+}
+
+impl Daemon {
+    /// `host` is the TAP or packet socket; `stop` a descriptor (signalfd) that ends the loop
+    /// when readable.
+    pub fn new(
+        listener: UnixListener,
+        host: OwnedFd,
+        host_name: String,
+        stop: OwnedFd,
+        gateway: Option<Gateway>,
+    ) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        listener.set_nonblocking(true)?;
+        poll.registry().register(
+            &mut SourceFd(&listener.as_raw_fd()),
+            LISTENER,
+            Interest::READABLE,
+        )?;
+        poll.registry()
+            .register(&mut SourceFd(&stop.as_raw_fd()), STOP, Interest::READABLE)?;
+        limanet_runtime::sys::set_nonblocking(host.as_raw_fd())?;
+        let mut d = Daemon {
+            poll,
+            listener,
+            _stop: stop,
+            ports: Vec::new(),
+            table: MacTable::new(TableLimits::default()),
+            gateway,
+            pending: HashSet::new(),
+            dirty: Vec::new(),
+            scratch: vec![0; MAX_HOST_FRAME.max(MAX_CLIENT_FRAME) + 4],
+            inbound: Vec::new(),
+            pool: Vec::new(),
+            next_client: 0,
+            budget: QueueBudget::new(),
+            fatal: None,
+            stats: Stats::default(),
+        };
+        let idx = d.add_port(Io::Packet(host), host_name)?;
+        debug_assert_eq!(idx, HOST);
+        Ok(d)
+    }
+
+    fn add_port(&mut self, io: Io, name: String) -> io::Result<usize> {
+        let idx = match self.ports.iter().position(Option::is_none) {
+            Some(i) => i,
+            None => {
+                self.ports.push(None);
+                self.ports.len() - 1
+            }
+        };
+        let mut port = Port::with_budget(io, name, std::rc::Rc::clone(&self.budget));
+        port.set_queue_limit(CLIENT_QUEUE_BYTES);
+        self.poll.registry().register(
+            &mut SourceFd(&port.raw_fd()),
+            Token(FIRST_PORT + idx),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        self.ports[idx] = Some(Slot { port });
+        // Edge-triggered: data that arrived before registration raises no event.
+        self.pending.insert(idx);
+        Ok(idx)
+    }
+
+    /// Runs until the stop descriptor fires (Ok) or the host port fails (Err).
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        let mut last_expiry = Instant::now();
+        loop {
+            let timeout = if self.pending.is_empty() {
+                Duration::from_secs(30)
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_all(),
+                    STOP => {
+                        self.log_stats();
+                        return Ok(());
+                    }
+                    Token(t) => {
+                        let idx = t - FIRST_PORT;
+                        if event.is_writable() {
+                            self.flush(idx);
+                        }
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.read(idx, now);
+                        }
+                    }
+                }
+            }
+            let pending: Vec<usize> = self.pending.drain().collect();
+            for idx in pending {
+                self.read(idx, now);
+            }
+            let dirty = std::mem::take(&mut self.dirty);
+            for idx in dirty {
+                self.flush(idx);
+            }
+            if let Some(reason) = self.fatal.take() {
+                self.log_stats();
+                return Err(io::Error::other(reason));
+            }
+            if now.duration_since(last_expiry) > Duration::from_secs(60) {
+                last_expiry = now;
+                self.table.expire(now);
+            }
+        }
+    }
+
+    fn log_stats(&self) {
+        info!(
+            clients = self.stats.clients_accepted,
+            rejected = self.stats.clients_rejected,
+            frames = self.stats.frames,
+            runts = self.stats.runts,
+            macs = self.table.len(),
+            unlearnt = self.table.unlearnt,
+            "switch statistics"
+        );
+    }
+
+    fn clients(&self) -> usize {
+        self.ports.iter().skip(1).filter(|p| p.is_some()).count()
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            let stream = match self.listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        warn!(error = %e, "accept failed");
+                    }
+                    return;
+                }
+            };
+            if self.clients() >= MAX_CLIENTS {
+                self.stats.clients_rejected += 1;
+                warn!(max = MAX_CLIENTS, "too many clients, refusing a connection");
+                continue;
+            }
+            if let Err(e) = stream.set_nonblocking(true) {
+                warn!(error = %e, "cannot set up a connection");
+                continue;
+            }
+            limanet_runtime::sys::set_buffer_sizes(stream.as_raw_fd(), 4 << 20, 4 << 20);
+            self.next_client += 1;
+            let name = format!("client#{}", self.next_client);
+            match self.add_port(Io::Stream(OwnedFd::from(stream)), name.clone()) {
+                Ok(idx) => {
+                    self.stats.clients_accepted += 1;
+                    info!(client = %name, port = idx, "client connected");
+                }
+                Err(e) => warn!(error = %e, "cannot add a client"),
+            }
+        }
+    }
+
+    fn read(&mut self, idx: usize, now: Instant) {
+        let Some(Some(slot)) = self.ports.get_mut(idx) else {
+            return;
+        };
+        let max = if idx == HOST {
+            MAX_HOST_FRAME
+        } else {
+            MAX_CLIENT_FRAME
+        };
+        let inbound = &mut self.inbound;
+        let pool = &mut self.pool;
+        let result = slot.port.read_frames(max, &mut self.scratch, |frame| {
+            let mut b = pool.pop().unwrap_or_default();
+            b.clear();
+            b.extend_from_slice(frame);
+            inbound.push(b);
+        });
+        let zero_length = idx != HOST && slot.port.zero_length_frames > 0;
+        let mut frames = std::mem::take(&mut self.inbound);
+        for frame in frames.drain(..) {
+            self.switch_frame(idx, frame, now);
+        }
+        self.inbound = frames;
+        if zero_length {
+            return self.remove(idx, Some("zero-length frame".to_string()));
+        }
+        match result {
+            Ok(ReadStatus::Drained) => {}
+            Ok(ReadStatus::More) => {
+                self.pending.insert(idx);
+            }
+            Ok(ReadStatus::Closed) => self.remove(idx, None),
+            Err(PortError::Io(e)) if e.kind() == io::ErrorKind::ConnectionReset => {
+                self.remove(idx, None)
+            }
+            Err(e) => self.remove(idx, Some(e.to_string())),
+        }
+    }
+
+    fn recycle(&mut self, b: Vec<u8>) {
+        if self.pool.len() < POOL_MAX && b.capacity() <= 2 * MAX_CLIENT_FRAME {
+            self.pool.push(b);
+        }
+    }
+
+    fn switch_frame(&mut self, from: usize, frame: Vec<u8>, now: Instant) {
+        self.stats.frames += 1;
+        if frame.len() < 14 {
+            self.stats.runts += 1;
+            return self.recycle(frame);
+        }
+        let mut dst = [0u8; 6];
+        dst.copy_from_slice(&frame[0..6]);
+        let mut src = [0u8; 6];
+        src.copy_from_slice(&frame[6..12]);
+        self.table.learn(src, from, now);
+        if from != HOST {
+            if let Some(gw) = &mut self.gateway {
+                if let Some((mac, payload)) = dhcp_request(&frame) {
+                    let table = &self.table;
+                    let on_port = |m: &[u8; 6]| table.port_of(m) == Some(from);
+                    if let Some(reply) = gw.handle(now, from, &on_port, mac, payload) {
+                        self.queue(from, reply);
+                    }
+                    return self.recycle(frame);
+                }
+            }
+        }
+        match self.table.route(dst, from, now) {
+            Route::Port(to) => self.queue(to, frame),
+            Route::Drop => self.recycle(frame),
+            Route::Flood => {
+                let targets: Vec<usize> = (0..self.ports.len())
+                    .filter(|&i| i != from && self.ports[i].is_some())
+                    .collect();
+                let Some((&last, rest)) = targets.split_last() else {
+                    return self.recycle(frame);
+                };
+                for &to in rest {
+                    let mut copy = self.pool.pop().unwrap_or_default();
+                    copy.clear();
+                    copy.extend_from_slice(&frame);
+                    self.queue(to, copy);
+                }
+                self.queue(last, frame);
+            }
+        }
+    }
+
+    fn queue(&mut self, to: usize, frame: Vec<u8>) {
+        let Some(Some(slot)) = self.ports.get_mut(to) else {
+            return self.recycle(frame);
+        };
+        if !slot.port.has_output() {
+            self.dirty.push(to);
+        }
+        if let Some(f) = slot.port.queue(frame) {
+            self.recycle(f);
+        }
+    }
+
+    fn flush(&mut self, idx: usize) {
+        let Some(Some(slot)) = self.ports.get_mut(idx) else {
+            return;
+        };
+        let pool = &mut self.pool;
+        let result = slot.port.flush(|b| {
+            if pool.len() < POOL_MAX {
+                pool.push(b);
+            }
+        });
+        if let Err(e) = result {
+            debug!(error = %e, port = idx, "write failed");
+            let reason = match e.raw_os_error() {
+                Some(libc::EPIPE) | Some(libc::ECONNRESET) => None,
+                _ => Some(format!("write error: {e}")),
+            };
+            self.remove(idx, reason);
+        }
+    }
+
+    /// Closes a port; `error` is the protocol or I/O error that made us close it.
+    fn remove(&mut self, idx: usize, error: Option<String>) {
+        let Some(Some(mut slot)) = self.ports.get_mut(idx).map(Option::take) else {
+            return;
+        };
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&slot.port.raw_fd()));
+        self.pending.remove(&idx);
+        self.table.forget_port(idx);
+        let pool = &mut self.pool;
+        slot.port.drain(|b| {
+            if pool.len() < POOL_MAX {
+                pool.push(b);
+            }
+        });
+        let name = slot.port.name.clone();
+        let dropped = slot.port.dropped;
+        if idx == HOST {
+            let reason = error.unwrap_or_else(|| "closed".into());
+            error!(port = %name, %reason, "the host side of the network failed");
+            self.fatal = Some(format!("host port {name}: {reason}"));
+            return;
+        }
+        match error {
+            Some(e) => warn!(client = %name, error = %e, dropped, "disconnecting client"),
+            None => info!(client = %name, dropped, "client disconnected"),
+        }
+    }
+}

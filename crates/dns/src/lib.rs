@@ -62,8 +62,10 @@ pub fn fuzz_query(data: &[u8]) {
         if let Poll::Ready(Outcome::Reply(reply)) =
             fut.as_mut().poll(&mut Context::from_waker(Waker::noop()))
         {
-            let cut = message::truncate(reply, message::UDP_REPLY_LIMIT);
-            assert!(cut.len() <= message::UDP_REPLY_LIMIT);
+            let limit = message::udp_reply_limit(&request);
+            assert!((message::UDP_REPLY_LIMIT..=message::EDNS_UDP_LIMIT).contains(&limit));
+            let cut = message::truncate(reply, limit);
+            assert!(cut.len() <= limit);
         }
     }
     let _ = message::truncate(data.to_vec(), message::UDP_REPLY_LIMIT);

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::handler::{Handler, Lookup, Outcome};
 use crate::hosts::{HostsHandle, StaticHosts};
-use crate::message::{self, precheck, servfail, truncate, Precheck, UDP_REPLY_LIMIT};
+use crate::message::{self, precheck, servfail, truncate, udp_reply_limit, Precheck};
 use crate::system::SystemLookup;
 use crate::upstream::Upstreams;
 
@@ -251,7 +251,8 @@ impl RateLimit {
 
 /// Runs one request through the accept filter, the handler and the forwarder, and returns the
 /// reply to send (None: send nothing). `tcp` selects the transport rules: UDP replies are
-/// truncated to 512 bytes, TCP replies never.
+/// truncated to the client's EDNS(0) size (capped at 1232), or 512 bytes without EDNS; TCP
+/// replies never.
 async fn respond(shared: &Shared, bytes: &[u8], peer: SocketAddr, tcp: bool) -> Option<Vec<u8>> {
     let request = match precheck(bytes) {
         Precheck::Drop(reason) => {
@@ -271,7 +272,7 @@ async fn respond(shared: &Shared, bytes: &[u8], peer: SocketAddr, tcp: bool) -> 
     let reply = match shared.handler.handle(&request).await {
         Outcome::Reply(reply) => reply,
         Outcome::Forward => match shared.upstreams.exchange(bytes, tcp).await {
-            Ok(reply) => reply,
+            Ok(reply) => message::ensure_opt(&request, reply),
             Err(err) => {
                 tracing::warn!(%peer, id = request.id, question = ?request.queries.first().map(|q| (q.name.to_ascii(), q.query_type)), %err, "answering SERVFAIL");
                 servfail(&request)
@@ -281,7 +282,7 @@ async fn respond(shared: &Shared, bytes: &[u8], peer: SocketAddr, tcp: bool) -> 
     Some(if tcp {
         reply
     } else {
-        truncate(reply, UDP_REPLY_LIMIT)
+        truncate(reply, udp_reply_limit(&request))
     })
 }
 

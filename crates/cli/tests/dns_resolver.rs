@@ -490,3 +490,31 @@ impl ForTransport for Limanet {
         }
     }
 }
+
+/// Lima forwards to 8.8.8.8 and 1.1.1.1 when resolv.conf names no server; with
+/// `--no-fallback-dns` such queries get SERVFAIL at once and nothing leaves the host.
+/// (Never run without the flag here: the fallback would reach the internet.)
+#[test]
+fn dns_no_fallback_servers_when_turned_off() {
+    let stub = Stub::start(stub_table());
+    let dns = start(&stub, &["--no-fallback-dns"]);
+    let d = dig(dns.udp, "7.100.51.198.in-addr.arpa", "PTR", &[]);
+    assert_eq!(d.status, "NOERROR", "stub still configured: {}", d.raw);
+    std::fs::write(dns.resolv_conf(), "# no nameserver\n").expect("rewrite resolv.conf");
+    // resolv.conf is re-checked at most once a second.
+    std::thread::sleep(Duration::from_millis(1200));
+    let asked = stub.count("7.100.51.198.in-addr.arpa.");
+    assert!(asked > 0);
+    let started = Instant::now();
+    let d = dig(dns.udp, "7.100.51.198.in-addr.arpa", "PTR", &[]);
+    assert_eq!(d.status, "SERVFAIL", "{}", d.raw);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(stub.count("7.100.51.198.in-addr.arpa."), asked);
+    // Static names are still answered.
+    let d = dig(dns.udp, "static.test", "A", &[]);
+    assert_eq!(d.answers, ["static.test. 5 IN A 10.1.2.3"], "{}", d.raw);
+}

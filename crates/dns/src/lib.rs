@@ -18,6 +18,7 @@ pub mod message;
 mod mux;
 pub mod server;
 pub mod system;
+mod tcp_slots;
 pub mod upstream;
 
 /// The DNS message library this crate's API uses (hickory-proto), for callers and tests.

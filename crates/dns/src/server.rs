@@ -15,6 +15,7 @@ use crate::handler::{Handler, Lookup, Outcome};
 use crate::hosts::{HostsHandle, StaticHosts};
 use crate::message::{self, precheck, servfail, truncate, udp_reply_limit, Precheck};
 use crate::system::SystemLookup;
+use crate::tcp_slots::{Admission, Slot, TcpSlots};
 use crate::upstream::Upstreams;
 
 /// Limits that keep the server's memory and work bounded.
@@ -22,7 +23,8 @@ use crate::upstream::Upstreams;
 pub struct Limits {
     /// UDP queries being answered at once; more are dropped (with a rate-limited log line).
     pub udp_in_flight: usize,
-    /// Open TCP connections; more are closed at once.
+    /// Open TCP connections; when full, a new one replaces the connection that has waited
+    /// longest for its next query (a new one is closed only if every connection is busy).
     pub tcp_connections: usize,
     /// Queries being answered at once on one TCP connection; reading pauses beyond that.
     pub tcp_in_flight_per_connection: usize,
@@ -72,6 +74,8 @@ pub struct DnsConfig {
     pub upstreams: Vec<SocketAddr>,
     /// The resolv.conf to read upstream servers from (re-read when it changes).
     pub resolv_conf: PathBuf,
+    /// Forward to 8.8.8.8 and 1.1.1.1 when resolv.conf names no server (Lima's behaviour).
+    pub fallback_servers: bool,
     /// Resource limits.
     pub limits: Limits,
 }
@@ -86,6 +90,7 @@ impl Default for DnsConfig {
             ipv6: false,
             upstreams: Vec::new(),
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            fallback_servers: true,
             limits: Limits::default(),
         }
     }
@@ -117,6 +122,7 @@ struct Shared {
     upstreams: Arc<Upstreams>,
     limits: Limits,
     dropped_log: RateLimit,
+    evicted_log: RateLimit,
 }
 
 /// A bound DNS server; [`DnsServer::run`] serves it.
@@ -129,10 +135,11 @@ pub struct DnsServer {
 impl DnsServer {
     /// Binds the UDP and TCP sockets and prepares the real host resolver.
     pub async fn bind(config: DnsConfig) -> Result<Self, DnsError> {
-        let upstreams = Arc::new(Upstreams::new(
+        let upstreams = Arc::new(Upstreams::with_fallback(
             config.upstreams.clone(),
             config.resolv_conf.clone(),
             config.limits.upstream_timeout,
+            config.fallback_servers,
         ));
         let lookup = Arc::new(SystemLookup::new(
             upstreams.clone(),
@@ -147,10 +154,11 @@ impl DnsServer {
         config: DnsConfig,
         lookup: Arc<dyn Lookup>,
     ) -> Result<Self, DnsError> {
-        let upstreams = Arc::new(Upstreams::new(
+        let upstreams = Arc::new(Upstreams::with_fallback(
             config.upstreams.clone(),
             config.resolv_conf.clone(),
             config.limits.upstream_timeout,
+            config.fallback_servers,
         ));
         Self::bind_parts(config, upstreams, lookup).await
     }
@@ -184,6 +192,7 @@ impl DnsServer {
             upstreams,
             limits: config.limits,
             dropped_log: RateLimit::new(),
+            evicted_log: RateLimit::new(),
         });
         Ok(Self {
             udp: Arc::new(udp),
@@ -327,7 +336,7 @@ async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
 }
 
 async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
-    let slots = Arc::new(Semaphore::new(shared.limits.tcp_connections));
+    let slots = TcpSlots::new(shared.limits.tcp_connections);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -338,23 +347,33 @@ async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            if let Some(suppressed) = shared.dropped_log.allow() {
-                tracing::warn!(%peer, limit = shared.limits.tcp_connections, suppressed, "too many TCP connections; closing the new one");
+        let (slot, admission) = slots.admit(Instant::now());
+        match admission {
+            Admission::Free => {}
+            Admission::Evicted(idle) => {
+                if let Some(suppressed) = shared.evicted_log.allow() {
+                    tracing::warn!(%peer, limit = shared.limits.tcp_connections, idle_ms = idle.as_millis() as u64, suppressed, "TCP connection limit reached; closing the longest-idle connection for a new one");
+                }
             }
+            Admission::Full => {
+                if let Some(suppressed) = shared.dropped_log.allow() {
+                    tracing::warn!(%peer, limit = shared.limits.tcp_connections, suppressed, "every TCP connection is busy reading a query; closing the new one");
+                }
+            }
+        }
+        let Some(slot) = slot else {
             continue;
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            serve_connection(stream, peer, shared).await;
-            drop(permit);
+            serve_connection(stream, peer, shared, slot).await;
         });
     }
 }
 
 /// Serves one TCP connection: several queries in a row or pipelined (RFC 7766), answered
 /// concurrently, replies in completion order.
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, slot: Slot) {
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = stream.into_split();
     let limit = shared.limits.tcp_in_flight_per_connection;
@@ -385,7 +404,15 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
     let slots = Arc::new(Semaphore::new(limit));
     loop {
         let mut len = [0u8; 2];
-        match tokio::time::timeout(shared.limits.tcp_idle_timeout, reader.read_u8()).await {
+        slot.idle(Instant::now());
+        let first = tokio::select! {
+            first = tokio::time::timeout(shared.limits.tcp_idle_timeout, reader.read_u8()) => first,
+            () = slot.evicted() => {
+                tracing::debug!(%peer, "idle TCP connection closed for a new client");
+                break;
+            }
+        };
+        match first {
             Ok(Ok(first)) => len[0] = first,
             Ok(Err(_)) => break, // EOF or reset between messages: a normal close.
             Err(_) => {
@@ -393,6 +420,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
                 break;
             }
         }
+        slot.busy();
         let mut body = Vec::new();
         let max = shared.limits.max_tcp_query;
         let read = async {

@@ -55,6 +55,10 @@ pub struct NetworkArgs {
     /// resolv.conf to read upstream servers and search domains from.
     #[arg(long, default_value = "/etc/resolv.conf")]
     pub resolv_conf: PathBuf,
+    /// When resolv.conf names no server, answer forwarded queries with SERVFAIL instead of
+    /// sending them to 8.8.8.8 and 1.1.1.1 (Lima's fallback).
+    #[arg(long)]
+    pub no_fallback_dns: bool,
     /// Answer AAAA queries in the embedded DNS.
     #[arg(long)]
     pub dns_ipv6: bool,
@@ -226,6 +230,7 @@ impl NetworkArgs {
             ipv6: self.dns_ipv6,
             upstreams,
             resolv_conf: self.resolv_conf.clone(),
+            fallback_servers: !self.no_fallback_dns,
             ..Default::default()
         })
         .context("cannot start the embedded DNS server")?;

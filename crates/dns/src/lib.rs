@@ -16,6 +16,7 @@ pub mod handler;
 pub mod hosts;
 pub mod message;
 mod mux;
+pub mod reply_cache;
 pub mod server;
 pub mod system;
 mod tcp_slots;

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, Semaphore};
 use crate::handler::{Handler, Lookup, Outcome};
 use crate::hosts::{HostsHandle, StaticHosts};
 use crate::message::{self, precheck, servfail, truncate, udp_reply_limit, Precheck};
+use crate::reply_cache::{cache_key, cache_key_into, ReplyCache};
 use crate::system::SystemLookup;
 use crate::tcp_slots::{Admission, Slot, TcpSlots};
 use crate::upstream::Upstreams;
@@ -123,6 +124,23 @@ struct Shared {
     limits: Limits,
     dropped_log: RateLimit,
     evicted_log: RateLimit,
+    /// Locally built replies, reused for a second (see [`crate::reply_cache`]).
+    replies: ReplyCache,
+}
+
+impl Shared {
+    /// A cached local reply to `bytes`, if there is a fresh one; `key` is scratch space.
+    fn cached_reply(&self, bytes: &[u8], tcp: bool, key: &mut Vec<u8>) -> Option<Vec<u8>> {
+        if !cache_key_into(bytes, tcp, key) {
+            return None;
+        }
+        self.replies.get(
+            key.as_slice(),
+            [bytes[0], bytes[1]],
+            self.handler.hosts().generation(),
+            Instant::now(),
+        )
+    }
 }
 
 /// A bound DNS server; [`DnsServer::run`] serves it.
@@ -193,6 +211,7 @@ impl DnsServer {
             limits: config.limits,
             dropped_log: RateLimit::new(),
             evicted_log: RateLimit::new(),
+            replies: ReplyCache::default(),
         });
         Ok(Self {
             udp: Arc::new(udp),
@@ -278,8 +297,20 @@ async fn respond(shared: &Shared, bytes: &[u8], peer: SocketAddr, tcp: bool) -> 
         }
         Precheck::Request(request) => request,
     };
+    if tcp {
+        // (UDP looks in the cache before a task is even spawned.)
+        if let Some(reply) = shared.cached_reply(bytes, tcp, &mut Vec::new()) {
+            return Some(reply);
+        }
+    }
+    // Read before answering: an edit of the hosts while we answer makes the entry stale.
+    let generation = shared.handler.hosts().generation();
+    let mut local = false;
     let reply = match shared.handler.handle(&request).await {
-        Outcome::Reply(reply) => reply,
+        Outcome::Reply(reply) => {
+            local = true;
+            reply
+        }
         Outcome::Forward => match shared.upstreams.exchange(bytes, tcp).await {
             Ok(reply) => message::ensure_opt(&request, reply),
             Err(err) => {
@@ -288,17 +319,24 @@ async fn respond(shared: &Shared, bytes: &[u8], peer: SocketAddr, tcp: bool) -> 
             }
         },
     };
-    Some(if tcp {
+    let reply = if tcp {
         reply
     } else {
         truncate(reply, udp_reply_limit(&request))
-    })
+    };
+    if local {
+        if let Some(key) = cache_key(bytes, tcp) {
+            shared.replies.put(key, &reply, generation, Instant::now());
+        }
+    }
+    Some(reply)
 }
 
 async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
     let slots = Arc::new(Semaphore::new(shared.limits.udp_in_flight));
     // Datagrams larger than this are cut by the kernel and then fail to parse (FORMERR).
     let mut buf = vec![0u8; 4096];
+    let mut key = Vec::with_capacity(512);
     loop {
         let (n, peer) = match socket.recv_from(&mut buf).await {
             Ok(x) => x,
@@ -315,6 +353,13 @@ async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
                 continue;
             }
         };
+        // A name asked again within a second: answered here, without a task.
+        if let Some(reply) = shared.cached_reply(&buf[..n], false, &mut key) {
+            if let Err(err) = socket.send_to(&reply, peer).await {
+                tracing::debug!(%peer, %err, "UDP send failed");
+            }
+            continue;
+        }
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             if let Some(suppressed) = shared.dropped_log.allow() {
                 tracing::warn!(%peer, limit = shared.limits.udp_in_flight, suppressed, "too many UDP queries in flight; dropping");

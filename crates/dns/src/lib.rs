@@ -41,6 +41,12 @@ pub fn fuzz_query(data: &[u8]) {
     use std::future::Future;
     use std::sync::Arc;
     use std::task::{Context, Poll, Waker};
+    // The reply cache's own header and question parser sees every datagram first.
+    for tcp in [false, true] {
+        if let Some(key) = reply_cache::cache_key(data, tcp) {
+            assert!(key.len() >= 4 + 5 && key.len() <= data.len() + 4);
+        }
+    }
     let message::Precheck::Request(request) = message::precheck(data) else {
         return;
     };

@@ -112,13 +112,7 @@ impl ReplyCache {
 
     /// The cached reply for `key`, with `id` in place, if it is fresh and was built from the
     /// static hosts of `generation`.
-    pub fn get(
-        &self,
-        key: &[u8],
-        id: [u8; 2],
-        generation: u64,
-        now: Instant,
-    ) -> Option<Vec<u8>> {
+    pub fn get(&self, key: &[u8], id: [u8; 2], generation: u64, now: Instant) -> Option<Vec<u8>> {
         let entries = self.lock();
         let cached = entries.get(key)?;
         if cached.generation != generation

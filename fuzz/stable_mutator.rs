@@ -27,7 +27,7 @@ pub fn mutation_fuzz(corpus: &[Vec<u8>], secs: u64, max_len: usize, target: fn(&
     while std::time::Instant::now() < deadline {
         for _ in 0..64 {
             let pick = next() as usize;
-            let mut input = if corpus.is_empty() || pick % 8 == 0 {
+            let mut input = if corpus.is_empty() || pick.is_multiple_of(8) {
                 (0..(next() as usize % max_len))
                     .map(|_| next() as u8)
                     .collect()

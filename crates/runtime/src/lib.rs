@@ -6,6 +6,7 @@ pub mod busy_poll;
 pub mod files;
 pub mod network;
 pub mod pcap;
+pub mod sandbox;
 pub mod sockets;
 pub mod sys;
 pub mod tap;

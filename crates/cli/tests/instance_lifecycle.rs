@@ -286,6 +286,22 @@ fn invalid_names_and_entries_are_rejected_with_limas_messages() {
         assert!(err.contains("invalid instance name"), "{bad}: {err}");
         assert!(err.contains("identifier"), "{bad}: {err}");
     }
+    // Lima's ValidateInstName: limactl would take these for template files.
+    for bad in ["vm.yml", "vm.YAML"] {
+        let err = h.fails(&start_args(bad, &[]));
+        assert!(
+            err.contains(&format!(
+                "instance name \"{bad}\" must not end with .yml or .yaml suffix"
+            )),
+            "{bad}: {err}"
+        );
+        assert!(!h.dir.join(bad).exists(), "{bad}");
+    }
+    let err = h.fails(&["stop", "vm.yml"]);
+    assert!(
+        err.contains("must not end with .yml or .yaml suffix"),
+        "{err}"
+    );
     let err = h.fails(&start_args("n", &["--network", "shared"]));
     assert!(
         err.contains("network name must be `vzNAT`, `lima:*` or `socket:*`, got `shared`"),

@@ -392,10 +392,19 @@ fn daemon_runs_confined_unless_told_not_to() {
     }
     gateway_answers(&sock);
     assert!(daemon.stop().success());
-    assert!(!pid.exists() && !sock.exists(), "cleaned up under the sandbox");
+    assert!(
+        !pid.exists() && !sock.exists(),
+        "cleaned up under the sandbox"
+    );
 
     let _open = start(
-        usernet(&["--listen-qemu", s(&sock), "--pidfile", s(&pid), "--no-sandbox"]),
+        usernet(&[
+            "--listen-qemu",
+            s(&sock),
+            "--pidfile",
+            s(&pid),
+            "--no-sandbox",
+        ]),
         &pid,
     );
     assert_eq!(seccomp_mode(_open.0.id()), "0");

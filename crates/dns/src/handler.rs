@@ -11,6 +11,7 @@ use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 
 use crate::hosts::{canonical, HostsHandle};
 use crate::message::{badvers, encode, reply_to};
+use crate::zones::{ZoneAnswer, ZonesHandle};
 
 /// TTL of every locally answered record, as in Lima.
 pub const LOCAL_TTL: u32 = 5;
@@ -62,6 +63,7 @@ pub enum Outcome {
 /// The query handler: static hosts, the IPv6 switch and a [`Lookup`].
 pub struct Handler<L: ?Sized> {
     hosts: HostsHandle,
+    zones: ZonesHandle,
     ipv6: bool,
     lookup: std::sync::Arc<L>,
 }
@@ -71,9 +73,21 @@ impl<L: Lookup + ?Sized> Handler<L> {
     pub fn new(hosts: HostsHandle, ipv6: bool, lookup: std::sync::Arc<L>) -> Self {
         Self {
             hosts,
+            zones: ZonesHandle::default(),
             ipv6,
             lookup,
         }
+    }
+
+    /// Answers from these run-time zones too (user-v2: gvproxy's `dns/add`).
+    pub fn with_zones(mut self, zones: ZonesHandle) -> Self {
+        self.zones = zones;
+        self
+    }
+
+    /// The run-time zones.
+    pub fn zones(&self) -> &ZonesHandle {
+        &self.zones
     }
 
     /// The static hosts, editable at run time.
@@ -98,6 +112,9 @@ impl<L: Lookup + ?Sized> Handler<L> {
         }
         let owner = question.name.clone();
         let mut reply = reply_to(request);
+        if let Some(bytes) = self.zone_reply(&owner, question.query_type, &mut reply) {
+            return Outcome::Reply(bytes);
+        }
         let answers = match question.query_type {
             RecordType::AAAA if !self.ipv6 => Ok(Vec::new()),
             RecordType::A | RecordType::AAAA => {
@@ -123,6 +140,35 @@ impl<L: Lookup + ?Sized> Handler<L> {
                 Outcome::Forward
             }
         }
+    }
+
+    /// The reply from a run-time zone, if one covers an A query (as gvproxy: TTL 0, RA set).
+    /// Static hosts win over zones, so `--host` entries and the instance's own name stay
+    /// answerable inside a zone that lacks them.
+    fn zone_reply(&self, owner: &Name, rtype: RecordType, reply: &mut Message) -> Option<Vec<u8>> {
+        if rtype != RecordType::A {
+            return None;
+        }
+        let name = owner.to_ascii();
+        if self
+            .hosts
+            .with(|h| h.address(&h.resolve_alias(&name)).is_some())
+        {
+            return None;
+        }
+        match self.zones.lookup(&name, true) {
+            ZoneAnswer::NotInZone | ZoneAnswer::FallThrough => return None,
+            ZoneAnswer::Address(ip) => {
+                if let Some(ip) = ip {
+                    reply.add_answer(Record::from_rdata(owner.clone(), 0, RData::A(A(ip))));
+                }
+            }
+            ZoneAnswer::NxDomain => {
+                reply.metadata.response_code = hickory_proto::op::ResponseCode::NXDomain;
+            }
+        }
+        reply.metadata.recursion_available = true;
+        Some(encode(reply))
     }
 
     async fn address_answers(&self, owner: &Name, v6: bool) -> Result<Vec<RData>, LookupError> {

@@ -21,6 +21,7 @@ pub mod server;
 pub mod system;
 mod tcp_slots;
 pub mod upstream;
+pub mod zones;
 
 /// The DNS message library this crate's API uses (hickory-proto), for callers and tests.
 pub use hickory_proto as proto;
@@ -32,6 +33,7 @@ pub use hosts::{
 pub use server::{spawn_background, BackgroundDns, DnsConfig, DnsError, DnsServer, Limits};
 pub use system::SystemLookup;
 pub use upstream::Upstreams;
+pub use zones::{Zone, ZoneAnswer, ZoneRecord, Zones, ZonesHandle};
 
 /// Runs one input through everything a query touches without I/O: the accept filter, the
 /// handler (with an in-memory [`TableLookup`]) and UDP truncation. For the fuzz target and its

@@ -79,6 +79,8 @@ pub struct DnsConfig {
     pub fallback_servers: bool,
     /// Resource limits.
     pub limits: Limits,
+    /// Zones added at run time (user-v2's `dns/add`); the caller keeps a clone to edit them.
+    pub zones: crate::zones::ZonesHandle,
 }
 
 impl Default for DnsConfig {
@@ -93,6 +95,7 @@ impl Default for DnsConfig {
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
             fallback_servers: true,
             limits: Limits::default(),
+            zones: Default::default(),
         }
     }
 }
@@ -206,7 +209,7 @@ impl DnsServer {
             config.hosts.iter().map(|(n, v)| (n.as_str(), v.as_str())),
         ));
         let shared = Arc::new(Shared {
-            handler: Handler::new(hosts, config.ipv6, lookup),
+            handler: Handler::new(hosts, config.ipv6, lookup).with_zones(config.zones.clone()),
             upstreams,
             limits: config.limits,
             dropped_log: RateLimit::new(),

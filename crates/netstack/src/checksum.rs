@@ -1,8 +1,23 @@
-//! The Internet checksum (RFC 1071), summed 32 bits at a time into a 64-bit accumulator.
+//! The Internet checksum (RFC 1071), summed 64 bits at a time into 64-bit accumulators.
+//!
+//! It is on the hot path: every IPv4 packet a guest sends to the gateway is verified, and
+//! every packet limanet emits is summed. Two independent accumulators of the two 32-bit
+//! halves of each 64-bit word keep the loop free of carries and dependencies; no carry can
+//! be lost (each add is below 2^33, and a frame has at most 2^13 words).
 
 /// Adds `data` to a running sum (big-endian 16-bit words; an odd tail byte is padded with zero).
 pub fn sum(data: &[u8], mut acc: u64) -> u64 {
-    let mut chunks = data.chunks_exact(4);
+    let mut words = data.chunks_exact(16);
+    let (mut a, mut b) = (0u64, 0u64);
+    for w in &mut words {
+        let x = u64::from_be_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+        let y = u64::from_be_bytes([w[8], w[9], w[10], w[11], w[12], w[13], w[14], w[15]]);
+        a += (x >> 32) + (x & 0xffff_ffff);
+        b += (y >> 32) + (y & 0xffff_ffff);
+    }
+    // 2^32 is 1 modulo 0xffff: 32-bit sums fold like 16-bit ones.
+    acc += a + b;
+    let mut chunks = words.remainder().chunks_exact(4);
     for c in &mut chunks {
         acc += u64::from(u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
     }
@@ -43,5 +58,44 @@ mod tests {
             finish(sum(&long[600..], sum(&long[..600], 0))),
             finish(sum(&long, 0))
         );
+    }
+
+    /// Sums 16-bit words one by one, as RFC 1071 describes.
+    fn reference(data: &[u8]) -> u16 {
+        let mut acc: u64 = 0;
+        for pair in data.chunks(2) {
+            let hi = u64::from(pair[0]) << 8;
+            acc += hi | pair.get(1).map_or(0, |&lo| u64::from(lo));
+        }
+        finish(acc)
+    }
+
+    #[test]
+    fn matches_the_word_by_word_sum_for_every_length_and_alignment() {
+        let data: Vec<u8> = (0..70_000u32).map(|i| (i * 7919 % 251) as u8).collect();
+        for len in (0..80).chain([1499, 1500, 1514, 9000, 65535]) {
+            for start in 0..3 {
+                let d = &data[start..start + len];
+                assert_eq!(finish(sum(d, 0)), reference(d), "len {len} start {start}");
+            }
+        }
+        let ones = vec![0xffu8; 65535];
+        assert_eq!(finish(sum(&ones, 0)), reference(&ones));
+    }
+
+    /// Throughput of `sum` (run with `--release --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn throughput() {
+        let frame = vec![0xa5u8; 1500];
+        let rounds = 2_000_000u64;
+        let start = std::time::Instant::now();
+        let mut acc = 0;
+        for i in 0..rounds {
+            acc = sum(&frame, acc ^ i);
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let gbit = (rounds * 1500 * 8) as f64 / secs / 1e9;
+        println!("checksum: {gbit:.1} Gbit/s of 1500-byte packets on one core ({acc})");
     }
 }

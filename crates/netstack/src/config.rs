@@ -39,6 +39,27 @@ pub struct NetConfig {
     pub max_tcp_connecting: usize,
     pub max_udp_flows: usize,
     pub max_icmp_flows: usize,
+    /// Fair shares, so that one guest cannot take what the others need: TCP flows per port,
+    /// and half-open ones (host connect pending, or SYN-ACK not yet acknowledged) per port.
+    pub max_tcp_flows_per_port: usize,
+    pub max_tcp_half_open_per_port: usize,
+    /// A connection still half-open after this long is reset: a SYN from a source that never
+    /// completes the handshake holds a host socket for this long at most.
+    pub tcp_syn_timeout: Duration,
+    /// Switch table bounds: source MACs learned per port and in total; an entry unused for
+    /// `mac_age` is forgotten.
+    pub max_macs_per_port: usize,
+    pub max_macs: usize,
+    pub mac_age: Duration,
+    /// Addresses a port may use without a DHCP lease (static configuration, the first frames
+    /// before a lease); see `crate::guard`.
+    pub max_ips_per_port: usize,
+    /// DHCP offers one port may hold at once; a further DISCOVER withdraws its oldest.
+    pub max_dhcp_offers_per_port: usize,
+    /// Broadcast and multicast frames per second a port may have flooded to the others (in
+    /// bursts of 50 ms worth): a broadcast storm from one guest cannot fill every other
+    /// guest's link and queue.
+    pub max_flood_rate: u32,
     pub udp_idle_timeout: Duration,
     /// Idle timeout for UDP flows that only ever talked to port 53.
     pub udp_dns_idle_timeout: Duration,
@@ -105,6 +126,15 @@ impl NetConfig {
             max_tcp_connecting: 1024,
             max_udp_flows: 4096,
             max_icmp_flows: 256,
+            max_tcp_flows_per_port: 16384,
+            max_tcp_half_open_per_port: 256,
+            tcp_syn_timeout: Duration::from_secs(15),
+            max_macs_per_port: 64,
+            max_macs: 4096,
+            mac_age: Duration::from_secs(300),
+            max_ips_per_port: 4,
+            max_dhcp_offers_per_port: 4,
+            max_flood_rate: 2000,
             udp_idle_timeout: Duration::from_secs(180),
             udp_dns_idle_timeout: Duration::from_secs(10),
             seed: 0x6c69_6d61_6e65_7400,

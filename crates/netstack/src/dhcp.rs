@@ -40,6 +40,10 @@ pub const BROADCAST_MAC: MacAddr = [0xff; 6];
 /// How long an offered address stays reserved for the client it was offered to.
 pub const OFFER_HOLD: Duration = Duration::from_secs(60);
 
+/// An offer unanswered for this long may go to a new client when the pool is exhausted: an
+/// honest client answers an offer at once.
+pub const OFFER_GRACE: Duration = Duration::from_secs(5);
+
 /// How long an address a client declined (RFC 2131 DHCPDECLINE) is not handed out.
 pub const DECLINE_HOLD: Duration = Duration::from_secs(10 * 60);
 
@@ -151,6 +155,9 @@ pub struct DhcpConfig {
     pub hostname: Option<String>,
     /// Fixed bindings: this IP for this MAC only. They may lie outside the pool.
     pub static_leases: Vec<(Ipv4Addr, MacAddr)>,
+    /// Offers one port may hold at once (see [`Origin`]); a DISCOVER beyond that withdraws
+    /// the port's oldest offer, so spoofed client MACs cannot reserve the pool.
+    pub max_offers_per_port: usize,
 }
 
 impl Default for DhcpConfig {
@@ -173,6 +180,7 @@ impl Default for DhcpConfig {
             search_domains: Vec::new(),
             hostname: None,
             static_leases: Vec::new(),
+            max_offers_per_port: 4,
         }
     }
 }
@@ -277,12 +285,17 @@ enum State {
     Free,
     /// Declined by a client: unusable until the instant.
     Declined(Instant),
+    /// Used by a guest that did not get it from DHCP (static configuration), as long as
+    /// the network says so ([`DhcpServer::mark_in_use`]).
+    InUse,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     mac: MacAddr,
     state: State,
+    /// The port the client's message came in on, when known.
+    port: Option<usize>,
 }
 
 impl Entry {
@@ -290,9 +303,33 @@ impl Entry {
     fn held(&self, now: Instant) -> bool {
         match self.state {
             State::Offered(until) | State::Bound(until) | State::Declined(until) => now < until,
+            State::InUse => true,
             State::Free => false,
         }
     }
+}
+
+/// Where a client message came from, as the network's switch knows it: DHCP state is bound
+/// to that port.
+#[derive(Clone, Copy)]
+pub struct Origin<'a> {
+    pub port: usize,
+    /// Whether a MAC is learned on that port. Messages whose client MAC (`chaddr`) is not
+    /// are ignored: a guest cannot DECLINE, RELEASE or REQUEST for another guest's MAC.
+    pub mac_on_port: &'a dyn Fn(&MacAddr) -> bool,
+}
+
+/// Counters for logs and the stats API.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DhcpStats {
+    /// Messages ignored because their client MAC is not on the port they came in on.
+    pub foreign_client: u64,
+    /// Offers withdrawn because their port held too many.
+    pub offers_withdrawn: u64,
+    /// Offers taken from another client because the pool was exhausted.
+    pub offers_reclaimed: u64,
+    /// DISCOVERs that got no offer: every address is leased, declined or in use.
+    pub exhausted: u64,
 }
 
 /// The DHCPv4 server state machine.
@@ -308,6 +345,8 @@ pub struct DhcpServer {
     entries: BTreeMap<Ipv4Addr, Entry>,
     /// Encoded option 119, computed once.
     search_option: Option<Vec<u8>>,
+    pub stats: DhcpStats,
+    log: crate::limits::LimitLog,
 }
 
 /// The parts of a client message the server uses.
@@ -463,6 +502,8 @@ impl DhcpServer {
             static_by_ip,
             entries: BTreeMap::new(),
             search_option,
+            stats: DhcpStats::default(),
+            log: crate::limits::LimitLog::default(),
         };
         // Reject configurations whose replies would not fit the options space
         // every client must accept, rather than sending truncated replies.
@@ -503,7 +544,28 @@ impl DhcpServer {
         src_mac: MacAddr,
         payload: &[u8],
     ) -> Result<Option<DhcpReply>, DhcpError> {
+        self.handle_from(now, src_mac, payload, None)
+    }
+
+    /// [`DhcpServer::handle`] for a message that came in on a known port of a switch.
+    pub fn handle_from(
+        &mut self,
+        now: Instant,
+        src_mac: MacAddr,
+        payload: &[u8],
+        origin: Option<Origin>,
+    ) -> Result<Option<DhcpReply>, DhcpError> {
         let req = parse_request(payload)?;
+        if let Some(o) = origin {
+            if !(o.mac_on_port)(&req.chaddr) {
+                self.stats.foreign_client += 1;
+                if self.log.first(crate::limits::Limit::DhcpForeignClient) {
+                    warn!(port = o.port, chaddr = %fmt_mac(&req.chaddr), src = %fmt_mac(&src_mac), "ignoring DHCP messages for a client MAC that is not on the port they came from (logged once)");
+                }
+                return Ok(None);
+            }
+        }
+        let port = origin.map(|o| o.port);
         if req.chaddr != src_mac {
             debug!(
                 chaddr = %fmt_mac(&req.chaddr),
@@ -521,8 +583,8 @@ impl DhcpServer {
         }
         self.expire(now);
         match req.msg_type {
-            DISCOVER => self.discover(now, &req),
-            REQUEST => self.request(now, &req),
+            DISCOVER => self.discover(now, &req, port),
+            REQUEST => self.request(now, &req, port),
             DECLINE => {
                 self.decline(now, &req);
                 Ok(None)
@@ -601,9 +663,29 @@ impl DhcpServer {
         });
     }
 
-    fn discover(&mut self, now: Instant, req: &Request) -> Result<Option<DhcpReply>, DhcpError> {
-        let Some(ip) = self.choose(now, req.chaddr, req.requested_ip) else {
-            warn!(mac = %fmt_mac(&req.chaddr), "DHCP pool exhausted, no offer");
+    fn discover(
+        &mut self,
+        now: Instant,
+        req: &Request,
+        port: Option<usize>,
+    ) -> Result<Option<DhcpReply>, DhcpError> {
+        if let Some(port) = port {
+            self.limit_offers(now, port, req.chaddr);
+        }
+        let mut chosen = self.choose(now, req.chaddr, req.requested_ip);
+        if chosen.is_none() && self.reclaim_offer(now, req.chaddr) {
+            chosen = self.choose(now, req.chaddr, req.requested_ip);
+        }
+        let Some(ip) = chosen else {
+            self.stats.exhausted += 1;
+            if self.stats.exhausted.is_power_of_two() {
+                warn!(
+                    mac = %fmt_mac(&req.chaddr),
+                    pool = %format!("{}-{}", self.config.pool_start, self.config.pool_end),
+                    times = self.stats.exhausted,
+                    "DHCP pool exhausted: every address is leased, declined or in use; no offer (logged at powers of two)"
+                );
+            }
             return Ok(None);
         };
         if !self.static_by_ip.contains_key(&ip) {
@@ -611,8 +693,10 @@ impl DhcpServer {
             let entry = self.entries.entry(ip).or_insert(Entry {
                 mac: req.chaddr,
                 state: State::Free,
+                port,
             });
             entry.mac = req.chaddr;
+            entry.port = port;
             // An offer never shortens an existing binding.
             let hold = now + OFFER_HOLD;
             entry.state = match entry.state {
@@ -624,7 +708,12 @@ impl DhcpServer {
         self.reply(req, OFFER, ip).map(Some)
     }
 
-    fn request(&mut self, now: Instant, req: &Request) -> Result<Option<DhcpReply>, DhcpError> {
+    fn request(
+        &mut self,
+        now: Instant,
+        req: &Request,
+        port: Option<usize>,
+    ) -> Result<Option<DhcpReply>, DhcpError> {
         let mac = req.chaddr;
         let (ip, strict) = match (req.server_id, req.requested_ip) {
             // SELECTING: the client picked a server.
@@ -670,6 +759,7 @@ impl DhcpServer {
                 Entry {
                     mac,
                     state: State::Bound(now + self.config.lease_time),
+                    port,
                 },
             );
         }
@@ -696,6 +786,7 @@ impl DhcpServer {
                 *entry = Entry {
                     mac: [0; 6],
                     state: State::Declined(now + DECLINE_HOLD),
+                    port: None,
                 };
             }
             _ => {
@@ -789,6 +880,102 @@ impl DhcpServer {
         free()
             .find(|ip| !self.entries.contains_key(ip))
             .or_else(|| free().next())
+    }
+
+    /// Withdraws the oldest offers of `port` (other than `mac`'s) until it holds fewer than
+    /// its share, so that a new DISCOVER from it can be offered an address.
+    fn limit_offers(&mut self, now: Instant, port: usize, mac: MacAddr) {
+        let max = self.config.max_offers_per_port.max(1);
+        let mut offers: Vec<(Instant, Ipv4Addr)> = self
+            .entries
+            .iter()
+            .filter_map(|(&ip, e)| match e.state {
+                State::Offered(until) if until > now && e.port == Some(port) && e.mac != mac => {
+                    Some((until, ip))
+                }
+                _ => None,
+            })
+            .collect();
+        if offers.len() < max {
+            return;
+        }
+        offers.sort();
+        for &(_, ip) in &offers[..=offers.len() - max] {
+            if let Some(e) = self.entries.get_mut(&ip) {
+                e.state = State::Free;
+            }
+            self.stats.offers_withdrawn += 1;
+        }
+        if self.log.first(crate::limits::Limit::DhcpOffersPerPort) {
+            warn!(port, max, "a port holds as many DHCP offers as it may: withdrawing its oldest (spoofed client MACs?; logged once)");
+        }
+    }
+
+    /// With the pool exhausted, withdraws the offer that has waited longest for its REQUEST,
+    /// if that is longer than [`OFFER_GRACE`]; true if one was withdrawn. Leases stay.
+    fn reclaim_offer(&mut self, now: Instant, mac: MacAddr) -> bool {
+        let stale = now + OFFER_HOLD.saturating_sub(OFFER_GRACE);
+        let oldest = self
+            .entries
+            .iter()
+            .filter_map(|(&ip, e)| match e.state {
+                State::Offered(until) if until > now && until <= stale && e.mac != mac => {
+                    Some((until, ip))
+                }
+                _ => None,
+            })
+            .min();
+        let Some((_, ip)) = oldest else {
+            return false;
+        };
+        if let Some(e) = self.entries.get_mut(&ip) {
+            e.state = State::Free;
+        }
+        self.stats.offers_reclaimed += 1;
+        if self.log.first(crate::limits::Limit::DhcpPoolExhausted) {
+            warn!(%ip, "DHCP pool exhausted: withdrawing the oldest unanswered offer for a new client (logged once)");
+        }
+        true
+    }
+
+    /// The MAC an address is offered or leased to (static leases included), if any.
+    pub fn holder(&self, now: Instant, ip: Ipv4Addr) -> Option<MacAddr> {
+        if let Some(&mac) = self.static_by_ip.get(&ip) {
+            return Some(mac);
+        }
+        self.entries
+            .get(&ip)
+            .filter(|e| matches!(e.state, State::Offered(_) | State::Bound(_)) && e.held(now))
+            .map(|e| e.mac)
+    }
+
+    /// A guest uses `ip` without a lease (static configuration): it is not offered to anyone
+    /// until [`DhcpServer::clear_in_use`].
+    pub fn mark_in_use(&mut self, now: Instant, ip: Ipv4Addr) {
+        if !self.in_pool(ip) || self.static_by_ip.contains_key(&ip) {
+            return;
+        }
+        if self.entries.get(&ip).is_none_or(|e| !e.held(now)) {
+            self.entries.insert(
+                ip,
+                Entry {
+                    mac: [0; 6],
+                    state: State::InUse,
+                    port: None,
+                },
+            );
+        }
+    }
+
+    /// The guest that used `ip` without a lease went away.
+    pub fn clear_in_use(&mut self, ip: Ipv4Addr) {
+        if self
+            .entries
+            .get(&ip)
+            .is_some_and(|e| e.state == State::InUse)
+        {
+            self.entries.remove(&ip);
+        }
     }
 
     /// Drops `mac`'s entries other than `keep` (a client has one address).

@@ -14,8 +14,11 @@
 pub mod checksum;
 pub mod config;
 pub mod dhcp;
+pub mod guard;
 pub mod host;
 pub mod icmp;
+pub mod inspect;
+pub mod limits;
 pub mod output;
 pub mod stack;
 pub mod tcp;
@@ -24,5 +27,6 @@ pub mod wire;
 
 pub use config::NetConfig;
 pub use host::{Host, SockId};
+pub use inspect::{CamEntry, FlowInfo, FlowProtocol, InboundState};
 pub use output::{Link, Output, PortId, TxFrame};
 pub use stack::{MacDisplay, Stack, StackError};

@@ -1,15 +1,19 @@
 //! One user-mode network: a learning switch between ports (VMs, namespaces), and a gateway that
 //! answers ARP, DHCP and ICMP echo and translates TCP, UDP and ICMP to host sockets.
 
+use crate::checksum;
 use crate::config::{ConfigError, NetConfig};
-use crate::dhcp::{DhcpConfig, DhcpServer};
+use crate::dhcp::{DhcpConfig, DhcpServer, Origin};
+use crate::guard::{Admission, Guard};
 use crate::host::{Host, SockId};
 use crate::icmp::IcmpTable;
+use crate::inspect::{CamEntry, FlowInfo, InboundState};
+use crate::limits::{Limit, LimitLog};
 use crate::output::{Link, Output, PortId};
 use crate::tcp::{FlowKey, TcpTable};
 use crate::udp::UdpTable;
 use crate::wire::{self, Arp, Ethernet, Ipv4, MacAddr, Tcp, Udp, WireError, BROADCAST_MAC};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Instant;
@@ -23,6 +27,15 @@ pub struct StackStats {
     pub fragments: u64,
     pub switched: u64,
     pub unknown_destination: u64,
+    /// IPv4 packets dropped for a bad IPv4 header, TCP, UDP or ICMP checksum.
+    pub bad_checksum: u64,
+}
+
+impl StackStats {
+    /// Frames from guests that went nowhere: malformed, fragments, unknown destination.
+    pub fn dropped(&self) -> u64 {
+        self.malformed + self.fragments + self.unknown_destination
+    }
 }
 
 /// Why a stack could not be built, or a forward not opened.
@@ -50,11 +63,10 @@ pub struct Stack {
     icmp: IcmpTable,
     ports: HashSet<PortId>,
     next_port: PortId,
-    /// Switch table: which port an Ethernet address was last seen on.
-    macs: HashMap<MacAddr, PortId>,
-    /// Guests by IPv4 address, learned from their frames.
-    neighbors: HashMap<Ipv4Addr, Link>,
+    /// The switch table, and which port may use which source addresses.
+    pub guard: Guard,
     pub stats: StackStats,
+    log: LimitLog,
 }
 
 impl Stack {
@@ -76,6 +88,7 @@ impl Stack {
             search_domains: cfg.search_domains.clone(),
             hostname: cfg.hostname.clone(),
             static_leases: cfg.static_leases.clone(),
+            max_offers_per_port: cfg.max_dhcp_offers_per_port,
         })?;
         Ok(Stack {
             out: Output::new(cfg.gateway_mac),
@@ -85,9 +98,9 @@ impl Stack {
             icmp: IcmpTable::new(),
             ports: HashSet::new(),
             next_port: 0,
-            macs: HashMap::new(),
-            neighbors: HashMap::new(),
+            guard: Guard::new(),
             stats: StackStats::default(),
+            log: LimitLog::default(),
             cfg,
         })
     }
@@ -100,6 +113,16 @@ impl Stack {
     pub fn set_dns_server(&mut self, udp: SocketAddrV4, tcp: SocketAddrV4) {
         self.cfg.dns_udp = Some(udp);
         self.cfg.dns_tcp = Some(tcp);
+    }
+
+    /// DHCP counters.
+    pub fn dhcp_stats(&self) -> crate::dhcp::DhcpStats {
+        self.dhcp.stats
+    }
+
+    /// TCP counters.
+    pub fn tcp_stats(&self) -> crate::tcp::TcpStats {
+        self.tcp.stats
     }
 
     /// Current DHCP bindings.
@@ -115,6 +138,47 @@ impl Stack {
         self.udp.len()
     }
 
+    pub fn udp_stats(&self) -> crate::udp::UdpStats {
+        self.udp.stats
+    }
+
+    /// The switch's MAC table: which port each learned Ethernet address was last seen on.
+    pub fn cam(&self) -> Vec<CamEntry> {
+        let mut entries: Vec<CamEntry> = self
+            .guard
+            .macs()
+            .map(|(mac, port)| CamEntry { mac, port })
+            .collect();
+        entries.sort_by_key(|e| (e.port, e.mac));
+        entries
+    }
+
+    /// The TCP and UDP flow table.
+    pub fn flows(&self) -> Vec<FlowInfo> {
+        let mut flows = self.tcp.flow_list();
+        flows.extend(self.udp.flow_list(self.cfg.gateway));
+        flows
+    }
+
+    /// The state of a connection the host opened towards a guest on `sock` (see
+    /// [`Stack::open_tcp_forward`]); `None` once it is refused, reset or closed.
+    pub fn inbound_state(&self, sock: SockId) -> Option<(SocketAddrV4, InboundState)> {
+        self.tcp.inbound_state(sock)
+    }
+
+    /// A UDP forward listener is about to be closed: forget everything that would send
+    /// through it.
+    pub fn udp_forward_closed(&mut self, listener: SockId) {
+        self.udp.forward_listener_closed(listener);
+    }
+
+    /// The ports connected to the switch.
+    pub fn ports(&self) -> Vec<PortId> {
+        let mut ports: Vec<PortId> = self.ports.iter().copied().collect();
+        ports.sort_unstable();
+        ports
+    }
+
     /// Connects a new port (a VM or namespace) to the switch.
     pub fn add_port(&mut self) -> PortId {
         let port = self.next_port;
@@ -126,34 +190,55 @@ impl Stack {
     /// Disconnects a port: its connections are reset, its addresses forgotten.
     pub fn remove_port(&mut self, host: &mut impl Host, port: PortId) {
         self.ports.remove(&port);
-        self.macs.retain(|_, p| *p != port);
-        self.neighbors.retain(|_, l| l.port != port);
+        for ip in self.guard.remove_port(port) {
+            self.dhcp.clear_in_use(ip);
+        }
         self.tcp.port_closed(host, port);
         self.udp.port_closed(host, port);
         self.icmp.port_closed(host, port);
         self.out.queue.retain(|f| f.port != port);
     }
 
-    /// Handles one Ethernet frame from a port. Malformed frames are counted and dropped.
+    /// Handles one Ethernet frame from a port. Malformed frames are counted and dropped, and
+    /// so are frames whose checksums are wrong or whose source the port may not use
+    /// ([`crate::guard`]).
     pub fn handle_frame(&mut self, host: &mut impl Host, now: Instant, port: PortId, frame: &[u8]) {
+        self.handle_frame_checked(host, now, port, frame, false);
+    }
+
+    /// [`Stack::handle_frame`] for a transport that may have verified the frame's checksums
+    /// already (`checksums_verified`, e.g. a virtio-net header with DATA_VALID): then they are
+    /// not summed again.
+    pub fn handle_frame_checked(
+        &mut self,
+        host: &mut impl Host,
+        now: Instant,
+        port: PortId,
+        frame: &[u8],
+        checksums_verified: bool,
+    ) {
         self.stats.frames_in += 1;
         let eth = match Ethernet::parse(frame) {
             Ok(e) => e,
             Err(e) => return self.malformed(port, e),
         };
-        if !wire::is_multicast(&eth.src) && self.macs.insert(eth.src, port) != Some(port) {
-            debug!(port, mac = %MacDisplay(eth.src), "learned address");
+        if !self.guard.admit_mac(&self.cfg, now, port, eth.src)
+            || !self.admit_source(now, port, &eth)
+        {
+            return;
         }
         if eth.dst == self.cfg.gateway_mac {
-            self.local(host, now, port, &eth);
+            self.local(host, now, port, &eth, checksums_verified);
         } else if wire::is_multicast(&eth.dst) {
-            self.flood(port, frame);
+            if self.guard.admit_flood(&self.cfg, now, port) {
+                self.flood(port, frame);
+            }
             if eth.dst == BROADCAST_MAC {
-                self.local(host, now, port, &eth);
+                self.local(host, now, port, &eth, checksums_verified);
             }
         } else {
-            match self.macs.get(&eth.dst) {
-                Some(&to) if to != port => {
+            match self.guard.port_of(&eth.dst) {
+                Some(to) if to != port => {
                     self.stats.switched += 1;
                     let mut f = self.out.buffer();
                     f.extend_from_slice(frame);
@@ -161,6 +246,37 @@ impl Stack {
                 }
                 _ => self.stats.unknown_destination += 1,
             }
+        }
+    }
+
+    /// Checks the source address of an IPv4 or ARP frame (the anti-spoofing rule in
+    /// [`crate::guard`]); other frames pass.
+    fn admit_source(&mut self, now: Instant, port: PortId, eth: &Ethernet) -> bool {
+        let ip = match eth.ethertype {
+            wire::ETHERTYPE_IPV4 if eth.payload.len() >= wire::IPV4_HEADER_LEN => {
+                let p = eth.payload;
+                Ipv4Addr::new(p[12], p[13], p[14], p[15])
+            }
+            wire::ETHERTYPE_ARP => match Arp::parse(eth.payload) {
+                Ok(arp) if arp.sender_mac != eth.src => {
+                    self.guard.stats.spoofed_source += 1;
+                    return false;
+                }
+                Ok(arp) => arp.sender_ip,
+                Err(_) => return true, // Counted as malformed later.
+            },
+            _ => return true,
+        };
+        let dhcp = &self.dhcp;
+        let holder = || dhcp.holder(now, ip);
+        match self.guard.admit_ip(&self.cfg, port, eth.src, ip, holder) {
+            Admission::Known | Admission::NewLeased => true,
+            Admission::NewUnleased => {
+                debug!(port, %ip, mac = %MacDisplay(eth.src), "guest uses an address without a lease");
+                self.dhcp.mark_in_use(now, ip);
+                true
+            }
+            Admission::Refused => false,
         }
     }
 
@@ -188,7 +304,14 @@ impl Stack {
     }
 
     /// A frame for the gateway itself (or broadcast).
-    fn local(&mut self, host: &mut impl Host, now: Instant, port: PortId, eth: &Ethernet) {
+    fn local(
+        &mut self,
+        host: &mut impl Host,
+        now: Instant,
+        port: PortId,
+        eth: &Ethernet,
+        checksums_verified: bool,
+    ) {
         let link = Link { port, mac: eth.src };
         match eth.ethertype {
             wire::ETHERTYPE_ARP => match Arp::parse(eth.payload) {
@@ -196,25 +319,26 @@ impl Stack {
                 Err(e) => self.malformed(port, e),
             },
             wire::ETHERTYPE_IPV4 => match Ipv4::parse(eth.payload) {
-                Ok(ip) => self.ipv4(host, now, link, eth.dst == BROADCAST_MAC, &ip),
+                Ok(ip) => {
+                    if !checksums_verified && !checksums_valid(&ip) {
+                        return self.bad_checksum(port, &ip);
+                    }
+                    self.ipv4(host, now, link, eth.dst == BROADCAST_MAC, &ip)
+                }
                 Err(e) => self.malformed(port, e),
             },
             _ => {}
         }
     }
 
-    fn learn(&mut self, ip: Ipv4Addr, link: Link) {
-        if self.cfg.contains(ip)
-            && !self.cfg.is_local(ip)
-            && ip != self.cfg.network
-            && ip != self.cfg.broadcast()
-        {
-            self.neighbors.insert(ip, link);
+    fn bad_checksum(&mut self, port: PortId, ip: &Ipv4) {
+        self.stats.bad_checksum += 1;
+        if self.log.first(Limit::Checksum) {
+            warn!(port, src = %ip.src, protocol = ip.protocol, "dropping packets with a bad checksum (logged once; counted in the statistics)");
         }
     }
 
     fn arp(&mut self, link: Link, arp: &Arp) {
-        self.learn(arp.sender_ip, link);
         if arp.operation == wire::ARP_REQUEST && self.cfg.is_local(arp.target_ip) {
             let reply = Arp {
                 operation: wire::ARP_REPLY,
@@ -232,7 +356,6 @@ impl Stack {
     }
 
     fn ipv4(&mut self, host: &mut impl Host, now: Instant, link: Link, broadcast: bool, ip: &Ipv4) {
-        self.learn(ip.src, link);
         match ip.protocol {
             wire::PROTO_UDP => {
                 let udp = match Udp::parse(ip.payload) {
@@ -285,7 +408,13 @@ impl Stack {
     }
 
     fn dhcp(&mut self, now: Instant, link: Link, payload: &[u8]) {
-        match self.dhcp.handle(now, link.mac, payload) {
+        let guard = &self.guard;
+        let mac_on_port = |mac: &MacAddr| guard.port_of(mac) == Some(link.port);
+        let origin = Origin {
+            port: link.port,
+            mac_on_port: &mac_on_port,
+        };
+        match self.dhcp.handle_from(now, link.mac, payload, Some(origin)) {
             Ok(Some(reply)) => {
                 let to = Link {
                     port: link.port,
@@ -358,17 +487,11 @@ impl Stack {
 
     /// Where to reach a guest address: learned from its frames, else from its DHCP lease.
     fn link_of(&mut self, ip: Ipv4Addr) -> Result<Link, StackError> {
-        if let Some(link) = self.neighbors.get(&ip) {
-            return Ok(*link);
+        if let Some(link) = self.guard.link_of(&ip) {
+            return Ok(link);
         }
-        let mac = self
-            .dhcp
-            .leases()
-            .into_iter()
-            .find(|l| l.ip == ip)
-            .map(|l| l.mac);
-        if let Some(mac) = mac {
-            if let Some(&port) = self.macs.get(&mac) {
+        if let Some(mac) = self.dhcp.mac_of(ip) {
+            if let Some(port) = self.guard.port_of(&mac) {
                 return Ok(Link { port, mac });
             }
         }
@@ -480,6 +603,40 @@ impl Stack {
             udp_evicted = u.evicted,
             "network statistics"
         );
+        let g = &self.guard.stats;
+        let d = &self.dhcp.stats;
+        let refused = g.mac_of_other_port
+            + g.mac_limit
+            + g.bad_source_mac
+            + g.spoofed_source
+            + g.address_limit
+            + g.flood_limit
+            + s.bad_checksum
+            + t.port_limit
+            + t.syn_timeouts
+            + d.foreign_client
+            + d.offers_withdrawn
+            + d.offers_reclaimed
+            + d.exhausted;
+        if refused > 0 {
+            warn!(
+                macs = self.guard.mac_count(),
+                mac_of_other_port = g.mac_of_other_port,
+                mac_limit = g.mac_limit,
+                bad_source_mac = g.bad_source_mac,
+                spoofed_source = g.spoofed_source,
+                address_limit = g.address_limit,
+                flood_limit = g.flood_limit,
+                bad_checksum = s.bad_checksum,
+                tcp_port_limit = t.port_limit,
+                tcp_syn_timeouts = t.syn_timeouts,
+                dhcp_foreign_client = d.foreign_client,
+                dhcp_offers_withdrawn = d.offers_withdrawn,
+                dhcp_offers_reclaimed = d.offers_reclaimed,
+                dhcp_exhausted = d.exhausted,
+                "limits that protect the network have bitten"
+            );
+        }
         if t.table_full > 0 {
             warn!(
                 refused = t.table_full,
@@ -487,6 +644,27 @@ impl Stack {
             );
         }
     }
+}
+
+/// Whether the IPv4 header checksum and the TCP, UDP or ICMP checksum of `ip` are right.
+/// Other protocols are not checked beyond the header. A UDP checksum of zero means "none".
+fn checksums_valid(ip: &Ipv4) -> bool {
+    if checksum::finish(checksum::sum(ip.header, 0)) != 0 {
+        return false;
+    }
+    let seed = |proto| wire::pseudo_header_sum(ip.src, ip.dst, proto, ip.payload.len());
+    let sum = match ip.protocol {
+        wire::PROTO_TCP => checksum::sum(ip.payload, seed(wire::PROTO_TCP)),
+        wire::PROTO_UDP => {
+            if ip.payload.get(6..8) == Some(&[0, 0]) {
+                return true;
+            }
+            checksum::sum(ip.payload, seed(wire::PROTO_UDP))
+        }
+        wire::PROTO_ICMP => checksum::sum(ip.payload, 0),
+        _ => return true,
+    };
+    checksum::finish(sum) == 0
 }
 
 /// Formats a MAC address as `aa:bb:cc:dd:ee:ff`.

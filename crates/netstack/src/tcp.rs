@@ -26,7 +26,9 @@
 use crate::checksum;
 use crate::config::NetConfig;
 use crate::host::{Host, SockId};
-use crate::output::{Link, Output};
+use crate::inspect::{FlowInfo, FlowProtocol, InboundState};
+use crate::limits::{Limit, LimitLog};
+use crate::output::{Link, Output, PortId};
 use crate::wire::{self, tcp_flags as F, Tcp, ETH_HEADER_LEN, IPV4_HEADER_LEN, TCP_HEADER_LEN};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -130,7 +132,11 @@ struct Flow {
     deadline: Option<Instant>,
     /// Deadline already in the timer heap (to avoid pushing duplicates).
     scheduled: Option<Instant>,
+    /// A guest-opened connection not established by then is reset.
+    syn_expires: Instant,
     generation: u64,
+    /// Opened by the host (port forward or probe), not by the guest.
+    inbound: bool,
 }
 
 impl Flow {
@@ -167,6 +173,22 @@ pub struct TcpStats {
     pub guest_blocked: u64,
     /// Host sends that took only part of a segment.
     pub partial_sends: u64,
+    /// SYNs refused because their port had all the flows, or half-open flows, it may.
+    pub port_limit: u64,
+    /// Connections reset because they were still half-open after the SYN timeout.
+    pub syn_timeouts: u64,
+}
+
+/// Flows of one port: all of them, and the half-open ones.
+#[derive(Debug, Default, Clone, Copy)]
+struct PortFlows {
+    flows: usize,
+    half_open: usize,
+}
+
+/// Guest-opened connections not yet established: they count against the half-open share.
+fn half_open(state: State) -> bool {
+    matches!(state, State::HostConnecting | State::SynReceived)
 }
 
 /// All TCP flows of one network.
@@ -194,6 +216,8 @@ pub struct TcpTable {
     next_generation: u64,
     rng: u64,
     next_forward_port: u16,
+    per_port: HashMap<PortId, PortFlows>,
+    log: LimitLog,
     pub stats: TcpStats,
 }
 
@@ -219,6 +243,8 @@ impl TcpTable {
             next_generation: 0,
             rng: seed | 1,
             next_forward_port: 0,
+            per_port: HashMap::new(),
+            log: LimitLog::default(),
             stats: TcpStats::default(),
         }
     }
@@ -256,6 +282,11 @@ impl TcpTable {
         };
         self.by_key.insert(key, idx);
         self.by_sock.insert(sock, idx);
+        if let Some(flow) = &self.flows[idx] {
+            let counts = self.per_port.entry(flow.link.port).or_default();
+            counts.flows += 1;
+            counts.half_open += usize::from(half_open(flow.state));
+        }
         idx
     }
 
@@ -267,11 +298,25 @@ impl TcpTable {
         if flow.state == State::HostConnecting {
             self.connecting -= 1;
         }
+        if let Some(counts) = self.per_port.get_mut(&flow.link.port) {
+            counts.flows -= 1;
+            counts.half_open -= usize::from(half_open(flow.state));
+            if counts.flows == 0 {
+                self.per_port.remove(&flow.link.port);
+            }
+        }
         self.free.push(idx);
         Some(flow)
     }
 
-    fn new_flow(&mut self, key: FlowKey, link: Link, sock: SockId, state: State) -> Flow {
+    fn new_flow(
+        &mut self,
+        key: FlowKey,
+        link: Link,
+        sock: SockId,
+        state: State,
+        now: Instant,
+    ) -> Flow {
         let iss = self.random() as u32;
         self.next_generation += 1;
         Flow {
@@ -307,7 +352,9 @@ impl TcpTable {
             rto: RTO_INITIAL,
             deadline: None,
             scheduled: None,
+            syn_expires: now,
             generation: self.next_generation,
+            inbound: state == State::SynSent,
         }
     }
 
@@ -324,7 +371,7 @@ impl TcpTable {
         seg: &Tcp,
     ) {
         let Some(&idx) = self.by_key.get(&key) else {
-            self.on_unknown_flow(host, out, cfg, link, key, seg);
+            self.on_unknown_flow(host, out, cfg, now, link, key, seg);
             return;
         };
         let Some(flow) = self.flows[idx].as_mut() else {
@@ -348,6 +395,9 @@ impl TcpTable {
                 }
                 if seg.has(F::ACK) && seg.ack == flow.iss.wrapping_add(1) {
                     flow.state = State::Established;
+                    if let Some(counts) = self.per_port.get_mut(&flow.link.port) {
+                        counts.half_open -= 1;
+                    }
                     flow.snd_una = seg.ack;
                     flow.retries = 0;
                     flow.rto = RTO_INITIAL;
@@ -669,11 +719,13 @@ impl TcpTable {
     }
 
     /// A segment for a connection we do not know: a new one if it is a SYN, else a RST.
+    #[allow(clippy::too_many_arguments)]
     fn on_unknown_flow(
         &mut self,
         host: &mut impl Host,
         out: &mut Output,
         cfg: &NetConfig,
+        now: Instant,
         link: Link,
         key: FlowKey,
         seg: &Tcp,
@@ -705,9 +757,30 @@ impl TcpTable {
             send_reset_for(out, link, key, seg);
             return;
         }
+        let counts = self.per_port.get(&link.port).copied().unwrap_or_default();
+        if counts.flows >= cfg.max_tcp_flows_per_port
+            || counts.half_open >= cfg.max_tcp_half_open_per_port
+        {
+            self.stats.port_limit += 1;
+            let (limit, what) = if counts.flows >= cfg.max_tcp_flows_per_port {
+                (Limit::TcpPerPort, "connections")
+            } else {
+                (Limit::TcpHalfOpenPerPort, "half-open connections")
+            };
+            if self.log.first(limit) {
+                warn!(
+                    port = link.port,
+                    flows = counts.flows,
+                    half_open = counts.half_open,
+                    "a guest has as many {what} as it may: refusing its new connections (logged once)"
+                );
+            }
+            send_reset_for(out, link, key, seg);
+            return;
+        }
         match host.tcp_connect(target) {
             Ok(sock) => {
-                let mut flow = self.new_flow(key, link, sock, State::HostConnecting);
+                let mut flow = self.new_flow(key, link, sock, State::HostConnecting, now);
                 flow.rcv_nxt = seg.seq.wrapping_add(1);
                 flow.guest_mss = seg.mss.unwrap_or(536).clamp(64, cfg.mss());
                 if let Some(ws) = seg.window_scale {
@@ -715,9 +788,14 @@ impl TcpTable {
                     flow.rcv_wscale = OUR_WSCALE;
                 }
                 flow.snd_wnd = u32::from(seg.window);
+                // The host connect gets the SYN timeout; the SYN-ACK's retransmissions after
+                // it are bounded by the same instant (`syn_expires`).
+                flow.syn_expires = now + cfg.tcp_syn_timeout;
+                flow.deadline = Some(flow.syn_expires);
                 self.connecting += 1;
                 self.stats.opened += 1;
-                self.insert(flow);
+                let idx = self.insert(flow);
+                self.schedule(idx);
                 debug!(guest = %key.guest, remote = %key.remote, %target, "connecting");
             }
             Err(e) => {
@@ -855,7 +933,7 @@ impl TcpTable {
             }
         };
         let key = FlowKey { guest, remote };
-        let mut flow = self.new_flow(key, link, sock, State::SynSent);
+        let mut flow = self.new_flow(key, link, sock, State::SynSent, now);
         flow.rcv_wscale = OUR_WSCALE;
         refresh_window(host, &mut flow);
         send_syn(out, cfg, &flow, F::SYN);
@@ -865,6 +943,39 @@ impl TcpTable {
         let idx = self.insert(flow);
         self.schedule(idx);
         info!(%guest, "forwarded connection opening");
+    }
+
+    /// The connection the host opened towards a guest on host socket `sock` (a forward or a
+    /// probe): its guest end and state, or `None` when there is no such connection (refused,
+    /// reset, never opened).
+    pub fn inbound_state(&self, sock: SockId) -> Option<(SocketAddrV4, InboundState)> {
+        let flow = self.flows.get(*self.by_sock.get(&sock)?)?.as_ref()?;
+        let state = match flow.state {
+            State::SynSent => InboundState::Opening,
+            State::Established => InboundState::Established,
+            // Guest-initiated connections are not inbound.
+            State::HostConnecting | State::SynReceived => return None,
+        };
+        Some((flow.key.guest, state))
+    }
+
+    /// Every live flow, for the control API.
+    pub fn flow_list(&self) -> Vec<FlowInfo> {
+        self.flows
+            .iter()
+            .flatten()
+            .map(|f| FlowInfo {
+                protocol: FlowProtocol::Tcp,
+                guest: f.key.guest,
+                remote: f.key.remote,
+                port: f.link.port,
+                inbound: f.inbound,
+                state: match f.state {
+                    State::Established => "established",
+                    _ => "opening",
+                },
+            })
+            .collect()
     }
 
     /// Resets every connection of a port that went away (the VM disconnected).
@@ -962,6 +1073,18 @@ impl TcpTable {
                 Some(_) => {}
             }
             flow.deadline = None;
+            if half_open(flow.state) && now >= flow.syn_expires {
+                self.stats.syn_timeouts += 1;
+                if self.log.first(Limit::TcpSynTimeout) {
+                    info!(guest = %flow.key.guest, remote = %flow.key.remote, "connection still half-open after the SYN timeout, resetting (logged once; counted in the statistics)");
+                }
+                if flow.state == State::HostConnecting {
+                    // Answer the guest's SYN as a refused connect would.
+                    send_flags(out, cfg, flow, F::RST | F::ACK);
+                }
+                self.reset(host, out, cfg, idx);
+                continue;
+            }
             if flow.retries >= MAX_RETRIES {
                 info!(guest = %flow.key.guest, remote = %flow.key.remote, "guest stopped answering, resetting connection");
                 self.reset(host, out, cfg, idx);

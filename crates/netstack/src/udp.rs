@@ -11,6 +11,7 @@
 
 use crate::config::NetConfig;
 use crate::host::{Host, SockId};
+use crate::inspect::{FlowInfo, FlowProtocol};
 use crate::output::{Link, Output};
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
@@ -266,6 +267,36 @@ impl UdpTable {
         fwd.link = link;
         let src = SocketAddrV4::new(cfg.gateway, fwd.gateway_port);
         out.udp(fwd.link, src, fwd.guest, payload);
+    }
+
+    /// A forward listener was closed (unexposed): forget its clients, so nothing is ever sent
+    /// through that socket id again.
+    pub fn forward_listener_closed(&mut self, listener: SockId) {
+        self.forwards.retain(|_, f| f.listener != listener);
+        self.forward_by_client.retain(|(l, _), _| *l != listener);
+    }
+
+    /// Every live flow, for the control API. `gateway` is the address forwarded datagrams come
+    /// from.
+    pub fn flow_list(&self, gateway: std::net::Ipv4Addr) -> Vec<FlowInfo> {
+        let outbound = self.flows.values().map(|f| FlowInfo {
+            protocol: FlowProtocol::Udp,
+            guest: f.guest,
+            // An unconnected socket talks to anyone: the remote end is not one address.
+            remote: SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0),
+            port: f.link.port,
+            inbound: false,
+            state: "active",
+        });
+        let inbound = self.forwards.values().map(|f| FlowInfo {
+            protocol: FlowProtocol::Udp,
+            guest: f.guest,
+            remote: SocketAddrV4::new(gateway, f.gateway_port),
+            port: f.link.port,
+            inbound: true,
+            state: "active",
+        });
+        outbound.chain(inbound).collect()
     }
 
     /// Forgets the flows of a port that went away.

@@ -111,6 +111,8 @@ pub struct Ipv4<'a> {
     pub dst: Ipv4Addr,
     pub protocol: u8,
     pub ttl: u8,
+    /// The header with its options (for the checksum).
+    pub header: &'a [u8],
     pub payload: &'a [u8],
 }
 
@@ -137,6 +139,7 @@ impl<'a> Ipv4<'a> {
             protocol: p[9],
             src: ip_at(p, 12),
             dst: ip_at(p, 16),
+            header: &p[..header_len],
             payload: &p[header_len..total_len],
         })
     }

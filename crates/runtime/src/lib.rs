@@ -4,6 +4,7 @@
 
 pub mod busy_poll;
 pub mod files;
+pub mod limits;
 pub mod network;
 pub mod pcap;
 pub mod sandbox;
@@ -13,5 +14,8 @@ pub mod tap;
 pub mod transport;
 
 pub use files::{BoundPath, ExclusiveFile, FileError, PidFile, PidFileState};
-pub use network::{Exit, Forward, Listen, Network, NetworkError, Options};
+pub use network::{
+    Command, Control, ControlClosed, Exit, Forward, Listen, Network, NetworkError, NetworkStats,
+    Options, PortCounters, PortStats, Reply,
+};
 pub use tap::{create_tap_in, open_netns, Tap, TapConfig};

@@ -2,12 +2,16 @@
 //! between ports and the netstack, and drives the host sockets. While traffic is dense it polls
 //! briefly before sleeping ([`crate::busy_poll`]).
 
+mod control;
+
+pub use control::{Command, Control, ControlClosed, NetworkStats, PortCounters, PortStats, Reply};
+
 use crate::busy_poll::PollWindow;
 use crate::files;
 use crate::pcap::Pcap;
 use crate::sockets::{HostSockets, Kind};
 use crate::sys;
-use crate::transport::{Io, Port, PortError, ReadStatus};
+use crate::transport::{Io, Port, PortError, QueueBudget, ReadStatus};
 use limanet_netstack::{NetConfig, PortId, Stack, StackError};
 use mio::event::Event;
 use mio::unix::SourceFd;
@@ -162,6 +166,7 @@ enum Source {
     Port {
         port: Port,
         id: PortId,
+        counters: PortCounters,
     },
     StreamListener(UnixListener),
     FdListener(UnixListener),
@@ -203,12 +208,18 @@ pub struct Network {
     persistent: bool,
     had_port: bool,
     unnamed_peer_warned: bool,
+    /// Output queued by all ports together (see [`QueueBudget`]).
+    queue_budget: Rc<QueueBudget>,
+    /// Where forwards without a guest address go.
+    first_guest: Ipv4Addr,
+    control: control::ControlState,
 }
 
 impl Network {
     /// Builds the network and binds every listener. Socket files are created with mode 0600
     /// (owner only); a dead socket file is replaced, a live one (anyone listening) refused.
-    pub fn new(cfg: NetConfig, opts: Options) -> Result<Self, NetworkError> {
+    pub fn new(mut cfg: NetConfig, opts: Options) -> Result<Self, NetworkError> {
+        crate::limits::fit_flow_tables(&mut cfg, crate::limits::raise_nofile_limit());
         let max_frame = usize::from(cfg.mtu) + 14;
         let first_guest = cfg.dhcp_start;
         let stack = Stack::new(cfg)?;
@@ -236,6 +247,9 @@ impl Network {
             persistent: opts.persistent,
             had_port: false,
             unnamed_peer_warned: false,
+            queue_budget: QueueBudget::new(),
+            first_guest,
+            control: control::ControlState::default(),
         };
         if let Some(path) = &opts.pcap {
             net.pcap = Some(
@@ -255,17 +269,10 @@ impl Network {
             net.add_port(Io::Packet(fd), name)?;
         }
         for fwd in &opts.forwards {
-            let guest = SocketAddrV4::new(fwd.guest.unwrap_or(first_guest), fwd.guest_port);
-            let (fd, kind) = if fwd.udp {
-                (sys::udp_bind(fwd.host), Kind::UdpForward { guest })
-            } else {
-                (sys::tcp_listen(fwd.host), Kind::TcpForward { guest })
-            };
-            let fd = fd.map_err(io_err(format!("listen for forward {fwd}")))?;
-            net.host
-                .insert(fd, kind)
-                .map_err(io_err("register forward"))?;
-            info!(forward = %fwd, "forwarding");
+            net.expose(*fwd).map_err(|e| NetworkError::Io {
+                what: format!("listen for forward {fwd}"),
+                error: io::Error::other(e),
+            })?;
         }
         Ok(net)
     }
@@ -328,8 +335,9 @@ impl Network {
         info!(port = id, %name, "guest connected");
         let idx = self.add_source(
             Source::Port {
-                port: Port::new(io, name),
+                port: Port::with_budget(io, name, Rc::clone(&self.queue_budget)),
                 id,
+                counters: PortCounters::default(),
             },
             Interest::READABLE | Interest::WRITABLE,
         )?;
@@ -341,7 +349,7 @@ impl Network {
     }
 
     fn remove_port(&mut self, idx: usize, reason: &str) {
-        if let Some(Source::Port { mut port, id }) = self.remove_source(idx) {
+        if let Some(Source::Port { mut port, id, .. }) = self.remove_source(idx) {
             info!(port = id, name = %port.name, reason, "guest disconnected");
             self.port_sources.remove(&id);
             self.stack.remove_port(&mut self.host, id);
@@ -404,9 +412,12 @@ impl Network {
         loop {
             let idle_since = Instant::now();
             let timeout = if self.pending_reads.is_empty() {
-                self.stack
-                    .poll_timeout()
-                    .map(|t| t.saturating_duration_since(idle_since))
+                let stack_due = self.stack.poll_timeout();
+                let due = match (stack_due, self.control.next_deadline()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                due.map(|t| t.saturating_duration_since(idle_since))
                     .map(|d| d.min(Duration::from_secs(60)))
             } else {
                 Some(Duration::ZERO)
@@ -425,7 +436,9 @@ impl Network {
             self.poll_window.waited(now.duration_since(idle_since));
             for event in events.iter() {
                 let token = event.token().0;
-                if token < SOURCE_BASE {
+                if event.token() == control::WAKER_TOKEN {
+                    self.run_commands(now);
+                } else if token < SOURCE_BASE {
                     self.host_event(now, token, event);
                 } else if let Some(exit) = self.source_event(now, token - SOURCE_BASE, event) {
                     self.finish();
@@ -440,6 +453,7 @@ impl Network {
                 self.stack.on_timeout(&mut self.host, now);
             }
             self.stack.end_batch(&mut self.host);
+            self.check_probes(now);
             self.flush_output();
             self.poll_window
                 .round_moved(std::mem::take(&mut self.round_bytes));
@@ -753,16 +767,24 @@ impl Network {
                 debug!(len = n, "dropping datagram of invalid frame size");
                 continue;
             }
-            let Some(Some(Source::Port { id, .. })) = self.sources.get(port_idx) else {
+            let Some(Some(Source::Port { id, counters, .. })) = self.sources.get_mut(port_idx)
+            else {
                 continue;
             };
             let id = *id;
+            counters.frames_in += 1;
+            counters.bytes_in += n as u64;
             if let Some(p) = &mut self.pcap {
                 let _ = p.write(&self.scratch[..n]);
             }
             self.round_bytes += n;
+            let dropped = self.stack.stats.dropped();
             self.stack
                 .handle_frame(&mut self.host, now, id, &self.scratch[..n]);
+            let dropped = self.stack.stats.dropped() - dropped;
+            if let Some(Some(Source::Port { counters, .. })) = self.sources.get_mut(port_idx) {
+                counters.drops_in += dropped;
+            }
         }
         // Budget spent with data possibly left: come back without waiting for an edge.
         self.pending_reads.insert(idx);
@@ -775,7 +797,7 @@ impl Network {
         ) {
             return self.read_dgram_listener(now, idx);
         }
-        let Some(Some(Source::Port { port, id })) = self.sources.get_mut(idx) else {
+        let Some(Some(Source::Port { port, id, counters })) = self.sources.get_mut(idx) else {
             return;
         };
         let id = *id;
@@ -783,13 +805,17 @@ impl Network {
         let host = &mut self.host;
         let pcap = &mut self.pcap;
         let round_bytes = &mut self.round_bytes;
+        let dropped = stack.stats.dropped();
         let result = port.read_frames(self.max_frame, &mut self.scratch, |frame| {
             if let Some(p) = pcap {
                 let _ = p.write(frame);
             }
             *round_bytes += frame.len();
+            counters.frames_in += 1;
+            counters.bytes_in += frame.len() as u64;
             stack.handle_frame(host, now, id, frame);
         });
+        counters.drops_in += stack.stats.dropped() - dropped;
         match result {
             Ok(ReadStatus::Drained) => {}
             Ok(ReadStatus::More) => {
@@ -818,12 +844,20 @@ impl Network {
                 self.stack.out.recycle(tx.frame);
                 continue;
             };
-            if let Some(Some(Source::Port { port, .. })) = self.sources.get_mut(idx) {
+            if let Some(Some(Source::Port { port, counters, .. })) = self.sources.get_mut(idx) {
                 if !port.has_output() {
                     dirty.push(idx);
                 }
-                if let Some(f) = port.queue(tx.frame) {
-                    self.stack.out.recycle(f);
+                let len = tx.frame.len() as u64;
+                match port.queue(tx.frame) {
+                    None => {
+                        counters.frames_out += 1;
+                        counters.bytes_out += len;
+                    }
+                    Some(f) => {
+                        counters.drops_out += 1;
+                        self.stack.out.recycle(f);
+                    }
                 }
             }
         }

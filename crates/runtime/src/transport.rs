@@ -11,17 +11,55 @@
 //! MTU allows closes that connection with a logged error; nothing else is affected.
 
 use crate::sys;
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::rc::Rc;
-use tracing::debug;
+use tracing::{debug, warn};
 
 /// Largest amount of queued output per port before new frames are dropped. TCP flows recover
 /// through retransmission; this only bounds memory when a VM stops reading.
 const MAX_QUEUED_BYTES: usize = 16 << 20;
+/// Largest amount of queued output of all the ports of a network together ...
+pub const MAX_NETWORK_QUEUED_BYTES: usize = 32 << 20;
+/// ... except that every port may queue this much whatever the others hold, so a guest that
+/// reads keeps working while guests that stopped reading fill the shared budget.
+const PORT_GUARANTEED_BYTES: usize = 256 << 10;
+
+/// Output queued by all the ports of one network, shared by them. Frames beyond it are
+/// dropped and counted.
+#[derive(Debug, Default)]
+pub struct QueueBudget {
+    queued: Cell<usize>,
+    dropped: Cell<u64>,
+}
+
+impl QueueBudget {
+    pub fn new() -> Rc<Self> {
+        Rc::new(Self::default())
+    }
+
+    /// Bytes queued by all ports.
+    pub fn queued(&self) -> usize {
+        self.queued.get()
+    }
+
+    /// Frames dropped because a port's queue or the network's budget was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.get()
+    }
+
+    fn add(&self, n: usize) {
+        self.queued.set(self.queued.get() + n);
+    }
+
+    fn sub(&self, n: usize) {
+        self.queued.set(self.queued.get().saturating_sub(n));
+    }
+}
 /// Reads per readiness event before yielding to other ports.
 pub const READS_PER_EVENT: usize = 16;
 const STREAM_READ_BUFFER: usize = 256 << 10;
@@ -75,10 +113,17 @@ pub struct Port {
     queued: usize,
     pub dropped: u64,
     pub zero_length_frames: u64,
+    budget: Rc<QueueBudget>,
 }
 
 impl Port {
     pub fn new(io: Io, name: String) -> Self {
+        Self::with_budget(io, name, QueueBudget::new())
+    }
+
+    /// A port whose queued output counts against `budget`, shared with the other ports of
+    /// its network.
+    pub fn with_budget(io: Io, name: String, budget: Rc<QueueBudget>) -> Self {
         let rbuf = match io {
             Io::Stream(_) => vec![0; STREAM_READ_BUFFER],
             _ => Vec::new(),
@@ -93,6 +138,7 @@ impl Port {
             queued: 0,
             dropped: 0,
             zero_length_frames: 0,
+            budget,
         }
     }
 
@@ -220,14 +266,23 @@ impl Port {
 
     /// Queues a frame; returns it back if the queue is full (the caller recycles it).
     pub fn queue(&mut self, frame: Vec<u8>) -> Option<Vec<u8>> {
-        if self.queued + frame.len() > MAX_QUEUED_BYTES {
+        let after = self.queued + frame.len();
+        let port_full = after > MAX_QUEUED_BYTES;
+        let network_full = after > PORT_GUARANTEED_BYTES
+            && self.budget.queued() + frame.len() > MAX_NETWORK_QUEUED_BYTES;
+        if port_full || network_full {
             self.dropped += 1;
-            if self.dropped.is_power_of_two() {
+            let total = self.budget.dropped.get() + 1;
+            self.budget.dropped.set(total);
+            if total == 1 {
+                warn!(port = %self.name, queued = self.queued, network_queued = self.budget.queued(), "a guest is not reading its frames: output queue full, dropping frames to it (logged once per network; counted)");
+            } else if self.dropped.is_power_of_two() {
                 debug!(port = %self.name, dropped = self.dropped, "output queue full, dropping frames");
             }
             return Some(frame);
         }
         self.queued += frame.len();
+        self.budget.add(frame.len());
         self.wq.push_back(frame);
         None
     }
@@ -278,6 +333,7 @@ impl Port {
                             self.whead = 0;
                             if let Some(f) = self.wq.pop_front() {
                                 self.queued -= f.len();
+                                self.budget.sub(f.len());
                                 recycle(f);
                             }
                         } else {
@@ -309,6 +365,7 @@ impl Port {
                     }
                     if let Some(f) = self.wq.pop_front() {
                         self.queued -= f.len();
+                        self.budget.sub(f.len());
                         recycle(f);
                     }
                 }
@@ -327,6 +384,7 @@ impl Port {
                     }
                     if let Some(f) = self.wq.pop_front() {
                         self.queued -= f.len();
+                        self.budget.sub(f.len());
                         recycle(f);
                     }
                 }
@@ -338,6 +396,7 @@ impl Port {
     /// Hands back every queued buffer (the port is going away).
     pub fn drain(&mut self, mut recycle: impl FnMut(Vec<u8>)) {
         self.wq.drain(..).for_each(&mut recycle);
+        self.budget.sub(self.queued);
         self.queued = 0;
         self.whead = 0;
     }
@@ -348,6 +407,7 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
+    use std::rc::Rc;
 
     fn stream_pair() -> (Port, UnixStream) {
         let (a, b) = UnixStream::pair().unwrap();
@@ -394,6 +454,42 @@ mod tests {
         port.read_frames(1514, &mut [], |_| {}).ok();
         let err = port.read_frames(1514, &mut [], |_| {}).unwrap_err();
         assert!(matches!(err, PortError::Truncated(7)), "{err}");
+    }
+
+    #[test]
+    fn queued_output_is_bounded_per_port_and_per_network() {
+        let budget = QueueBudget::new();
+        let mut ports: Vec<(Port, UnixStream)> = (0..8)
+            .map(|i| {
+                let (a, b) = UnixStream::pair().unwrap();
+                a.set_nonblocking(true).unwrap();
+                let io = Io::Stream(OwnedFd::from(a));
+                (
+                    Port::with_budget(io, format!("p{i}"), Rc::clone(&budget)),
+                    b,
+                )
+            })
+            .collect();
+        // Nobody reads: queue far more than the budget to every port.
+        let frame = vec![0u8; 64 << 10];
+        for _ in 0..(MAX_QUEUED_BYTES / frame.len()) * 2 {
+            for (port, _) in &mut ports {
+                let _ = port.queue(frame.clone());
+            }
+        }
+        assert!(budget.queued() <= MAX_NETWORK_QUEUED_BYTES + 8 * PORT_GUARANTEED_BYTES);
+        assert!(ports.iter().all(|(p, _)| p.queued <= MAX_QUEUED_BYTES));
+        assert!(budget.dropped() > 0);
+        // A port that had nothing queued still gets its guaranteed share.
+        let (a, _peer) = UnixStream::pair().unwrap();
+        let mut late =
+            Port::with_budget(Io::Stream(OwnedFd::from(a)), "late".into(), budget.clone());
+        assert!(late.queue(frame.clone()).is_none());
+        // Draining a port gives its bytes back to the network.
+        let before = budget.queued();
+        let held = ports[0].0.queued;
+        ports[0].0.drain(drop);
+        assert_eq!(budget.queued(), before - held);
     }
 
     #[test]

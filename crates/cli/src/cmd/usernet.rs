@@ -5,7 +5,7 @@ use limanet_netstack::{MacDisplay, NetConfig};
 use limanet_runtime::{Exit, Forward, Listen, Network, Options, TapConfig};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tracing::{info, warn};
 
@@ -13,9 +13,10 @@ use tracing::{info, warn};
 #[derive(clap::Args, Debug, Clone)]
 pub struct NetworkArgs {
     /// Address layout: Lima's default network, or a user-v2 network (gateway .2 also serving
-    /// DNS, guests from .1).
-    #[arg(long, value_enum, default_value = "default")]
-    pub mode: Mode,
+    /// DNS, guests from .1). Default: `default`, or `user-v2` for `limanet usernet` with
+    /// `-e/--endpoint` (as `limactl usernet`, which serves only user-v2).
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
     /// The subnet.
     #[arg(long, default_value = "192.168.5.0/24")]
     pub subnet: String,
@@ -112,7 +113,8 @@ pub struct Args {
     /// Write the daemon's PID here once every socket listens; removed on exit.
     #[arg(long, short = 'p')]
     pub pidfile: Option<PathBuf>,
-    /// HTTP API socket (accepted for Lima compatibility; the API itself is not served yet).
+    /// Serve the gvproxy-compatible HTTP API (forwards, leases, DNS zones, wait_port, stats)
+    /// on this unix socket (mode 0600).
     #[arg(long, short = 'e')]
     pub endpoint: Option<PathBuf>,
 }
@@ -164,7 +166,7 @@ impl NetworkArgs {
     /// The netstack configuration these options describe.
     pub fn net_config(&self) -> Result<NetConfig> {
         let (network, prefix) = parse_subnet(&self.subnet)?;
-        let mut cfg = match self.mode {
+        let mut cfg = match self.mode.unwrap_or(Mode::Default) {
             Mode::Default => NetConfig::for_subnet(network, prefix),
             Mode::UserV2 => NetConfig::user_v2(network, prefix),
         };
@@ -182,9 +184,23 @@ impl NetworkArgs {
                 .with_context(|| format!("invalid address in lease {lease:?}"))?;
             cfg.static_leases.push((ip, parse_mac(mac)?));
         }
-        // Lima's user-v2 lease files include the gateway itself: not a guest.
+        // Lima's user-v2 lease files include the gateway itself: not a guest. A saved lease
+        // can also come from an older subnet: Lima drops those silently, we say so.
         let gateway = cfg.gateway;
-        cfg.static_leases.retain(|(ip, _)| *ip != gateway);
+        let shape = cfg.clone();
+        cfg.static_leases.retain(|(ip, mac)| {
+            if *ip == gateway {
+                return false;
+            }
+            let usable = shape.contains(*ip)
+                && *ip != shape.network
+                && *ip != shape.broadcast()
+                && !shape.is_local(*ip);
+            if !usable {
+                warn!(%ip, mac = %MacDisplay(*mac), subnet = %format!("{}/{}", shape.network, shape.prefix_len), "dropping a static lease that is not a guest address of this network");
+            }
+            usable
+        });
         if !self.dhcp_dns.is_empty() {
             cfg.dhcp_dns = self.dhcp_dns.clone();
         }
@@ -204,6 +220,15 @@ impl NetworkArgs {
 
     /// Starts the embedded DNS server (unless disabled), with Lima's static names.
     pub fn start_dns(&self, cfg: &NetConfig) -> Result<Option<limanet_dns::BackgroundDns>> {
+        self.start_dns_with_zones(cfg, limanet_dns::ZonesHandle::default())
+    }
+
+    /// [`NetworkArgs::start_dns`], also answering from run-time `zones` (the API's `dns/add`).
+    pub fn start_dns_with_zones(
+        &self,
+        cfg: &NetConfig,
+        zones: limanet_dns::ZonesHandle,
+    ) -> Result<Option<limanet_dns::BackgroundDns>> {
         if self.no_dns {
             return Ok(None);
         }
@@ -223,7 +248,18 @@ impl NetworkArgs {
             .instance
             .as_deref()
             .map(|n| (n, IpAddr::V4(first_guest)));
-        let hosts = limanet_dns::lima_hosts(&user_hosts, IpAddr::V4(cfg.gateway), instance);
+        let hosts = match (self.mode.unwrap_or(Mode::Default), instance) {
+            // user-v2 names instances `lima-<NAME>.internal`, as Lima's usernet client does.
+            (Mode::UserV2, Some((name, ip))) => {
+                let mut hosts = limanet_dns::lima_hosts(&user_hosts, IpAddr::V4(cfg.gateway), None);
+                hosts.push((
+                    format!("{}.internal", limanet_dns::instance_host_name(name)),
+                    ip.to_string(),
+                ));
+                hosts
+            }
+            _ => limanet_dns::lima_hosts(&user_hosts, IpAddr::V4(cfg.gateway), instance),
+        };
         let upstreams = self
             .dns_upstreams
             .iter()
@@ -235,6 +271,7 @@ impl NetworkArgs {
             upstreams,
             resolv_conf: self.resolv_conf.clone(),
             fallback_servers: !self.no_fallback_dns,
+            zones,
             ..Default::default()
         })
         .context("cannot start the embedded DNS server")?;
@@ -397,10 +434,10 @@ fn default_socket() -> Result<PathBuf> {
 
 /// Runs the subcommand.
 pub fn run(mut args: Args) -> Result<u8> {
-    let cfg = args.net.net_config()?;
     if args.endpoint.is_some() {
-        warn!("--endpoint: the HTTP API is not implemented yet; ignoring");
+        args.net.mode.get_or_insert(Mode::UserV2);
     }
+    let cfg = args.net.net_config()?;
     let no_transport = args.listen_qemu.is_empty()
         && args.listen_dgram.is_empty()
         && args.listen_fd.is_empty()
@@ -438,14 +475,21 @@ pub fn run(mut args: Args) -> Result<u8> {
         cfg.mtu
     );
     let mut net = Network::new(cfg.clone(), opts)?;
+    let zones = limanet_dns::ZonesHandle::default();
+    // Bound before privileges go, so its mode and owner are settled by then.
+    let _api = match &args.endpoint {
+        Some(path) => Some(start_api(&mut net, &cfg, path, zones.clone())?),
+        None => None,
+    };
     drop_privileges()?;
     args.net.confine_filesystem(parent_dirs(
         listen
             .iter()
             .map(Listen::path)
-            .chain(args.pidfile.as_deref()),
+            .chain(args.pidfile.as_deref())
+            .chain(args.endpoint.as_deref()),
     ))?;
-    let dns = args.net.start_dns(&cfg)?;
+    let dns = args.net.start_dns_with_zones(&cfg, zones)?;
     attach_dns(&mut net, &dns)?;
     let _pidfile = args
         .pidfile
@@ -469,6 +513,29 @@ pub fn run(mut args: Args) -> Result<u8> {
     Ok(0)
 }
 
+/// Serves the HTTP API for `net` on `path`.
+pub fn start_api(
+    net: &mut Network,
+    cfg: &NetConfig,
+    path: &Path,
+    zones: limanet_dns::ZonesHandle,
+) -> Result<limanet_api::ApiServer> {
+    let control = net
+        .control()
+        .context("cannot open the network's control channel")?;
+    let ctx = limanet_api::Context {
+        control,
+        zones,
+        network: cfg.network,
+        prefix_len: cfg.prefix_len,
+    };
+    let config = limanet_api::ApiConfig {
+        path: path.to_path_buf(),
+        group: None,
+    };
+    limanet_api::spawn(config, ctx).context("cannot serve the HTTP API")
+}
+
 /// Creates a TAP device in each namespace. Configured namespaces get consecutive addresses from
 /// the DHCP start, each reserved for its TAP's MAC by a static lease so DHCP never hands it out
 /// again.
@@ -479,8 +546,20 @@ pub fn attach_namespaces(
     configure: bool,
 ) -> Result<Vec<(OwnedFd, String)>> {
     let mut ports = Vec::new();
-    for (i, ns) in namespaces.iter().enumerate() {
-        let address = Ipv4Addr::from(u32::from(cfg.dhcp_start) + i as u32);
+    let mut next = u32::from(cfg.dhcp_start);
+    for ns in namespaces {
+        // user-v2 guests start below the gateway: skip the gateway's own addresses and
+        // addresses already leased.
+        while cfg.is_local(Ipv4Addr::from(next))
+            || cfg
+                .static_leases
+                .iter()
+                .any(|(ip, _)| u32::from(*ip) == next)
+        {
+            next += 1;
+        }
+        let address = Ipv4Addr::from(next);
+        next += 1;
         if configure && !cfg.contains(address) {
             bail!(
                 "no address left in {}/{} for namespace {ns}",

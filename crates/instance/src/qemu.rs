@@ -79,7 +79,7 @@ fn run_quick(program: &str, args: &[&str]) -> Option<String> {
         }
         _ => {
             tracing::warn!("`{program} {}` did not answer within 10s", args.join(" "));
-            let _ = super::process::signal(pid, libc::SIGKILL);
+            let _ = crate::process::signal(pid, libc::SIGKILL);
             None
         }
     }
@@ -289,7 +289,7 @@ mod tests {
     fn fds_arrive_in_order() -> anyhow::Result<()> {
         use std::io::{Read, Write};
         use std::os::unix::net::UnixListener;
-        let dir = super::super::process::tests::tempdir()?;
+        let dir = crate::process::tests::tempdir()?;
         let mut listeners = Vec::new();
         let mut fds = ExtraFds::default();
         for name in ["a.sock", "b.sock"] {

@@ -13,7 +13,7 @@
 //! `limanet.json` is replaced atomically (write to a temporary file, then rename), so readers
 //! never see half a file.
 
-use super::process::ProcRef;
+use crate::process::ProcRef;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

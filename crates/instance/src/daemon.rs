@@ -8,7 +8,7 @@
 //! (socket_vmnet) run through `sudo --user root --group root --non-interactive` when limanet is
 //! not root and directly when it is (`limanet_config::networks::privileged_argv`).
 
-use super::process::{read_pid_file, signal, wait_until};
+use crate::process::{read_pid_file, signal, wait_until};
 use anyhow::{bail, Context};
 use std::fs::File;
 use std::os::unix::process::CommandExt;
@@ -234,7 +234,7 @@ pub fn stop(
             }
         }
     }
-    let gone = || !super::process::pid_alive(pid);
+    let gone = || !crate::process::pid_alive(pid);
     if wait_until(grace, Duration::from_millis(50), gone) {
         let _ = read_pid_file(pid_file);
         return Ok(true);
@@ -258,8 +258,8 @@ pub fn stop(
 
 #[cfg(test)]
 mod tests {
-    use super::super::process::tests::tempdir;
     use super::*;
+    use crate::process::tests::tempdir;
 
     fn sh_spec(dir: &Path, script: &str) -> DaemonSpec {
         let mut spec = DaemonSpec::new(
@@ -288,7 +288,7 @@ mod tests {
             r#"echo $$ > "$1/d.pid"; echo started >> "$1/count"; exec sleep 60"#,
         );
         let pid = start(&spec)?;
-        assert!(super::super::process::pid_alive(pid));
+        assert!(crate::process::pid_alive(pid));
         // Second start: already running, no new process.
         assert_eq!(start(&spec)?, pid);
         assert_eq!(
@@ -303,7 +303,7 @@ mod tests {
         )?;
         assert!(gone);
         reap(pid);
-        assert!(!super::super::process::pid_alive(pid));
+        assert!(!crate::process::pid_alive(pid));
         assert!(!spec.pid_file.exists());
         std::fs::remove_dir_all(&dir)?;
         Ok(())
@@ -332,7 +332,7 @@ mod tests {
             Duration::from_secs(5),
         )?;
         reap(pid);
-        assert!(!super::super::process::pid_alive(pid));
+        assert!(!crate::process::pid_alive(pid));
         std::fs::remove_dir_all(&dir)?;
         Ok(())
     }
@@ -379,7 +379,7 @@ mod tests {
         let pid: u32 = std::fs::read_to_string(dir.join("real.pid"))?
             .trim()
             .parse()?;
-        assert!(!super::super::process::pid_alive(pid));
+        assert!(!crate::process::pid_alive(pid));
         std::fs::remove_dir_all(&dir)?;
         Ok(())
     }
@@ -401,7 +401,7 @@ mod tests {
             Duration::from_secs(5)
         )?);
         reap(pid);
-        assert!(!super::super::process::pid_alive(pid));
+        assert!(!crate::process::pid_alive(pid));
         std::fs::remove_dir_all(&dir)?;
         Ok(())
     }

@@ -15,11 +15,11 @@
 //! clean up right away; `limanet list`, `start` and `stop` then notice from the pids that the
 //! instance is gone (or that only QEMU is left, which `limanet stop` ends) and reconcile.
 
-use super::daemon::{self, DaemonSpec, StopMethod};
-use super::process::{pid_alive, read_pid_file, signal, wait_until, Lock, ProcRef};
-use super::qemu::{self, ExtraFds, Netdev, FIRST_FD};
-use super::reconcile::reconcile;
-use super::store::{now_secs, Attachment, InstancePaths, InstanceState, Nic, Status};
+use crate::daemon::{self, DaemonSpec, StopMethod};
+use crate::process::{pid_alive, read_pid_file, signal, wait_until, Lock, ProcRef};
+use crate::qemu::{self, ExtraFds, Netdev, FIRST_FD};
+use crate::reconcile::reconcile;
+use crate::store::{now_secs, Attachment, InstancePaths, InstanceState, Nic, Status};
 use anyhow::{bail, Context};
 use limanet_config::networks::NetworksConfig;
 use limanet_config::LimaHome;
@@ -76,7 +76,7 @@ impl Reporter {
                 drop(out);
                 release_stdout();
             }
-            Reporter::Terminal => eprint!("{}", super::summary(state)),
+            Reporter::Terminal => eprint!("{}", crate::summary(state)),
         }
     }
 
@@ -345,7 +345,7 @@ fn start_own_usernet(plan: &Plan) -> anyhow::Result<()> {
         "--listen-qemu".into(),
         socket.display().to_string(),
         "--lease".into(),
-        format!("{}={}", super::ETH0_ADDRESS, eth0.mac),
+        format!("{}={}", crate::ETH0_ADDRESS, eth0.mac),
         "--instance".into(),
         plan.name.clone(),
         "--pidfile".into(),

@@ -23,9 +23,9 @@
 //!   is not installed, starting such a network fails with Lima's
 //!   ``daemon `socket_vmnet` needs to be installed`` (plus the path it looked at).
 
-use super::daemon::{self, DaemonSpec, StopMethod};
-use super::process::{read_pid_file, Lock};
-use super::store::{instance_dirs, InstanceState, Status};
+use crate::daemon::{self, DaemonSpec, StopMethod};
+use crate::process::{read_pid_file, Lock};
+use crate::store::{instance_dirs, InstanceState, Status};
 use anyhow::{bail, Context};
 use limanet_config::networks::{self, Mode, NetworksConfig, DAEMON_SOCKET_VMNET};
 use limanet_config::usernet::{self as unet, SockKind};

@@ -1,0 +1,246 @@
+//! Local zones added at run time through the user-v2 API (gvproxy's `POST /services/dns/add`),
+//! answered as gvisor-tap-vsock's DNS server answers them (lima-behaviour.md §1.10, §7.10):
+//!
+//! - the first zone whose name is a suffix of the query name (after a dot) decides;
+//! - only A queries are answered from a zone; other types fall through to the normal path;
+//! - a record matches by exact name (the query name without the zone suffix) or by regular
+//!   expression, the first matching record wins;
+//! - no matching record: the zone's default IP, or NXDOMAIN when it has none;
+//! - adding a zone whose name exists already puts the new records before the old ones and
+//!   takes the new default IP.
+//!
+//! Deviations from gvproxy, and why: names compare case-insensitively (DNS names do; gvproxy
+//! compares bytes, so `LIMA-VM.internal` missed), and a zone name given without the final dot
+//! (Lima's single-label hosts, e.g. `localhost`) is treated as if it had one, so it matches
+//! `*.localhost.` (gvproxy compares against the dotted query name and never matches it).
+
+use std::net::Ipv4Addr;
+use std::sync::{Arc, RwLock};
+
+/// One record of a zone.
+#[derive(Debug, Clone)]
+pub struct ZoneRecord {
+    /// Name relative to the zone (`lima-vm1` in zone `internal.`); empty when only `regexp`
+    /// is used.
+    pub name: String,
+    /// The address answered; `None` answers NOERROR without an address.
+    pub ip: Option<Ipv4Addr>,
+    /// Matches relative names anywhere in the name (Go's `MatchString`).
+    pub regexp: Option<regex::Regex>,
+}
+
+/// A zone: a name suffix, its records and an optional default address.
+#[derive(Debug, Clone)]
+pub struct Zone {
+    /// The suffix, e.g. `internal.`.
+    pub name: String,
+    pub records: Vec<ZoneRecord>,
+    pub default_ip: Option<Ipv4Addr>,
+}
+
+/// What the zones say about a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZoneAnswer {
+    /// No zone covers the name.
+    NotInZone,
+    /// A zone covers the name but the query is not for A: answer it the normal way.
+    FallThrough,
+    /// Answer with this address (`None`: NOERROR with no answer).
+    Address(Option<Ipv4Addr>),
+    /// The zone covers the name and nothing in it matches.
+    NxDomain,
+}
+
+/// The zone list, ordered as added.
+#[derive(Debug, Clone, Default)]
+pub struct Zones {
+    zones: Vec<Zone>,
+}
+
+/// Lower case with a final dot.
+fn dotted(name: &str) -> String {
+    let mut n = name.to_ascii_lowercase();
+    if !n.ends_with('.') {
+        n.push('.');
+    }
+    n
+}
+
+impl Zones {
+    /// Adds a zone, merging into an existing zone of the same name (new records first, new
+    /// default IP), as gvproxy does.
+    pub fn add(&mut self, mut zone: Zone) {
+        if let Some(existing) = self.zones.iter_mut().find(|z| z.name == zone.name) {
+            zone.records.append(&mut existing.records);
+            *existing = zone;
+        } else {
+            self.zones.push(zone);
+        }
+    }
+
+    /// The zones, in matching order.
+    pub fn all(&self) -> &[Zone] {
+        &self.zones
+    }
+
+    /// Looks `qname` (any case, with or without the final dot) up; `is_a` tells whether the
+    /// query is for an A record.
+    pub fn lookup(&self, qname: &str, is_a: bool) -> ZoneAnswer {
+        let qname = dotted(qname);
+        for zone in &self.zones {
+            let suffix = format!(".{}", dotted(&zone.name));
+            let Some(relative) = qname.strip_suffix(&suffix) else {
+                continue;
+            };
+            if !is_a {
+                return ZoneAnswer::FallThrough;
+            }
+            for record in &zone.records {
+                let by_name = !record.name.is_empty() && record.name.eq_ignore_ascii_case(relative);
+                let by_regexp = record.regexp.as_ref().is_some_and(|r| r.is_match(relative));
+                if by_name || by_regexp {
+                    return ZoneAnswer::Address(record.ip);
+                }
+            }
+            return match zone.default_ip {
+                Some(ip) => ZoneAnswer::Address(Some(ip)),
+                None => ZoneAnswer::NxDomain,
+            };
+        }
+        ZoneAnswer::NotInZone
+    }
+}
+
+/// A shared, runtime-editable handle on the zones: the API thread adds, the DNS server reads.
+#[derive(Debug, Clone, Default)]
+pub struct ZonesHandle {
+    inner: Arc<RwLock<Zones>>,
+}
+
+impl ZonesHandle {
+    /// Adds (or merges) a zone.
+    pub fn add(&self, zone: Zone) {
+        self.inner
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(zone);
+    }
+
+    /// A copy of the zones.
+    pub fn snapshot(&self) -> Vec<Zone> {
+        self.read().all().to_vec()
+    }
+
+    /// See [`Zones::lookup`].
+    pub fn lookup(&self, qname: &str, is_a: bool) -> ZoneAnswer {
+        self.read().lookup(qname, is_a)
+    }
+
+    // Every mutation is one assignment or push: a poisoned lock holds a consistent list.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Zones> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &str, ip: [u8; 4]) -> ZoneRecord {
+        ZoneRecord {
+            name: name.into(),
+            ip: Some(ip.into()),
+            regexp: None,
+        }
+    }
+
+    #[test]
+    fn gvproxy_semantics() {
+        let mut zones = Zones::default();
+        zones.add(Zone {
+            name: "internal.".into(),
+            records: vec![record("host.lima", [192, 168, 104, 2])],
+            default_ip: None,
+        });
+        zones.add(Zone {
+            name: "localhost".into(),
+            records: vec![],
+            default_ip: Some([127, 0, 0, 1].into()),
+        });
+        assert_eq!(
+            zones.lookup("host.lima.internal.", true),
+            ZoneAnswer::Address(Some([192, 168, 104, 2].into()))
+        );
+        assert_eq!(
+            zones.lookup("HOST.Lima.Internal", true),
+            ZoneAnswer::Address(Some([192, 168, 104, 2].into()))
+        );
+        assert_eq!(
+            zones.lookup("host.lima.internal.", false),
+            ZoneAnswer::FallThrough
+        );
+        assert_eq!(
+            zones.lookup("nothing.internal.", true),
+            ZoneAnswer::NxDomain
+        );
+        assert_eq!(zones.lookup("internal.", true), ZoneAnswer::NotInZone);
+        assert_eq!(zones.lookup("example.com.", true), ZoneAnswer::NotInZone);
+        assert_eq!(
+            zones.lookup("a.b.localhost.", true),
+            ZoneAnswer::Address(Some([127, 0, 0, 1].into()))
+        );
+        assert_eq!(zones.lookup("localhost.", true), ZoneAnswer::NotInZone);
+
+        // Added again: new records first, old ones kept.
+        zones.add(Zone {
+            name: "internal.".into(),
+            records: vec![
+                record("lima-vm1", [192, 168, 104, 1]),
+                record("host.lima", [10, 0, 0, 1]),
+            ],
+            default_ip: None,
+        });
+        assert_eq!(zones.all().len(), 2);
+        assert_eq!(zones.all()[0].records.len(), 3);
+        assert_eq!(
+            zones.lookup("host.lima.internal.", true),
+            ZoneAnswer::Address(Some([10, 0, 0, 1].into()))
+        );
+        assert_eq!(
+            zones.lookup("lima-vm1.internal.", true),
+            ZoneAnswer::Address(Some([192, 168, 104, 1].into()))
+        );
+    }
+
+    #[test]
+    fn regexp_and_default_ip() {
+        let mut zones = Zones::default();
+        zones.add(Zone {
+            name: "test.".into(),
+            records: vec![ZoneRecord {
+                name: String::new(),
+                ip: Some([10, 1, 1, 1].into()),
+                regexp: Some(regex::Regex::new("^web-[0-9]+$").unwrap()),
+            }],
+            default_ip: Some([10, 9, 9, 9].into()),
+        });
+        assert_eq!(
+            zones.lookup("web-12.test.", true),
+            ZoneAnswer::Address(Some([10, 1, 1, 1].into()))
+        );
+        assert_eq!(
+            zones.lookup("other.test.", true),
+            ZoneAnswer::Address(Some([10, 9, 9, 9].into()))
+        );
+        // The first matching zone decides, even if a later one would match too.
+        zones.add(Zone {
+            name: "sub.test.".into(),
+            records: vec![record("x", [1, 2, 3, 4])],
+            default_ip: None,
+        });
+        assert_eq!(
+            zones.lookup("x.sub.test.", true),
+            ZoneAnswer::Address(Some([10, 9, 9, 9].into()))
+        );
+    }
+}

@@ -132,6 +132,15 @@ struct Shared {
 }
 
 impl Shared {
+    /// Changes whenever the data local answers come from (static hosts, zones) is edited.
+    fn answers_generation(&self) -> u64 {
+        // Two counters that only grow: their sum grows with either.
+        self.handler
+            .hosts()
+            .generation()
+            .wrapping_add(self.handler.zones().generation())
+    }
+
     /// A cached local reply to `bytes`, if there is a fresh one; `key` is scratch space.
     fn cached_reply(&self, bytes: &[u8], tcp: bool, key: &mut Vec<u8>) -> Option<Vec<u8>> {
         if !cache_key_into(bytes, tcp, key) {
@@ -140,7 +149,7 @@ impl Shared {
         self.replies.get(
             key.as_slice(),
             [bytes[0], bytes[1]],
-            self.handler.hosts().generation(),
+            self.answers_generation(),
             Instant::now(),
         )
     }
@@ -307,7 +316,7 @@ async fn respond(shared: &Shared, bytes: &[u8], peer: SocketAddr, tcp: bool) -> 
         }
     }
     // Read before answering: an edit of the hosts while we answer makes the entry stale.
-    let generation = shared.handler.hosts().generation();
+    let generation = shared.answers_generation();
     let mut local = false;
     let reply = match shared.handler.handle(&request).await {
         Outcome::Reply(reply) => {

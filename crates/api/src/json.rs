@@ -10,11 +10,11 @@ use std::net::Ipv4Addr;
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct ExposeRequest {
-    #[serde(alias = "Local")]
+    #[serde(alias = "Local", deserialize_with = "nullable")]
     pub local: String,
-    #[serde(alias = "Remote")]
+    #[serde(alias = "Remote", deserialize_with = "nullable")]
     pub remote: String,
-    #[serde(alias = "Protocol")]
+    #[serde(alias = "Protocol", deserialize_with = "nullable")]
     pub protocol: String,
 }
 
@@ -22,9 +22,9 @@ pub struct ExposeRequest {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct UnexposeRequest {
-    #[serde(alias = "Local")]
+    #[serde(alias = "Local", deserialize_with = "nullable")]
     pub local: String,
-    #[serde(alias = "Protocol")]
+    #[serde(alias = "Protocol", deserialize_with = "nullable")]
     pub protocol: String,
 }
 
@@ -40,9 +40,9 @@ pub struct Proxy {
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(default)]
 pub struct ZoneJson {
-    #[serde(rename = "Name", alias = "name")]
+    #[serde(rename = "Name", alias = "name", deserialize_with = "nullable")]
     pub name: String,
-    #[serde(rename = "Records", alias = "records")]
+    #[serde(rename = "Records", alias = "records", deserialize_with = "nullable")]
     pub records: Vec<RecordJson>,
     #[serde(
         rename = "DefaultIP",
@@ -59,7 +59,7 @@ pub struct ZoneJson {
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(default)]
 pub struct RecordJson {
-    #[serde(rename = "Name", alias = "name")]
+    #[serde(rename = "Name", alias = "name", deserialize_with = "nullable")]
     pub name: String,
     #[serde(
         rename = "IP",
@@ -75,6 +75,12 @@ pub struct RecordJson {
         skip_serializing_if = "Option::is_none"
     )]
     pub regexp: Option<String>,
+}
+
+/// Go leaves a field alone on `null` (a nil slice is encoded as `null`, e.g. the `Records` of
+/// a zone that has only a default IP): the empty value.
+fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(d: D) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 /// A Go `net.IP` as JSON: a string, where `""` and `null` mean none. IPv4 only: an A record
@@ -125,6 +131,12 @@ mod tests {
             decode(br#"{"name":"localhost","defaultIP":"127.0.0.1"} trailing"#).unwrap();
         assert_eq!(z.default_ip, Some(Ipv4Addr::LOCALHOST));
         assert!(decode::<ZoneJson>(br#"{"Name":5}"#).is_err());
+        // Go encodes a nil slice as null (Lima's single-label hosts: a zone with only DefaultIP).
+        let z: ZoneJson =
+            decode(br#"{"Name":"localhost","Records":null,"DefaultIP":"127.0.0.1"}"#).unwrap();
+        assert!(z.records.is_empty());
+        let r: ExposeRequest = decode(br#"{"local":"127.0.0.1:1","protocol":null}"#).unwrap();
+        assert_eq!(r.protocol, "");
         assert!(decode::<ZoneJson>(br#"{"DefaultIP":"x"}"#).is_err());
         assert_eq!(decode::<ZoneJson>(b"").unwrap_err(), "EOF");
         let out = serde_json::to_string(&z).unwrap();

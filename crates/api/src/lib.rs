@@ -48,16 +48,14 @@ pub struct ApiConfig {
 /// Why the API could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// Not `#[source]`: the message already includes the cause (no repetition in `{:#}`).
-    #[error("{what} {path}: {error}")]
+    #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
         path: PathBuf,
-        error: std::io::Error,
+        source: std::io::Error,
     },
-    /// The socket path is taken (a live socket, or not a socket at all).
     #[error(transparent)]
-    Path(#[from] limanet_runtime::files::FileError),
+    File(#[from] limanet_runtime::FileError),
     #[error("cannot start the API thread: {0}")]
     Start(std::io::Error),
 }
@@ -66,7 +64,7 @@ pub enum ApiError {
 /// socket file.
 pub struct ApiServer {
     path: PathBuf,
-    /// Removes the socket file on drop, if it is still ours.
+    /// Removes the socket file on drop (if it is still ours).
     _bound: limanet_runtime::files::BoundPath,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -93,8 +91,7 @@ impl Drop for ApiServer {
 /// Binds the socket now (so it exists, with its mode, before privileges are dropped) and
 /// serves it from a new thread.
 pub fn spawn(config: ApiConfig, ctx: Context) -> Result<ApiServer, ApiError> {
-    let listener = bind(&config)?;
-    let bound = limanet_runtime::files::BoundPath::record(&config.path)?;
+    let (listener, bound) = bind(&config)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -128,19 +125,27 @@ pub fn spawn(config: ApiConfig, ctx: Context) -> Result<ApiServer, ApiError> {
     })
 }
 
-fn bind(config: &ApiConfig) -> Result<std::os::unix::net::UnixListener, ApiError> {
+fn bind(
+    config: &ApiConfig,
+) -> Result<
+    (
+        std::os::unix::net::UnixListener,
+        limanet_runtime::files::BoundPath,
+    ),
+    ApiError,
+> {
     let path = &config.path;
     let io = |what: &'static str| {
-        move |error| ApiError::Io {
+        move |source| ApiError::Io {
             what,
             path: path.clone(),
-            error,
+            source,
         }
     };
-    // Only a dead socket (left by a daemon that was killed) is replaced; a live one, another
-    // limanet's or anyone's, is refused.
+    // A socket left by a daemon that was killed is replaced; a live one or another file is not.
     limanet_runtime::files::prepare_socket_path(path)?;
     let listener = std::os::unix::net::UnixListener::bind(path).map_err(io("listen on"))?;
+    let bound = limanet_runtime::files::BoundPath::record(path)?;
     let mode = if let Some(gid) = config.group {
         let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
             .map_err(|e| io("chown")(std::io::Error::other(e)))?;
@@ -155,7 +160,7 @@ fn bind(config: &ApiConfig) -> Result<std::os::unix::net::UnixListener, ApiError
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(io("set the mode of"))?;
     listener.set_nonblocking(true).map_err(io("listen on"))?;
-    Ok(listener)
+    Ok((listener, bound))
 }
 
 async fn serve(listener: tokio::net::UnixListener, ctx: Arc<Context>) {

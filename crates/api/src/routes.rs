@@ -424,6 +424,8 @@ async fn stats(ctx: &Context) -> Result<Response, Response> {
         "fragments": s.fragments,
         "switched": s.switched,
         "unknown_destination": s.unknown_destination,
+        "bad_checksum": s.bad_checksum,
+        "dropped": s.dropped,
         "tcp_flows": s.tcp_flows,
         "udp_flows": s.udp_flows,
         "tcp_opened": s.tcp_opened,

@@ -1,6 +1,6 @@
 //! `limanet start/stop/list` with real processes: a stand-in QEMU (`sh -c 'exec sleep 600'`),
-//! the real `limanet usernet` daemons (the instance's own eth0 network and a shared user-v2
-//! network), a temporary `$LIMA_HOME` per test.
+//! the real `limanet usernet` daemons (a shared user-v2 network as eth0, or the instance's own
+//! eth0 network), a temporary `$LIMA_HOME` per test.
 
 mod instance_support;
 
@@ -23,11 +23,10 @@ fn start_args<'a>(name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
 }
 
 #[test]
-fn two_instances_share_one_user_v2_daemon_until_the_last_one_goes() {
+fn the_first_user_v2_network_is_eth0_and_instances_share_its_daemon() {
     let h = Home::new("share");
     let out = h.ok(&start_args("a", &["--network", "lima:user-v2"]));
     assert!(out.contains("instance `a` is running"), "{out}");
-    assert!(out.contains("192.168.5.15"), "{out}");
 
     // The network's daemon runs: the real `limanet usernet` in user-v2 mode.
     let pid_file = h.user_v2_pid_file();
@@ -41,81 +40,135 @@ fn two_instances_share_one_user_v2_daemon_until_the_last_one_goes() {
     assert!(cl.contains("--subnet 192.168.104.0/24"), "{cl}");
     assert!(h.dir.join("_networks/user-v2/user-v2_qemu.sock").exists());
 
-    // The instance's own usernet (eth0): default mode, static lease for the eth0 MAC.
+    // As in Lima, the first user-v2 network is eth0, with the eth0 MAC: one NIC, and no
+    // network of the instance's own.
     let state = h.state("a");
-    let eth0_mac = state["nics"][0]["mac"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let nics = state["nics"].as_array().cloned().unwrap_or_default();
+    assert_eq!(nics.len(), 1, "{state}");
+    assert_eq!(nics[0]["interface"], "eth0");
+    assert_eq!(nics[0]["kind"], "lima");
+    assert_eq!(nics[0]["network"], "user-v2");
+    let eth0_mac = nics[0]["mac"].as_str().unwrap_or_default().to_owned();
     assert!(eth0_mac.starts_with("52:55:55:"), "{state}");
-    let own = read_pid(&h.dir.join("a/usernet.pid")).expect("instance usernet pid");
-    let own_cl = cmdline(own);
-    assert!(
-        own_cl.contains(&format!("--lease 192.168.5.15={eth0_mac}")),
-        "{own_cl}"
-    );
-    assert!(own_cl.contains("--instance a"), "{own_cl}");
+    assert!(!h.dir.join("a/usernet.pid").exists());
 
-    // QEMU got eth0 and the user-v2 NIC appended to its command line, with Lima's MACs;
-    // `sh` answers no netdev probe, so both use connected fds 3 and 4.
+    // QEMU got net0 on user-v2 through a socket limanet connected (Lima's fd_connect: fd 3),
+    // and nothing else.
     let qemu = h.qemu_pid("a");
     let qcl = full_argv(&h, "a");
-    assert!(
-        qcl.starts_with("sh -c exec sleep 600 qemu-stub -netdev socket,id=net0,fd=3"),
-        "{qcl}"
+    assert_eq!(
+        qcl,
+        format!(
+            "sh -c exec sleep 600 qemu-stub -netdev socket,id=net0,fd=3 \
+             -device virtio-net-pci,netdev=net0,mac={eth0_mac}"
+        )
     );
-    assert!(
-        qcl.contains(&format!("virtio-net-pci,netdev=net0,mac={eth0_mac}")),
-        "{qcl}"
-    );
-    assert!(qcl.contains("-netdev socket,id=net1,fd=4"), "{qcl}");
-    for fd in [3, 4] {
-        let link = std::fs::read_link(format!("/proc/{qemu}/fd/{fd}")).expect("fd in QEMU");
-        assert!(
-            link.to_string_lossy().starts_with("socket:"),
-            "fd {fd}: {link:?}"
-        );
-    }
+    let link = std::fs::read_link(format!("/proc/{qemu}/fd/3")).expect("fd in QEMU");
+    assert!(link.to_string_lossy().starts_with("socket:"), "{link:?}");
 
-    // A second instance on the same network: the daemon is not started again. Its --host and
-    // --dns reach its own usernet (and are recorded).
+    // A second instance on the same network: the daemon is not started again. `--dns` cannot
+    // apply to a shared user-v2 eth0 and is refused.
+    let err = h.fails(&start_args(
+        "b",
+        &["--network", "lima:user-v2", "--dns", "192.168.5.53"],
+    ));
+    assert!(
+        err.contains("--dns needs the instance's own network on eth0"),
+        "{err}"
+    );
     h.ok(&start_args(
         "b",
+        &["--network", "lima:user-v2", "--host", "db.test=10.1.2.3"],
+    ));
+    assert_eq!(read_pid(&pid_file), Some(daemon));
+
+    // Without a user-v2 network, eth0 stays on the instance's own network: a default-mode
+    // usernet with the static lease for the eth0 MAC, `--host`, `--dns` and the forwards.
+    let ssh_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+        .to_string();
+    h.ok(&start_args(
+        "c",
         &[
-            "--network",
-            "lima:user-v2",
             "--host",
             "db.test=10.1.2.3",
             "--dns",
             "192.168.5.53",
+            "--ssh-port",
+            &ssh_port,
         ],
     ));
-    let own_b = cmdline(read_pid(&h.dir.join("b/usernet.pid")).expect("b usernet pid"));
+    let c_mac = h.state("c")["nics"][0]["mac"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let own = read_pid(&h.dir.join("c/usernet.pid")).expect("instance usernet pid");
+    let own_cl = cmdline(own);
     assert!(
-        own_b.contains("--host db.test=10.1.2.3 --dhcp-dns 192.168.5.53"),
-        "{own_b}"
+        own_cl.contains(&format!("--lease 192.168.5.15={c_mac}")),
+        "{own_cl}"
     );
-    assert_eq!(read_pid(&pid_file), Some(daemon));
+    assert!(own_cl.contains("--instance c"), "{own_cl}");
+    assert!(
+        own_cl.contains(&format!(
+            "--host db.test=10.1.2.3 --dhcp-dns 192.168.5.53 --forward tcp:127.0.0.1:{ssh_port}:22"
+        )),
+        "{own_cl}"
+    );
+
     let rows = h.list();
     assert_eq!(rows["a"]["state"], "Running");
     assert_eq!(rows["b"]["state"], "Running");
-    assert_eq!(
-        rows["b"]["networks"],
-        serde_json::json!(["usernet", "lima:user-v2"])
-    );
-    assert_eq!(rows["a"]["addresses"][0]["ip"], "192.168.5.15");
+    assert_eq!(rows["b"]["networks"], serde_json::json!(["lima:user-v2"]));
     assert_eq!(rows["b"]["hosts"], serde_json::json!(["db.test=10.1.2.3"]));
-    assert_eq!(rows["b"]["dns"], serde_json::json!(["192.168.5.53"]));
     assert_ne!(
-        rows["a"]["addresses"][1]["mac"],
-        rows["b"]["addresses"][1]["mac"]
+        rows["a"]["addresses"][0]["mac"],
+        rows["b"]["addresses"][0]["mac"]
     );
+    assert_eq!(rows["c"]["networks"], serde_json::json!(["usernet"]));
+    assert_eq!(rows["c"]["addresses"][0]["ip"], "192.168.5.15");
+    assert_eq!(rows["c"]["dns"], serde_json::json!(["192.168.5.53"]));
+    h.ok(&["stop", "c"]);
+    assert!(!alive(own), "instance usernet must stop with the instance");
+
+    // A later user-v2 network is a further NIC, net<i+1> for its entry i, with its `-device`
+    // once (Lima appends it twice).
+    h.ok(&[
+        "network",
+        "create",
+        "v2b",
+        "--mode",
+        "user-v2",
+        "--gateway",
+        "192.168.42.1/24",
+    ]);
+    h.ok(&start_args(
+        "d",
+        &["--network", "lima:v2b", "--network", "lima:user-v2"],
+    ));
+    let d = h.state("d");
+    assert_eq!(d["nics"][0]["network"], "v2b");
+    assert_eq!(d["nics"][1]["network"], "user-v2");
+    assert_eq!(d["nics"][1]["interface"], "lima1");
+    let dcl = full_argv(&h, "d");
+    assert!(
+        dcl.contains("-netdev socket,id=net0,fd=3 ")
+            && dcl.contains("-netdev socket,id=net2,fd=4 "),
+        "{dcl}"
+    );
+    assert_eq!(dcl.matches("netdev=net2,").count(), 1, "{dcl}");
+    assert_eq!(read_pid(&pid_file), Some(daemon));
+    let v2b_pid_file = h.dir.join("_networks/v2b/usernet_v2b.pid");
+    let v2b = read_pid(&v2b_pid_file).expect("v2b daemon pid");
+    h.ok(&["stop", "d"]);
+    assert!(!alive(v2b), "v2b's daemon must stop with its last instance");
 
     // Stopping one keeps the daemon for the other.
     let out = h.ok(&["stop", "a"]);
     assert!(out.contains("instance `a` stopped"), "{out}");
     assert!(!alive(qemu));
-    assert!(!alive(own), "instance usernet must stop with the instance");
     assert!(alive(daemon));
     assert_eq!(read_pid(&pid_file), Some(daemon));
     assert_eq!(h.list()["a"]["state"], "Stopped");
@@ -141,16 +194,26 @@ fn two_instances_share_one_user_v2_daemon_until_the_last_one_goes() {
 fn killed_supervisor_and_qemu_are_noticed_by_list() {
     let h = Home::new("killall");
     h.ok(&start_args("k", &["--network", "lima:user-v2"]));
+    // An instance on its own network (eth0) too.
+    h.ok(&start_args("k0", &[]));
     let daemon = read_pid(&h.user_v2_pid_file()).expect("daemon pid");
-    let own = read_pid(&h.dir.join("k/usernet.pid")).expect("own usernet pid");
-    let (sup, qemu) = (h.supervisor_pid("k"), h.qemu_pid("k"));
-    kill(sup, libc::SIGKILL);
-    kill(qemu, libc::SIGKILL);
-    assert!(eventually(Duration::from_secs(5), || !alive(sup) && !alive(qemu)));
+    let own = read_pid(&h.dir.join("k0/usernet.pid")).expect("own usernet pid");
+    let mut pids = Vec::new();
+    for name in ["k", "k0"] {
+        let (sup, qemu) = (h.supervisor_pid(name), h.qemu_pid(name));
+        kill(sup, libc::SIGKILL);
+        kill(qemu, libc::SIGKILL);
+        pids.extend([sup, qemu]);
+    }
+    assert!(eventually(Duration::from_secs(5), || pids
+        .iter()
+        .all(|&p| !alive(p))));
     // Nobody is left to notice, until the next limanet command looks at the pids.
     assert!(alive(daemon));
+    assert!(alive(own));
     let rows = h.list();
     assert_eq!(rows["k"]["state"], "Stopped");
+    assert_eq!(rows["k0"]["state"], "Stopped");
     assert!(
         !alive(daemon),
         "list must reconcile the network away\n{}",
@@ -316,6 +379,8 @@ fn invalid_names_and_entries_are_rejected_with_limas_messages() {
     );
     let err = h.fails(&start_args("n", &["--dns", "not-an-ip"]));
     assert!(err.contains("not-an-ip"), "{err}");
+    let err = h.fails(&start_args("n", &["--forward", "tcp:99999:22"]));
+    assert!(err.contains("invalid --forward"), "{err}");
     let err = h.fails(&start_args("n", &["--host", "novalue"]));
     assert!(err.contains("invalid --host `novalue`"), "{err}");
     let err = h.fails(&["stop", "ghost"]);

@@ -284,3 +284,117 @@ fn clients_that_never_read_and_a_broadcast_flood_keep_memory_bounded() {
 fn connect(path: &Path) -> UnixStream {
     UnixStream::connect(path).expect("connect to limanet")
 }
+
+/// hping3 SYN floods from guest A, as the original attack: one from A's own address at an open
+/// host port whose listener never accepts (the host's backlog fills, so host connects stay
+/// pending: half-open flows), one with B's address as source (spoofed), both for 3 s, while B
+/// keeps probing. Defined reaction: spoofed SYNs are dropped, A's half-open flows are capped
+/// (further SYNs get RST), limanet keeps descriptors in reserve, B's probes succeed.
+#[test]
+fn hping3_syn_floods_own_and_spoofed_sources() {
+    if std::process::Command::new("hping3")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!("hping3 is missing: run scripts/install-deps");
+    }
+    raise_nofile();
+    let env = Env::new("hsyn");
+    let echo = TcpEchoServer::start(&env.th.host, "127.0.0.1:0".parse().unwrap()).expect("echo");
+    let server = SocketAddr::from(([192, 168, 5, 2], echo.addr().port()));
+    let deaf = env
+        .th
+        .host
+        .run_in(|| std::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("netns")
+        .expect("bind deaf listener");
+    let deaf_port = deaf.local_addr().expect("addr").port().to_string();
+    let u = start(&env, 2, Some(1024), &[]);
+    let pid = u.daemon.id();
+    let (a, b) = (&u.guests[0], &u.guests[1]);
+    let flood = |extra: &[&str]| {
+        let mut args = vec!["-q", "-S", "--flood", "-p", &deaf_port];
+        args.extend_from_slice(extra);
+        args.push("192.168.5.2");
+        a.spawn("hping3", "hping3", &args).expect("spawn hping3")
+    };
+    let own = flood(&[]);
+    let spoofed = flood(&["-a", "192.168.5.16"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let ok = probes(b, server, 100, Duration::from_millis(10));
+    let peak_fds = fds(pid);
+    drop(own);
+    drop(spoofed);
+    let (peak, _) = rss_kib(pid);
+    println!("hping3 SYN floods: honest probes {ok}/100, limanet fds {peak_fds} (limit 1024), peak RSS {peak} KiB");
+    let logs = u.daemon.logs();
+    assert!(ok >= 99, "honest guest: {ok}/100\n{logs}");
+    assert!(
+        peak_fds < 1024 - 100,
+        "descriptors in reserve: {peak_fds}\n{logs}"
+    );
+    assert!(
+        // With 1024 descriptors the half-open share is the whole per-guest share.
+        logs.contains("connections as it may"),
+        "per-guest limit logged\n{logs}"
+    );
+    assert!(
+        logs.contains("source address this port may not use"),
+        "spoofed sources logged\n{logs}"
+    );
+    drop(deaf);
+}
+
+/// A QEMU client sends frames from a million made-up source MACs (to the gateway, so every
+/// frame reaches the switch); a netns guest keeps probing. Defined reaction: the MAC table
+/// keeps at most 64 MACs of that port (frames from the others are dropped and counted), RSS
+/// does not grow with the number of MACs (unbounded, it was about 34 MB per million), and the
+/// table entries go when the client disconnects.
+#[test]
+fn a_million_source_macs_cost_a_bounded_table() {
+    let env = Env::new("hmac");
+    let echo = TcpEchoServer::start(&env.th.host, "127.0.0.1:0".parse().unwrap()).expect("echo");
+    let server = SocketAddr::from(([192, 168, 5, 2], echo.addr().port()));
+    let sock = env.dir.join("q.sock");
+    let sock_arg = sock.to_str().expect("utf-8 path").to_string();
+    let u = start(&env, 1, None, &["--listen-qemu", &sock_arg]);
+    let pid = u.daemon.id();
+    let (before, _) = rss_kib(pid);
+    let flooder = connect(&sock);
+    let writer = std::thread::spawn(move || {
+        let mut flooder = flooder;
+        let mut batch = Vec::with_capacity(1 << 20);
+        for i in 0..1_000_000u32 {
+            let b = i.to_be_bytes();
+            let mut frame = vec![
+                0x52, 0x55, 192, 168, 5, 2, 0x02, 0x77, b[0], b[1], b[2], b[3],
+            ];
+            frame.extend_from_slice(&[0x88, 0xb5]);
+            frame.resize(60, 0);
+            batch.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+            batch.extend_from_slice(&frame);
+            if batch.len() >= 1 << 20 {
+                if flooder.write_all(&batch).is_err() {
+                    return false;
+                }
+                batch.clear();
+            }
+        }
+        flooder.write_all(&batch).is_ok()
+    });
+    let ok = probes(u.guest(), server, 100, Duration::from_millis(10));
+    assert!(
+        writer.join().expect("writer"),
+        "flood written\n{}",
+        u.daemon.logs()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let (peak, _) = rss_kib(pid);
+    let growth_mib = peak.saturating_sub(before) / 1024;
+    println!("a million source MACs: honest probes {ok}/100, RSS {before} -> peak {peak} KiB, growth {growth_mib} MiB");
+    let logs = u.daemon.logs();
+    assert!(ok >= 99, "honest guest: {ok}/100\n{logs}");
+    assert!(growth_mib < 8, "RSS grew {growth_mib} MiB\n{logs}");
+    assert!(logs.contains("MAC table full for this port"), "{logs}");
+}

@@ -300,3 +300,15 @@ fn expose_unexpose_wait_port_and_bad_input() {
     drop(idle);
     assert!(v2.daemon.logs().contains("API listening"));
 }
+
+#[test]
+fn endpoint_group_gives_mode_0660() {
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::new("v2grp");
+    let guest = Netns::new("v2grp").expect("netns");
+    let v2 = start_v2(&env, "v2grp", &[&guest], &["--endpoint-group", "root"]);
+    let meta = std::fs::metadata(&v2.ep).expect("ep");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(meta.gid(), 0);
+    assert_eq!(api(&v2.ep, "GET", "/leases", None).status, 200);
+}

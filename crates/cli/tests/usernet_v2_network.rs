@@ -37,7 +37,7 @@ fn three_guests_leases_names_tcp_and_introspection() {
     let env = Env::new("v2net");
     let guests: Vec<Netns> = (0..3).map(|_| Netns::new("v2g").expect("netns")).collect();
     let refs: Vec<&Netns> = guests.iter().collect();
-    let v2 = start_v2(&env, "v2net", &refs, &[]);
+    let v2 = start_v2(&env, "v2net", &refs, &["--dns-listen", "127.0.0.1:5354"]);
 
     // Leases in Lima's (gvisor's) order: lowest free host address, skipping the gateway.
     let ips: Vec<Ipv4Addr> = guests.iter().map(|g| dhcp(g, None)).collect();
@@ -111,6 +111,25 @@ fn three_guests_leases_names_tcp_and_introspection() {
     let nx = dig(g, &[&at, "nothing-here.internal"]);
     assert!(nx.contains("status: NXDOMAIN"), "{nx}");
     assert_eq!(env.stub.count("nothing-here.internal"), 0);
+    // The host can ask too, on --dns-listen (what a systemd-resolved drop-in would use).
+    let a = dig(
+        &env.th.host,
+        &["@127.0.0.1", "-p", "5354", "+short", "lima-vm2.internal"],
+    );
+    assert_eq!(a.trim(), ips[2].to_string());
+    let a = dig(
+        &env.th.host,
+        &[
+            "@127.0.0.1",
+            "-p",
+            "5354",
+            "+tcp",
+            "+short",
+            "lima-vm0.internal",
+        ],
+    );
+    assert_eq!(a.trim(), ips[0].to_string());
+
     // A zone with a default IP answers every name below it.
     let r = api(
         &v2.ep,
@@ -121,6 +140,38 @@ fn three_guests_leases_names_tcp_and_introspection() {
     assert_eq!(r.status, 200);
     let a = dig(g, &[&at, "+short", "anything.apps.test"]);
     assert_eq!(a.trim(), "192.168.104.200");
+    // Lima's single-label hosts (a zone with only a DefaultIP; Go sends Records as null), and
+    // a record matched by regular expression.
+    let r = api(
+        &v2.ep,
+        "POST",
+        "/services/dns/add",
+        Some(r#"{"Name":"localhost","Records":null,"DefaultIP":"127.0.0.1"}"#),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let a = dig(g, &[&at, "+short", "app.localhost"]);
+    assert_eq!(a.trim(), "127.0.0.1");
+    let r = api(
+        &v2.ep,
+        "POST",
+        "/services/dns/add",
+        Some(r#"{"Name":"re.test.","Records":[{"Regexp":"^web-[0-9]+$","IP":"192.168.104.77"}]}"#),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let a = dig(g, &[&at, "+short", "web-12.re.test"]);
+    assert_eq!(a.trim(), "192.168.104.77");
+    let nx = dig(g, &[&at, "db.re.test"]);
+    assert!(nx.contains("status: NXDOMAIN"), "{nx}");
+    let zones = api(&v2.ep, "GET", "/services/dns/all", None).json();
+    assert_eq!(zones[3]["Records"][0]["Regexp"], "^web-[0-9]+$", "{zones}");
+    let r = api(
+        &v2.ep,
+        "POST",
+        "/services/dns/add",
+        Some(r#"{"Name":"bad.","Records":[{"Regexp":"(","IP":"192.168.104.1"}]}"#),
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+
     // Outside every zone: the host-resolver DNS (here, the stub upstream).
     let a = dig(g, &[&at, "+short", STUB_NAME]);
     assert_eq!(a.trim(), STUB_ADDR.to_string());

@@ -2,21 +2,29 @@
 //! limanet's networks added) and the lifecycle of the network daemons they use.
 //!
 //! `limanet start NAME [--network lima:NET | --network socket:PATH]... [--dns IP]...
-//! [--host NAME=VALUE]... [--foreground] -- QEMU-COMMAND...`:
-//! * checks the name (Lima's identifier rule, so it can never escape `$LIMA_HOME`) and the
+//! [--host NAME=VALUE]... [--forward SPEC]... [--ssh-port PORT] [--foreground] -- QEMU-COMMAND...`:
+//! * checks the name (Lima's `ValidateInstName`: the identifier rule, so it can never escape
+//!   `$LIMA_HOME`, and no `.yml`/`.yaml` suffix) and the
 //!   network entries (Lima's `--network` parsing and `validateNetwork`, §2);
-//! * eth0 is the instance's own user-mode network: a `limanet usernet` for this instance only
-//!   (192.168.5.0/24, static lease 192.168.5.15 for the eth0 MAC, `lima-NAME` in its DNS,
-//!   `--host` entries, `--dns` servers announced by DHCP instead of the embedded DNS), attached
-//!   with `-netdev stream` (or `-netdev socket,fd=N` when the QEMU has no stream netdev);
-//! * every further network is `net1`, `net2`, ...: user-v2 networks and `socket:` paths through
-//!   `-netdev socket,fd=N` with the socket connected by limanet (Lima's `fd_connect`, fds 3, 4,
-//!   ... in argument order), socket_vmnet networks through `-netdev stream` with `reconnect`
-//!   chosen by the QEMU version; each with `-device virtio-net-pci,netdev=netN,mac=MAC` and
-//!   Lima's MAC (`52:55:55` + SHA-256 of the machine id and `<instdir>` / `<instdir>/lima.yaml#i`).
+//! * eth0 (`net0`, with Lima's eth0 MAC: `52:55:55` + SHA-256 of the machine id and
+//!   `<instdir>`) is, as in Lima, the first user-v2 network when there is one (Lima's
+//!   `FirstUsernetIndex`): attached through `-netdev socket,fd=N`, with no network of the
+//!   instance's own. Otherwise it is the instance's own user-mode network: a `limanet usernet`
+//!   for this instance only (192.168.5.0/24, static lease 192.168.5.15 for the eth0 MAC,
+//!   `lima-NAME` in its DNS, `--host` entries, `--dns` servers announced by DHCP instead of the
+//!   embedded DNS), attached with `-netdev stream` (or `-netdev socket,fd=N` when the QEMU has
+//!   no stream netdev). `--dns` needs that own network, so it is refused with a user-v2 eth0.
+//! * every further network `i` (0-based, in `--network` order) is `net<i+1>`: user-v2
+//!   networks and `socket:` paths through `-netdev socket,fd=N` with the socket connected by
+//!   limanet (Lima's `fd_connect`, fds 3, 4, ... in argument order), socket_vmnet networks
+//!   through `-netdev stream` with `reconnect` chosen by the QEMU version; each with
+//!   `-device virtio-net-pci,netdev=netN,mac=MAC` and Lima's MAC (`<instdir>/lima.yaml#i`).
 //!   The arguments are appended to the user's command line. Unlike Lima, a second user-v2
-//!   network gets its `-device` once (§7.5), and eth0 stays on the instance's own network even
-//!   when a user-v2 network is attached (Lima makes the first user-v2 network eth0).
+//!   network gets its `-device` once (§7.5).
+//! * with eth0 on a user-v2 network, the supervisor registers the instance with the network's
+//!   API once QEMU runs, as Lima's `ConfigureDriver` (see [`register`]): the VM's lease (shown
+//!   by `limanet list`), the `--forward`/`--ssh-port` forwards, and DNS zones for
+//!   `lima-NAME.internal`, `host.lima.internal` and the `--host` entries;
 //! * the network daemons are reconciled (see [`reconcile`]): a network's daemon starts with the
 //!   first live instance that references it and stops after the last one.
 //!
@@ -34,18 +42,22 @@
 //! [`StartOptions`] and formats what [`start`], [`stop`] and [`list`] return.
 
 pub mod daemon;
+pub mod dnshosts;
 pub mod process;
 pub mod qemu;
 pub mod reconcile;
+pub mod register;
 pub mod store;
 pub mod supervisor;
+pub mod usernet_client;
 
 use anyhow::{bail, Context};
 use limanet_config::limayaml;
-use limanet_config::networks::{self, NetworksConfig};
+use limanet_config::networks::{self, Mode, NetworksConfig};
 use limanet_config::quote::go_quote;
 use limanet_config::usernet::{self as unet, SockKind};
 use limanet_config::{identifiers, mac, LimaHome};
+use limanet_runtime::Forward;
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -66,6 +78,11 @@ pub struct StartOptions {
     pub dns: Vec<String>,
     /// `--host NAME=VALUE` entries.
     pub hosts: Vec<String>,
+    /// `--forward tcp|udp:[HOSTADDR:]HOSTPORT:[GUESTADDR:]GUESTPORT` port forwards.
+    pub forwards: Vec<String>,
+    /// `--ssh-port PORT`: forward 127.0.0.1:PORT to the guest's port 22 (Lima's
+    /// `ssh.localPort`).
+    pub ssh_port: Option<u16>,
     /// Keep QEMU on this terminal and return its exit code.
     pub foreground: bool,
     /// The QEMU command line.
@@ -80,11 +97,16 @@ impl StartOptions {
             ("--network", &self.networks),
             ("--dns", &self.dns),
             ("--host", &self.hosts),
+            ("--forward", &self.forwards),
         ] {
             for v in values {
                 out.push(flag.to_owned());
                 out.push(v.clone());
             }
+        }
+        if let Some(port) = self.ssh_port {
+            out.push("--ssh-port".to_owned());
+            out.push(port.to_string());
         }
         out.push("--".to_owned());
         out.extend(self.qemu.iter().cloned());
@@ -148,11 +170,17 @@ fn plan(args: &StartOptions) -> anyhow::Result<supervisor::Plan> {
         }
     }
     limayaml::apply_dns_flags(&[], &args.dns)?;
+    let forwards = forwards(args)?;
     let home = lima_home()?;
     let cfg = networks::load(&home)?;
     let dir = home.instance_dir(&args.name);
     let paths = InstancePaths::new(dir.clone());
     let nics = nics(&home, &cfg, &paths, &args.networks)?;
+    if !args.dns.is_empty() && !matches!(nics[0].attachment, Attachment::Usernet { .. }) {
+        // The DNS servers are announced by the instance's own network, which a user-v2 eth0
+        // replaces; the shared user-v2 daemon announces its gateway to every guest.
+        bail!("--dns needs the instance's own network on eth0, but eth0 is on the user-v2 network (its DNS is the network's gateway)");
+    }
     Ok(supervisor::Plan {
         home,
         cfg,
@@ -162,8 +190,26 @@ fn plan(args: &StartOptions) -> anyhow::Result<supervisor::Plan> {
         qemu_argv: args.qemu.clone(),
         hosts: args.hosts.clone(),
         dns: args.dns.clone(),
+        forwards,
         foreground: args.foreground,
     })
+}
+
+/// The port forwards: `--forward` specs (checked) and `--ssh-port` as `tcp:127.0.0.1:PORT:22`.
+fn forwards(args: &StartOptions) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for f in &args.forwards {
+        f.parse::<Forward>()
+            .map_err(|e| anyhow::anyhow!("invalid --forward: {e}"))?;
+        out.push(f.clone());
+    }
+    if let Some(port) = args.ssh_port {
+        if port == 0 {
+            bail!("invalid --ssh-port 0");
+        }
+        out.push(format!("tcp:127.0.0.1:{port}:22"));
+    }
+    Ok(out)
 }
 
 /// eth0 plus one NIC per `--network`, with Lima's defaults and validation.
@@ -182,15 +228,36 @@ fn nics(
     limayaml::fill_defaults(&mut entries, &paths.dir.join("lima.yaml"), &machine_id);
     limayaml::validate(&entries, cfg)?;
 
-    let eth0_sock = unet::sock(&paths.dir, "", SockKind::Qemu)?;
-    let mut out = vec![Nic {
-        interface: limayaml::SLIRP_NIC_NAME.to_owned(),
-        mac: mac::mac_address(&machine_id, &paths.dir.to_string_lossy()),
-        netdev: "net0".to_owned(),
-        attachment: Attachment::Usernet { socket: eth0_sock },
-        address: Some(ETH0_ADDRESS.to_owned()),
-    }];
+    let eth0_mac = mac::mac_address(&machine_id, &paths.dir.to_string_lossy());
+    // Lima's `FirstUsernetIndex`: the first user-v2 network is eth0 itself.
+    let first_usernet = first_usernet_index(&entries, cfg)?;
+    let eth0 = match first_usernet {
+        Some(k) => Nic {
+            interface: limayaml::SLIRP_NIC_NAME.to_owned(),
+            mac: eth0_mac,
+            netdev: "net0".to_owned(),
+            attachment: Attachment::Lima {
+                network: entries[k].lima.clone(),
+                mode: Mode::UserV2.as_str().to_owned(),
+                socket: reconcile::network_socket(home, cfg, &entries[k].lima)?,
+            },
+            address: None,
+        },
+        None => Nic {
+            interface: limayaml::SLIRP_NIC_NAME.to_owned(),
+            mac: eth0_mac,
+            netdev: "net0".to_owned(),
+            attachment: Attachment::Usernet {
+                socket: unet::sock(&paths.dir, "", SockKind::Qemu)?,
+            },
+            address: Some(ETH0_ADDRESS.to_owned()),
+        },
+    };
+    let mut out = vec![eth0];
     for (i, e) in entries.iter().enumerate() {
+        if Some(i) == first_usernet {
+            continue;
+        }
         let attachment = if !e.lima.is_empty() {
             Attachment::Lima {
                 network: e.lima.clone(),
@@ -215,6 +282,19 @@ fn nics(
         });
     }
     Ok(out)
+}
+
+/// Lima's `FirstUsernetIndex`: the index of the first entry on a user-v2 network, if any.
+fn first_usernet_index(
+    entries: &[limayaml::NetworkEntry],
+    cfg: &NetworksConfig,
+) -> anyhow::Result<Option<usize>> {
+    for (i, e) in entries.iter().enumerate() {
+        if !e.lima.is_empty() && cfg.is_usernet(&e.lima)? {
+            return Ok(Some(i));
+        }
+    }
+    Ok(None)
 }
 
 /// Starts an instance: in the background under a supervisor process (returns once QEMU runs),
@@ -412,6 +492,13 @@ pub fn list(names: &[String]) -> anyhow::Result<Vec<Listed>> {
                 state.name
             );
             let paths = InstancePaths::new(dir.clone());
+            // Its forwards on a user-v2 eth0 would otherwise hold their host ports for as
+            // long as the network runs.
+            if let Ok(cfg) = networks::load(&home) {
+                if let Ok(Some(reg)) = register::Registration::for_instance(&home, &cfg, &state) {
+                    reg.unregister();
+                }
+            }
             supervisor::stop_own_usernet(&paths);
             let _ = std::fs::remove_file(paths.qemu_pid());
             state.status = Status::Stopped;

@@ -12,9 +12,10 @@
 //! Daemons:
 //! * user-v2: `limanet usernet --mode user-v2` (Lima's `usernet.Start`/`Stop`, §1.10), with its
 //!   sockets, pid file, leases and logs in `$LIMA_HOME/_networks/<name>/`. No sudo. Started with
-//!   up to 3 attempts; stopped with SIGINT, then SIGKILL after 5 s. Saving the leases through the
-//!   HTTP API before stopping (Lima) waits for the API; a `leases.json` found there is passed on
-//!   as `--leases`.
+//!   up to 3 attempts. Stopped as Lima's `usernet.Stop`: first the leases are fetched through
+//!   the API (`GET /services/dhcp/leases`) and written to `leases.json` (atomically, 0644), then
+//!   SIGINT, then SIGKILL after 5 s. Unlike Lima, a failed save is logged and the daemon is
+//!   stopped all the same. The next start passes `leases.json` on as `--leases`.
 //! * shared, host, bridged: the socket_vmnet-compatible daemon from `paths.socketVMNet`, started
 //!   through sudo (unless root) with Lima's command lines, 5 attempts with back-off, a 30 s pid
 //!   file timeout, logs in `_networks/<name>_socket_vmnet.{stdout,stderr}.log`; stopped with
@@ -26,6 +27,7 @@
 use crate::daemon::{self, DaemonSpec, StopMethod};
 use crate::process::{read_pid_file, Lock};
 use crate::store::{instance_dirs, InstanceState, Status};
+use crate::usernet_client::Client;
 use anyhow::{bail, Context};
 use limanet_config::networks::{self, Mode, NetworksConfig, DAEMON_SOCKET_VMNET};
 use limanet_config::usernet::{self as unet, SockKind};
@@ -117,6 +119,14 @@ pub fn stop_network(home: &LimaHome, cfg: &NetworksConfig, name: &str) -> anyhow
     let grace = Duration::from_secs(5);
     if net.mode == Mode::UserV2 {
         let label = format!("usernet daemon for `{name}` network");
+        if read_pid_file(&unet::pid_file(home, name))?.is_some() {
+            // Lima refuses to stop a daemon whose leases it could not save; here the daemon
+            // stops anyway (a broken API must not keep a network up forever) and the failure
+            // is logged: the next start then has the previous leases.json, or none.
+            if let Err(e) = save_leases(home, name) {
+                tracing::warn!("failed to save the leases of `{name}` network: {e:#}");
+            }
+        }
         daemon::stop(
             &label,
             &unet::pid_file(home, name),
@@ -189,6 +199,24 @@ pub fn usernet_leases(home: &LimaHome, name: &str) -> BTreeMap<String, String> {
     })
 }
 
+/// Lima's `usernet.Stop` first step: `GET /services/dhcp/leases` from the running daemon,
+/// written to the network's `leases.json` (atomically, mode 0644) for the next start.
+pub fn save_leases(home: &LimaHome, name: &str) -> anyhow::Result<()> {
+    let dir = unet::dir(home, name);
+    let client = Client::new(&unet::sock(&dir, name, SockKind::Ep)?)?;
+    let leases = client.leases()?;
+    let path = unet::leases_file(home, name)?;
+    let json = serde_json::to_vec(&leases).context("failed to encode the leases")?;
+    limanet_config::write_atomic(&path, &json, 0o644)
+        .with_context(|| format!("failed to write `{}`", path.display()))?;
+    tracing::info!(
+        "saved {} lease(s) of `{name}` network to {}",
+        leases.len(),
+        path.display()
+    );
+    Ok(())
+}
+
 fn start_usernet(home: &LimaHome, cfg: &NetworksConfig, name: &str) -> anyhow::Result<()> {
     let dir = unet::dir(home, name);
     std::fs::create_dir_all(&dir)
@@ -250,4 +278,51 @@ fn run_once(argv: &[String]) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn leases_are_saved_from_the_api_for_the_next_start() -> anyhow::Result<()> {
+        let root = crate::process::tests::tempdir()?;
+        let home = LimaHome::new(&root);
+        let dir = unet::dir(&home, "user-v2");
+        std::fs::create_dir_all(&dir)?;
+        let daemon = crate::usernet_client::tests::fake_daemon_at(
+            &unet::sock(&dir, "user-v2", SockKind::Ep)?,
+            vec![
+                "HTTP/1.1 200 OK\r\nContent-Length: 37\r\n\r\n{\"192.168.104.1\":\"52:55:55:aa:bb:cc\"}",
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found",
+            ],
+        )?;
+        save_leases(&home, "user-v2")?;
+        let path = unet::leases_file(&home, "user-v2")?;
+        assert_eq!(
+            std::fs::read_to_string(&path)?,
+            r#"{"192.168.104.1":"52:55:55:aa:bb:cc"}"#
+        );
+        assert_eq!(
+            std::fs::metadata(&path)?.permissions().mode() & 0o777,
+            0o644
+        );
+        // What the next start passes on as --leases.
+        let leases = usernet_leases(&home, "user-v2");
+        assert_eq!(
+            leases.get("192.168.104.1").map(String::as_str),
+            Some("52:55:55:aa:bb:cc")
+        );
+        // A failed fetch leaves the saved file alone.
+        let err = save_leases(&home, "user-v2")
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(err.contains("404"), "{err}");
+        assert_eq!(usernet_leases(&home, "user-v2").len(), 1);
+        let _ = daemon.join();
+        std::fs::remove_dir_all(&root)?;
+        Ok(())
+    }
 }

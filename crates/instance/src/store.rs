@@ -97,6 +97,9 @@ pub struct InstanceState {
     /// `--dns` servers announced to the guest instead of the embedded DNS.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dns: Vec<String>,
+    /// Port forwards (`--forward` specs, `--ssh-port` as `tcp:127.0.0.1:PORT:22`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forwards: Vec<String>,
     /// The supervisor process.
     #[serde(default)]
     pub supervisor: Option<ProcRef>,

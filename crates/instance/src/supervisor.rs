@@ -19,15 +19,18 @@ use crate::daemon::{self, DaemonSpec, StopMethod};
 use crate::process::{pid_alive, read_pid_file, signal, wait_until, Lock, ProcRef};
 use crate::qemu::{self, ExtraFds, Netdev, FIRST_FD};
 use crate::reconcile::reconcile;
+use crate::register::Registration;
 use crate::store::{now_secs, Attachment, InstancePaths, InstanceState, Nic, Status};
 use anyhow::{bail, Context};
 use limanet_config::networks::NetworksConfig;
 use limanet_config::LimaHome;
 use std::io::Write;
+use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 /// How long QEMU gets to exit after SIGTERM before it is killed.
@@ -53,6 +56,8 @@ pub struct Plan {
     pub hosts: Vec<String>,
     /// `--dns IP` (announced by DHCP instead of the embedded DNS).
     pub dns: Vec<String>,
+    /// Port forwards (`--forward` specs, `--ssh-port` included).
+    pub forwards: Vec<String>,
     /// Stay attached to the terminal.
     pub foreground: bool,
 }
@@ -142,6 +147,7 @@ pub fn supervise(plan: Plan, reporter: &Reporter) -> anyhow::Result<u8> {
         nics: plan.nics.clone(),
         hosts: plan.hosts.clone(),
         dns: plan.dns.clone(),
+        forwards: plan.forwards.clone(),
         supervisor: Some(ProcRef::of(std::process::id())),
         qemu: None,
         foreground: plan.foreground,
@@ -233,6 +239,66 @@ fn run(
     }
     reporter.ready(state);
 
+    // Lima's ConfigureDriver runs alongside the VM; unlike Lima, a failure is logged and the
+    // instance keeps running (its network works, only names and forwards are missing).
+    let worker = match Registration::for_instance(&plan.home, &plan.cfg, state) {
+        Ok(reg) => reg.map(RegistrationWorker::spawn),
+        Err(e) => {
+            tracing::error!("cannot register instance `{}`: {e:#}", plan.name);
+            None
+        }
+    };
+    let outcome = watch(plan, state, qemu_pid, worker.as_ref());
+    if let Some(w) = worker {
+        w.finish();
+    }
+    outcome
+}
+
+/// Registers an instance with its user-v2 network in a thread of its own, so the supervisor
+/// keeps watching QEMU while the guest boots.
+struct RegistrationWorker {
+    cancel: Arc<AtomicBool>,
+    result: mpsc::Receiver<anyhow::Result<Ipv4Addr>>,
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl RegistrationWorker {
+    fn spawn(reg: Registration) -> Self {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (tx, result) = mpsc::channel();
+        let flag = Arc::clone(&cancel);
+        let handle = std::thread::spawn(move || {
+            let cancelled = || flag.load(Ordering::SeqCst) || STOP_REQUESTED.load(Ordering::SeqCst);
+            let _ = tx.send(reg.register(&cancelled));
+        });
+        Self {
+            cancel,
+            result,
+            handle,
+        }
+    }
+
+    /// The outcome, once, when it is there.
+    fn poll(&self) -> Option<anyhow::Result<Ipv4Addr>> {
+        self.result.try_recv().ok()
+    }
+
+    /// Stops waiting for a lease and waits for the thread (at most one request timeout).
+    fn finish(self) {
+        self.cancel.store(true, Ordering::SeqCst);
+        let _ = self.handle.join();
+    }
+}
+
+/// Watches QEMU until it exits, forwarding stop requests to it and recording the address
+/// the registration finds.
+fn watch(
+    plan: &Plan,
+    state: &mut InstanceState,
+    qemu_pid: u32,
+    worker: Option<&RegistrationWorker>,
+) -> anyhow::Result<(String, u8)> {
     let mut stop_sent: Option<Instant> = None;
     let own_usernet = read_pid_file(&plan.paths.usernet_pid())?.map(ProcRef::of);
     let mut usernet_lost = false;
@@ -245,6 +311,23 @@ fn run(
                 "the instance's usernet daemon exited while QEMU runs; see {}",
                 plan.paths.usernet_stderr().display()
             );
+        }
+        match worker.and_then(RegistrationWorker::poll) {
+            Some(Ok(ip)) => {
+                if let Some(eth0) = state.nics.first_mut() {
+                    eth0.address = Some(ip.to_string());
+                }
+                state.save()?;
+            }
+            // Cancelled by a stop request: nothing went wrong.
+            Some(Err(e)) if STOP_REQUESTED.load(Ordering::SeqCst) => {
+                tracing::debug!("registration ended by the stop request: {e:#}");
+            }
+            Some(Err(e)) => tracing::error!(
+                "registering instance `{}` with its user-v2 network failed: {e:#}",
+                plan.name
+            ),
+            None => {}
         }
         if let Some(status) = reap(qemu_pid)? {
             tracing::info!("QEMU exited: {status}");
@@ -329,14 +412,15 @@ pub fn describe(nic: &Nic) -> String {
     }
 }
 
-/// Starts the instance's own user-mode network (eth0). A leftover from a run whose supervisor
-/// was killed is stopped first: its leases and hosts may differ.
+/// Starts the instance's own user-mode network when eth0 is on it. A leftover from a run whose
+/// supervisor was killed is stopped first: its leases and hosts may differ.
 fn start_own_usernet(plan: &Plan) -> anyhow::Result<()> {
     let paths = &plan.paths;
     stop_own_usernet(paths);
     let eth0 = plan.nics.first().context("no eth0")?;
     let Attachment::Usernet { socket } = &eth0.attachment else {
-        bail!("internal error: eth0 is not on the instance's usernet");
+        // eth0 is on a user-v2 network (Lima's FirstUsernetIndex): no network of its own.
+        return Ok(());
     };
     let exe = std::env::current_exe().context("cannot find the limanet executable")?;
     let mut argv = vec![
@@ -358,6 +442,10 @@ fn start_own_usernet(plan: &Plan) -> anyhow::Result<()> {
     for d in &plan.dns {
         argv.push("--dhcp-dns".into());
         argv.push(d.clone());
+    }
+    for f in &plan.forwards {
+        argv.push("--forward".into());
+        argv.push(f.clone());
     }
     let mut spec = DaemonSpec::new(
         format!("usernet daemon for instance `{}`", plan.name),
@@ -384,7 +472,8 @@ pub fn stop_own_usernet(paths: &InstancePaths) {
     }
 }
 
-/// Records the instance as stopped, stops its usernet and reconciles the shared networks.
+/// Records the instance as stopped, unexposes its forwards on a user-v2 eth0, stops its own
+/// usernet and reconciles the shared networks.
 /// Every step runs even if an earlier one fails; failures are logged.
 pub fn teardown(
     home: &LimaHome,
@@ -393,6 +482,11 @@ pub fn teardown(
     state: &mut InstanceState,
     exit: String,
 ) {
+    match Registration::for_instance(home, cfg, state) {
+        Ok(Some(reg)) => reg.unregister(),
+        Ok(None) => {}
+        Err(e) => tracing::warn!("cannot unregister instance `{}`: {e:#}", state.name),
+    }
     stop_own_usernet(paths);
     let _ = std::fs::remove_file(paths.qemu_pid());
     state.status = Status::Stopped;

@@ -1,22 +1,26 @@
-//! The Internet checksum (RFC 1071), summed 64 bits at a time into 64-bit accumulators.
+//! The Internet checksum (RFC 1071), summed 32 bytes at a time into 64-bit accumulators.
 //!
 //! It is on the hot path: every IPv4 packet a guest sends to the gateway is verified, and
-//! every packet limanet emits is summed. Two independent accumulators of the two 32-bit
-//! halves of each 64-bit word keep the loop free of carries and dependencies; no carry can
-//! be lost (each add is below 2^33, and a frame has at most 2^13 words).
+//! every packet limanet emits is summed.
 
 /// Adds `data` to a running sum (big-endian 16-bit words; an odd tail byte is padded with zero).
 pub fn sum(data: &[u8], mut acc: u64) -> u64 {
-    let mut words = data.chunks_exact(16);
-    let (mut a, mut b) = (0u64, 0u64);
+    // The bulk is summed in native byte order, eight independent 32-bit lanes per step, so
+    // the loop vectorizes; the folded result is swapped to network order once (RFC 1071
+    // 2(B): the sum is byte-order independent). No carry is lost: each lane gains less than
+    // 2^32 per step, over at most 2^11 steps.
+    let mut words = data.chunks_exact(32);
+    let mut lanes = [0u64; 8];
     for w in &mut words {
-        let x = u64::from_be_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
-        let y = u64::from_be_bytes([w[8], w[9], w[10], w[11], w[12], w[13], w[14], w[15]]);
-        a += (x >> 32) + (x & 0xffff_ffff);
-        b += (y >> 32) + (y & 0xffff_ffff);
+        for (lane, c) in lanes.iter_mut().zip(w.chunks_exact(4)) {
+            *lane += u64::from(u32::from_ne_bytes([c[0], c[1], c[2], c[3]]));
+        }
     }
-    // 2^32 is 1 modulo 0xffff: 32-bit sums fold like 16-bit ones.
-    acc += a + b;
+    let mut native = lanes.iter().sum::<u64>();
+    while native >> 16 != 0 {
+        native = (native & 0xffff) + (native >> 16);
+    }
+    acc += u64::from(u16::from_be(native as u16));
     let mut chunks = words.remainder().chunks_exact(4);
     for c in &mut chunks {
         acc += u64::from(u32::from_be_bytes([c[0], c[1], c[2], c[3]]));

@@ -122,9 +122,18 @@ impl Guard {
         self.addrs.get(ip).copied()
     }
 
-    /// Learned MACs and their ports.
+    /// The learned MACs and the ports they are on (the switch's CAM table).
     pub fn macs(&self) -> impl Iterator<Item = (MacAddr, PortId)> + '_ {
         self.macs.iter().map(|(mac, e)| (*mac, e.port))
+    }
+
+    /// The addresses a port uses.
+    pub fn addresses_of(&self, port: PortId) -> Vec<Ipv4Addr> {
+        self.addrs
+            .iter()
+            .filter(|(_, l)| l.port == port)
+            .map(|(ip, _)| *ip)
+            .collect()
     }
 
     /// Learned MACs.

@@ -93,6 +93,19 @@ impl IcmpTable {
                     debug!("ICMP echo table full, dropping");
                     return;
                 }
+                // One guest may hold half of the table: the others can still ping.
+                let own = self
+                    .flows
+                    .values()
+                    .filter(|f| f.link.port == link.port)
+                    .count();
+                if own >= cfg.max_icmp_flows.div_ceil(2) {
+                    debug!(
+                        port = link.port,
+                        "guest holds its share of the ICMP echo table, dropping"
+                    );
+                    return;
+                }
                 let sock = match host.icmp_open() {
                     Ok(s) => s,
                     Err(e) => {

@@ -9,7 +9,10 @@
 //!   the `Stack::on_*` methods;
 //! - time is passed in; [`Stack::poll_timeout`] says when [`Stack::on_timeout`] is next due.
 //!
-//! Parsing never panics on any input; malformed frames are counted and dropped.
+//! Parsing never panics on any input; malformed frames are counted and dropped. No guest is
+//! trusted: source MACs and addresses are checked against what each port may use
+//! ([`guard`]), checksums are verified, and every shared table has a per-guest share
+//! ([`limits`] lists the limits; each is logged once when it first bites).
 
 pub mod checksum;
 pub mod config;

@@ -31,13 +31,6 @@ pub struct StackStats {
     pub bad_checksum: u64,
 }
 
-impl StackStats {
-    /// Frames from guests that went nowhere: malformed, fragments, unknown destination.
-    pub fn dropped(&self) -> u64 {
-        self.malformed + self.fragments + self.unknown_destination
-    }
-}
-
 /// Why a stack could not be built, or a forward not opened.
 #[derive(Debug, thiserror::Error)]
 pub enum StackError {
@@ -136,6 +129,23 @@ impl Stack {
 
     pub fn udp_flows(&self) -> usize {
         self.udp.len()
+    }
+
+    /// Frames from guests dropped so far: malformed, fragments, bad checksums, unknown
+    /// destination, and those the guard refused (spoofed or foreign source addresses, limits).
+    pub fn frames_dropped(&self) -> u64 {
+        let s = &self.stats;
+        let g = &self.guard.stats;
+        s.malformed
+            + s.fragments
+            + s.unknown_destination
+            + s.bad_checksum
+            + g.mac_of_other_port
+            + g.mac_limit
+            + g.bad_source_mac
+            + g.spoofed_source
+            + g.address_limit
+            + g.flood_limit
     }
 
     pub fn udp_stats(&self) -> crate::udp::UdpStats {
@@ -408,13 +418,25 @@ impl Stack {
     }
 
     fn dhcp(&mut self, now: Instant, link: Link, payload: &[u8]) {
+        // Addresses this port uses without a lease are kept from other clients, not from its
+        // own: a guest that kept its address while limanet restarted renews it.
+        let own = self.guard.addresses_of(link.port);
+        for &ip in &own {
+            self.dhcp.clear_in_use(ip);
+        }
         let guard = &self.guard;
         let mac_on_port = |mac: &MacAddr| guard.port_of(mac) == Some(link.port);
         let origin = Origin {
             port: link.port,
             mac_on_port: &mac_on_port,
         };
-        match self.dhcp.handle_from(now, link.mac, payload, Some(origin)) {
+        let result = self.dhcp.handle_from(now, link.mac, payload, Some(origin));
+        for ip in own {
+            if self.dhcp.holder(now, ip).is_none() {
+                self.dhcp.mark_in_use(now, ip);
+            }
+        }
+        match result {
             Ok(Some(reply)) => {
                 let to = Link {
                     port: link.port,

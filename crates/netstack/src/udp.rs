@@ -127,7 +127,15 @@ impl UdpTable {
             }
             None => {
                 if self.flows.len() >= cfg.max_udp_flows {
-                    self.evict_oldest(host);
+                    // A guest holding half the table or more makes room from its own flows,
+                    // so a flood of new source ports cannot evict the other guests' flows.
+                    let own = self
+                        .flows
+                        .values()
+                        .filter(|f| f.link.port == link.port)
+                        .count();
+                    let only = (own >= cfg.max_udp_flows / 2).then_some(link.port);
+                    self.evict_oldest(host, only);
                 }
                 let sock = match host.udp_open() {
                     Ok(s) => s,
@@ -159,10 +167,12 @@ impl UdpTable {
         }
     }
 
-    fn evict_oldest(&mut self, host: &mut impl Host) {
+    /// Evicts the least recently used flow (of port `only`, if given).
+    fn evict_oldest(&mut self, host: &mut impl Host, only: Option<usize>) {
         let oldest = self
             .flows
             .values()
+            .filter(|f| only.is_none_or(|p| f.link.port == p))
             .min_by_key(|f| f.last_used)
             .map(|f| f.guest);
         if let Some(guest) = oldest {

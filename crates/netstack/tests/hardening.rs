@@ -573,3 +573,66 @@ fn broadcast_storm_is_rate_limited_per_port() {
     assert!(drain(&mut net.stack).iter().any(|(p, _)| *p == a));
     assert!(net.honest_guest_works(1));
 }
+
+#[test]
+fn guest_that_kept_its_address_across_a_restart_renews_it_and_others_cannot_take_it() {
+    // A fresh stack (limanet restarted): A still uses .15 (Net::new's ARP), B .16.
+    let mut net = Net::new(NetConfig::default());
+    let (a, b) = (net.a, net.b);
+    // B asks for A's address: not offered.
+    let z = Ipv4Addr::UNSPECIFIED;
+    net.send(
+        b,
+        &dhcp_message(GUEST2_MAC, GUEST2_MAC, DISCOVER, Some(GUEST_IP), z, false),
+    );
+    let offers = dhcp_replies(&drain(&mut net.stack), b);
+    assert!(offers.iter().all(|o| o.1 != GUEST_IP), "{offers:?}");
+    // A renews .15 (RENEWING: ciaddr, no server identifier): acknowledged.
+    let renew = dhcp_message(GUEST_MAC, GUEST_MAC, REQUEST, None, GUEST_IP, false);
+    net.send(a, &renew);
+    let replies = dhcp_replies(&drain(&mut net.stack), a);
+    assert_eq!(
+        replies.first().map(|r| r.0),
+        Some(5),
+        "DHCPACK: {replies:?}"
+    );
+    assert!(net
+        .stack
+        .leases()
+        .iter()
+        .any(|l| l.ip == GUEST_IP && l.mac == GUEST_MAC));
+}
+
+#[test]
+fn udp_and_ping_floods_from_one_guest_leave_the_others_their_flows() {
+    let cfg = NetConfig {
+        max_udp_flows: 16,
+        max_icmp_flows: 8,
+        ..NetConfig::default()
+    };
+    let mut net = Net::new(cfg);
+    let (a, b) = (net.a, net.b);
+    // B has a UDP flow (say its DNS resolver's) and pings the outside.
+    let b_flow = from_mac(
+        udp_frame(SocketAddrV4::new(GUEST2_IP, 5353), remote(53), b"q"),
+        GUEST2_MAC,
+    );
+    net.send(b, &b_flow);
+    let b_sock = *net.host.udp.keys().next().expect("B's UDP socket");
+    // A opens UDP flows from 1000 source ports and pings with 1000 identifiers.
+    for i in 0..1000u16 {
+        net.now += Duration::from_millis(1);
+        net.send(
+            a,
+            &udp_frame(SocketAddrV4::new(GUEST_IP, 20000 + i), remote(9), b"x"),
+        );
+        net.send(a, &ping_frame(GUEST_IP, REMOTE_IP, i, 1, b"x"));
+    }
+    assert!(!net.host.udp[&b_sock].closed, "B's flow survives A's flood");
+    assert_eq!(net.stack.udp_flows(), 16);
+    assert_eq!(net.host.icmp.len(), 4, "A holds half of the echo table");
+    let ping = from_mac(ping_frame(GUEST2_IP, REMOTE_IP, 77, 1, b"x"), GUEST2_MAC);
+    net.send(b, &ping);
+    assert_eq!(net.host.icmp.len(), 5, "B can still ping");
+    assert!(net.host.violations.is_empty());
+}

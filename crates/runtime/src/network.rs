@@ -208,11 +208,11 @@ pub struct Network {
     persistent: bool,
     had_port: bool,
     unnamed_peer_warned: bool,
-    /// Output queued by all ports together (see [`QueueBudget`]).
-    queue_budget: Rc<QueueBudget>,
     /// Where forwards without a guest address go.
     first_guest: Ipv4Addr,
     control: control::ControlState,
+    /// Output queued by all ports together (see [`QueueBudget`]).
+    queue_budget: Rc<QueueBudget>,
 }
 
 impl Network {
@@ -247,9 +247,9 @@ impl Network {
             persistent: opts.persistent,
             had_port: false,
             unnamed_peer_warned: false,
-            queue_budget: QueueBudget::new(),
             first_guest,
             control: control::ControlState::default(),
+            queue_budget: QueueBudget::new(),
         };
         if let Some(path) = &opts.pcap {
             net.pcap = Some(
@@ -778,10 +778,10 @@ impl Network {
                 let _ = p.write(&self.scratch[..n]);
             }
             self.round_bytes += n;
-            let dropped = self.stack.stats.dropped();
+            let dropped = self.stack.frames_dropped();
             self.stack
                 .handle_frame(&mut self.host, now, id, &self.scratch[..n]);
-            let dropped = self.stack.stats.dropped() - dropped;
+            let dropped = self.stack.frames_dropped() - dropped;
             if let Some(Some(Source::Port { counters, .. })) = self.sources.get_mut(port_idx) {
                 counters.drops_in += dropped;
             }
@@ -805,7 +805,7 @@ impl Network {
         let host = &mut self.host;
         let pcap = &mut self.pcap;
         let round_bytes = &mut self.round_bytes;
-        let dropped = stack.stats.dropped();
+        let dropped = stack.frames_dropped();
         let result = port.read_frames(self.max_frame, &mut self.scratch, |frame| {
             if let Some(p) = pcap {
                 let _ = p.write(frame);
@@ -815,7 +815,7 @@ impl Network {
             counters.bytes_in += frame.len() as u64;
             stack.handle_frame(host, now, id, frame);
         });
-        counters.drops_in += stack.stats.dropped() - dropped;
+        counters.drops_in += stack.frames_dropped() - dropped;
         match result {
             Ok(ReadStatus::Drained) => {}
             Ok(ReadStatus::More) => {

@@ -13,17 +13,27 @@ pub struct StartArgs {
     /// Instance name (letters, digits, and `.`, `_`, `-` between them; at most 76 characters;
     /// not ending in `.yml` or `.yaml`).
     pub name: String,
-    /// A further network: `lima:NAME` (defined in networks.yaml) or `socket:PATH` (an
-    /// unmanaged QEMU stream socket). Repeatable.
+    /// A network: `lima:NAME` (defined in networks.yaml) or `socket:PATH` (an unmanaged QEMU
+    /// stream socket). Repeatable. The first user-v2 network is eth0 (as in Lima); without
+    /// one, eth0 is the instance's own user-mode network.
     #[arg(long = "network", value_name = "lima:NET|socket:PATH")]
     pub networks: Vec<String>,
-    /// DNS server announced to the guest by DHCP instead of the embedded host-resolver DNS.
-    /// Repeatable.
+    /// DNS server announced to the guest by DHCP instead of the embedded host-resolver DNS
+    /// (only with eth0 on the instance's own network). Repeatable.
     #[arg(long = "dns", value_name = "IP")]
     pub dns: Vec<String>,
     /// Static DNS entry for the guest (`hostResolver.hosts`). Repeatable.
     #[arg(long = "host", value_name = "NAME=VALUE")]
     pub hosts: Vec<String>,
+    /// Port forward from the host into the guest (repeatable), as `limanet usernet --forward`:
+    /// `tcp|udp:[HOSTADDR:]HOSTPORT:[GUESTADDR:]GUESTPORT` (host address 127.0.0.1 unless
+    /// given). On a user-v2 eth0 it is exposed through the network's API once the guest has
+    /// its lease.
+    #[arg(long = "forward", value_name = "SPEC")]
+    pub forwards: Vec<String>,
+    /// Forward 127.0.0.1:PORT to the guest's SSH port 22 (Lima's `ssh.localPort`).
+    #[arg(long = "ssh-port", value_name = "PORT")]
+    pub ssh_port: Option<u16>,
     /// Stay attached: QEMU uses this terminal, and `limanet start` returns QEMU's exit code.
     #[arg(long)]
     pub foreground: bool,
@@ -42,6 +52,8 @@ impl StartArgs {
             networks: self.networks,
             dns: self.dns,
             hosts: self.hosts,
+            forwards: self.forwards,
+            ssh_port: self.ssh_port,
             foreground: self.foreground,
             qemu: self.qemu,
         }

@@ -66,6 +66,11 @@ pub struct NetworkArgs {
     /// Do not run the embedded DNS server.
     #[arg(long)]
     pub no_dns: bool,
+    /// Let the host ask the embedded DNS too (e.g. for `lima-<NAME>.internal` through a
+    /// systemd-resolved drop-in): listen on this address, UDP and TCP, instead of a free
+    /// loopback port.
+    #[arg(long = "dns-listen", value_name = "IP:PORT")]
+    pub dns_listen: Option<SocketAddr>,
     /// Write every frame to this pcap file.
     #[arg(long)]
     pub pcap: Option<PathBuf>,
@@ -117,6 +122,9 @@ pub struct Args {
     /// on this unix socket (mode 0600).
     #[arg(long, short = 'e')]
     pub endpoint: Option<PathBuf>,
+    /// Let this group (name or number) use the API socket too: mode 0660 instead of 0600.
+    #[arg(long, value_name = "GROUP", requires = "endpoint")]
+    pub endpoint_group: Option<String>,
 }
 
 /// A parsed `--subnet`.
@@ -265,7 +273,14 @@ impl NetworkArgs {
             .iter()
             .map(|u| parse_upstream(u))
             .collect::<Result<Vec<_>>>()?;
+        let (listen, port) = match self.dns_listen {
+            Some(addr) => (addr.ip(), addr.port()),
+            None => (IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+        };
         let dns = limanet_dns::spawn_background(limanet_dns::DnsConfig {
+            listen,
+            udp_port: port,
+            tcp_port: port,
             hosts,
             ipv6: self.dns_ipv6,
             upstreams,
@@ -477,8 +492,9 @@ pub fn run(mut args: Args) -> Result<u8> {
     let mut net = Network::new(cfg.clone(), opts)?;
     let zones = limanet_dns::ZonesHandle::default();
     // Bound before privileges go, so its mode and owner are settled by then.
+    let group = args.endpoint_group.as_deref().map(group_id).transpose()?;
     let _api = match &args.endpoint {
-        Some(path) => Some(start_api(&mut net, &cfg, path, zones.clone())?),
+        Some(path) => Some(start_api(&mut net, &cfg, path, group, zones.clone())?),
         None => None,
     };
     drop_privileges()?;
@@ -518,6 +534,7 @@ pub fn start_api(
     net: &mut Network,
     cfg: &NetConfig,
     path: &Path,
+    group: Option<u32>,
     zones: limanet_dns::ZonesHandle,
 ) -> Result<limanet_api::ApiServer> {
     let control = net
@@ -531,9 +548,34 @@ pub fn start_api(
     };
     let config = limanet_api::ApiConfig {
         path: path.to_path_buf(),
-        group: None,
+        group,
     };
     limanet_api::spawn(config, ctx).context("cannot serve the HTTP API")
+}
+
+/// A group given by number or by name.
+fn group_id(group: &str) -> Result<u32> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    let name = std::ffi::CString::new(group).context("group name with a NUL byte")?;
+    let mut entry: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16384];
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: getgrnam_r with valid pointers; `entry` points into `buf` only while it lives.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            name.as_ptr(),
+            &mut entry,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 || found.is_null() {
+        bail!("unknown group {group:?}");
+    }
+    Ok(entry.gr_gid)
 }
 
 /// Creates a TAP device in each namespace. Configured namespaces get consecutive addresses from

@@ -115,6 +115,9 @@ pub struct NetworkStats {
     pub fragments: u64,
     pub switched: u64,
     pub unknown_destination: u64,
+    pub bad_checksum: u64,
+    /// Every frame from guests that was dropped, whatever the reason.
+    pub dropped: u64,
     pub tcp_flows: usize,
     pub udp_flows: usize,
     pub tcp_opened: u64,
@@ -317,6 +320,8 @@ impl Network {
         stats.fragments = s.fragments;
         stats.switched = s.switched;
         stats.unknown_destination = s.unknown_destination;
+        stats.bad_checksum = s.bad_checksum;
+        stats.dropped = self.stack.frames_dropped();
         stats.tcp_flows = self.stack.tcp_flows();
         stats.udp_flows = self.stack.udp_flows();
         let t = self.stack.tcp_stats();

@@ -8,16 +8,21 @@
 # Prints a markdown table with queries/s and average latency, and limanet/dnsmasq ratios.
 # Needs root (mount namespace), dnsperf and dnsmasq (scripts/install-deps). Nothing leaves loopback.
 # Env: DURATION (s per run, default 10), ROUNDS (default 2; runs alternate limanet/dnsmasq),
-#      OUT (markdown file to write, default: stdout only).
+#      OUT (markdown file to write, default: stdout only), LIMANET_BIN (a limanet binary to
+#      measure instead of building the release one, e.g. to compare two versions in one run).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-2}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
-cargo build --release -q -p limanet
-cargo build --release -q -p limanet-dns --example bench_stub
-BIN=$CARGO_TARGET_DIR/release/limanet
-STUB_BIN=$CARGO_TARGET_DIR/release/examples/bench_stub
+if [ -z "${LIMANET_BIN:-}" ]; then
+  cargo build --release -q -p limanet
+fi
+BIN=${LIMANET_BIN:-$CARGO_TARGET_DIR/release/limanet}
+if [ -z "${STUB_BIN:-}" ]; then
+  cargo build --release -q -p limanet-dns --example bench_stub
+  STUB_BIN=$CARGO_TARGET_DIR/release/examples/bench_stub
+fi
 
 work=$(mktemp -d /tmp/limanet-dns-bench.XXXXXX)
 chmod 755 "$work"  # dnsmasq drops to nobody and must read the hosts file

@@ -409,6 +409,17 @@ pub fn query(id: u16, name: &str, rtype: RecordType) -> Vec<u8> {
     msg.to_vec().expect("encode")
 }
 
+/// A query with an EDNS(0) OPT record advertising `size` bytes.
+pub fn edns_query(id: u16, name: &str, rtype: RecordType, size: u16) -> Vec<u8> {
+    let mut msg = Message::new(id, MessageType::Query, OpCode::Query);
+    msg.metadata.recursion_desired = true;
+    msg.add_query(Query::query(Name::from_ascii(name).expect("name"), rtype));
+    let mut edns = limanet_dns::proto::op::Edns::new();
+    edns.set_max_payload(size);
+    msg.set_edns(edns);
+    msg.to_vec().expect("encode")
+}
+
 /// A blocking UDP exchange with a deadline.
 pub fn udp_exchange(server: SocketAddr, request: &[u8], timeout: Duration) -> Option<Vec<u8>> {
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");

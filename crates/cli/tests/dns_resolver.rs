@@ -130,11 +130,14 @@ fn dns_hosts_file_and_static_hosts_over_udp_and_tcp() {
         let d = dig(dns.udp_for(transport), "FileHost.Test", "A", transport);
         assert_eq!(d.status, "NOERROR", "{}", d.raw);
         assert_eq!(d.answers, ["FileHost.Test. 5 IN A 192.0.2.10"], "{}", d.raw);
+        // Unlike Lima: RA (this server resolves recursively) and, for dig's EDNS query, an
+        // OPT record of our own.
         assert!(
-            !d.flags.contains(&"ra".to_string()),
-            "no RA in local answers: {:?}",
+            d.flags.contains(&"ra".to_string()),
+            "RA in local answers: {:?}",
             d.flags
         );
+        assert!(d.raw.contains("; EDNS: version: 0"), "{}", d.raw);
         let d = dig(dns.udp_for(transport), "static.test", "A", transport);
         assert_eq!(d.answers, ["static.test. 5 IN A 10.1.2.3"], "{}", d.raw);
         // Static alias to a hosts-file name: the address alone, no CNAME.
@@ -254,25 +257,42 @@ fn dns_forwarded_ptr_and_nxdomain_are_relayed() {
 fn dns_large_udp_answer_is_truncated_then_complete_over_tcp() {
     let stub = Stub::start(stub_table());
     let dns = start(&stub, &[]);
+    // A client without EDNS (busybox): Lima's 512 bytes, with TC.
+    let d = dig(dns.udp, "big.test", "TXT", &["+ignore", "+noedns"]);
+    assert!(
+        d.flags.contains(&"tc".to_string()),
+        "TC expected: {}",
+        d.raw
+    );
+    assert!(d.answers.len() < 5 && !d.answers.is_empty(), "{}", d.raw);
+    // An EDNS client offering 4096 gets up to 1232 bytes (12 x 113 bytes do not fit).
     let d = dig(dns.udp, "big.test", "TXT", &["+ignore", "+bufsize=4096"]);
     assert!(
         d.flags.contains(&"tc".to_string()),
         "TC expected: {}",
         d.raw
     );
-    assert!(d.answers.len() < 12 && !d.answers.is_empty(), "{}", d.raw);
+    assert!(d.answers.len() >= 9 && d.answers.len() < 12, "{}", d.raw);
+    assert!(d.raw.contains("udp: 1232"), "our OPT record: {}", d.raw);
     let d = dig(dns.tcp, "big.test", "TXT", &["+tcp"]);
     assert!(!d.flags.contains(&"tc".to_string()), "{}", d.raw);
     assert_eq!(d.answers.len(), 12, "{}", d.raw);
-    // The same for a forwarded answer: the stub sends it whole (the client offered 4096),
-    // limanet cuts it to 512 with TC; over TCP it is relayed whole.
-    let d = dig(dns.udp, "bigptr.test", "PTR", &["+ignore", "+bufsize=4096"]);
+    // Forwarded answers: the query goes upstream as the client sent it, so without EDNS the
+    // stub itself truncates (TC relayed); with EDNS 4096 the stub sends it whole and limanet
+    // relays what fits in 1232 bytes (all 40, or a TC prefix).
+    let d = dig(dns.udp, "bigptr.test", "PTR", &["+ignore", "+noedns"]);
     assert!(
         d.flags.contains(&"tc".to_string()),
         "TC expected: {}",
         d.raw
     );
-    assert!(d.answers.len() < 40 && !d.answers.is_empty(), "{}", d.raw);
+    let d = dig(dns.udp, "bigptr.test", "PTR", &["+ignore", "+bufsize=4096"]);
+    let tc = d.flags.contains(&"tc".to_string());
+    assert!(
+        (tc && !d.answers.is_empty() && d.answers.len() < 40) || (!tc && d.answers.len() == 40),
+        "{}",
+        d.raw
+    );
     assert!(
         d.answers.iter().all(|a| a.contains(" 300 IN PTR ")),
         "{}",
@@ -280,7 +300,8 @@ fn dns_large_udp_answer_is_truncated_then_complete_over_tcp() {
     );
     let d = dig(dns.tcp, "bigptr.test", "PTR", &["+tcp"]);
     assert_eq!(d.answers.len(), 40, "{}", d.raw);
-    // The UDP reply is within 512 bytes even though the client offered 4096.
+    // On the wire: without EDNS at most 512 bytes; with EDNS 4096, at most 1232 and more
+    // than 512.
     let reply = udp_exchange(
         dns.udp,
         &query(9, "big.test.", RecordType::TXT),
@@ -288,6 +309,68 @@ fn dns_large_udp_answer_is_truncated_then_complete_over_tcp() {
     )
     .expect("reply");
     assert!(reply.len() <= 512, "{} bytes", reply.len());
+    let reply = udp_exchange(
+        dns.udp,
+        &edns_query(10, "big.test.", RecordType::TXT, 4096),
+        Duration::from_secs(3),
+    )
+    .expect("reply");
+    assert!(
+        reply.len() <= 1232 && reply.len() > 512,
+        "{} bytes",
+        reply.len()
+    );
+}
+
+/// RFC 6891 on the wire: the client's size honoured (capped at 1232), an OPT record in every
+/// reply to an EDNS query (local or forwarded), BADVERS for EDNS versions above 0, RA set.
+#[test]
+fn dns_edns0_size_opt_record_and_badvers() {
+    use limanet_dns::proto::op::Message;
+    let stub = Stub::start(stub_table());
+    let dns = start(&stub, &[]);
+    for (name, rtype) in [
+        ("static.test.", RecordType::A),
+        ("dnsonly.test.", RecordType::A),
+        ("7.100.51.198.in-addr.arpa.", RecordType::PTR),
+    ] {
+        let reply = udp_exchange(
+            dns.udp,
+            &edns_query(11, name, rtype, 1232),
+            Duration::from_secs(3),
+        )
+        .expect("reply");
+        let msg = Message::from_vec(&reply).expect("parse");
+        let edns = msg
+            .edns
+            .as_ref()
+            .unwrap_or_else(|| panic!("{name}: no OPT"));
+        assert_eq!(edns.version(), 0);
+        assert!(usize::from(edns.max_payload()) >= 512, "{name}");
+        assert!(msg.recursion_available, "{name}: RA");
+        assert!(!msg.answers.is_empty(), "{name}");
+    }
+    // A 1000-byte buffer: honoured as is.
+    let reply = udp_exchange(
+        dns.udp,
+        &edns_query(12, "big.test.", RecordType::TXT, 1000),
+        Duration::from_secs(3),
+    )
+    .expect("reply");
+    assert!(
+        reply.len() <= 1000 && reply.len() > 900,
+        "{} bytes",
+        reply.len()
+    );
+    let d = dig(dns.udp, "static.test", "A", &["+edns=1", "+noednsneg"]);
+    assert_eq!(d.status, "BADVERS", "{}", d.raw);
+    let d = dig(dns.udp, "static.test", "A", &["+noedns"]);
+    assert!(
+        !d.raw.contains("OPT PSEUDOSECTION"),
+        "no OPT without EDNS: {}",
+        d.raw
+    );
+    assert_eq!(d.answers, ["static.test. 5 IN A 10.1.2.3"], "{}", d.raw);
 }
 
 #[test]
@@ -406,4 +489,32 @@ impl ForTransport for Limanet {
             self.udp
         }
     }
+}
+
+/// Lima forwards to 8.8.8.8 and 1.1.1.1 when resolv.conf names no server; with
+/// `--no-fallback-dns` such queries get SERVFAIL at once and nothing leaves the host.
+/// (Never run without the flag here: the fallback would reach the internet.)
+#[test]
+fn dns_no_fallback_servers_when_turned_off() {
+    let stub = Stub::start(stub_table());
+    let dns = start(&stub, &["--no-fallback-dns"]);
+    let d = dig(dns.udp, "7.100.51.198.in-addr.arpa", "PTR", &[]);
+    assert_eq!(d.status, "NOERROR", "stub still configured: {}", d.raw);
+    std::fs::write(dns.resolv_conf(), "# no nameserver\n").expect("rewrite resolv.conf");
+    // resolv.conf is re-checked at most once a second.
+    std::thread::sleep(Duration::from_millis(1200));
+    let asked = stub.count("7.100.51.198.in-addr.arpa.");
+    assert!(asked > 0);
+    let started = Instant::now();
+    let d = dig(dns.udp, "7.100.51.198.in-addr.arpa", "PTR", &[]);
+    assert_eq!(d.status, "SERVFAIL", "{}", d.raw);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(stub.count("7.100.51.198.in-addr.arpa."), asked);
+    // Static names are still answered.
+    let d = dig(dns.udp, "static.test", "A", &[]);
+    assert_eq!(d.answers, ["static.test. 5 IN A 10.1.2.3"], "{}", d.raw);
 }

@@ -244,3 +244,113 @@ fn dns_udp_flood_keeps_memory_bounded_and_answers_after() {
 fn dns_pid(dns: &Limanet) -> u32 {
     dns.pid()
 }
+
+fn proc_status_kb(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Lets this test process hold a few thousand sockets.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max.min(65536);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+}
+
+/// One TCP query on a fresh connection; true if the right answer came back within 2 s.
+fn tcp_probe(dns: &Limanet, id: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&dns.tcp, Duration::from_secs(2)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(&framed(&query(id, "filehost.test.", RecordType::A)))
+        .is_err()
+    {
+        return false;
+    }
+    let mut len = [0u8; 2];
+    if s.read_exact(&mut len).is_err() {
+        return false;
+    }
+    let mut body = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    s.read_exact(&mut body).is_ok()
+        && Message::from_vec(&body).is_ok_and(|m| m.id == id && m.answers.len() == 1)
+}
+
+/// 2000 clients connect over TCP and never send a query (the limit is 256, the idle timeout
+/// 10 s): each new client, attacker or honest, is admitted by closing the longest-idle
+/// connection, so honest queries keep being answered at once during the attack, and limanet's
+/// descriptors stay bounded.
+#[test]
+fn dns_tcp_idle_clients_cannot_lock_out_new_ones() {
+    raise_fd_limit();
+    let stub = Stub::start(table());
+    let mut dns = Limanet::start(stub.ip, HOSTS, &[]);
+    let pid = dns_pid(&dns);
+    let fds_before = open_fds(pid);
+    let mut idle = Vec::new();
+    let mut peak_fds = 0;
+    let (mut ok, mut probes) = (0u32, 0u32);
+    for i in 0..2000u32 {
+        if let Ok(s) = TcpStream::connect_timeout(&dns.tcp, Duration::from_secs(2)) {
+            idle.push(s);
+        }
+        // An honest client every 20 attackers, once the table is full.
+        if i >= 300 && i % 20 == 0 {
+            probes += 1;
+            ok += u32::from(tcp_probe(&dns, i as u16));
+            peak_fds = peak_fds.max(open_fds(pid));
+        }
+    }
+    assert!(idle.len() >= 1990, "only {} idle connections", idle.len());
+    let started = Instant::now();
+    for k in 0..20u16 {
+        probes += 1;
+        ok += u32::from(tcp_probe(&dns, 60000 + k));
+    }
+    let per_query = started.elapsed() / 20;
+    peak_fds = peak_fds.max(open_fds(pid));
+    let rss_peak = proc_status_kb(pid, "VmHWM:");
+    eprintln!(
+        "idle-TCP attack: honest {ok}/{probes} answered, {per_query:?} per query after 2000 idle, \
+         limanet fds {fds_before} -> peak {peak_fds}, peak RSS {rss_peak} kB"
+    );
+    assert!(
+        f64::from(ok) >= 0.99 * f64::from(probes),
+        "honest clients answered {ok}/{probes}"
+    );
+    assert!(per_query < Duration::from_millis(500), "{per_query:?}");
+    assert!(
+        peak_fds < fds_before + 256 + 64,
+        "descriptors not bounded: {fds_before} -> {peak_fds}"
+    );
+    // The evicted attackers see their connection closed.
+    let mut first = idle.swap_remove(0);
+    first
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let mut buf = [0u8; 4];
+    assert!(
+        matches!(first.read(&mut buf), Ok(0) | Err(_)),
+        "oldest idle connection closed"
+    );
+    drop(idle);
+    assert_serving(&dns);
+    assert!(dns.alive());
+    assert!(dns.terminate().success());
+}

@@ -361,3 +361,51 @@ fn file_in_the_way_error_does_not_repeat_itself() {
         "not mine to delete"
     );
 }
+
+fn seccomp_mode(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+/// The daemon confines itself after setup (seccomp filter mode 2 on every thread) and still
+/// serves guests and removes its own files on exit; `--no-sandbox` leaves it unconfined.
+#[test]
+fn daemon_runs_confined_unless_told_not_to() {
+    let dir = Scratch::new("sandbox");
+    let pid = dir.join("net.pid");
+    let sock = dir.join("net.sock");
+    let mut daemon = start(
+        usernet(&["--listen-qemu", s(&sock), "--pidfile", s(&pid)]),
+        &pid,
+    );
+    let id = daemon.0.id();
+    assert_eq!(seccomp_mode(id), "2");
+    for task in std::fs::read_dir(format!("/proc/{id}/task")).unwrap() {
+        let status =
+            std::fs::read_to_string(task.unwrap().path().join("status")).unwrap_or_default();
+        assert!(status.contains("Seccomp:\t2"), "every thread: {status}");
+    }
+    gateway_answers(&sock);
+    assert!(daemon.stop().success());
+    assert!(
+        !pid.exists() && !sock.exists(),
+        "cleaned up under the sandbox"
+    );
+
+    let _open = start(
+        usernet(&[
+            "--listen-qemu",
+            s(&sock),
+            "--pidfile",
+            s(&pid),
+            "--no-sandbox",
+        ]),
+        &pid,
+    );
+    assert_eq!(seccomp_mode(_open.0.id()), "0");
+}

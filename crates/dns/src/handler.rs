@@ -10,7 +10,7 @@ use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, NS, SRV, TXT};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 
 use crate::hosts::{canonical, HostsHandle};
-use crate::message::{encode, reply_to};
+use crate::message::{badvers, encode, reply_to};
 use crate::zones::{ZoneAnswer, ZonesHandle};
 
 /// TTL of every locally answered record, as in Lima.
@@ -101,6 +101,9 @@ impl<L: Lookup + ?Sized> Handler<L> {
     /// like every type the table in lima-behaviour.md §4.3 does not handle). A failed look-up
     /// makes the request go upstream.
     pub async fn handle(&self, request: &Message) -> Outcome {
+        if let Some(reply) = badvers(request) {
+            return Outcome::Reply(reply);
+        }
         let Some(question) = request.queries.first() else {
             return Outcome::Forward;
         };
@@ -489,7 +492,8 @@ mod tests {
         assert_eq!(r.id, 0xbeef);
         assert_eq!(r.message_type, MessageType::Response);
         assert!(r.recursion_desired && r.checking_disabled);
-        assert!(!r.recursion_available && !r.authoritative);
+        // RA, unlike miekg's SetReply: this server resolves recursively.
+        assert!(r.recursion_available && !r.authoritative);
         assert_eq!(r.response_code, ResponseCode::NoError);
         assert_eq!(r.queries, req.queries);
     }

@@ -115,6 +115,8 @@ pub fn lima_hosts(
 #[derive(Debug, Clone, Default)]
 pub struct HostsHandle {
     inner: Arc<RwLock<StaticHosts>>,
+    /// Bumped by every edit, so caches of answers know when they are out of date.
+    generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl HostsHandle {
@@ -122,17 +124,31 @@ impl HostsHandle {
     pub fn new(hosts: StaticHosts) -> Self {
         Self {
             inner: Arc::new(RwLock::new(hosts)),
+            generation: Arc::default(),
         }
     }
 
     /// Adds or replaces an entry (see [`StaticHosts::set`]).
     pub fn set(&self, name: &str, value: &str) {
         self.write().set(name, value);
+        self.bump();
     }
 
     /// Removes an entry; returns whether there was one.
     pub fn remove(&self, name: &str) -> bool {
-        self.write().remove(name)
+        let removed = self.write().remove(name);
+        self.bump();
+        removed
+    }
+
+    /// Changes with every edit of the table.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn bump(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// A copy of the current table.

@@ -16,8 +16,10 @@ pub mod handler;
 pub mod hosts;
 pub mod message;
 mod mux;
+pub mod reply_cache;
 pub mod server;
 pub mod system;
+mod tcp_slots;
 pub mod upstream;
 pub mod zones;
 
@@ -41,6 +43,12 @@ pub fn fuzz_query(data: &[u8]) {
     use std::future::Future;
     use std::sync::Arc;
     use std::task::{Context, Poll, Waker};
+    // The reply cache's own header and question parser sees every datagram first.
+    for tcp in [false, true] {
+        if let Some(key) = reply_cache::cache_key(data, tcp) {
+            assert!(key.len() >= 4 + 5 && key.len() <= data.len() + 4);
+        }
+    }
     let message::Precheck::Request(request) = message::precheck(data) else {
         return;
     };
@@ -64,8 +72,10 @@ pub fn fuzz_query(data: &[u8]) {
         if let Poll::Ready(Outcome::Reply(reply)) =
             fut.as_mut().poll(&mut Context::from_waker(Waker::noop()))
         {
-            let cut = message::truncate(reply, message::UDP_REPLY_LIMIT);
-            assert!(cut.len() <= message::UDP_REPLY_LIMIT);
+            let limit = message::udp_reply_limit(&request);
+            assert!((message::UDP_REPLY_LIMIT..=message::EDNS_UDP_LIMIT).contains(&limit));
+            let cut = message::truncate(reply, limit);
+            assert!(cut.len() <= limit);
         }
     }
     let _ = message::truncate(data.to_vec(), message::UDP_REPLY_LIMIT);

@@ -8,9 +8,15 @@ use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 /// Size of a DNS header.
 pub const HEADER_LEN: usize = 12;
 
-/// The size UDP replies are truncated to, whatever the client's EDNS0 buffer size (Lima does the
-/// same because busybox nslookup failed to parse larger replies, lima#380).
+/// The size UDP replies to clients without EDNS(0) are truncated to (RFC 1035; Lima truncates
+/// every reply to it because busybox nslookup failed to parse larger ones, lima#380, and
+/// busybox sends no OPT record).
 pub const UDP_REPLY_LIMIT: usize = 512;
+
+/// The most a UDP reply to an EDNS(0) client may carry, whatever buffer it advertises: the
+/// DNS flag day 2020 size, which avoids IP fragmentation on every common path. Also the buffer
+/// size this server advertises in its own OPT records.
+pub const EDNS_UDP_LIMIT: usize = 1232;
 
 const FLAG_QR: u8 = 0x80;
 const FLAG_TC: u8 = 0x02;
@@ -77,16 +83,72 @@ fn header_reply(request: &[u8], rcode: ResponseCode) -> Vec<u8> {
     out
 }
 
-/// Starts a reply to `request` the way miekg's `SetReply` does: same id, opcode, RD and CD, the
-/// first question, QR set, NOERROR, no RA, no AA, no EDNS.
+/// Starts a reply to `request` the way miekg's `SetReply` does (same id, opcode, RD and CD, the
+/// first question, QR set, NOERROR, no AA), plus what a recursive server owes its clients and
+/// Lima leaves out: RA set (this server resolves recursively for them), and, when the request
+/// carried an OPT record, an OPT record of our own (RFC 6891 §6.1.1: version 0, our UDP
+/// size, no DO since nothing is validated here). Without the OPT record, EDNS clients such as
+/// systemd-resolved conclude the server does not speak EDNS and degrade.
 pub fn reply_to(request: &Message) -> Message {
     let mut reply = Message::new(request.id, MessageType::Response, request.op_code);
     reply.metadata.recursion_desired = request.recursion_desired;
     reply.metadata.checking_disabled = request.checking_disabled;
+    reply.metadata.recursion_available = true;
     if let Some(q) = request.queries.first() {
         reply.add_query(q.clone());
     }
+    if request.edns.is_some() {
+        reply.set_edns(server_edns());
+    }
     reply
+}
+
+/// The OPT record of our replies.
+fn server_edns() -> Edns {
+    let mut edns = Edns::new();
+    edns.set_max_payload(EDNS_UDP_LIMIT as u16);
+    edns.set_version(0);
+    edns.set_dnssec_ok(false);
+    edns
+}
+
+/// The largest UDP reply `request` allows: its EDNS(0) buffer size, at least 512 (RFC 6891
+/// §6.2.5) and at most [`EDNS_UDP_LIMIT`]; 512 for a request without EDNS (Lima's limit, which
+/// busybox nslookup needs).
+pub fn udp_reply_limit(request: &Message) -> usize {
+    match &request.edns {
+        Some(edns) => usize::from(edns.max_payload()).clamp(UDP_REPLY_LIMIT, EDNS_UDP_LIMIT),
+        None => UDP_REPLY_LIMIT,
+    }
+}
+
+/// Gives a relayed reply an OPT record of ours when the client sent one and the upstream's
+/// reply has no additional records at all (an upstream without EDNS): the client talks EDNS to
+/// this server, and a reply without OPT would make it conclude this server cannot (RFC 6891
+/// §7). Replies with additional records are left as they are (they carry the upstream's OPT,
+/// if any, and rewriting them would mean parsing every reply).
+pub fn ensure_opt(request: &Message, mut reply: Vec<u8>) -> Vec<u8> {
+    if request.edns.is_none() || reply.len() < HEADER_LEN || reply[10..12] != [0, 0] {
+        return reply;
+    }
+    let size = (EDNS_UDP_LIMIT as u16).to_be_bytes();
+    // Root owner, type OPT (41), class = UDP size, TTL = extended rcode 0, version 0, no
+    // flags, no options.
+    reply.extend_from_slice(&[0, 0, 41, size[0], size[1], 0, 0, 0, 0, 0, 0]);
+    reply[11] = 1;
+    reply
+}
+
+/// BADVERS for a request whose OPT record asks for an EDNS version above 0 (RFC 6891 §6.1.3);
+/// `None` for every other request.
+pub fn badvers(request: &Message) -> Option<Vec<u8>> {
+    let version = request.edns.as_ref()?.version();
+    if version == 0 {
+        return None;
+    }
+    let mut reply = reply_to(request);
+    reply.metadata.response_code = ResponseCode::BADVERS;
+    Some(encode(&reply))
 }
 
 /// SERVFAIL for a request no upstream answered (Lima sends an empty NOERROR instead; an
@@ -264,6 +326,88 @@ mod tests {
         small.add_answer(Record::from_rdata(name, 5, RData::A(A::new(1, 2, 3, 4))));
         let bytes = small.to_vec().unwrap();
         assert_eq!(truncate(bytes.clone(), UDP_REPLY_LIMIT), bytes);
+    }
+
+    fn edns_query(name: &str, rtype: RecordType, size: Option<u16>) -> Message {
+        let mut msg = Message::new(0x4321, MessageType::Query, OpCode::Query);
+        msg.metadata.recursion_desired = true;
+        msg.add_query(Query::query(Name::from_str(name).unwrap(), rtype));
+        if let Some(size) = size {
+            let mut edns = Edns::new();
+            edns.set_max_payload(size);
+            msg.set_edns(edns);
+        }
+        msg
+    }
+
+    #[test]
+    fn udp_limit_follows_the_clients_edns_size_within_bounds() {
+        let q = |size| udp_reply_limit(&edns_query("a.example.", RecordType::A, size));
+        assert_eq!(q(None), 512, "no EDNS: Lima's 512 (busybox)");
+        assert_eq!(q(Some(4096)), 1232, "capped");
+        assert_eq!(q(Some(1232)), 1232);
+        assert_eq!(q(Some(1000)), 1000);
+        assert_eq!(q(Some(100)), 512, "below 512 means 512 (RFC 6891 6.2.5)");
+    }
+
+    #[test]
+    fn replies_to_edns_requests_carry_opt_and_ra() {
+        let with = reply_to(&edns_query("a.example.", RecordType::A, Some(4096)));
+        let edns = with.edns.as_ref().expect("OPT record");
+        assert_eq!(edns.max_payload(), 1232);
+        assert_eq!(edns.version(), 0);
+        assert!(!edns.flags().dnssec_ok);
+        assert!(with.recursion_available);
+        let without = reply_to(&edns_query("a.example.", RecordType::A, None));
+        assert!(without.edns.is_none(), "no OPT to a client that sent none");
+        assert!(without.recursion_available);
+    }
+
+    #[test]
+    fn newer_edns_versions_get_badvers() {
+        let mut q = edns_query("a.example.", RecordType::A, Some(1232));
+        assert!(badvers(&q).is_none());
+        if let Some(e) = q.edns.as_mut() {
+            e.set_version(1);
+        }
+        let r = Message::from_vec(&badvers(&q).expect("BADVERS")).unwrap();
+        // 16 is both BADVERS and BADSIG; hickory decodes it as the latter.
+        assert_eq!(u16::from(r.response_code), 16);
+        assert_eq!(r.edns.as_ref().map(|e| e.version()), Some(0));
+    }
+
+    #[test]
+    fn relayed_reply_without_opt_gets_ours() {
+        let q = edns_query("a.example.", RecordType::A, Some(1232));
+        let mut upstream = Message::new(0x4321, MessageType::Response, OpCode::Query);
+        upstream.add_query(q.queries[0].clone());
+        let bytes = upstream.to_vec().unwrap();
+        let fixed = Message::from_vec(&ensure_opt(&q, bytes.clone())).unwrap();
+        assert_eq!(fixed.edns.map(|e| e.max_payload()), Some(1232));
+        let plain = edns_query("a.example.", RecordType::A, None);
+        assert_eq!(ensure_opt(&plain, bytes.clone()), bytes);
+    }
+
+    #[test]
+    fn edns_truncation_keeps_up_to_1232_bytes() {
+        let name = Name::from_str("big.example.").unwrap();
+        let q = edns_query("big.example.", RecordType::TXT, Some(4096));
+        let mut reply = reply_to(&q);
+        for i in 0..20 {
+            let text = format!("{i}{}", "x".repeat(99));
+            reply.add_answer(Record::from_rdata(
+                name.clone(),
+                5,
+                RData::TXT(TXT::new(vec![text])),
+            ));
+        }
+        let limit = udp_reply_limit(&q);
+        let cut = truncate(reply.to_vec().unwrap(), limit);
+        assert!(cut.len() <= 1232 && cut.len() > 1000, "{}", cut.len());
+        let msg = Message::from_vec(&cut).unwrap();
+        assert!(msg.truncation);
+        assert!(msg.edns.is_some());
+        assert_eq!(msg.answers.len(), 10);
     }
 
     #[test]

@@ -13,8 +13,10 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::handler::{Handler, Lookup, Outcome};
 use crate::hosts::{HostsHandle, StaticHosts};
-use crate::message::{self, precheck, servfail, truncate, Precheck, UDP_REPLY_LIMIT};
+use crate::message::{self, precheck, servfail, truncate, udp_reply_limit, Precheck};
+use crate::reply_cache::{cache_key, cache_key_into, ReplyCache};
 use crate::system::SystemLookup;
+use crate::tcp_slots::{Admission, Slot, TcpSlots};
 use crate::upstream::Upstreams;
 
 /// Limits that keep the server's memory and work bounded.
@@ -22,7 +24,8 @@ use crate::upstream::Upstreams;
 pub struct Limits {
     /// UDP queries being answered at once; more are dropped (with a rate-limited log line).
     pub udp_in_flight: usize,
-    /// Open TCP connections; more are closed at once.
+    /// Open TCP connections; when full, a new one replaces the connection that has waited
+    /// longest for its next query (a new one is closed only if every connection is busy).
     pub tcp_connections: usize,
     /// Queries being answered at once on one TCP connection; reading pauses beyond that.
     pub tcp_in_flight_per_connection: usize,
@@ -72,6 +75,8 @@ pub struct DnsConfig {
     pub upstreams: Vec<SocketAddr>,
     /// The resolv.conf to read upstream servers from (re-read when it changes).
     pub resolv_conf: PathBuf,
+    /// Forward to 8.8.8.8 and 1.1.1.1 when resolv.conf names no server (Lima's behaviour).
+    pub fallback_servers: bool,
     /// Resource limits.
     pub limits: Limits,
     /// Zones added at run time (user-v2's `dns/add`); the caller keeps a clone to edit them.
@@ -88,6 +93,7 @@ impl Default for DnsConfig {
             ipv6: false,
             upstreams: Vec::new(),
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            fallback_servers: true,
             limits: Limits::default(),
             zones: Default::default(),
         }
@@ -120,6 +126,33 @@ struct Shared {
     upstreams: Arc<Upstreams>,
     limits: Limits,
     dropped_log: RateLimit,
+    evicted_log: RateLimit,
+    /// Locally built replies, reused for a second (see [`crate::reply_cache`]).
+    replies: ReplyCache,
+}
+
+impl Shared {
+    /// Changes whenever the data local answers come from (static hosts, zones) is edited.
+    fn answers_generation(&self) -> u64 {
+        // Two counters that only grow: their sum grows with either.
+        self.handler
+            .hosts()
+            .generation()
+            .wrapping_add(self.handler.zones().generation())
+    }
+
+    /// A cached local reply to `bytes`, if there is a fresh one; `key` is scratch space.
+    fn cached_reply(&self, bytes: &[u8], tcp: bool, key: &mut Vec<u8>) -> Option<Vec<u8>> {
+        if !cache_key_into(bytes, tcp, key) {
+            return None;
+        }
+        self.replies.get(
+            key.as_slice(),
+            [bytes[0], bytes[1]],
+            self.answers_generation(),
+            Instant::now(),
+        )
+    }
 }
 
 /// A bound DNS server; [`DnsServer::run`] serves it.
@@ -132,10 +165,11 @@ pub struct DnsServer {
 impl DnsServer {
     /// Binds the UDP and TCP sockets and prepares the real host resolver.
     pub async fn bind(config: DnsConfig) -> Result<Self, DnsError> {
-        let upstreams = Arc::new(Upstreams::new(
+        let upstreams = Arc::new(Upstreams::with_fallback(
             config.upstreams.clone(),
             config.resolv_conf.clone(),
             config.limits.upstream_timeout,
+            config.fallback_servers,
         ));
         let lookup = Arc::new(SystemLookup::new(
             upstreams.clone(),
@@ -150,10 +184,11 @@ impl DnsServer {
         config: DnsConfig,
         lookup: Arc<dyn Lookup>,
     ) -> Result<Self, DnsError> {
-        let upstreams = Arc::new(Upstreams::new(
+        let upstreams = Arc::new(Upstreams::with_fallback(
             config.upstreams.clone(),
             config.resolv_conf.clone(),
             config.limits.upstream_timeout,
+            config.fallback_servers,
         ));
         Self::bind_parts(config, upstreams, lookup).await
     }
@@ -187,6 +222,8 @@ impl DnsServer {
             upstreams,
             limits: config.limits,
             dropped_log: RateLimit::new(),
+            evicted_log: RateLimit::new(),
+            replies: ReplyCache::default(),
         });
         Ok(Self {
             udp: Arc::new(udp),
@@ -254,7 +291,8 @@ impl RateLimit {
 
 /// Runs one request through the accept filter, the handler and the forwarder, and returns the
 /// reply to send (None: send nothing). `tcp` selects the transport rules: UDP replies are
-/// truncated to 512 bytes, TCP replies never.
+/// truncated to the client's EDNS(0) size (capped at 1232), or 512 bytes without EDNS; TCP
+/// replies never.
 async fn respond(shared: &Shared, bytes: &[u8], peer: SocketAddr, tcp: bool) -> Option<Vec<u8>> {
     let request = match precheck(bytes) {
         Precheck::Drop(reason) => {
@@ -271,27 +309,46 @@ async fn respond(shared: &Shared, bytes: &[u8], peer: SocketAddr, tcp: bool) -> 
         }
         Precheck::Request(request) => request,
     };
+    if tcp {
+        // (UDP looks in the cache before a task is even spawned.)
+        if let Some(reply) = shared.cached_reply(bytes, tcp, &mut Vec::new()) {
+            return Some(reply);
+        }
+    }
+    // Read before answering: an edit of the hosts while we answer makes the entry stale.
+    let generation = shared.answers_generation();
+    let mut local = false;
     let reply = match shared.handler.handle(&request).await {
-        Outcome::Reply(reply) => reply,
+        Outcome::Reply(reply) => {
+            local = true;
+            reply
+        }
         Outcome::Forward => match shared.upstreams.exchange(bytes, tcp).await {
-            Ok(reply) => reply,
+            Ok(reply) => message::ensure_opt(&request, reply),
             Err(err) => {
                 tracing::warn!(%peer, id = request.id, question = ?request.queries.first().map(|q| (q.name.to_ascii(), q.query_type)), %err, "answering SERVFAIL");
                 servfail(&request)
             }
         },
     };
-    Some(if tcp {
+    let reply = if tcp {
         reply
     } else {
-        truncate(reply, UDP_REPLY_LIMIT)
-    })
+        truncate(reply, udp_reply_limit(&request))
+    };
+    if local {
+        if let Some(key) = cache_key(bytes, tcp) {
+            shared.replies.put(key, &reply, generation, Instant::now());
+        }
+    }
+    Some(reply)
 }
 
 async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
     let slots = Arc::new(Semaphore::new(shared.limits.udp_in_flight));
     // Datagrams larger than this are cut by the kernel and then fail to parse (FORMERR).
     let mut buf = vec![0u8; 4096];
+    let mut key = Vec::with_capacity(512);
     loop {
         let (n, peer) = match socket.recv_from(&mut buf).await {
             Ok(x) => x,
@@ -308,6 +365,13 @@ async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
                 continue;
             }
         };
+        // A name asked again within a second: answered here, without a task.
+        if let Some(reply) = shared.cached_reply(&buf[..n], false, &mut key) {
+            if let Err(err) = socket.send_to(&reply, peer).await {
+                tracing::debug!(%peer, %err, "UDP send failed");
+            }
+            continue;
+        }
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             if let Some(suppressed) = shared.dropped_log.allow() {
                 tracing::warn!(%peer, limit = shared.limits.udp_in_flight, suppressed, "too many UDP queries in flight; dropping");
@@ -329,7 +393,7 @@ async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
 }
 
 async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
-    let slots = Arc::new(Semaphore::new(shared.limits.tcp_connections));
+    let slots = TcpSlots::new(shared.limits.tcp_connections);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -340,23 +404,33 @@ async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            if let Some(suppressed) = shared.dropped_log.allow() {
-                tracing::warn!(%peer, limit = shared.limits.tcp_connections, suppressed, "too many TCP connections; closing the new one");
+        let (slot, admission) = slots.admit(Instant::now());
+        match admission {
+            Admission::Free => {}
+            Admission::Evicted(idle) => {
+                if let Some(suppressed) = shared.evicted_log.allow() {
+                    tracing::warn!(%peer, limit = shared.limits.tcp_connections, idle_ms = idle.as_millis() as u64, suppressed, "TCP connection limit reached; closing the longest-idle connection for a new one");
+                }
             }
+            Admission::Full => {
+                if let Some(suppressed) = shared.dropped_log.allow() {
+                    tracing::warn!(%peer, limit = shared.limits.tcp_connections, suppressed, "every TCP connection is busy reading a query; closing the new one");
+                }
+            }
+        }
+        let Some(slot) = slot else {
             continue;
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            serve_connection(stream, peer, shared).await;
-            drop(permit);
+            serve_connection(stream, peer, shared, slot).await;
         });
     }
 }
 
 /// Serves one TCP connection: several queries in a row or pipelined (RFC 7766), answered
 /// concurrently, replies in completion order.
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, slot: Slot) {
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = stream.into_split();
     let limit = shared.limits.tcp_in_flight_per_connection;
@@ -387,7 +461,15 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
     let slots = Arc::new(Semaphore::new(limit));
     loop {
         let mut len = [0u8; 2];
-        match tokio::time::timeout(shared.limits.tcp_idle_timeout, reader.read_u8()).await {
+        slot.idle(Instant::now());
+        let first = tokio::select! {
+            first = tokio::time::timeout(shared.limits.tcp_idle_timeout, reader.read_u8()) => first,
+            () = slot.evicted() => {
+                tracing::debug!(%peer, "idle TCP connection closed for a new client");
+                break;
+            }
+        };
+        match first {
             Ok(Ok(first)) => len[0] = first,
             Ok(Err(_)) => break, // EOF or reset between messages: a normal close.
             Err(_) => {
@@ -395,6 +477,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
                 break;
             }
         }
+        slot.busy();
         let mut body = Vec::new();
         let max = shared.limits.max_tcp_query;
         let read = async {

@@ -26,7 +26,9 @@ const ADDRESS_CACHE_TTL: Duration = Duration::from_secs(1);
 /// Most cached getaddrinfo results (bounded memory under floods of distinct names).
 const ADDRESS_CACHE_MAX: usize = 4096;
 
-type AddressCache = HashMap<(String, bool), (Instant, Vec<IpAddr>)>;
+/// getaddrinfo's answer per (name, IPv6): the addresses, or why there are none (negative
+/// answers are reused too, so a flood of queries for a missing name does not call it each time).
+type AddressCache = HashMap<(String, bool), (Instant, Result<Vec<IpAddr>, String>)>;
 
 /// Looks names up through the host's resolver.
 pub struct SystemLookup {
@@ -110,13 +112,13 @@ impl SystemLookup {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn cached(&self, key: &(String, bool)) -> Option<Vec<IpAddr>> {
+    fn cached(&self, key: &(String, bool)) -> Option<Result<Vec<IpAddr>, LookupError>> {
         let cache = self.cache();
-        let (at, ips) = cache.get(key)?;
-        (at.elapsed() < ADDRESS_CACHE_TTL).then(|| ips.clone())
+        let (at, result) = cache.get(key)?;
+        (at.elapsed() < ADDRESS_CACHE_TTL).then(|| result.clone().map_err(LookupError))
     }
 
-    fn remember(&self, key: (String, bool), ips: &[IpAddr]) {
+    fn remember(&self, key: (String, bool), result: &Result<Vec<IpAddr>, LookupError>) {
         let mut cache = self.cache();
         if cache.len() >= ADDRESS_CACHE_MAX {
             cache.retain(|_, (at, _)| at.elapsed() < ADDRESS_CACHE_TTL);
@@ -124,7 +126,11 @@ impl SystemLookup {
                 cache.clear();
             }
         }
-        cache.insert(key, (Instant::now(), ips.to_vec()));
+        let stored = match result {
+            Ok(ips) => Ok(ips.clone()),
+            Err(e) => Err(e.0.clone()),
+        };
+        cache.insert(key, (Instant::now(), stored));
     }
 }
 
@@ -137,7 +143,7 @@ impl Lookup for SystemLookup {
         Box::pin(async move {
             let key = (name.to_string(), ipv6);
             if let Some(hit) = self.cached(&key) {
-                return Ok(hit);
+                return hit;
             }
             let _slot = self
                 .getaddrinfo_slots
@@ -147,9 +153,9 @@ impl Lookup for SystemLookup {
             let owned = name.to_string();
             let result = tokio::task::spawn_blocking(move || getaddrinfo(&owned, ipv6))
                 .await
-                .map_err(|e| LookupError(format!("getaddrinfo task for {name} failed: {e}")))??;
+                .map_err(|e| LookupError(format!("getaddrinfo task for {name} failed: {e}")))?;
             self.remember(key, &result);
-            Ok(result)
+            result
         })
     }
 

@@ -14,7 +14,8 @@ use tokio::net::TcpStream;
 use crate::message::{answers_request, is_truncated};
 use crate::mux::UdpMux;
 
-/// Used when resolv.conf names no server (or cannot be read), as Lima does.
+/// Used when resolv.conf names no server (or cannot be read), as Lima does, unless turned off
+/// ([`Upstreams::with_fallback`]).
 pub const FALLBACK_SERVERS: [IpAddr; 2] = [
     IpAddr::V4(Ipv4Addr::new(8, 8, 8, 8)),
     IpAddr::V4(Ipv4Addr::new(1, 1, 1, 1)),
@@ -72,6 +73,10 @@ pub struct Upstreams {
     state: Mutex<State>,
     /// Long-lived UDP sockets per server, opened on first use.
     muxes: Mutex<std::collections::HashMap<SocketAddr, Arc<UdpMux>>>,
+    /// Whether [`FALLBACK_SERVERS`] stand in for an empty resolv.conf.
+    fallback: bool,
+    /// Whether the fallback (or its absence) was logged already: once per server is enough.
+    fallback_logged: std::sync::atomic::AtomicBool,
 }
 
 impl Upstreams {
@@ -79,6 +84,18 @@ impl Upstreams {
     /// fallback servers when it names none. `timeout` bounds each exchange step (dial, write,
     /// read), as miekg's 2 s defaults do.
     pub fn new(explicit: Vec<SocketAddr>, resolv_conf: PathBuf, timeout: Duration) -> Self {
+        Self::with_fallback(explicit, resolv_conf, timeout, true)
+    }
+
+    /// Like [`Upstreams::new`]; `fallback: false` leaves the server list empty (every
+    /// forwarded query gets SERVFAIL) when resolv.conf names no server, instead of sending the
+    /// guests' queries to 8.8.8.8 and 1.1.1.1.
+    pub fn with_fallback(
+        explicit: Vec<SocketAddr>,
+        resolv_conf: PathBuf,
+        timeout: Duration,
+        fallback: bool,
+    ) -> Self {
         let upstreams = Self {
             explicit,
             resolv_conf,
@@ -89,6 +106,8 @@ impl Upstreams {
                 checked: Instant::now(),
             }),
             muxes: Mutex::new(std::collections::HashMap::new()),
+            fallback,
+            fallback_logged: std::sync::atomic::AtomicBool::new(false),
         };
         upstreams.reload(true);
         upstreams
@@ -143,8 +162,20 @@ impl Upstreams {
             }
         };
         let ips = if ips.is_empty() {
-            tracing::warn!(file = %self.resolv_conf.display(), fallback = ?FALLBACK_SERVERS, "no nameserver configured; using the fallback servers");
-            FALLBACK_SERVERS.to_vec()
+            let first = !self
+                .fallback_logged
+                .swap(true, std::sync::atomic::Ordering::Relaxed);
+            if self.fallback {
+                if first {
+                    tracing::warn!(file = %self.resolv_conf.display(), fallback = ?FALLBACK_SERVERS, "no nameserver configured; forwarding to Lima's fallback servers (--no-fallback-dns turns this off)");
+                }
+                FALLBACK_SERVERS.to_vec()
+            } else {
+                if first {
+                    tracing::warn!(file = %self.resolv_conf.display(), "no nameserver configured and the fallback servers are off; forwarded queries get SERVFAIL");
+                }
+                Vec::new()
+            }
         } else {
             ips
         };
@@ -295,6 +326,8 @@ mod tests {
             *up.servers(),
             vec!["8.8.8.8:53".parse().unwrap(), "1.1.1.1:53".parse().unwrap()]
         );
+        let off = Upstreams::with_fallback(Vec::new(), path.clone(), Duration::from_secs(2), false);
+        assert!(off.servers().is_empty(), "no fallback when turned off");
         let explicit = Upstreams::new(
             vec!["127.0.0.7:5353".parse().unwrap()],
             path,

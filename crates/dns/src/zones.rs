@@ -115,6 +115,8 @@ impl Zones {
 #[derive(Debug, Clone, Default)]
 pub struct ZonesHandle {
     inner: Arc<RwLock<Zones>>,
+    /// Bumped by every edit, so caches of answers know when they are out of date.
+    generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ZonesHandle {
@@ -124,6 +126,13 @@ impl ZonesHandle {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .add(zone);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Changes with every edit.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// A copy of the zones.

@@ -6,6 +6,8 @@
 //! its length as two big-endian bytes; a length past the end takes the rest.
 //! `cargo test -p limanet-netstack --test fuzz_corpus -- --ignored` rewrites the seed files.
 
+#[path = "../../../fuzz/stable_mutator.rs"]
+mod stable_mutator;
 mod support;
 
 use limanet_netstack::wire::tcp_flags as F;
@@ -227,4 +229,21 @@ fn seeds_match_their_frames() {
         assert_eq!(split_back, frames, "{name}");
         replay(name, &joined);
     }
+}
+
+/// Beyond the corpus, on stable: random inputs and mutations of the corpus through the same
+/// replay (and its invariants) for `LIMANET_FUZZ_SECS` seconds (default 10; 0 skips);
+/// `LIMANET_FUZZ_SEED` replays a run.
+#[test]
+fn time_boxed_mutation_fuzz() {
+    let secs: u64 = std::env::var("LIMANET_FUZZ_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let corpus: Vec<Vec<u8>> = std::fs::read_dir(corpus_dir())
+        .expect("corpus dir")
+        .map(|e| std::fs::read(e.expect("entry").path()).expect("read"))
+        .collect();
+    let runs = stable_mutator::mutation_fuzz(&corpus, secs, 4096, |data| replay("mutated", data));
+    eprintln!("guest_frame: {runs} inputs in {secs} s");
 }

@@ -7,6 +7,7 @@ pub mod files;
 pub mod limits;
 pub mod network;
 pub mod pcap;
+pub mod sandbox;
 pub mod sockets;
 pub mod sys;
 pub mod tap;

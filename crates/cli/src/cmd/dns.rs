@@ -34,6 +34,10 @@ pub struct Args {
     /// The resolv.conf whose nameservers are the upstreams (re-read when it changes).
     #[arg(long, default_value = "/etc/resolv.conf")]
     resolv_conf: PathBuf,
+    /// When resolv.conf names no server, answer forwarded queries with SERVFAIL instead of
+    /// sending them to 8.8.8.8 and 1.1.1.1 (Lima's fallback).
+    #[arg(long)]
+    no_fallback_dns: bool,
 }
 
 fn parse_host(s: &str) -> Result<(String, String), String> {
@@ -64,6 +68,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         ipv6: args.ipv6,
         upstreams: args.upstreams,
         resolv_conf: args.resolv_conf,
+        fallback_servers: !args.no_fallback_dns,
         ..DnsConfig::default()
     };
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -5,7 +5,7 @@
 //! namespaces die with the command.
 
 use super::usernet::{
-    attach_dns, attach_namespaces, drop_privileges, termination_signals, NetworkArgs,
+    attach_dns, attach_namespaces, drop_privileges, parent_dirs, termination_signals, NetworkArgs,
 };
 use anyhow::{bail, Context, Result};
 use limanet_runtime::{Exit, Network, Options};
@@ -213,8 +213,12 @@ pub fn run(args: Args) -> Result<u8> {
         };
         let mut net = Network::new(cfg.clone(), opts)?;
         drop_privileges()?;
+        // The resolv.conf copy is removed at exit.
+        args.net
+            .confine_filesystem(parent_dirs(resolv.as_ref().map(|r| r.path())))?;
         let dns = args.net.start_dns(&cfg)?;
         attach_dns(&mut net, &dns)?;
+        args.net.confine_syscalls()?;
         Ok((net, dns))
     })();
     let (mut net, dns) = match setup {

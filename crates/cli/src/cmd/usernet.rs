@@ -56,6 +56,10 @@ pub struct NetworkArgs {
     /// resolv.conf to read upstream servers and search domains from.
     #[arg(long, default_value = "/etc/resolv.conf")]
     pub resolv_conf: PathBuf,
+    /// When resolv.conf names no server, answer forwarded queries with SERVFAIL instead of
+    /// sending them to 8.8.8.8 and 1.1.1.1 (Lima's fallback).
+    #[arg(long)]
+    pub no_fallback_dns: bool,
     /// Answer AAAA queries in the embedded DNS.
     #[arg(long)]
     pub dns_ipv6: bool,
@@ -75,6 +79,10 @@ pub struct NetworkArgs {
     /// transfers do not poll); 0 turns it off.
     #[arg(long, value_name = "USEC", default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub busy_poll: u64,
+    /// Do not confine the daemon after setup (by default: Landlock read-only filesystem where
+    /// the kernel has it, and a seccomp allow-list of system calls).
+    #[arg(long)]
+    pub no_sandbox: bool,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -277,6 +285,7 @@ impl NetworkArgs {
             ipv6: self.dns_ipv6,
             upstreams,
             resolv_conf: self.resolv_conf.clone(),
+            fallback_servers: !self.no_fallback_dns,
             zones,
             ..Default::default()
         })
@@ -380,6 +389,43 @@ pub fn drop_privileges() -> Result<()> {
     Ok(())
 }
 
+impl NetworkArgs {
+    /// Confines the filesystem of this thread and of the threads it starts later (so call it
+    /// before the DNS server starts): read-only, nothing executed, and only entries of
+    /// `cleanup_dirs` (our sockets' and pid file's directories) created or removed.
+    pub fn confine_filesystem(&self, cleanup_dirs: Vec<PathBuf>) -> Result<()> {
+        if self.no_sandbox {
+            warn!("--no-sandbox: the data plane is not confined");
+            return Ok(());
+        }
+        limanet_runtime::sandbox::confine_filesystem(&cleanup_dirs)?;
+        Ok(())
+    }
+
+    /// Installs the seccomp allow-list on every thread, once setup is complete.
+    pub fn confine_syscalls(&self) -> Result<()> {
+        if !self.no_sandbox {
+            limanet_runtime::sandbox::confine_syscalls()?;
+        }
+        Ok(())
+    }
+}
+
+/// The directories of `paths` (where limanet removes its own files on exit).
+pub fn parent_dirs<'a>(paths: impl IntoIterator<Item = &'a std::path::Path>) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for p in paths {
+        let dir = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+    }
+    dirs
+}
+
 /// Where `limanet usernet` listens when no transport is given: `default_qemu.sock` in
 /// `$XDG_RUNTIME_DIR/limanet`, `/run/limanet` for root, else `$TMPDIR/limanet`. The directory
 /// is created 0700 and refused if another user could have prepared it (see
@@ -452,6 +498,13 @@ pub fn run(mut args: Args) -> Result<u8> {
         None => None,
     };
     drop_privileges()?;
+    args.net.confine_filesystem(parent_dirs(
+        listen
+            .iter()
+            .map(Listen::path)
+            .chain(args.pidfile.as_deref())
+            .chain(args.endpoint.as_deref()),
+    ))?;
     let dns = args.net.start_dns_with_zones(&cfg, zones)?;
     attach_dns(&mut net, &dns)?;
     let _pidfile = args
@@ -459,6 +512,7 @@ pub fn run(mut args: Args) -> Result<u8> {
         .as_deref()
         .map(limanet_runtime::PidFile::create)
         .transpose()?;
+    args.net.confine_syscalls()?;
     info!("user-mode network ready: {summary}");
     for l in &listen {
         if let Listen::Qemu(p) = l {

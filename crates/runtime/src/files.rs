@@ -228,13 +228,25 @@ pub enum PidFileState {
     Stale(Option<u32>),
 }
 
+/// How the pid is written: Lima's usernet writes `<pid>\n`, socket_vmnet the bare number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PidFormat {
+    Line,
+    Bare,
+}
+
 impl PidFile {
-    /// Writes this process's pid to `path`, as `<pid>\n`, and locks it.
+    /// [`PidFile::create_as`] with `<pid>\n`.
+    pub fn create(path: &Path) -> Result<PidFile, FileError> {
+        Self::create_as(path, PidFormat::Line)
+    }
+
+    /// Writes this process's pid to `path` and locks it.
     ///
     /// Refuses if a live limanet holds an existing file's lock, if the path is a symlink or
     /// anything but a regular file, or if the directory could be tampered with by another user.
     /// A stale file (no lock held) is replaced, even if the pid in it names a live process.
-    pub fn create(path: &Path) -> Result<PidFile, FileError> {
+    pub fn create_as(path: &Path, format: PidFormat) -> Result<PidFile, FileError> {
         let (dir, name) = open_parent(path)?;
         check_shared_dir(&dir, path.parent().unwrap_or(Path::new(".")))?;
         for _attempt in 0..3 {
@@ -260,7 +272,7 @@ impl PidFile {
                 }
                 (PidFileState::Stale(_), None) => {}
             }
-            match Self::create_locked(&dir, &name, path) {
+            match Self::create_locked(&dir, &name, path, format) {
                 Ok(file) => {
                     let st = fstat(file.as_raw_fd())
                         .map_err(io_err(format!("stat {}", path.display())))?;
@@ -350,8 +362,16 @@ impl PidFile {
     }
 
     /// Creates the file complete and locked, then gives it its name (never replacing anything).
-    fn create_locked(dir: &OwnedFd, name: &CString, path: &Path) -> io::Result<File> {
-        let text = format!("{}\n", std::process::id());
+    fn create_locked(
+        dir: &OwnedFd,
+        name: &CString,
+        path: &Path,
+        format: PidFormat,
+    ) -> io::Result<File> {
+        let text = match format {
+            PidFormat::Line => format!("{}\n", std::process::id()),
+            PidFormat::Bare => std::process::id().to_string(),
+        };
         // Unnamed first, so nobody ever reads a half-written file.
         // SAFETY: "." relative to an open directory; we own the result.
         let fd = unsafe {

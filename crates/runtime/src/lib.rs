@@ -7,13 +7,14 @@ pub mod files;
 pub mod limits;
 pub mod network;
 pub mod pcap;
+pub mod privileges;
 pub mod sandbox;
 pub mod sockets;
 pub mod sys;
 pub mod tap;
 pub mod transport;
 
-pub use files::{BoundPath, ExclusiveFile, FileError, PidFile, PidFileState};
+pub use files::{BoundPath, ExclusiveFile, FileError, PidFile, PidFileState, PidFormat};
 pub use network::{
     Command, Control, ControlClosed, Exit, Forward, Listen, Network, NetworkError, NetworkStats,
     Options, PortCounters, PortStats, Reply,

@@ -1,16 +1,12 @@
-//! The daemon's files: a socket_vmnet-style pid file and the listening socket.
+//! The daemon's listening socket (its socket_vmnet-style pid file is
+//! [`limanet_runtime::files::PidFile`] with [`limanet_runtime::files::PidFormat::Bare`]).
 //!
-//! - Pid file: mode 0644, the pid in decimal without a newline, an exclusive `flock` held for as
-//!   long as the daemon runs (a second daemon fails to lock it and exits instead of displacing
-//!   the first), removed on exit. A file left by a killed daemon is not locked and is reused.
 //! - Socket: mode 0770, group `--socket-group`. A stale socket file (nobody accepts on it) is
 //!   replaced; a live one (a connect succeeds) is refused; any other file in the way is an error.
 //!   Unlike socket_vmnet, the socket is removed on exit too.
 
 use std::ffi::CString;
-use std::fs::File;
-use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -19,8 +15,6 @@ use std::path::{Path, PathBuf};
 /// Errors around the daemon's files.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
-    #[error("pid file {path} is locked by a running daemon{}", pid.as_ref().map(|p| format!(" (pid {p})")).unwrap_or_default())]
-    PidFileLocked { path: PathBuf, pid: Option<String> },
     #[error("socket {0} is in use by a running daemon")]
     SocketInUse(PathBuf),
     #[error("{0} exists and is not a socket; not replacing it")]
@@ -46,109 +40,6 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> F
 fn cstring(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
-}
-
-/// A locked pid file, removed on drop.
-#[derive(Debug)]
-pub struct PidFile {
-    path: PathBuf,
-    file: File,
-}
-
-impl PidFile {
-    /// Writes and locks the pid file: a temporary file (O_EXCL, O_NOFOLLOW) gets the pid and the
-    /// lock, then is renamed over `path`, so a reader never sees an empty pid file.
-    pub fn create(path: &Path) -> Result<Self, FileError> {
-        check_pid_file(path)?;
-        let tmp = path.with_file_name(format!(
-            ".{}.tmp{}",
-            path.file_name()
-                .map(|n| n.to_string_lossy())
-                .unwrap_or_default(),
-            std::process::id()
-        ));
-        let c = cstring(&tmp).map_err(io_err("cannot create pid file", path))?;
-        // SAFETY: a plain open(2) of a NUL-terminated path; we own the fd on success.
-        let fd = unsafe {
-            libc::open(
-                c.as_ptr(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                0o644,
-            )
-        };
-        if fd < 0 {
-            return Err(io_err("cannot create pid file", &tmp)(
-                io::Error::last_os_error(),
-            ));
-        }
-        // SAFETY: fresh descriptor.
-        let mut file = unsafe { File::from_raw_fd(fd) };
-        let written = (|| {
-            // SAFETY: flock on our own descriptor; nobody else knows the file yet.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
-            file.write_all(std::process::id().to_string().as_bytes())?;
-            std::fs::rename(&tmp, path)
-        })();
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(io_err("cannot write pid file", path)(e));
-        }
-        Ok(PidFile {
-            path: path.to_path_buf(),
-            file,
-        })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-/// Fails if a running daemon holds the lock on the pid file at `path`.
-pub fn check_pid_file(path: &Path) -> Result<(), FileError> {
-    let c = cstring(path).map_err(io_err("cannot open pid file", path))?;
-    // SAFETY: open(2) without O_CREAT; we own the fd on success.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        let e = io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(libc::ENOENT) => Ok(()),
-            _ => Err(io_err("cannot open pid file", path)(e)),
-        };
-    }
-    // SAFETY: fresh descriptor.
-    let file = unsafe { File::from_raw_fd(fd) };
-    // SAFETY: flock on our own descriptor; the lock is released when `file` closes.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            let pid = std::fs::read_to_string(path)
-                .ok()
-                .map(|s| s.trim().to_string());
-            return Err(FileError::PidFileLocked {
-                path: path.to_path_buf(),
-                pid,
-            });
-        }
-        return Err(io_err("cannot lock pid file", path)(e));
-    }
-    Ok(())
-}
-
-impl Drop for PidFile {
-    fn drop(&mut self) {
-        // Removed while still locked, so no other daemon can have taken it over in between.
-        let _ = std::fs::remove_file(&self.path);
-        let _ = &self.file;
-    }
 }
 
 /// Looks a group up by name.
@@ -241,12 +132,14 @@ mod tests {
         dir
     }
 
+    /// The daemon's pid file, as the service creates it.
     #[test]
     fn pid_file_is_locked_written_without_newline_and_removed() {
+        use limanet_runtime::files::{FileError, PidFile, PidFormat};
         let dir = tmp("pid");
         let path = dir.join("d.pid");
         std::fs::write(&path, "999999\n").unwrap(); // stale, unlocked
-        let pf = PidFile::create(&path).unwrap();
+        let pf = PidFile::create_as(&path, PidFormat::Bare).unwrap();
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
             std::process::id().to_string()
@@ -254,8 +147,8 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o644);
         // A second daemon cannot take it (flock is per open file description).
-        let err = PidFile::create(&path).unwrap_err();
-        assert!(matches!(err, FileError::PidFileLocked { .. }), "{err}");
+        let err = PidFile::create_as(&path, PidFormat::Bare).unwrap_err();
+        assert!(matches!(err, FileError::AlreadyRunning { .. }), "{err}");
         drop(pf);
         assert!(!path.exists());
         let _ = std::fs::remove_dir_all(dir);

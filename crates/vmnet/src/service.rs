@@ -13,10 +13,14 @@ use crate::backend::{Backend, BackendError, MTU};
 use crate::daemon::Daemon;
 use crate::gateway::Gateway;
 use crate::options::{Mode, VmnetOptions};
-use crate::process::{self, FileError, Listener, PidFile};
+use crate::process::{self, FileError, Listener};
+use limanet_runtime::files::{PidFile, PidFileState, PidFormat};
+use limanet_runtime::privileges::{
+    keep_only_capabilities, signal_fd, CAP_NET_ADMIN, CAP_NET_BIND_SERVICE,
+};
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use tracing::{info, warn};
 
 /// Why the daemon stopped with an error.
@@ -24,6 +28,8 @@ use tracing::{info, warn};
 pub enum ServiceError {
     #[error(transparent)]
     File(#[from] FileError),
+    #[error(transparent)]
+    PidFile(#[from] limanet_runtime::FileError),
     #[error(transparent)]
     Backend(#[from] BackendError),
     #[error("DHCP: {0}")]
@@ -37,99 +43,9 @@ pub enum ServiceError {
 /// Blocks SIGINT, SIGTERM and SIGHUP (in this thread and threads started later) and returns a
 /// signalfd that becomes readable when one arrives. SIGPIPE is ignored.
 pub fn termination_signals() -> io::Result<OwnedFd> {
-    // SAFETY: sigset manipulation on a local set, then plain syscalls.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
-        }
-        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-            return Err(io::Error::other("cannot block termination signals"));
-        }
-        let fd = libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC);
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(OwnedFd::from_raw_fd(fd))
-    }
-}
-
-const CAP_NET_BIND_SERVICE: u32 = 10;
-const CAP_NET_ADMIN: u32 = 12;
-
-/// Keeps only the capabilities in `keep` (permitted and effective) and drops every other one
-/// from the bounding set too, so programs run later (`nft` at exit) cannot regain them. Applies
-/// to the calling thread and threads it starts afterwards. A no-op when not root.
-pub fn keep_only_capabilities(keep: &[u32], bounding: &[u32]) -> io::Result<()> {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        return Ok(());
-    }
-    for cap in 0..64u32 {
-        // SAFETY: prctl with integer arguments.
-        let in_set = unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong, 0, 0, 0) };
-        if in_set < 0 {
-            break;
-        }
-        if in_set == 0 || bounding.contains(&cap) {
-            continue;
-        }
-        // SAFETY: prctl with integer arguments; EINVAL past the last capability ends the loop.
-        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EINVAL) {
-                break;
-            }
-            return Err(io::Error::new(
-                e.kind(),
-                format!("dropping capability {cap} from the bounding set: {e}"),
-            ));
-        }
-    }
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    const VERSION_3: u32 = 0x2008_0522;
-    let mask = keep
-        .iter()
-        .filter(|c| **c < 32)
-        .fold(0u32, |m, c| m | 1 << c);
-    let mut header = Header {
-        version: VERSION_3,
-        pid: 0,
-    };
-    let data = [
-        Data {
-            effective: mask,
-            permitted: mask,
-            inheritable: 0,
-        },
-        Data {
-            effective: 0,
-            permitted: 0,
-            inheritable: 0,
-        },
-    ];
-    // SAFETY: capset with a version-3 header and two data words, as the kernel expects.
-    if unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) } != 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(
-            e.kind(),
-            format!("dropping capabilities: {e}"),
-        ));
-    }
-    Ok(())
+    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    signal_fd(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
 }
 
 /// Runs the daemon; returns when a termination signal arrived (Ok) or on a fatal error.
@@ -147,8 +63,15 @@ pub fn run(opts: &VmnetOptions) -> Result<(), ServiceError> {
     }
     let signals = termination_signals()?;
     let gid = process::group_id(&opts.socket_group)?;
+    // Refuse before touching anything: a live daemon holding the pid file is never displaced.
     if let Some(p) = &opts.pidfile {
-        process::check_pid_file(p)?;
+        if let PidFileState::Locked(pid) = PidFile::inspect(p)? {
+            return Err(limanet_runtime::FileError::AlreadyRunning {
+                path: p.clone(),
+                pid,
+            }
+            .into());
+        }
     }
     process::clear_stale_socket(&opts.socket)?;
     let mut backend = Backend::setup(opts)?;
@@ -188,7 +111,11 @@ pub fn run(opts: &VmnetOptions) -> Result<(), ServiceError> {
         _ => None,
     };
     keep_only_capabilities(&[CAP_NET_ADMIN], &[CAP_NET_ADMIN])?;
-    let pidfile = opts.pidfile.as_deref().map(PidFile::create).transpose()?;
+    let pidfile = opts
+        .pidfile
+        .as_deref()
+        .map(|p| PidFile::create_as(p, PidFormat::Bare))
+        .transpose()?;
     info!(
         mode = %opts.mode,
         socket = %opts.socket.display(),

@@ -2,9 +2,9 @@
 
 use anyhow::{bail, Context, Result};
 use limanet_netstack::{MacDisplay, NetConfig};
-use limanet_runtime::{Exit, Forward, Listen, Network, Options, TapConfig};
+use limanet_runtime::{privileges, Exit, Forward, Listen, Network, Options, TapConfig};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tracing::{info, warn};
@@ -321,21 +321,7 @@ fn seed() -> u64 {
 /// Blocks SIGINT and SIGTERM in this thread (and threads it starts later) and returns a
 /// signalfd that becomes readable when one arrives, so the event loop can shut down cleanly.
 pub fn termination_signals() -> Result<OwnedFd> {
-    // SAFETY: sigset manipulation on a local set, then a plain syscall.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-            bail!("cannot block termination signals");
-        }
-        let fd = libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error()).context("signalfd");
-        }
-        Ok(OwnedFd::from_raw_fd(fd))
-    }
+    privileges::signal_fd(&[libc::SIGINT, libc::SIGTERM]).context("termination signals")
 }
 
 /// Once namespaces, TAP devices and listening sockets exist, root's powers are no longer needed:
@@ -350,41 +336,8 @@ pub fn drop_privileges() -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         return Ok(());
     }
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    const CAP_NET_RAW: u32 = 13;
-    const VERSION_3: u32 = 0x2008_0522;
-    let keep = 1u32 << CAP_NET_RAW;
-    let mut header = Header {
-        version: VERSION_3,
-        pid: 0,
-    };
-    let data = [
-        Data {
-            effective: keep,
-            permitted: keep,
-            inheritable: 0,
-        },
-        Data {
-            effective: 0,
-            permitted: 0,
-            inheritable: 0,
-        },
-    ];
-    // SAFETY: capset with a version-3 header and two data words, as the kernel expects.
-    if unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("dropping capabilities");
-    }
+    let net_raw = [privileges::CAP_NET_RAW];
+    privileges::keep_only_capabilities(&net_raw, &net_raw)?;
     info!("dropped all capabilities but CAP_NET_RAW");
     Ok(())
 }

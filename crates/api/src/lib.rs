@@ -20,7 +20,6 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,52 +87,64 @@ impl Drop for ApiServer {
     }
 }
 
-/// Binds the socket now (so it exists, with its mode, before privileges are dropped) and
-/// serves it from a new thread.
+/// [`bind`] then [`BoundApi::serve`].
 pub fn spawn(config: ApiConfig, ctx: Context) -> Result<ApiServer, ApiError> {
-    let (listener, bound) = bind(&config)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(ApiError::Start)?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let path = config.path.clone();
-    let thread = std::thread::Builder::new()
-        .name("limanet-api".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                let listener = match tokio::net::UnixListener::from_std(listener) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        warn!(error = %e, "cannot serve the API socket");
-                        return;
-                    }
-                };
-                tokio::select! {
-                    () = serve(listener, Arc::new(ctx)) => {}
-                    _ = stop_rx => debug!("API server stopping"),
-                }
-            });
-        })
-        .map_err(ApiError::Start)?;
-    info!(path = %path.display(), "API listening");
-    Ok(ApiServer {
-        path,
-        _bound: bound,
-        stop: Some(stop_tx),
-        thread: Some(thread),
-    })
+    bind(&config)?.serve(ctx)
 }
 
-fn bind(
-    config: &ApiConfig,
-) -> Result<
-    (
-        std::os::unix::net::UnixListener,
-        limanet_runtime::files::BoundPath,
-    ),
-    ApiError,
-> {
+/// The API socket, bound and listening but not yet served: bind it while the process may still
+/// create files where it must, and serve it once privileges are gone.
+pub struct BoundApi {
+    listener: std::os::unix::net::UnixListener,
+    bound: limanet_runtime::files::BoundPath,
+    path: PathBuf,
+}
+
+impl BoundApi {
+    /// Serves the socket from a new thread.
+    pub fn serve(self, ctx: Context) -> Result<ApiServer, ApiError> {
+        let BoundApi {
+            listener,
+            bound,
+            path,
+        } = self;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(ApiError::Start)?;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("limanet-api".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let listener = match tokio::net::UnixListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            warn!(error = %e, "cannot serve the API socket");
+                            return;
+                        }
+                    };
+                    tokio::select! {
+                        () = serve(listener, Arc::new(ctx)) => {}
+                        _ = stop_rx => debug!("API server stopping"),
+                    }
+                });
+            })
+            .map_err(ApiError::Start)?;
+        info!(path = %path.display(), "API listening");
+        Ok(ApiServer {
+            path,
+            _bound: bound,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+}
+
+/// Binds the API socket with its final mode (0600, or 0660 and `group`): the mode comes from
+/// the umask at bind time, so the socket is never reachable more widely, and no path-based
+/// chmod can be redirected through a symlink.
+pub fn bind(config: &ApiConfig) -> Result<BoundApi, ApiError> {
     let path = &config.path;
     let io = |what: &'static str| {
         move |source| ApiError::Io {
@@ -144,23 +155,28 @@ fn bind(
     };
     // A socket left by a daemon that was killed is replaced; a live one or another file is not.
     limanet_runtime::files::prepare_socket_path(path)?;
-    let listener = std::os::unix::net::UnixListener::bind(path).map_err(io("listen on"))?;
+    let mask = if config.group.is_some() { 0o117 } else { 0o177 };
+    // SAFETY: umask only swaps the process's creation mask; restored right after the bind.
+    let old_mask = unsafe { libc::umask(mask) };
+    let listener = std::os::unix::net::UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old_mask) };
+    let listener = listener.map_err(io("listen on"))?;
     let bound = limanet_runtime::files::BoundPath::record(path)?;
-    let mode = if let Some(gid) = config.group {
+    if let Some(gid) = config.group {
         let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
             .map_err(|e| io("chown")(std::io::Error::other(e)))?;
-        // SAFETY: a valid C string; uid -1 leaves the owner alone.
-        if unsafe { libc::chown(c_path.as_ptr(), u32::MAX, gid) } != 0 {
+        // SAFETY: a valid C string; uid -1 leaves the owner alone; a symlink is not followed.
+        if unsafe { libc::lchown(c_path.as_ptr(), u32::MAX, gid) } != 0 {
             return Err(io("chown")(std::io::Error::last_os_error()));
         }
-        0o660
-    } else {
-        0o600
-    };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(io("set the mode of"))?;
+    }
     listener.set_nonblocking(true).map_err(io("listen on"))?;
-    Ok((listener, bound))
+    Ok(BoundApi {
+        listener,
+        bound,
+        path: path.clone(),
+    })
 }
 
 async fn serve(listener: tokio::net::UnixListener, ctx: Arc<Context>) {

@@ -271,14 +271,29 @@ fn dns_all(ctx: &Context) -> Response {
     Response::json(&zones)
 }
 
+/// Longest regular expression accepted in a zone record.
+const MAX_REGEXP_LEN: usize = 1024;
+/// Compiled size bound of one record's regular expression (NFA and lazy DFA each).
+const REGEXP_SIZE_LIMIT: usize = 256 << 10;
+
 fn dns_add(ctx: &Context, body: &[u8]) -> Result<Response, Response> {
     let req: ZoneJson = json::decode(body).map_err(|e| Response::error(400, e))?;
     let mut records = Vec::with_capacity(req.records.len());
     for r in req.records {
         let regexp = match r.regexp.as_deref() {
             None | Some("") => None,
+            Some(re) if re.len() > MAX_REGEXP_LEN => {
+                return Err(Response::error(
+                    400,
+                    format!("regexp longer than {MAX_REGEXP_LEN} bytes"),
+                ))
+            }
+            // Compiled size bounded, so a request cannot make the daemon build huge automata.
             Some(re) => Some(
-                regex::Regex::new(re)
+                regex::RegexBuilder::new(re)
+                    .size_limit(REGEXP_SIZE_LIMIT)
+                    .dfa_size_limit(REGEXP_SIZE_LIMIT)
+                    .build()
                     .map_err(|e| Response::error(400, format!("invalid regexp {re:?}: {e}")))?,
             ),
         };
@@ -289,11 +304,13 @@ fn dns_add(ctx: &Context, body: &[u8]) -> Result<Response, Response> {
         });
     }
     debug!(zone = %req.name, records = records.len(), default_ip = ?req.default_ip, "DNS zone added");
-    ctx.zones.add(Zone {
-        name: req.name,
-        records,
-        default_ip: req.default_ip,
-    });
+    ctx.zones
+        .add(Zone {
+            name: req.name,
+            records,
+            default_ip: req.default_ip,
+        })
+        .map_err(|e| Response::error(400, e))?;
     Ok(Response::ok())
 }
 

@@ -223,12 +223,15 @@ fn user_v2_eth0_guests_are_registered_and_keep_their_leases() {
     });
     assert!(fetched, "forward to v2a:8080 did not work\n{}", h.logs());
 
+    // The guest's own `--host` names are registered by its supervisor once it sees the lease,
+    // so right after DHCP they may not resolve yet: the guest retries, as cloud-init would.
     let client = QemuGuest::command(&QemuOptions {
         script: format!(
             "{one_nic}nslookup lima-v2a.internal 192.168.104.2 > /tmp/ns 2>&1; cat /tmp/ns\n\
              grep -q 192.168.104.1 /tmp/ns || exit 13\n\
              nslookup host.lima.internal 192.168.104.2 | grep -q 192.168.104.2 || exit 14\n\
-             nslookup db.test 192.168.104.2 | grep -q 10.1.2.3 || exit 16\n\
+             i=0\n\
+             until nslookup db.test 192.168.104.2 | grep -q 10.1.2.3; do i=$((i+1)); [ $i -lt 30 ] || exit 16; sleep 1; done\n\
              i=0\n\
              until ping -c 1 -W 1 lima-v2a.internal > /dev/null 2>&1; do i=$((i+1)); [ $i -lt 30 ] || exit 15; done\n\
              echo LIMANET-PING-OK\n"

@@ -33,7 +33,7 @@ pub use hosts::{
 pub use server::{spawn_background, BackgroundDns, DnsConfig, DnsError, DnsServer, Limits};
 pub use system::SystemLookup;
 pub use upstream::Upstreams;
-pub use zones::{Zone, ZoneAnswer, ZoneRecord, Zones, ZonesHandle};
+pub use zones::{Zone, ZoneAnswer, ZoneError, ZoneRecord, Zones, ZonesHandle};
 
 /// Runs one input through everything a query touches without I/O: the accept filter, the
 /// handler (with an in-memory [`TableLookup`]) and UDP truncation. For the fuzz target and its

@@ -66,16 +66,55 @@ fn dotted(name: &str) -> String {
     n
 }
 
+/// Most zones a network holds: the API is local, but a client must not grow memory without end.
+pub const MAX_ZONES: usize = 256;
+/// Most records a zone holds.
+pub const MAX_RECORDS_PER_ZONE: usize = 1024;
+
+/// Why a zone was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ZoneError {
+    #[error("too many DNS zones (at most {MAX_ZONES})")]
+    TooManyZones,
+    #[error("zone {0:?} would hold more than {MAX_RECORDS_PER_ZONE} records")]
+    TooManyRecords(String),
+}
+
 impl Zones {
     /// Adds a zone, merging into an existing zone of the same name (new records first, new
-    /// default IP), as gvproxy does.
-    pub fn add(&mut self, mut zone: Zone) {
+    /// default IP), as gvproxy does. Unlike gvproxy, an older record with the name of a new one
+    /// is dropped rather than kept behind it (the first match answers, so lookups are the same,
+    /// but a zone re-added at every VM start no longer grows).
+    pub fn add(&mut self, mut zone: Zone) -> Result<(), ZoneError> {
         if let Some(existing) = self.zones.iter_mut().find(|z| z.name == zone.name) {
-            zone.records.append(&mut existing.records);
+            let shadowed = |r: &ZoneRecord| {
+                !r.name.is_empty()
+                    && zone
+                        .records
+                        .iter()
+                        .any(|n| n.name.eq_ignore_ascii_case(&r.name))
+            };
+            let kept: Vec<ZoneRecord> = existing
+                .records
+                .iter()
+                .filter(|r| !shadowed(r))
+                .cloned()
+                .collect();
+            if zone.records.len() + kept.len() > MAX_RECORDS_PER_ZONE {
+                return Err(ZoneError::TooManyRecords(zone.name));
+            }
+            zone.records.extend(kept);
             *existing = zone;
         } else {
+            if self.zones.len() >= MAX_ZONES {
+                return Err(ZoneError::TooManyZones);
+            }
+            if zone.records.len() > MAX_RECORDS_PER_ZONE {
+                return Err(ZoneError::TooManyRecords(zone.name));
+            }
             self.zones.push(zone);
         }
+        Ok(())
     }
 
     /// The zones, in matching order.
@@ -121,13 +160,14 @@ pub struct ZonesHandle {
 
 impl ZonesHandle {
     /// Adds (or merges) a zone.
-    pub fn add(&self, zone: Zone) {
+    pub fn add(&self, zone: Zone) -> Result<(), ZoneError> {
         self.inner
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .add(zone);
+            .add(zone)?;
         self.generation
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Ok(())
     }
 
     /// Changes with every edit.
@@ -166,16 +206,20 @@ mod tests {
     #[test]
     fn gvproxy_semantics() {
         let mut zones = Zones::default();
-        zones.add(Zone {
-            name: "internal.".into(),
-            records: vec![record("host.lima", [192, 168, 104, 2])],
-            default_ip: None,
-        });
-        zones.add(Zone {
-            name: "localhost".into(),
-            records: vec![],
-            default_ip: Some([127, 0, 0, 1].into()),
-        });
+        zones
+            .add(Zone {
+                name: "internal.".into(),
+                records: vec![record("host.lima", [192, 168, 104, 2])],
+                default_ip: None,
+            })
+            .unwrap();
+        zones
+            .add(Zone {
+                name: "localhost".into(),
+                records: vec![],
+                default_ip: Some([127, 0, 0, 1].into()),
+            })
+            .unwrap();
         assert_eq!(
             zones.lookup("host.lima.internal.", true),
             ZoneAnswer::Address(Some([192, 168, 104, 2].into()))
@@ -201,14 +245,16 @@ mod tests {
         assert_eq!(zones.lookup("localhost.", true), ZoneAnswer::NotInZone);
 
         // Added again: new records first, old ones kept.
-        zones.add(Zone {
-            name: "internal.".into(),
-            records: vec![
-                record("lima-vm1", [192, 168, 104, 1]),
-                record("host.lima", [10, 0, 0, 1]),
-            ],
-            default_ip: None,
-        });
+        zones
+            .add(Zone {
+                name: "internal.".into(),
+                records: vec![
+                    record("lima-vm1", [192, 168, 104, 1]),
+                    record("host.lima", [10, 0, 0, 1]),
+                ],
+                default_ip: None,
+            })
+            .unwrap();
         assert_eq!(zones.all().len(), 2);
         assert_eq!(zones.all()[0].records.len(), 3);
         assert_eq!(
@@ -224,15 +270,17 @@ mod tests {
     #[test]
     fn regexp_and_default_ip() {
         let mut zones = Zones::default();
-        zones.add(Zone {
-            name: "test.".into(),
-            records: vec![ZoneRecord {
-                name: String::new(),
-                ip: Some([10, 1, 1, 1].into()),
-                regexp: Some(regex::Regex::new("^web-[0-9]+$").unwrap()),
-            }],
-            default_ip: Some([10, 9, 9, 9].into()),
-        });
+        zones
+            .add(Zone {
+                name: "test.".into(),
+                records: vec![ZoneRecord {
+                    name: String::new(),
+                    ip: Some([10, 1, 1, 1].into()),
+                    regexp: Some(regex::Regex::new("^web-[0-9]+$").unwrap()),
+                }],
+                default_ip: Some([10, 9, 9, 9].into()),
+            })
+            .unwrap();
         assert_eq!(
             zones.lookup("web-12.test.", true),
             ZoneAnswer::Address(Some([10, 1, 1, 1].into()))
@@ -242,14 +290,69 @@ mod tests {
             ZoneAnswer::Address(Some([10, 9, 9, 9].into()))
         );
         // The first matching zone decides, even if a later one would match too.
-        zones.add(Zone {
-            name: "sub.test.".into(),
-            records: vec![record("x", [1, 2, 3, 4])],
-            default_ip: None,
-        });
+        zones
+            .add(Zone {
+                name: "sub.test.".into(),
+                records: vec![record("x", [1, 2, 3, 4])],
+                default_ip: None,
+            })
+            .unwrap();
         assert_eq!(
             zones.lookup("x.sub.test.", true),
             ZoneAnswer::Address(Some([10, 9, 9, 9].into()))
         );
+    }
+
+    #[test]
+    fn re_added_names_replace_older_records_and_sizes_are_bounded() {
+        let mut zones = Zones::default();
+        let zone = |recs: Vec<ZoneRecord>| Zone {
+            name: "internal.".into(),
+            records: recs,
+            default_ip: None,
+        };
+        zones
+            .add(zone(vec![record("lima-a", [10, 0, 0, 1])]))
+            .unwrap();
+        zones
+            .add(zone(vec![record("lima-b", [10, 0, 0, 2])]))
+            .unwrap();
+        zones
+            .add(zone(vec![record("LIMA-A", [10, 0, 0, 3])]))
+            .unwrap();
+        // The newest lima-a answers, the older one is gone, lima-b stays.
+        assert_eq!(zones.all()[0].records.len(), 2);
+        assert_eq!(
+            zones.lookup("lima-a.internal.", true),
+            ZoneAnswer::Address(Some([10, 0, 0, 3].into()))
+        );
+        assert_eq!(
+            zones.lookup("lima-b.internal.", true),
+            ZoneAnswer::Address(Some([10, 0, 0, 2].into()))
+        );
+        let many: Vec<ZoneRecord> = (0..=MAX_RECORDS_PER_ZONE)
+            .map(|i| record(&format!("h{i}"), [10, 0, 0, 9]))
+            .collect();
+        assert!(matches!(
+            zones.add(zone(many)),
+            Err(ZoneError::TooManyRecords(_))
+        ));
+        for i in 1..MAX_ZONES {
+            zones
+                .add(Zone {
+                    name: format!("z{i}."),
+                    records: Vec::new(),
+                    default_ip: None,
+                })
+                .unwrap();
+        }
+        let full = zones.add(Zone {
+            name: "one-too-many.".into(),
+            records: Vec::new(),
+            default_ip: None,
+        });
+        assert_eq!(full, Err(ZoneError::TooManyZones));
+        // A refused zone changed nothing.
+        assert_eq!(zones.all().len(), MAX_ZONES);
     }
 }

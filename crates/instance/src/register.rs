@@ -119,17 +119,6 @@ impl Registration {
             .collect()
     }
 
-    /// The unexpose requests that undo [`Registration::expose_requests`].
-    pub fn unexpose_requests(&self) -> Vec<UnexposeRequest> {
-        self.forwards
-            .iter()
-            .map(|f| UnexposeRequest {
-                local: f.host.to_string(),
-                protocol: protocol(f).to_owned(),
-            })
-            .collect()
-    }
-
     /// Registers the instance (see the module docs); returns the VM's address. Stops waiting
     /// for the lease when `cancelled` returns true.
     pub fn register(&self, cancelled: &dyn Fn() -> bool) -> anyhow::Result<Ipv4Addr> {
@@ -143,16 +132,31 @@ impl Registration {
             self.name,
             self.network
         );
+        // One failure (a port another instance holds, a zone the daemon refuses) is logged and
+        // does not keep the rest from being registered.
+        let mut failures = 0;
         for req in self.expose_requests(addr) {
-            client
-                .expose(&req)
-                .with_context(|| format!("failed to expose {} -> {}", req.local, req.remote))?;
-            tracing::info!("exposed {} {} -> {}", req.protocol, req.local, req.remote);
+            match client.expose(&req) {
+                Ok(()) => {
+                    tracing::info!("exposed {} {} -> {}", req.protocol, req.local, req.remote)
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!("failed to expose {} -> {}: {e:#}", req.local, req.remote);
+                }
+            }
         }
         for zone in dnshosts::extract_zones(&self.hosts_map(&ip)) {
-            client
-                .add_dns(&zone)
-                .with_context(|| format!("failed to add DNS zone `{}`", zone.name))?;
+            if let Err(e) = client.add_dns(&zone) {
+                failures += 1;
+                tracing::warn!("failed to add DNS zone `{}`: {e:#}", zone.name);
+            }
+        }
+        if failures > 0 {
+            anyhow::bail!(
+                "instance `{}` has {addr}, but {failures} forward(s) or DNS zone(s) could not be registered (see the log)",
+                self.name
+            );
         }
         Ok(addr)
     }
@@ -170,12 +174,46 @@ impl Registration {
                 return;
             }
         };
-        for req in self.unexpose_requests() {
+        // Only forwards that lead to this VM: a local address another instance exposed (ours
+        // failed, or was never made) is left alone.
+        let ours = match self.own_forwards(&client) {
+            Ok(ours) => ours,
+            Err(e) => {
+                tracing::warn!("cannot tell which forwards are this instance's: {e:#}");
+                return;
+            }
+        };
+        for req in ours {
             match client.unexpose(&req) {
                 Ok(()) => tracing::info!("unexposed {} {}", req.protocol, req.local),
                 Err(e) => tracing::warn!("failed to unexpose {}: {e:#}", req.local),
             }
         }
+    }
+}
+
+impl Registration {
+    /// The daemon's forwards that this instance exposed: same local address, protocol and
+    /// guest side as [`Registration::expose_requests`] for the VM's leased address.
+    fn own_forwards(&self, client: &Client) -> anyhow::Result<Vec<UnexposeRequest>> {
+        let leases = client.leases()?;
+        let Some(ip) = leases
+            .iter()
+            .find(|(_, mac)| mac.eq_ignore_ascii_case(&self.mac))
+            .and_then(|(ip, _)| ip.parse::<Ipv4Addr>().ok())
+        else {
+            return Ok(Vec::new());
+        };
+        let listed = client.forwards()?;
+        Ok(self
+            .expose_requests(ip)
+            .into_iter()
+            .filter(|want| listed.contains(want))
+            .map(|want| UnexposeRequest {
+                local: want.local,
+                protocol: want.protocol,
+            })
+            .collect())
     }
 }
 
@@ -273,12 +311,6 @@ mod tests {
         ]
         .map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned()));
         assert_eq!(got, want);
-        let un: Vec<(String, String)> = r
-            .unexpose_requests()
-            .into_iter()
-            .map(|u| (u.local, u.protocol))
-            .collect();
-        assert_eq!(un[1], ("127.0.0.1:5353".to_owned(), "udp".to_owned()));
     }
 
     #[test]

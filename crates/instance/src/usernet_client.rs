@@ -31,8 +31,8 @@ pub const RESOLVE_IP_TIMEOUT_ENV: &str = "LIMA_USERNET_RESOLVE_IP_ADDRESS_TIMEOU
 /// How often the leases are polled (Lima: 500 ms).
 const RESOLVE_POLL: Duration = Duration::from_millis(500);
 
-/// gvproxy `types.ExposeRequest`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// gvproxy `types.ExposeRequest` (also the entries of `/services/forwarder/all`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ExposeRequest {
     /// Host side, `IP:PORT`.
     pub local: String,
@@ -75,6 +75,12 @@ impl Client {
     pub fn leases(&self) -> anyhow::Result<BTreeMap<String, String>> {
         let body = self.call(Method::GET, "/services/dhcp/leases", None)?;
         serde_json::from_slice(&body).context("failed to decode the leases")
+    }
+
+    /// `GET /services/forwarder/all`, as expose requests.
+    pub fn forwards(&self) -> anyhow::Result<Vec<ExposeRequest>> {
+        let body = self.call(Method::GET, "/services/forwarder/all", None)?;
+        serde_json::from_slice(&body).context("failed to decode the forwards")
     }
 
     /// `POST /services/forwarder/expose`.

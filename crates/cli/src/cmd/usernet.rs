@@ -5,7 +5,7 @@ use limanet_netstack::{MacDisplay, NetConfig};
 use limanet_runtime::{privileges, Exit, Forward, Listen, Network, Options, TapConfig};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 use tracing::{info, warn};
 
@@ -444,12 +444,20 @@ pub fn run(mut args: Args) -> Result<u8> {
     );
     let mut net = Network::new(cfg.clone(), opts)?;
     let zones = limanet_dns::ZonesHandle::default();
-    // Bound before privileges go, so its mode and owner are settled by then.
+    // Bound before privileges go, so its mode and owner are settled by then; served only after,
+    // so the API thread runs with no more powers than the data plane.
     let group = args.endpoint_group.as_deref().map(group_id).transpose()?;
-    let _api = match &args.endpoint {
-        Some(path) => Some(start_api(&mut net, &cfg, path, group, zones.clone())?),
-        None => None,
-    };
+    let api = args
+        .endpoint
+        .as_ref()
+        .map(|path| {
+            limanet_api::bind(&limanet_api::ApiConfig {
+                path: path.clone(),
+                group,
+            })
+        })
+        .transpose()
+        .context("cannot serve the HTTP API")?;
     drop_privileges()?;
     args.net.confine_filesystem(parent_dirs(
         listen
@@ -458,6 +466,10 @@ pub fn run(mut args: Args) -> Result<u8> {
             .chain(args.pidfile.as_deref())
             .chain(args.endpoint.as_deref()),
     ))?;
+    let _api = match api {
+        Some(api) => Some(serve_api(&mut net, &cfg, api, zones.clone())?),
+        None => None,
+    };
     let dns = args.net.start_dns_with_zones(&cfg, zones)?;
     attach_dns(&mut net, &dns)?;
     let _pidfile = args
@@ -482,12 +494,11 @@ pub fn run(mut args: Args) -> Result<u8> {
     Ok(0)
 }
 
-/// Serves the HTTP API for `net` on `path`.
-pub fn start_api(
+/// Serves the bound API socket of a user-v2 network.
+pub fn serve_api(
     net: &mut Network,
     cfg: &NetConfig,
-    path: &Path,
-    group: Option<u32>,
+    api: limanet_api::BoundApi,
     zones: limanet_dns::ZonesHandle,
 ) -> Result<limanet_api::ApiServer> {
     let control = net
@@ -499,11 +510,7 @@ pub fn start_api(
         network: cfg.network,
         prefix_len: cfg.prefix_len,
     };
-    let config = limanet_api::ApiConfig {
-        path: path.to_path_buf(),
-        group,
-    };
-    limanet_api::spawn(config, ctx).context("cannot serve the HTTP API")
+    api.serve(ctx).context("cannot serve the HTTP API")
 }
 
 /// A group given by number or by name.

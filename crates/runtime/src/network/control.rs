@@ -18,6 +18,9 @@ use std::sync::Arc;
 use std::time::Instant;
 use tracing::{debug, info};
 
+/// Most forwards at once: each holds a listening descriptor from the same budget as guest flows.
+const MAX_EXPOSED: usize = 256;
+
 /// The event loop's token for the control waker (never a host socket nor a source).
 pub(super) const WAKER_TOKEN: Token = Token(usize::MAX);
 
@@ -188,6 +191,11 @@ impl Network {
             ..forward
         };
         let proto = if forward.udp { "udp" } else { "tcp" };
+        if self.control.exposed.len() >= MAX_EXPOSED {
+            return Err(format!(
+                "too many forwards (at most {MAX_EXPOSED}); unexpose one first"
+            ));
+        }
         if forward.host.port() != 0
             && self
                 .control

@@ -256,7 +256,8 @@ mod tests {
             })
             .unwrap();
         assert_eq!(zones.all().len(), 2);
-        assert_eq!(zones.all()[0].records.len(), 3);
+        // lima-vm1 and the new host.lima; the older host.lima record was replaced.
+        assert_eq!(zones.all()[0].records.len(), 2);
         assert_eq!(
             zones.lookup("host.lima.internal.", true),
             ZoneAnswer::Address(Some([10, 0, 0, 1].into()))

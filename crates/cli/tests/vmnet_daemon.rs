@@ -653,7 +653,7 @@ fn crashes_and_failed_starts_leave_nothing_and_live_daemons_are_not_displaced() 
         ],
     );
     let err = second.expect_err("second daemon must fail").to_string();
-    assert!(err.contains("locked by a running daemon"), "{err}");
+    assert!(err.contains("held by a running limanet"), "{err}");
     let other_pid = dir.0.join("other.pid");
     let third = th.host.run(
         LIMANET,

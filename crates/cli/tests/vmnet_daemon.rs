@@ -265,8 +265,23 @@ fn host_mode_connects_host_and_vms_and_nothing_else() {
     assert!(!ping(&vm1.ns, &TestHost::INTERNET_ADDR.to_string()));
     assert_eq!(forwarding(&th.host, &names(&dir).bridge), "0");
 
+    // The host TAP set down (writes fail with EIO) does not end the daemon; traffic resumes.
+    let tap = names(&dir).tap;
+    th.host
+        .run("ip", &["link", "set", &tap, "down"])
+        .expect("tap down");
+    assert!(!ping(&vm1.ns, "192.168.106.1"));
+    th.host
+        .run("ip", &["link", "set", &tap, "up"])
+        .expect("tap up");
+    let up = limanet_testkit::wait_for("ping after tap up", Duration::from_secs(10), || {
+        ping(&vm1.ns, "192.168.106.1")
+    });
+    assert!(up.is_ok(), "{}", d.logs());
+
     let logs = stop_and_check_clean(&th, d, &dir);
     assert!(logs.contains("vmnet network ready"), "{logs}");
+    assert!(logs.contains("link down"), "{logs}");
 }
 
 #[test]

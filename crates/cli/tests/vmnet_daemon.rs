@@ -168,6 +168,28 @@ fn host_resolv(th: &TestHost) {
         .expect("resolv.conf");
 }
 
+/// (CapPrm, CapEff) of the first thread of `pid` whose name is `comm`.
+fn thread_caps(pid: u32, comm: &str) -> (u64, u64) {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks");
+    for task in tasks {
+        let dir = task.expect("task").path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if name.trim_end() != comm {
+            continue;
+        }
+        let status = std::fs::read_to_string(dir.join("status")).expect("status");
+        let field = |key: &str| {
+            let line = status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .expect("cap line");
+            u64::from_str_radix(line.trim(), 16).expect("hex")
+        };
+        return (field("CapPrm:"), field("CapEff:"));
+    }
+    panic!("no thread {comm} in process {pid}");
+}
+
 #[test]
 fn host_mode_connects_host_and_vms_and_nothing_else() {
     require_root();
@@ -189,6 +211,10 @@ fn host_mode_connects_host_and_vms_and_nothing_else() {
     assert_eq!(mode.permissions().mode() & 0o777, 0o770);
     let pid = std::fs::read_to_string(dir.pid()).expect("pid file");
     assert_eq!(pid, d.id().to_string(), "pid without newline");
+    // Capabilities are per thread: the DNS thread keeps none once port 53 is bound, the main
+    // thread only CAP_NET_ADMIN (bit 12).
+    assert_eq!(thread_caps(d.id(), "limanet-dns"), (0, 0));
+    assert_eq!(thread_caps(d.id(), "limanet"), (1 << 12, 1 << 12));
 
     let vm1 = attach(&dir.sock(), Some(("192.168.106.10/24", "192.168.106.1")));
     // VM 2 configures itself by DHCP (busybox udhcpc) and asks the gateway's DNS.
@@ -239,8 +265,23 @@ fn host_mode_connects_host_and_vms_and_nothing_else() {
     assert!(!ping(&vm1.ns, &TestHost::INTERNET_ADDR.to_string()));
     assert_eq!(forwarding(&th.host, &names(&dir).bridge), "0");
 
+    // The host TAP set down (writes fail with EIO) does not end the daemon; traffic resumes.
+    let tap = names(&dir).tap;
+    th.host
+        .run("ip", &["link", "set", &tap, "down"])
+        .expect("tap down");
+    assert!(!ping(&vm1.ns, "192.168.106.1"));
+    th.host
+        .run("ip", &["link", "set", &tap, "up"])
+        .expect("tap up");
+    let up = limanet_testkit::wait_for("ping after tap up", Duration::from_secs(10), || {
+        ping(&vm1.ns, "192.168.106.1")
+    });
+    assert!(up.is_ok(), "{}", d.logs());
+
     let logs = stop_and_check_clean(&th, d, &dir);
     assert!(logs.contains("vmnet network ready"), "{logs}");
+    assert!(logs.contains("link down"), "{logs}");
 }
 
 #[test]
@@ -627,7 +668,7 @@ fn crashes_and_failed_starts_leave_nothing_and_live_daemons_are_not_displaced() 
         ],
     );
     let err = second.expect_err("second daemon must fail").to_string();
-    assert!(err.contains("locked by a running daemon"), "{err}");
+    assert!(err.contains("held by a running limanet"), "{err}");
     let other_pid = dir.0.join("other.pid");
     let third = th.host.run(
         LIMANET,

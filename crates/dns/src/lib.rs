@@ -30,7 +30,9 @@ pub use handler::{Handler, Lookup, LookupError, Outcome, TableLookup, LOCAL_TTL}
 pub use hosts::{
     canonical, instance_host_name, lima_hosts, HostsHandle, StaticHosts, HOST_LIMA_INTERNAL,
 };
-pub use server::{spawn_background, BackgroundDns, DnsConfig, DnsError, DnsServer, Limits};
+pub use server::{
+    spawn_background, AfterBind, BackgroundDns, DnsConfig, DnsError, DnsServer, Limits,
+};
 pub use system::SystemLookup;
 pub use upstream::Upstreams;
 pub use zones::{Zone, ZoneAnswer, ZoneError, ZoneRecord, Zones, ZonesHandle};

@@ -81,6 +81,20 @@ pub struct DnsConfig {
     pub limits: Limits,
     /// Zones added at run time (user-v2's `dns/add`); the caller keeps a clone to edit them.
     pub zones: crate::zones::ZonesHandle,
+    /// Run by [`spawn_background`] on the server's thread once its sockets are bound, before it
+    /// serves (e.g. to drop the privileges only binding needed; capabilities are per thread).
+    /// An error stops the start-up.
+    pub after_bind: Option<AfterBind>,
+}
+
+/// A hook run on the DNS thread right after its sockets are bound.
+#[derive(Clone)]
+pub struct AfterBind(pub Arc<dyn Fn() -> std::io::Result<()> + Send + Sync>);
+
+impl std::fmt::Debug for AfterBind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AfterBind(..)")
+    }
 }
 
 impl Default for DnsConfig {
@@ -96,6 +110,7 @@ impl Default for DnsConfig {
             fallback_servers: true,
             limits: Limits::default(),
             zones: Default::default(),
+            after_bind: None,
         }
     }
 }
@@ -116,6 +131,9 @@ pub enum DnsError {
     /// The background runtime or thread could not be started.
     #[error("cannot start the DNS server thread: {0}")]
     Start(std::io::Error),
+    /// The hook run after binding failed.
+    #[error("DNS start-up hook failed: {0}")]
+    AfterBind(std::io::Error),
     /// The background server stopped before reporting its addresses.
     #[error("the DNS server thread stopped during start-up")]
     StartupAborted,
@@ -573,6 +591,7 @@ pub fn spawn_background(config: DnsConfig) -> Result<BackgroundDns, DnsError> {
         .name("limanet-dns".into())
         .spawn(move || {
             runtime.block_on(async move {
+                let after_bind = config.after_bind.clone();
                 let server = match DnsServer::bind(config).await {
                     Ok(server) => server,
                     Err(err) => {
@@ -580,6 +599,12 @@ pub fn spawn_background(config: DnsConfig) -> Result<BackgroundDns, DnsError> {
                         return;
                     }
                 };
+                if let Some(AfterBind(hook)) = after_bind {
+                    if let Err(err) = hook() {
+                        let _ = ready_tx.send(Err(DnsError::AfterBind(err)));
+                        return;
+                    }
+                }
                 let _ = ready_tx.send(Ok((server.udp_addr(), server.tcp_addr(), server.hosts())));
                 tokio::select! {
                     () = server.run() => {}

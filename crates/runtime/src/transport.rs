@@ -18,7 +18,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::rc::Rc;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// Largest amount of queued output per port before new frames are dropped. TCP flows recover
 /// through retransmission; this only bounds memory when a VM stops reading.
@@ -115,6 +115,8 @@ pub struct Port {
     max_queued: usize,
     pub dropped: u64,
     pub zero_length_frames: u64,
+    /// A write failed because the link is down (logged once per outage).
+    link_down: bool,
     budget: Rc<QueueBudget>,
 }
 
@@ -141,6 +143,7 @@ impl Port {
             max_queued: MAX_QUEUED_BYTES,
             dropped: 0,
             zero_length_frames: 0,
+            link_down: false,
             budget,
         }
     }
@@ -181,6 +184,11 @@ impl Port {
                     };
                     if n < 0 {
                         let err = io::Error::last_os_error();
+                        // A packet socket reports its interface going down once (ENETDOWN).
+                        if err.raw_os_error() == Some(libc::ENETDOWN) {
+                            debug!(port = %self.name, "link down");
+                            return Ok(ReadStatus::Drained);
+                        }
                         return match err.kind() {
                             io::ErrorKind::WouldBlock => Ok(ReadStatus::Drained),
                             io::ErrorKind::Interrupted => continue,
@@ -369,8 +377,21 @@ impl Port {
                             Some(libc::EMSGSIZE) | Some(libc::ENOBUFS) | Some(libc::EINVAL) => {
                                 self.dropped += 1
                             }
+                            // The link is down (TAP set down, NIC unplugged): drop, keep going;
+                            // frames flow again once it is back up.
+                            Some(libc::ENETDOWN) | Some(libc::ENXIO) | Some(libc::EIO)
+                            | Some(libc::ENODEV) => {
+                                self.dropped += 1;
+                                if !self.link_down {
+                                    self.link_down = true;
+                                    warn!(port = %self.name, error = %err, "link down, dropping frames");
+                                }
+                            }
                             _ => return Err(err),
                         }
+                    } else if self.link_down {
+                        self.link_down = false;
+                        info!(port = %self.name, dropped = self.dropped, "link up again");
                     }
                     if let Some(f) = self.wq.pop_front() {
                         self.queued -= f.len();

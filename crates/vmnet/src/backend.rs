@@ -39,6 +39,8 @@ pub enum BackendError {
         "interface {name} already exists and is not limanet's (alias {alias:?}); not touching it"
     )]
     NameTaken { name: String, alias: Option<String> },
+    #[error("another limanet vmnet is running for this socket (lock {0} is held)")]
+    Busy(PathBuf),
     #[error("--vmnet-interface={0}: no such interface")]
     NoInterface(String),
     #[error("nftables: {0}")]
@@ -56,6 +58,8 @@ pub struct Names {
     pub table: String,
     pub marker: String,
     pub state_file: PathBuf,
+    /// Held (flock) by the daemon serving this socket from before set-up until exit.
+    pub lock_file: PathBuf,
 }
 
 impl Names {
@@ -68,12 +72,18 @@ impl Names {
         }
         let id = format!("{h:08x}");
         let mut marker = format!("{MARKER}{}", socket.display());
-        marker.truncate(250);
+        // ifalias holds at most 255 bytes; cut at a character boundary.
+        let mut cut = marker.len().min(250);
+        while !marker.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        marker.truncate(cut);
         Names {
             bridge: format!("lnvbr{id}"),
             tap: format!("lnvtp{id}"),
             table: format!("limanet_vmnet_{id}"),
             state_file: PathBuf::from(STATE_DIR).join(format!("{id}.sysctl")),
+            lock_file: PathBuf::from(STATE_DIR).join(format!("{id}.lock")),
             marker,
             id,
         }
@@ -100,6 +110,43 @@ pub struct Backend {
     /// The gateway's MAC (host/shared).
     pub gateway_mac: Option<MacAddr>,
     pub description: String,
+    /// The per-socket lock; declared last so it is released after teardown (in `Drop`).
+    _lock: std::fs::File,
+}
+
+/// Creates [`STATE_DIR`] (0700) if needed.
+fn state_dir() -> io::Result<&'static Path> {
+    let dir = Path::new(STATE_DIR);
+    std::fs::create_dir_all(dir)?;
+    let meta = std::fs::symlink_metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(io::Error::other(format!("{STATE_DIR} is not a directory")));
+    }
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    Ok(dir)
+}
+
+/// Takes the exclusive lock of the daemon for `names`' socket, or fails if another holds it.
+fn lock_socket(names: &Names) -> Result<std::fs::File, BackendError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    state_dir()?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&names.lock_file)?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(BackendError::Busy(names.lock_file.clone()));
+        }
+        return Err(e.into());
+    }
+    Ok(file)
 }
 
 fn sysctl_path(iface: &str) -> PathBuf {
@@ -111,6 +158,9 @@ impl Backend {
     pub fn setup(opts: &VmnetOptions) -> Result<Self, BackendError> {
         let nl = Netlink::new()?;
         let names = Names::for_socket(&opts.socket);
+        // Before anything is removed: a daemon still setting up for this socket is never
+        // disturbed (and on failure here nothing is torn down: no Backend exists yet).
+        let lock = lock_socket(&names)?;
         let mut b = Backend {
             nl,
             names,
@@ -121,6 +171,7 @@ impl Backend {
             host_port: None,
             gateway_mac: None,
             description: String::new(),
+            _lock: lock,
         };
         b.remove_leftovers()?;
         match opts.mode {
@@ -142,7 +193,9 @@ impl Backend {
     /// Fails if `name` exists and is not marked as ours; deletes it if it is ours.
     fn clear_name(&self, name: &str) -> Result<(), BackendError> {
         if let Some(link) = self.nl.link(name)? {
-            let ours = link.alias.as_deref().is_some_and(|a| a.starts_with(MARKER));
+            // Exactly this socket's marker: an interface of another socket's network (even one
+            // whose id collides) is never ours to delete.
+            let ours = link.alias.as_deref() == Some(self.names.marker.as_str());
             if !ours {
                 return Err(BackendError::NameTaken {
                     name: name.to_string(),
@@ -283,9 +336,7 @@ impl Backend {
     /// Notes a sysctl's old value, on disk first so a crash cannot lose it.
     fn record_sysctl(&mut self, path: &Path, old: &str) -> io::Result<()> {
         self.sysctls.push((path.to_path_buf(), old.to_string()));
-        let dir = Path::new(STATE_DIR);
-        std::fs::create_dir_all(dir)?;
-        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        state_dir()?;
         let text: String = self
             .sysctls
             .iter()
@@ -426,5 +477,30 @@ mod tests {
         assert!(n.marker.starts_with(MARKER));
         let mac = n.bridge_mac();
         assert_eq!(mac[0] & 0x03, 0x02, "locally administered unicast");
+    }
+
+    #[test]
+    fn long_markers_are_cut_at_a_character_boundary() {
+        let long = format!("/tmp/{}", "é".repeat(200));
+        let n = Names::for_socket(Path::new(&long));
+        assert!(n.marker.len() <= 250 && n.marker.len() >= 249);
+        assert!(n.marker.starts_with(MARKER));
+    }
+
+    #[test]
+    fn a_second_daemon_for_the_same_socket_is_refused() {
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root for {STATE_DIR}");
+            return;
+        }
+        let sock = format!("/nonexistent/limanet-lock-test-{}", std::process::id());
+        let n = Names::for_socket(Path::new(&sock));
+        let first = lock_socket(&n).expect("first lock");
+        assert!(matches!(lock_socket(&n), Err(BackendError::Busy(_))));
+        drop(first);
+        let again = lock_socket(&n).expect("lock after release");
+        drop(again);
+        let _ = std::fs::remove_file(&n.lock_file);
     }
 }

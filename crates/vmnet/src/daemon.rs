@@ -8,7 +8,7 @@
 //! own frames (counted), without slowing anyone else.
 
 use crate::gateway::{dhcp_request, Gateway};
-use crate::switch::{MacTable, Route, TableLimits};
+use crate::switch::{MacTable, Route, TableLimits, Verdict};
 use limanet_runtime::transport::{Io, Port, PortError, QueueBudget, ReadStatus};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
@@ -88,12 +88,16 @@ impl Daemon {
         poll.registry()
             .register(&mut SourceFd(&stop.as_raw_fd()), STOP, Interest::READABLE)?;
         limanet_runtime::sys::set_nonblocking(host.as_raw_fd())?;
+        let mut table = MacTable::new(TableLimits::default());
+        if let Some(gw) = &gateway {
+            table.reserve(gw.mac());
+        }
         let mut d = Daemon {
             poll,
             listener,
             _stop: stop,
             ports: Vec::new(),
-            table: MacTable::new(TableLimits::default()),
+            table,
             gateway,
             pending: HashSet::new(),
             dirty: Vec::new(),
@@ -193,6 +197,9 @@ impl Daemon {
             runts = self.stats.runts,
             macs = self.table.len(),
             unlearnt = self.table.unlearnt,
+            bad_source = self.table.drops.bad_source,
+            stolen_mac = self.table.drops.stolen,
+            port_full = self.table.drops.port_full,
             "switch statistics"
         );
     }
@@ -290,7 +297,28 @@ impl Daemon {
         dst.copy_from_slice(&frame[0..6]);
         let mut src = [0u8; 6];
         src.copy_from_slice(&frame[6..12]);
-        self.table.learn(src, from, now);
+        if from == HOST {
+            self.table.learn(src, from, now);
+        } else {
+            match self.table.learn_client(src, from, now) {
+                Verdict::Accept => {}
+                Verdict::PortFull { first: true } => {
+                    warn!(
+                        port = from,
+                        "client uses too many source MAC addresses; frames from more are dropped"
+                    );
+                    return self.recycle(frame);
+                }
+                verdict => {
+                    debug!(
+                        port = from,
+                        ?verdict,
+                        "frame with a refused source MAC dropped"
+                    );
+                    return self.recycle(frame);
+                }
+            }
+        }
         if from != HOST {
             if let Some(gw) = &mut self.gateway {
                 if let Some((mac, payload)) = dhcp_request(&frame) {

@@ -44,6 +44,11 @@ pub struct Gateway {
 
 impl Gateway {
     /// Pool from gateway+1 to `dhcp_end`; router and DNS at the gateway.
+    /// The gateway's (and bridge's) MAC address.
+    pub fn mac(&self) -> MacAddr {
+        self.gateway_mac
+    }
+
     pub fn new(subnet: &Subnet, gateway_mac: MacAddr, mtu: u16) -> Result<Self, DhcpError> {
         let pool_start = Ipv4Addr::from(u32::from(subnet.gateway) + 1);
         let server = DhcpServer::new(DhcpConfig {

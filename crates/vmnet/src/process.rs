@@ -8,7 +8,7 @@
 use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -94,20 +94,25 @@ impl Listener {
     /// Binds `path` (after [`clear_stale_socket`]), mode 0770, group `gid`.
     pub fn bind(path: &Path, gid: libc::gid_t) -> Result<Self, FileError> {
         clear_stale_socket(path)?;
-        let listener = UnixListener::bind(path).map_err(io_err("cannot listen on", path))?;
+        // The socket gets its mode at creation (0777 & !0o007 = 0770): no path-based chmod that
+        // could follow a symlink swapped in, and no moment with a laxer umask-derived mode.
+        // SAFETY: umask cannot fail; restored right after (no other thread creates files yet).
+        let old_umask = unsafe { libc::umask(0o007) };
+        let bound = UnixListener::bind(path);
+        // SAFETY: as above.
+        unsafe { libc::umask(old_umask) };
+        let listener = bound.map_err(io_err("cannot listen on", path))?;
         let this = Listener {
             listener,
             path: path.to_path_buf(),
         };
         let c = cstring(path).map_err(io_err("cannot chown", path))?;
-        // SAFETY: lchown of a NUL-terminated path we just created.
+        // SAFETY: lchown (never follows a symlink) of a NUL-terminated path we just created.
         if unsafe { libc::lchown(c.as_ptr(), u32::MAX, gid) } != 0 {
             return Err(io_err("cannot chown socket", path)(
                 io::Error::last_os_error(),
             ));
         }
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o770))
-            .map_err(io_err("cannot chmod socket", path))?;
         this.listener
             .set_nonblocking(true)
             .map_err(io_err("cannot set up", path))?;
@@ -124,6 +129,7 @@ impl Drop for Listener {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn tmp(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("lnvmnet-{}-{name}", std::process::id()));

@@ -62,6 +62,8 @@ pub fn run(opts: &VmnetOptions) -> Result<(), ServiceError> {
         warn!("running setuid is discouraged; run limanet vmnet through sudo");
     }
     let signals = termination_signals()?;
+    // Each client holds a socket; a large fleet of VMs must not hit the default soft limit.
+    limanet_runtime::limits::raise_nofile_limit();
     let gid = process::group_id(&opts.socket_group)?;
     // Refuse before touching anything: a live daemon holding the pid file is never displaced.
     if let Some(p) = &opts.pidfile {
@@ -92,8 +94,8 @@ pub fn run(opts: &VmnetOptions) -> Result<(), ServiceError> {
         signals,
         gateway,
     )?;
-    // The DNS thread binds port 53, so it starts with CAP_NET_BIND_SERVICE and keeps it; the
-    // main thread drops it right after.
+    // The DNS thread binds port 53, so it starts with CAP_NET_BIND_SERVICE; once bound it drops
+    // every capability (capabilities are per thread), and the main thread drops it right after.
     keep_only_capabilities(&[CAP_NET_ADMIN, CAP_NET_BIND_SERVICE], &[CAP_NET_ADMIN])?;
     let dns = match &opts.subnet {
         Some(subnet) if opts.mode != Mode::Bridged => {
@@ -103,6 +105,9 @@ pub fn run(opts: &VmnetOptions) -> Result<(), ServiceError> {
                 udp_port: 53,
                 tcp_port: 53,
                 hosts: limanet_dns::lima_hosts(&[], gw, None),
+                after_bind: Some(limanet_dns::AfterBind(std::sync::Arc::new(|| {
+                    keep_only_capabilities(&[], &[CAP_NET_ADMIN])
+                }))),
                 ..Default::default()
             })?;
             info!(udp = %dns.udp_addr(), tcp = %dns.tcp_addr(), "DNS at the gateway");

@@ -170,8 +170,16 @@ fn connect_flood(dst: SocketAddr, count: usize) -> Vec<OwnedFd> {
 /// flow table is capped (its further SYNs are refused with RST), half-open flows end at the
 /// SYN timeout or when the host gives up, limanet never runs out of descriptors, and B's
 /// probes succeed.
+/// The attacks run one at a time: each measures a daemon's descriptors and memory, and two
+/// floods at once on a small machine would measure each other.
+fn one_attack_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn connection_and_syn_flood_from_one_guest_leave_the_other_working() {
+    let _serial = one_attack_at_a_time();
     raise_nofile();
     let env = Env::new("hflood");
     let echo = TcpEchoServer::start(&env.th.host, "127.0.0.1:0".parse().unwrap()).expect("echo");
@@ -223,6 +231,7 @@ fn connection_and_syn_flood_from_one_guest_leave_the_other_working() {
 /// stays bounded, and the honest guest's probes succeed.
 #[test]
 fn clients_that_never_read_and_a_broadcast_flood_keep_memory_bounded() {
+    let _serial = one_attack_at_a_time();
     let env = Env::new("hmem");
     let echo = TcpEchoServer::start(&env.th.host, "127.0.0.1:0".parse().unwrap()).expect("echo");
     let server = SocketAddr::from(([192, 168, 5, 2], echo.addr().port()));
@@ -292,6 +301,7 @@ fn connect(path: &Path) -> UnixStream {
 /// (further SYNs get RST), limanet keeps descriptors in reserve, B's probes succeed.
 #[test]
 fn hping3_syn_floods_own_and_spoofed_sources() {
+    let _serial = one_attack_at_a_time();
     if std::process::Command::new("hping3")
         .arg("--version")
         .output()
@@ -353,6 +363,7 @@ fn hping3_syn_floods_own_and_spoofed_sources() {
 /// table entries go when the client disconnects.
 #[test]
 fn a_million_source_macs_cost_a_bounded_table() {
+    let _serial = one_attack_at_a_time();
     let env = Env::new("hmac");
     let echo = TcpEchoServer::start(&env.th.host, "127.0.0.1:0".parse().unwrap()).expect("echo");
     let server = SocketAddr::from(([192, 168, 5, 2], echo.addr().port()));

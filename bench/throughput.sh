@@ -89,8 +89,10 @@ gx() { ip netns exec "$g" "$@"; }      # run in the guest
 
 # --- binaries -------------------------------------------------------------------------------
 log "building tcp-rr"
-cargo build --quiet --release --manifest-path "$root/Cargo.toml" -p limanet-testkit --bin tcp-rr
+cargo build --quiet --release --manifest-path "$root/Cargo.toml" -p limanet-testkit --bin tcp-rr \
+  -p limanet-benchplot --bin bench-plot
 tcp_rr=$CARGO_TARGET_DIR/release/tcp-rr
+bench_plot=$CARGO_TARGET_DIR/release/bench-plot
 
 if [[ " $peers " == *" limanet "* ]] && [ -z "$limanet_bin" ]; then
   log "building limanet"
@@ -437,6 +439,8 @@ mkdir -p "$(dirname "$out")"
   echo "| slirp4netns | \`slirp4netns --configure --mtu=M --netns-type=path /run/netns/G tap0\` | 10.0.2.2 |"
   echo "| pasta | \`pasta --runas 0 -f --config-net --ipv4-only -m M -I tap0 -t none -u none -T none -U none --netns /run/netns/G\` | 192.0.2.1 (gateway, mapped to host loopback) |"
   echo "| limanet | \`limanet usernet --mtu M --netns /run/netns/G\` | 192.168.5.2 |"
+  echo
+  echo "The samples are in \`$(basename "${out%.md}").tsv\`; the chart \`$(basename "${out%.md}").svg\` shows the throughput cells."
   if [ ${#notes[@]} -gt 0 ]; then
     echo
     echo "## Notes"
@@ -445,4 +449,9 @@ mkdir -p "$(dirname "$out")"
   fi
 } >"$out"
 log "wrote $out"
+# The raw samples beside the report, and the chart of the throughput cells (README shows it).
+cp "$results" "${out%.md}.tsv"
+"$bench_plot" "${out%.md}.tsv" "${out%.md}.svg" \
+  "TCP throughput, one stream, $(date -u +%Y-%m-%d) ($(nproc) CPUs; median of $repeat)" >&2 ||
+  log "chart not drawn"
 cat "$out"

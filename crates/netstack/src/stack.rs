@@ -713,6 +713,7 @@ impl Stack {
             frames_in = s.frames_in,
             malformed = s.malformed,
             switched = s.switched,
+            software_segmented = s.software_segmented,
             tcp_flows = self.tcp.len(),
             tcp_opened = t.opened,
             tcp_refused = t.refused,

@@ -343,7 +343,7 @@ impl Stack {
         checksums_verified: bool,
         vnet: Option<&VnetHeader>,
     ) {
-        let Some(v) = vnet.filter(|v| matches!(v.gso(), vnet::GSO_UDP_L4 | vnet::GSO_UDP)) else {
+        let Some(v) = vnet.filter(|v| v.gso() == vnet::GSO_UDP_L4) else {
             return self.local(host, now, port, eth, checksums_verified);
         };
         self.stats.software_segmented += 1;

@@ -233,8 +233,13 @@ pub fn segment(
 ) -> Result<usize, WireError> {
     let lay = layout(frame)?;
     let mss = usize::from(hdr.gso_size);
-    let expect_tcp = matches!(hdr.gso(), GSO_TCPV4 | GSO_TCPV6);
-    if mss == 0 || expect_tcp != (lay.protocol == wire::PROTO_TCP) {
+    // UFO (`GSO_UDP`: IP fragmentation) is never enabled on our TAPs and not done here.
+    let protocol = match hdr.gso() {
+        GSO_TCPV4 | GSO_TCPV6 => wire::PROTO_TCP,
+        GSO_UDP_L4 => wire::PROTO_UDP,
+        _ => return Err(WireError::Malformed),
+    };
+    if mss == 0 || protocol != lay.protocol {
         return Err(WireError::Malformed);
     }
     let headers = &frame[..lay.payload];

@@ -59,6 +59,19 @@ impl Output {
         b
     }
 
+    /// A buffer of `len` bytes whose content is unspecified (bytes of an earlier frame), for a
+    /// caller that overwrites or truncates away all of it: a recycled buffer keeps its length,
+    /// so this skips zeroing up to 64 KiB per segment.
+    pub(crate) fn buffer_with_len(&mut self, len: usize) -> Vec<u8> {
+        let mut b = self.pool.pop().unwrap_or_default();
+        if b.len() >= len {
+            b.truncate(len);
+        } else {
+            b.resize(len, 0);
+        }
+        b
+    }
+
     /// Returns a buffer the runtime has finished writing.
     pub fn recycle(&mut self, buf: Vec<u8>) {
         if self.pool.len() < POOL_MAX && buf.capacity() <= 1 << 17 {

@@ -1153,11 +1153,7 @@ fn peek_segments(
     want: usize,
 ) -> io::Result<usize> {
     let mut frames: Vec<Vec<u8>> = (0..want.div_ceil(mss))
-        .map(|i| {
-            let mut f = out.buffer();
-            f.resize(HEADERS + mss.min(want - i * mss), 0);
-            f
-        })
+        .map(|i| out.buffer_with_len(HEADERS + mss.min(want - i * mss)))
         .collect();
     let got = {
         let mut bufs: Vec<&mut [u8]> = frames.iter_mut().map(|f| &mut f[HEADERS..]).collect();

@@ -13,6 +13,8 @@
 #   limanet      limanet usernet --mtu M --netns PATH; guest -> 192.168.5.2
 #   limanet-nooffload  the same with --no-offload (TAP without virtio-net header, offloads or
 #                super-segments): the before/after of offloads in one run; not in the default set
+#   limanet-base the binary in $LIMANET_BASE_BIN (e.g. a build of main), same command line: an
+#                old-vs-new comparison in one run; not in the default set
 #
 # Directions: "g->h" = guest sends (iperf3 client), "h->g" = host sends (iperf3 -R).
 # Needs root. See bench/README.md for options and how to read the output.
@@ -295,11 +297,12 @@ run_peer() {
       fi
       end_guest
       ;;
-    limanet | limanet-nooffload)
+    limanet | limanet-nooffload | limanet-base)
       new_guest limanet
-      local extra=()
+      local extra=() bin=$limanet_bin
       [ "$name" = limanet-nooffload ] && extra=(--no-offload)
-      hx "$limanet_bin" usernet --mtu "$mtu" --netns "/run/netns/$g" "${extra[@]}" \
+      [ "$name" = limanet-base ] && bin=${LIMANET_BASE_BIN:?limanet-base needs LIMANET_BASE_BIN}
+      hx "$bin" usernet --mtu "$mtu" --netns "/run/netns/$g" "${extra[@]}" \
         >"$work/limanet.log" 2>&1 &
       pid=$!; bg_pids+=("$pid")
       if wait_addr 192.168.5.15 "$pid"; then
@@ -445,6 +448,9 @@ mkdir -p "$(dirname "$out")"
   echo "| limanet | \`limanet usernet --mtu M --netns /run/netns/G\` (TAP with virtio-net header, checksum/TSO offloads) | 192.168.5.2 |"
   if [[ " $peers " == *" limanet-nooffload "* ]]; then
     echo "| limanet-nooffload | the same with \`--no-offload\` (plain TAP, MTU-sized frames) | 192.168.5.2 |"
+  fi
+  if [[ " $peers " == *" limanet-base "* ]]; then
+    echo "| limanet-base | \`$LIMANET_BASE_BIN usernet --mtu M --netns /run/netns/G\` | 192.168.5.2 |"
   fi
   if [ ${#notes[@]} -gt 0 ]; then
     echo

@@ -93,8 +93,10 @@ gx() { ip netns exec "$g" "$@"; }      # run in the guest
 
 # --- binaries -------------------------------------------------------------------------------
 log "building tcp-rr"
-cargo build --quiet --release --manifest-path "$root/Cargo.toml" -p limanet-testkit --bin tcp-rr
+cargo build --quiet --release --manifest-path "$root/Cargo.toml" -p limanet-testkit --bin tcp-rr \
+  -p limanet-benchplot --bin bench-plot
 tcp_rr=$CARGO_TARGET_DIR/release/tcp-rr
+bench_plot=$CARGO_TARGET_DIR/release/bench-plot
 
 if [[ " $peers " == *" limanet"* ]] && [ -z "$limanet_bin" ]; then
   log "building limanet"
@@ -452,6 +454,8 @@ mkdir -p "$(dirname "$out")"
   if [[ " $peers " == *" limanet-base "* ]]; then
     echo "| limanet-base | \`$LIMANET_BASE_BIN usernet --mtu M --netns /run/netns/G\` | 192.168.5.2 |"
   fi
+  echo
+  echo "The samples are in \`$(basename "${out%.md}").tsv\`; the chart \`$(basename "${out%.md}").svg\` shows the throughput cells."
   if [ ${#notes[@]} -gt 0 ]; then
     echo
     echo "## Notes"
@@ -460,4 +464,9 @@ mkdir -p "$(dirname "$out")"
   fi
 } >"$out"
 log "wrote $out"
+# The raw samples beside the report, and the chart of the throughput cells (README shows it).
+cp "$results" "${out%.md}.tsv"
+"$bench_plot" "${out%.md}.tsv" "${out%.md}.svg" \
+  "TCP throughput, one stream, $(date -u +%Y-%m-%d) ($(nproc) CPUs; median of $repeat)" >&2 ||
+  log "chart not drawn"
 cat "$out"

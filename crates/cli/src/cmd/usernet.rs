@@ -40,6 +40,11 @@ pub struct NetworkArgs {
     /// Do not map the gateway address to the host's 127.0.0.1.
     #[arg(long)]
     pub no_host_loopback: bool,
+    /// TCP connections one guest may hold at once. By default a guest may fill at most half of
+    /// the flow table (sized to the open-file limit), leaving the rest to the others; a number
+    /// given here replaces that share, bounded by the table alone.
+    #[arg(long, value_name = "N")]
+    pub max_flows_per_guest: Option<usize>,
     /// Instance name: `lima-<NAME>` resolves to the first guest address, and DHCP hands out
     /// the host name `lima-<NAME>`.
     #[arg(long)]
@@ -187,6 +192,10 @@ impl NetworkArgs {
         }
         cfg.mtu = self.mtu;
         cfg.host_loopback = !self.no_host_loopback;
+        if let Some(n) = self.max_flows_per_guest {
+            cfg.max_tcp_flows_per_port = n.max(1);
+            cfg.max_tcp_table_percent_per_port = 100;
+        }
         for lease in self.leases.iter().chain(&self.leases_list) {
             let (ip, mac) = lease
                 .split_once('=')

@@ -439,6 +439,45 @@ mod tests {
     }
 
     #[test]
+    fn tcp_over_ipv6_super_segment_is_cut_with_valid_checksums() {
+        let payload: Vec<u8> = (0..5000u32).map(|i| (i % 241) as u8).collect();
+        let (src, dst) = ([0xfd; 16], [0xfe; 16]);
+        let mut f = vec![0u8; 14 + 40 + 20];
+        wire::write_ethernet(&mut f, [2; 6], [4; 6], ETHERTYPE_IPV6);
+        let ip = &mut f[14..];
+        ip[0] = 0x60;
+        ip[4..6].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+        ip[6] = wire::PROTO_TCP;
+        ip[7] = 64;
+        ip[8..24].copy_from_slice(&src);
+        ip[24..40].copy_from_slice(&dst);
+        f[54 + 12] = 5 << 4;
+        f[54 + 13] = wire::tcp_flags::ACK;
+        f.extend_from_slice(&payload);
+        let hdr = VnetHeader {
+            flags: F_NEEDS_CSUM,
+            gso_type: GSO_TCPV6,
+            hdr_len: 74,
+            gso_size: 1440,
+            csum_start: 54,
+            csum_offset: 16,
+        };
+        let mut out = Vec::new();
+        assert_eq!(segment(&f, &hdr, Vec::new, |f| out.push(f)).unwrap(), 4);
+        let mut joined = Vec::new();
+        for s in &out {
+            let len = usize::from(wire::be16(s, 14 + 4));
+            assert_eq!(len, s.len() - 54);
+            // Pseudo header: addresses, upper-layer length, next header.
+            let mut acc = checksum::sum(&s[14 + 8..14 + 40], 0);
+            acc += len as u64 + u64::from(wire::PROTO_TCP);
+            assert_eq!(checksum::finish(checksum::sum(&s[54..], acc)), 0);
+            joined.extend_from_slice(&s[74..]);
+        }
+        assert_eq!(joined, payload);
+    }
+
+    #[test]
     fn lying_frames_are_errors_not_panics() {
         let frame = tcp_super_segment(&[1u8; 4000], wire::tcp_flags::ACK);
         let good = VnetHeader::tcpv4(54, 4000, 1000);

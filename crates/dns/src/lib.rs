@@ -20,6 +20,7 @@ pub mod reply_cache;
 pub mod server;
 pub mod system;
 mod tcp_slots;
+mod udp_batch;
 pub mod upstream;
 pub mod zones;
 

@@ -2,12 +2,13 @@
 //! limits so floods, slow clients and bad packets cost bounded memory and never stop the server.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, Semaphore};
 
@@ -17,6 +18,7 @@ use crate::message::{self, precheck, servfail, truncate, udp_reply_limit, Preche
 use crate::reply_cache::{cache_key, cache_key_into, ReplyCache};
 use crate::system::SystemLookup;
 use crate::tcp_slots::{Admission, Slot, TcpSlots};
+use crate::udp_batch::{send_batch, RawPeer, RecvBatch, BATCH};
 use crate::upstream::Upstreams;
 
 /// Limits that keep the server's memory and work bounded.
@@ -364,12 +366,19 @@ async fn respond(shared: &Shared, bytes: &[u8], peer: SocketAddr, tcp: bool) -> 
 
 async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
     let slots = Arc::new(Semaphore::new(shared.limits.udp_in_flight));
-    // Datagrams larger than this are cut by the kernel and then fail to parse (FORMERR).
-    let mut buf = vec![0u8; 4096];
+    let fd = socket.as_raw_fd();
+    let mut batch = RecvBatch::new();
+    let mut cached: Vec<(Vec<u8>, RawPeer)> = Vec::with_capacity(BATCH);
     let mut key = Vec::with_capacity(512);
     loop {
-        let (n, peer) = match socket.recv_from(&mut buf).await {
-            Ok(x) => x,
+        if let Err(err) = socket.readable().await {
+            tracing::warn!(%err, "UDP socket not pollable");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
+        let n = match socket.try_io(Interest::READABLE, || batch.recv(fd)) {
+            Ok(n) => n,
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(err) => {
                 // ICMP errors caused by earlier replies surface here; anything else persistent
                 // must not become a busy loop.
@@ -383,31 +392,58 @@ async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
                 continue;
             }
         };
-        // A name asked again within a second: answered here, without a task.
-        if let Some(reply) = shared.cached_reply(&buf[..n], false, &mut key) {
-            if let Err(err) = socket.send_to(&reply, peer).await {
-                tracing::debug!(%peer, %err, "UDP send failed");
+        for i in 0..n {
+            let (bytes, raw_peer) = batch.get(i);
+            // A name asked again within a second: answered in this batch, without a task.
+            if let Some(reply) = shared.cached_reply(bytes, false, &mut key) {
+                cached.push((reply, raw_peer));
+                continue;
             }
-            continue;
+            let Some(peer) = raw_peer.socket_addr() else {
+                continue;
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                if let Some(suppressed) = shared.dropped_log.allow() {
+                    tracing::warn!(%peer, limit = shared.limits.udp_in_flight, suppressed, "too many UDP queries in flight; dropping");
+                }
+                continue;
+            };
+            let bytes = bytes.to_vec();
+            let socket = socket.clone();
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                if let Some(reply) = respond(&shared, &bytes, peer, false).await {
+                    if let Err(err) = socket.send_to(&reply, peer).await {
+                        tracing::debug!(%peer, %err, "UDP send failed");
+                    }
+                }
+                drop(permit);
+            });
         }
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            if let Some(suppressed) = shared.dropped_log.allow() {
-                tracing::warn!(%peer, limit = shared.limits.udp_in_flight, suppressed, "too many UDP queries in flight; dropping");
-            }
-            continue;
-        };
-        let bytes = buf[..n].to_vec();
-        let socket = socket.clone();
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            if let Some(reply) = respond(&shared, &bytes, peer, false).await {
-                if let Err(err) = socket.send_to(&reply, peer).await {
-                    tracing::debug!(%peer, %err, "UDP send failed");
+        send_cached(&socket, &mut cached).await;
+    }
+}
+
+/// Sends the replies answered from the cache, waiting for buffer space if the socket is full;
+/// one that the kernel refuses (e.g. an unreachable peer) is dropped, not retried.
+async fn send_cached(socket: &UdpSocket, replies: &mut Vec<(Vec<u8>, RawPeer)>) {
+    let fd = socket.as_raw_fd();
+    let mut start = 0;
+    while start < replies.len() {
+        match socket.try_io(Interest::WRITABLE, || send_batch(fd, &replies[start..])) {
+            Ok(sent) => start += sent.max(1),
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                if socket.writable().await.is_err() {
+                    break;
                 }
             }
-            drop(permit);
-        });
+            Err(err) => {
+                tracing::debug!(%err, "UDP send failed");
+                start += 1;
+            }
+        }
     }
+    replies.clear();
 }
 
 async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {

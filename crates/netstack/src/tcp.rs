@@ -1188,7 +1188,7 @@ fn emit_data(
     let flags = if last { F::ACK | F::PSH } else { F::ACK };
     if out.offloads(flow.link.port) {
         // The guest's kernel completes the checksum and cuts what exceeds its MSS.
-        write_segment_partial(cfg, flow, &mut f, flags, flow.snd_nxt, true);
+        write_segment_partial(cfg, flow, &mut f, flags, flow.snd_nxt);
         let mss = usize::from(flow.guest_mss.min(cfg.mss()));
         out.push_offloaded(flow.link.port, f, VnetHeader::tcpv4(HEADERS, len, mss));
     } else {
@@ -1367,17 +1367,10 @@ fn write_segment(cfg: &NetConfig, flow: &Flow, f: &mut [u8], flags: u8, seq: u32
     write_headers(cfg, flow, f, flags, seq, options, false);
 }
 
-/// [`write_segment`] without options; with `partial`, the TCP checksum field gets only the
-/// pseudo-header sum, for a receiver that completes it (virtio-net `NEEDS_CSUM`).
-fn write_segment_partial(
-    cfg: &NetConfig,
-    flow: &Flow,
-    f: &mut [u8],
-    flags: u8,
-    seq: u32,
-    partial: bool,
-) {
-    write_headers(cfg, flow, f, flags, seq, &[], partial);
+/// [`write_segment`] without options, and with only the pseudo-header sum in the TCP checksum
+/// field, for a receiver that completes it (virtio-net `NEEDS_CSUM`).
+fn write_segment_partial(cfg: &NetConfig, flow: &Flow, f: &mut [u8], flags: u8, seq: u32) {
+    write_headers(cfg, flow, f, flags, seq, &[], true);
 }
 
 fn write_headers(

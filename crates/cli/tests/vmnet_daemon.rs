@@ -341,6 +341,79 @@ fn shared_mode_nats_to_the_outside_and_restores_everything() {
     assert_eq!(forwarding(&th.host, &th.host_if), "0", "sysctl restored");
 }
 
+/// What a daemon may change in `ns` and must put back: forwarding sysctls, nftables tables,
+/// interfaces.
+fn net_state(ns: &Netns) -> String {
+    let forwarding = ns
+        .run(
+            "sh",
+            &["-c", "grep -H . /proc/sys/net/ipv4/conf/*/forwarding"],
+        )
+        .expect("forwarding sysctls");
+    let tables = ns.run("nft", &["list", "tables"]).expect("nft list tables");
+    let links = ns
+        .run("sh", &["-c", "ip -o link show | cut -d: -f2"])
+        .expect("links");
+    format!("{forwarding}\n{tables}\n{links}")
+}
+
+#[test]
+fn two_shared_networks_run_side_by_side_and_stop_independently() {
+    require_root();
+    let th = TestHost::new().expect("test host");
+    host_resolv(&th);
+    let before = net_state(&th.host);
+    let dir_a = Dir::new("twoA");
+    let dir_b = Dir::new("twoB");
+    let a = start_daemon(
+        &th.host,
+        &dir_a,
+        &["--vmnet-mode=shared", "--vmnet-gateway=192.168.105.1"],
+    );
+    let b = start_daemon(
+        &th.host,
+        &dir_b,
+        &["--vmnet-mode=shared", "--vmnet-gateway=192.168.107.1"],
+    );
+    let vm_a = attach(&dir_a.sock(), Some(("192.168.105.20/24", "192.168.105.1")));
+    let vm_b = attach(&dir_b.sock(), Some(("192.168.107.20/24", "192.168.107.1")));
+    let server = limanet_testkit::servers::TcpEchoServer::start(
+        &th.internet,
+        "0.0.0.0:8080".parse().unwrap(),
+    )
+    .expect("server on the internet");
+    let internet: SocketAddr = (TestHost::INTERNET_ADDR, 8080).into();
+    echo_roundtrip(&vm_a.ns, internet);
+    echo_roundtrip(&vm_b.ns, internet);
+    assert_eq!(forwarding(&th.host, &th.host_if), "1");
+    // Neither network opens connections into the other (each bridge is guarded by its table).
+    assert!(!ping(&vm_a.ns, "192.168.107.20"));
+    assert!(!ping(&vm_b.ns, "192.168.105.20"));
+
+    // A stops: B keeps its NAT, the uplink's forwarding and its guard.
+    drop(vm_a);
+    stop_and_check_clean(&th, a, &dir_a);
+    assert_eq!(forwarding(&th.host, &th.host_if), "1", "B still needs it");
+    echo_roundtrip(&vm_b.ns, internet);
+    th.internet
+        .run(
+            "ip",
+            &["route", "add", "192.168.107.0/24", "via", "203.0.113.1"],
+        )
+        .expect("route");
+    assert!(
+        !ping(&th.internet, "192.168.107.20"),
+        "outside still kept out"
+    );
+
+    // B stops: everything is as before either started.
+    drop(vm_b);
+    stop_and_check_clean(&th, b, &dir_b);
+    drop(server);
+    assert_eq!(forwarding(&th.host, &th.host_if), "0", "sysctl restored");
+    assert_eq!(net_state(&th.host), before);
+}
+
 #[test]
 fn bridged_mode_puts_vms_on_the_lan_of_a_plain_nic() {
     bridged(false);

@@ -250,6 +250,33 @@ fn host_mode_connects_host_and_vms_and_nothing_else() {
         )
         .expect("dig");
     assert_eq!(answer.trim(), "192.168.106.1");
+    // The same query from another interface that routes to the gateway address (here the
+    // uplink, as another host on the LAN would) gets no answer, over UDP or TCP, although the
+    // address itself answers pings there.
+    th.internet
+        .run(
+            "ip",
+            &["route", "add", "192.168.106.0/24", "via", "203.0.113.1"],
+        )
+        .expect("route");
+    ping_ok(&th.internet, "192.168.106.1");
+    for proto in ["+notcp", "+tcp"] {
+        let outside = th.internet.run(
+            "dig",
+            &[
+                proto,
+                "+short",
+                "+time=1",
+                "+tries=1",
+                "@192.168.106.1",
+                "host.lima.internal",
+            ],
+        );
+        assert!(
+            !outside.as_deref().unwrap_or("").contains("192.168.106.1"),
+            "DNS answered from the uplink ({proto}): {outside:?}"
+        );
+    }
 
     // The host reaches VM addresses directly, TCP included.
     ping_ok(&th.host, "192.168.106.10");

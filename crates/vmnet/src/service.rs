@@ -108,6 +108,8 @@ pub fn run(opts: &VmnetOptions) -> Result<(), ServiceError> {
                 after_bind: Some(limanet_dns::AfterBind(std::sync::Arc::new(|| {
                     keep_only_capabilities(&[], &[CAP_NET_ADMIN])
                 }))),
+                // Only the VMs ask: not the uplink, not other hosts on a LAN that routes here.
+                bind_device: Some(backend.names().bridge.clone()),
                 ..Default::default()
             })?;
             info!(udp = %dns.udp_addr(), tcp = %dns.tcp_addr(), "DNS at the gateway");

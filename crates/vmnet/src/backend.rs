@@ -25,7 +25,7 @@ use limanet_netstack::wire::MacAddr;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// The ifalias prefix that marks an interface as limanet's.
 pub const MARKER: &str = "limanet-vmnet:";
@@ -115,6 +115,8 @@ pub struct Backend {
     /// The gateway's MAC (host/shared).
     pub gateway_mac: Option<MacAddr>,
     pub description: String,
+    /// Whether dropping this tears the network down (false once a helper does it).
+    armed: bool,
     /// The per-socket lock; declared last so it is released after teardown (in `Drop`).
     _lock: std::fs::File,
 }
@@ -184,6 +186,7 @@ impl Backend {
             host_port: None,
             gateway_mac: None,
             description: String::new(),
+            armed: true,
             _lock: lock,
         };
         b.remove_leftovers()?;
@@ -373,7 +376,117 @@ impl Backend {
 
 impl Drop for Backend {
     fn drop(&mut self) {
+        if self.armed {
+            self.teardown();
+        }
+    }
+}
+
+/// A child process that tears the network down once the daemon ends (see
+/// [`Backend::hand_teardown_to_helper`]). Dropping (or [`TeardownHelper::finish`]) lets it
+/// start and waits until it is done.
+pub struct TeardownHelper {
+    pid: libc::pid_t,
+    go: Option<OwnedFd>,
+}
+
+impl TeardownHelper {
+    pub fn pid(&self) -> u32 {
+        self.pid as u32
+    }
+
+    /// Closes the helper's pipe and waits for the teardown to finish.
+    pub fn finish(&mut self) {
+        if self.go.take().is_none() {
+            return;
+        }
+        let mut status = 0;
+        // SAFETY: waitpid on our own child; retried on EINTR.
+        while unsafe { libc::waitpid(self.pid, &mut status, 0) } < 0 {
+            if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                warn!("lost the teardown helper");
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for TeardownHelper {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl Backend {
+    /// Forks a helper that keeps only CAP_NET_ADMIN, waits until the daemon closes its end of
+    /// a pipe (or dies: SIGKILL included), then removes the bridge, TAP, NAT table and sysctl
+    /// changes (it runs `nft`, writes sysctls and the state directory, which the sandboxed
+    /// daemon cannot). This backend no longer tears down on drop. Call it while the process is
+    /// single-threaded; `close_in_child` are descriptors the helper must not keep.
+    pub fn hand_teardown_to_helper(
+        &mut self,
+        close_in_child: &[std::os::fd::RawFd],
+    ) -> io::Result<TeardownHelper> {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills two descriptors we then own.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: both descriptors are fresh and ours.
+        let (wait_end, go_end) =
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // SAFETY: fork in a single-threaded process (documented precondition).
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if pid == 0 {
+            drop(go_end);
+            self.run_helper(wait_end, close_in_child);
+        }
+        drop(wait_end);
+        self.armed = false;
+        info!(helper = pid, "teardown handed to a helper process");
+        Ok(TeardownHelper {
+            pid,
+            go: Some(go_end),
+        })
+    }
+
+    fn run_helper(&mut self, wait_end: OwnedFd, close_in_child: &[std::os::fd::RawFd]) -> ! {
+        for fd in close_in_child {
+            // SAFETY: descriptors the parent owns; the child's copies are not used.
+            unsafe { libc::close(*fd) };
+        }
+        self.host_port = None;
+        // A process group of its own: a SIGKILL sent to the daemon's group (a supervisor's
+        // "kill -9 -PGID") must leave the helper to clean up.
+        // SAFETY: setpgid of this process.
+        unsafe { libc::setpgid(0, 0) };
+        // SAFETY: PR_SET_NAME with a NUL-terminated name of at most 16 bytes.
+        unsafe { libc::prctl(libc::PR_SET_NAME, c"vmnet-teardown".as_ptr(), 0, 0, 0) };
+        let admin = [limanet_runtime::privileges::CAP_NET_ADMIN];
+        if let Err(e) = limanet_runtime::privileges::keep_only_capabilities(&admin, &admin) {
+            warn!(error = %e, "teardown helper cannot drop capabilities");
+        }
+        // A netlink connection of its own: the inherited one's event loop (epoll) is shared
+        // with the parent, which closes it.
+        match Netlink::new() {
+            Ok(nl) => std::mem::forget(std::mem::replace(&mut self.nl, nl)),
+            Err(e) => warn!(error = %e, "teardown helper: new netlink connection failed"),
+        }
+        let mut byte = [0u8; 1];
+        loop {
+            // SAFETY: read into a local buffer; returns 0 once every write end is closed.
+            let n = unsafe { libc::read(wait_end.as_raw_fd(), byte.as_mut_ptr().cast(), 1) };
+            if n == 0 || (n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted)
+            {
+                break;
+            }
+        }
         self.teardown();
+        // SAFETY: ends the helper without running the parent's exit handlers.
+        unsafe { libc::_exit(0) }
     }
 }
 

@@ -11,6 +11,10 @@
 #   pasta        pasta --runas 0 -f --config-net -m M --netns PATH; guest -> gateway 192.0.2.1
 #                (pasta maps connections to the gateway address to the host loopback)
 #   limanet      limanet usernet --mtu M --netns PATH; guest -> 192.168.5.2
+#   limanet-nooffload  the same with --no-offload (TAP without virtio-net header, offloads or
+#                super-segments): the before/after of offloads in one run; not in the default set
+#   limanet-base the binary in $LIMANET_BASE_BIN (e.g. a build of main), same command line: an
+#                old-vs-new comparison in one run; not in the default set
 #
 # Directions: "g->h" = guest sends (iperf3 client), "h->g" = host sends (iperf3 -R).
 # Needs root. See bench/README.md for options and how to read the output.
@@ -89,15 +93,18 @@ gx() { ip netns exec "$g" "$@"; }      # run in the guest
 
 # --- binaries -------------------------------------------------------------------------------
 log "building tcp-rr"
-cargo build --quiet --release --manifest-path "$root/Cargo.toml" -p limanet-testkit --bin tcp-rr
+cargo build --quiet --release --manifest-path "$root/Cargo.toml" -p limanet-testkit --bin tcp-rr \
+  -p limanet-benchplot --bin bench-plot
 tcp_rr=$CARGO_TARGET_DIR/release/tcp-rr
+bench_plot=$CARGO_TARGET_DIR/release/bench-plot
 
-if [[ " $peers " == *" limanet "* ]] && [ -z "$limanet_bin" ]; then
+if [[ " $peers " == *" limanet"* ]] && [ -z "$limanet_bin" ]; then
   log "building limanet"
   if cargo build --quiet --release --manifest-path "$root/Cargo.toml" -p limanet; then
     limanet_bin=$CARGO_TARGET_DIR/release/limanet
   else
     notes+=("limanet skipped: \`cargo build --release -p limanet\` failed")
+    peers=${peers//limanet-nooffload/}
     peers=${peers//limanet/}
   fi
 fi
@@ -292,13 +299,17 @@ run_peer() {
       fi
       end_guest
       ;;
-    limanet)
+    limanet | limanet-nooffload | limanet-base)
       new_guest limanet
-      hx "$limanet_bin" usernet --mtu "$mtu" --netns "/run/netns/$g" >"$work/limanet.log" 2>&1 &
+      local extra=() bin=$limanet_bin
+      [ "$name" = limanet-nooffload ] && extra=(--no-offload)
+      [ "$name" = limanet-base ] && bin=${LIMANET_BASE_BIN:?limanet-base needs LIMANET_BASE_BIN}
+      hx "$bin" usernet --mtu "$mtu" --netns "/run/netns/$g" "${extra[@]}" \
+        >"$work/limanet.log" 2>&1 &
       pid=$!; bg_pids+=("$pid")
       if wait_addr 192.168.5.15 "$pid"; then
-        measure limanet "$mtu" 192.168.5.2 "$pid"
-        helper_survived limanet "$pid" "$work/limanet.log" || true
+        measure "$name" "$mtu" 192.168.5.2 "$pid"
+        helper_survived "$name" "$pid" "$work/limanet.log" || true
       else
         local why
         why=$(tail -3 "$work/limanet.log" | tr '\n' ' ')
@@ -436,7 +447,15 @@ mkdir -p "$(dirname "$out")"
   echo "| veth | veth pair, MTU M on both ends (kernel reference; not host loopback) | 10.99.0.1 |"
   echo "| slirp4netns | \`slirp4netns --configure --mtu=M --netns-type=path /run/netns/G tap0\` | 10.0.2.2 |"
   echo "| pasta | \`pasta --runas 0 -f --config-net --ipv4-only -m M -I tap0 -t none -u none -T none -U none --netns /run/netns/G\` | 192.0.2.1 (gateway, mapped to host loopback) |"
-  echo "| limanet | \`limanet usernet --mtu M --netns /run/netns/G\` | 192.168.5.2 |"
+  echo "| limanet | \`limanet usernet --mtu M --netns /run/netns/G\` (TAP with virtio-net header, checksum/TSO offloads) | 192.168.5.2 |"
+  if [[ " $peers " == *" limanet-nooffload "* ]]; then
+    echo "| limanet-nooffload | the same with \`--no-offload\` (plain TAP, MTU-sized frames) | 192.168.5.2 |"
+  fi
+  if [[ " $peers " == *" limanet-base "* ]]; then
+    echo "| limanet-base | \`$LIMANET_BASE_BIN usernet --mtu M --netns /run/netns/G\` | 192.168.5.2 |"
+  fi
+  echo
+  echo "The samples are in \`$(basename "${out%.md}").tsv\`; the chart \`$(basename "${out%.md}").svg\` shows the throughput cells."
   if [ ${#notes[@]} -gt 0 ]; then
     echo
     echo "## Notes"
@@ -445,4 +464,9 @@ mkdir -p "$(dirname "$out")"
   fi
 } >"$out"
 log "wrote $out"
+# The raw samples beside the report, and the chart of the throughput cells (README shows it).
+cp "$results" "${out%.md}.tsv"
+"$bench_plot" "${out%.md}.tsv" "${out%.md}.svg" \
+  "TCP throughput, one stream, $(date -u +%Y-%m-%d) ($(nproc) CPUs; median of $repeat)" >&2 ||
+  log "chart not drawn"
 cat "$out"

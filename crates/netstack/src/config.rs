@@ -43,6 +43,9 @@ pub struct NetConfig {
     /// and half-open ones (host connect pending, or SYN-ACK not yet acknowledged) per port.
     pub max_tcp_flows_per_port: usize,
     pub max_tcp_half_open_per_port: usize,
+    /// The most of the TCP flow table one port may fill, in percent: when descriptors limit
+    /// the table (see the runtime's `fit_flow_tables`), a guest still leaves the rest to others.
+    pub max_tcp_table_percent_per_port: u8,
     /// A connection still half-open after this long is reset: a SYN from a source that never
     /// completes the handshake holds a host socket for this long at most.
     pub tcp_syn_timeout: Duration,
@@ -128,6 +131,7 @@ impl NetConfig {
             max_icmp_flows: 256,
             max_tcp_flows_per_port: 16384,
             max_tcp_half_open_per_port: 256,
+            max_tcp_table_percent_per_port: 50,
             tcp_syn_timeout: Duration::from_secs(15),
             max_macs_per_port: 64,
             max_macs: 4096,

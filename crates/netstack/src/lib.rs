@@ -26,6 +26,7 @@ pub mod output;
 pub mod stack;
 pub mod tcp;
 pub mod udp;
+pub mod vnet;
 pub mod wire;
 
 pub use config::NetConfig;
@@ -33,3 +34,4 @@ pub use host::{Host, SockId};
 pub use inspect::{CamEntry, FlowInfo, FlowProtocol, InboundState};
 pub use output::{Link, Output, PortId, TxFrame};
 pub use stack::{MacDisplay, Stack, StackError};
+pub use vnet::VnetHeader;

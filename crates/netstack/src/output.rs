@@ -2,7 +2,9 @@
 //! hot path does not allocate.
 
 use crate::checksum;
+use crate::vnet::VnetHeader;
 use crate::wire::{self, MacAddr, ETH_HEADER_LEN, IPV4_HEADER_LEN, UDP_HEADER_LEN};
+use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 /// A port of the network's switch: one VM or namespace connection.
@@ -13,6 +15,10 @@ pub type PortId = usize;
 pub struct TxFrame {
     pub port: PortId,
     pub frame: Vec<u8>,
+    /// Offload state (partial checksum, super-segment) for the port's virtio-net header.
+    /// `Some` only for ports that negotiated offloads ([`Output::offloads`]); `None` is an
+    /// ordinary, fully checksummed frame.
+    pub vnet: Option<VnetHeader>,
 }
 
 /// Where a frame goes: the port and the Ethernet address behind it.
@@ -29,6 +35,9 @@ pub struct Output {
     pool: Vec<Vec<u8>>,
     /// Our own Ethernet source address.
     pub(crate) mac: MacAddr,
+    /// Ports that take frames with a virtio-net header: partial checksums and TCP
+    /// super-segments may go to them.
+    offload_ports: HashSet<PortId>,
 }
 
 const POOL_MAX: usize = 1024;
@@ -39,6 +48,7 @@ impl Output {
             queue: Vec::new(),
             pool: Vec::new(),
             mac,
+            offload_ports: HashSet::new(),
         }
     }
 
@@ -46,6 +56,19 @@ impl Output {
     pub(crate) fn buffer(&mut self) -> Vec<u8> {
         let mut b = self.pool.pop().unwrap_or_default();
         b.clear();
+        b
+    }
+
+    /// A buffer of `len` bytes whose content is unspecified (bytes of an earlier frame), for a
+    /// caller that overwrites or truncates away all of it: a recycled buffer keeps its length,
+    /// so this skips zeroing up to 64 KiB per segment.
+    pub(crate) fn buffer_with_len(&mut self, len: usize) -> Vec<u8> {
+        let mut b = self.pool.pop().unwrap_or_default();
+        if b.len() >= len {
+            b.truncate(len);
+        } else {
+            b.resize(len, 0);
+        }
         b
     }
 
@@ -57,7 +80,34 @@ impl Output {
     }
 
     pub(crate) fn push(&mut self, port: PortId, frame: Vec<u8>) {
-        self.queue.push(TxFrame { port, frame });
+        self.queue.push(TxFrame {
+            port,
+            frame,
+            vnet: None,
+        });
+    }
+
+    /// Queues a frame with offload state; only for ports where [`Output::offloads`] holds.
+    pub(crate) fn push_offloaded(&mut self, port: PortId, frame: Vec<u8>, vnet: VnetHeader) {
+        debug_assert!(self.offloads(port));
+        self.queue.push(TxFrame {
+            port,
+            frame,
+            vnet: Some(vnet),
+        });
+    }
+
+    /// Whether `port` negotiated offloads (see [`crate::vnet`]).
+    pub fn offloads(&self, port: PortId) -> bool {
+        self.offload_ports.contains(&port)
+    }
+
+    pub(crate) fn set_offloads(&mut self, port: PortId, on: bool) {
+        if on {
+            self.offload_ports.insert(port);
+        } else {
+            self.offload_ports.remove(&port);
+        }
     }
 
     /// Emits an IPv4 packet whose transport header and payload are `l4` (checksums done).

@@ -12,6 +12,7 @@ use crate::limits::{Limit, LimitLog};
 use crate::output::{Link, Output, PortId};
 use crate::tcp::{FlowKey, TcpTable};
 use crate::udp::UdpTable;
+use crate::vnet::{self, VnetHeader};
 use crate::wire::{self, Arp, Ethernet, Ipv4, MacAddr, Tcp, Udp, WireError, BROADCAST_MAC};
 use std::collections::HashSet;
 use std::io;
@@ -29,6 +30,9 @@ pub struct StackStats {
     pub unknown_destination: u64,
     /// IPv4 packets dropped for a bad IPv4 header, TCP, UDP or ICMP checksum.
     pub bad_checksum: u64,
+    /// Super-segments from ports with offloads cut into packets in software (for a port
+    /// without offloads, or for the gateway's UDP).
+    pub software_segmented: u64,
 }
 
 /// Why a stack could not be built, or a forward not opened.
@@ -197,9 +201,18 @@ impl Stack {
         port
     }
 
+    /// Declares that `port` takes and sends frames with a virtio-net header (a TAP opened with
+    /// `IFF_VNET_HDR` and offloads): frames to it may carry partial checksums and TCP
+    /// super-segments ([`crate::vnet`]), and frames from it come in through
+    /// [`Stack::handle_offloaded_frame`].
+    pub fn set_port_offloads(&mut self, port: PortId, on: bool) {
+        self.out.set_offloads(port, on);
+    }
+
     /// Disconnects a port: its connections are reset, its addresses forgotten.
     pub fn remove_port(&mut self, host: &mut impl Host, port: PortId) {
         self.ports.remove(&port);
+        self.out.set_offloads(port, false);
         for ip in self.guard.remove_port(port) {
             self.dhcp.clear_in_use(ip);
         }
@@ -217,8 +230,7 @@ impl Stack {
     }
 
     /// [`Stack::handle_frame`] for a transport that may have verified the frame's checksums
-    /// already (`checksums_verified`, e.g. a virtio-net header with DATA_VALID): then they are
-    /// not summed again.
+    /// already (`checksums_verified`): then they are not summed again.
     pub fn handle_frame_checked(
         &mut self,
         host: &mut impl Host,
@@ -226,6 +238,35 @@ impl Stack {
         port: PortId,
         frame: &[u8],
         checksums_verified: bool,
+    ) {
+        self.frame_in(host, now, port, frame, checksums_verified, None);
+    }
+
+    /// A frame from a port with offloads, with the virtio-net header it came with. Checksums
+    /// the kernel marked partial (`NEEDS_CSUM`) or verified (`DATA_VALID`) are not checked; a
+    /// TCP super-segment goes to the translator whole; frames switched to a port without
+    /// offloads are cut and checksummed first.
+    pub fn handle_offloaded_frame(
+        &mut self,
+        host: &mut impl Host,
+        now: Instant,
+        port: PortId,
+        frame: &[u8],
+        vnet: &VnetHeader,
+    ) {
+        let trusted = vnet.checksums_trusted();
+        let vnet = (*vnet != VnetHeader::default()).then_some(vnet);
+        self.frame_in(host, now, port, frame, trusted, vnet);
+    }
+
+    fn frame_in(
+        &mut self,
+        host: &mut impl Host,
+        now: Instant,
+        port: PortId,
+        frame: &[u8],
+        checksums_verified: bool,
+        vnet: Option<&VnetHeader>,
     ) {
         self.stats.frames_in += 1;
         let eth = match Ethernet::parse(frame) {
@@ -238,24 +279,85 @@ impl Stack {
             return;
         }
         if eth.dst == self.cfg.gateway_mac {
-            self.local(host, now, port, &eth, checksums_verified);
+            self.local_offloaded(host, now, port, &eth, frame, checksums_verified, vnet);
         } else if wire::is_multicast(&eth.dst) {
             if self.guard.admit_flood(&self.cfg, now, port) {
-                self.flood(port, frame);
+                self.flood(port, frame, vnet);
             }
             if eth.dst == BROADCAST_MAC {
-                self.local(host, now, port, &eth, checksums_verified);
+                self.local_offloaded(host, now, port, &eth, frame, checksums_verified, vnet);
             }
         } else {
             match self.guard.port_of(&eth.dst) {
                 Some(to) if to != port => {
                     self.stats.switched += 1;
-                    let mut f = self.out.buffer();
-                    f.extend_from_slice(frame);
-                    self.out.push(to, f);
+                    self.switch_to(to, frame, vnet);
                 }
                 _ => self.stats.unknown_destination += 1,
             }
+        }
+    }
+
+    /// Copies a frame to another port, keeping its offload state if that port takes it, else
+    /// making it an ordinary packet (or several).
+    fn switch_to(&mut self, to: PortId, frame: &[u8], vnet: Option<&VnetHeader>) {
+        match vnet {
+            Some(v) if self.out.offloads(to) => {
+                let mut f = self.out.buffer();
+                f.extend_from_slice(frame);
+                self.out.push_offloaded(to, f, *v);
+            }
+            Some(v) if !v.is_plain() => {
+                let out = &mut self.out;
+                let mut cut = Vec::new();
+                let done = vnet::to_plain(frame, v, || out.buffer(), |f| cut.push(f));
+                if v.gso() != vnet::GSO_NONE {
+                    self.stats.software_segmented += 1;
+                }
+                match done {
+                    Ok(()) => cut.into_iter().for_each(|f| self.out.push(to, f)),
+                    Err(e) => {
+                        cut.into_iter().for_each(|f| self.out.recycle(f));
+                        self.malformed(to, e)
+                    }
+                }
+            }
+            _ => {
+                let mut f = self.out.buffer();
+                f.extend_from_slice(frame);
+                self.out.push(to, f);
+            }
+        }
+    }
+
+    /// [`Stack::local`] for a frame that may be a super-segment: TCP goes to the translator
+    /// whole (it takes segments of any size), UDP is cut into its datagrams first.
+    #[allow(clippy::too_many_arguments)]
+    fn local_offloaded(
+        &mut self,
+        host: &mut impl Host,
+        now: Instant,
+        port: PortId,
+        eth: &Ethernet,
+        frame: &[u8],
+        checksums_verified: bool,
+        vnet: Option<&VnetHeader>,
+    ) {
+        let Some(v) = vnet.filter(|v| v.gso() == vnet::GSO_UDP_L4) else {
+            return self.local(host, now, port, eth, checksums_verified);
+        };
+        self.stats.software_segmented += 1;
+        let out = &mut self.out;
+        let mut cut = Vec::new();
+        if let Err(e) = vnet::segment(frame, v, || out.buffer(), |f| cut.push(f)) {
+            cut.into_iter().for_each(|f| self.out.recycle(f));
+            return self.malformed(port, e);
+        }
+        for f in cut {
+            if let Ok(eth) = Ethernet::parse(&f) {
+                self.local(host, now, port, &eth, true);
+            }
+            self.out.recycle(f);
         }
     }
 
@@ -304,12 +406,10 @@ impl Stack {
         debug!(port, %error, "dropping frame");
     }
 
-    fn flood(&mut self, from: PortId, frame: &[u8]) {
+    fn flood(&mut self, from: PortId, frame: &[u8], vnet: Option<&VnetHeader>) {
         let others: Vec<PortId> = self.ports.iter().copied().filter(|&p| p != from).collect();
         for port in others {
-            let mut f = self.out.buffer();
-            f.extend_from_slice(frame);
-            self.out.push(port, f);
+            self.switch_to(port, frame, vnet);
         }
     }
 
@@ -613,6 +713,7 @@ impl Stack {
             frames_in = s.frames_in,
             malformed = s.malformed,
             switched = s.switched,
+            software_segmented = s.software_segmented,
             tcp_flows = self.tcp.len(),
             tcp_opened = t.opened,
             tcp_refused = t.refused,

@@ -29,6 +29,7 @@ use crate::host::{Host, SockId};
 use crate::inspect::{FlowInfo, FlowProtocol, InboundState};
 use crate::limits::{Limit, LimitLog};
 use crate::output::{Link, Output, PortId};
+use crate::vnet::VnetHeader;
 use crate::wire::{self, tcp_flags as F, Tcp, ETH_HEADER_LEN, IPV4_HEADER_LEN, TCP_HEADER_LEN};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -54,6 +55,18 @@ const ACK_DELAY: Duration = Duration::from_millis(1);
 /// Out-of-order guest segments held per flow, and their bytes held per network.
 const HELD_SEGMENTS_MAX: usize = 64;
 const HELD_BYTES_MAX: usize = 16 << 20;
+/// Largest TCP payload of one IPv4 packet (a super-segment for a port with offloads).
+const MAX_SUPER_PAYLOAD: usize = 65535 - IPV4_HEADER_LEN - TCP_HEADER_LEN;
+
+/// Payload per segment towards the guest on `port`: its MSS, or for a port with offloads
+/// as many MSS-sized segments as one IPv4 packet holds (its kernel cuts them).
+fn segment_size(out: &Output, port: PortId, mss: usize) -> usize {
+    if out.offloads(port) {
+        (MAX_SUPER_PAYLOAD / mss).max(1) * mss
+    } else {
+        mss
+    }
+}
 
 /// A connection as the guest sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -499,8 +512,11 @@ impl TcpTable {
                 ack_now = true;
             } else {
                 let data = &seg.payload[offset as usize..];
-                let sent = send_in_order(host, flow, data)
-                    .and_then(|()| release_held(host, &mut self.held_bytes, flow));
+                let before = flow.rcv_nxt;
+                let sent = send_in_order(host, flow, data).and_then(|()| {
+                    keep_unsent(&mut self.held_bytes, flow, before, data);
+                    release_held(host, &mut self.held_bytes, flow)
+                });
                 match sent {
                     // A filled gap is acknowledged at once (RFC 5681, 4.2).
                     Ok(filled) => ack_now |= filled,
@@ -676,8 +692,9 @@ impl TcpTable {
                 }
                 (want, got)
             } else {
-                let want = room.min(mss * SEGMENTS_PER_ROUND);
-                (want, peek_segments(host, out, cfg, now, flow, mss, want))
+                let seg = segment_size(out, flow.link.port, mss);
+                let want = room.min(seg * SEGMENTS_PER_ROUND).min(MAX_WINDOW);
+                (want, peek_segments(host, out, cfg, now, flow, seg, want))
             };
             first = false;
             match got {
@@ -1124,7 +1141,8 @@ impl TcpTable {
     }
 }
 
-/// Peeks up to `want` bytes into segments of `mss` and sends them; returns the peek's result.
+/// Peeks up to `want` bytes into segments of `mss` bytes (super-segments for a port with
+/// offloads) and sends them; returns the peek's result.
 fn peek_segments(
     host: &mut impl Host,
     out: &mut Output,
@@ -1135,11 +1153,7 @@ fn peek_segments(
     want: usize,
 ) -> io::Result<usize> {
     let mut frames: Vec<Vec<u8>> = (0..want.div_ceil(mss))
-        .map(|i| {
-            let mut f = out.buffer();
-            f.resize(HEADERS + mss.min(want - i * mss), 0);
-            f
-        })
+        .map(|i| out.buffer_with_len(HEADERS + mss.min(want - i * mss)))
         .collect();
     let got = {
         let mut bufs: Vec<&mut [u8]> = frames.iter_mut().map(|f| &mut f[HEADERS..]).collect();
@@ -1172,9 +1186,16 @@ fn emit_data(
 ) {
     let len = f.len() - HEADERS;
     let flags = if last { F::ACK | F::PSH } else { F::ACK };
-    write_segment(cfg, flow, &mut f, flags, flow.snd_nxt, &[]);
+    if out.offloads(flow.link.port) {
+        // The guest's kernel completes the checksum and cuts what exceeds its MSS.
+        write_segment_partial(cfg, flow, &mut f, flags, flow.snd_nxt, true);
+        let mss = usize::from(flow.guest_mss.min(cfg.mss()));
+        out.push_offloaded(flow.link.port, f, VnetHeader::tcpv4(HEADERS, len, mss));
+    } else {
+        write_segment(cfg, flow, &mut f, flags, flow.snd_nxt, &[]);
+        out.push(flow.link.port, f);
+    }
     flow.snd_nxt = flow.snd_nxt.wrapping_add(len as u32);
-    out.push(flow.link.port, f);
     flow.ack_sent();
     if flow.deadline.is_none() {
         flow.deadline = Some(now + flow.rto);
@@ -1219,6 +1240,26 @@ fn hold(held_bytes: &mut usize, flow: &mut Flow, seq: u32, payload: &[u8]) {
     }
     *held_bytes += payload.len();
     flow.held.insert(at, (seq, payload.to_vec()));
+}
+
+/// After a send the host socket took only part of (`data`, which started at `before`), keeps
+/// the rest as a held segment for when the socket drains, within the held budgets: with
+/// 64 KiB super-segments from a port with offloads, making the guest resend it would cost a
+/// loss recovery each time the send buffer fills.
+fn keep_unsent(held_bytes: &mut usize, flow: &mut Flow, before: u32, data: &[u8]) {
+    if !flow.send_blocked {
+        return;
+    }
+    let taken = flow.rcv_nxt.wrapping_sub(before) as usize;
+    let Some(rest) = data.get(taken..).filter(|r| !r.is_empty()) else {
+        return;
+    };
+    if flow.held.len() >= HELD_SEGMENTS_MAX || *held_bytes + rest.len() > HELD_BYTES_MAX {
+        return;
+    }
+    let at = flow.held.partition_point(|(s, _)| seq_lt(*s, flow.rcv_nxt));
+    *held_bytes += rest.len();
+    flow.held.insert(at, (flow.rcv_nxt, rest.to_vec()));
 }
 
 /// Sends the held segments that the in-order stream has now reached; true if any data moved.
@@ -1323,6 +1364,31 @@ fn send_syn(out: &mut Output, cfg: &NetConfig, flow: &Flow, flags: u8) {
 /// Fills in the Ethernet, IPv4 and TCP headers of `f`, whose payload follows the headers and
 /// `options`. The segment goes from the flow's remote end to the guest.
 fn write_segment(cfg: &NetConfig, flow: &Flow, f: &mut [u8], flags: u8, seq: u32, options: &[u8]) {
+    write_headers(cfg, flow, f, flags, seq, options, false);
+}
+
+/// [`write_segment`] without options; with `partial`, the TCP checksum field gets only the
+/// pseudo-header sum, for a receiver that completes it (virtio-net `NEEDS_CSUM`).
+fn write_segment_partial(
+    cfg: &NetConfig,
+    flow: &Flow,
+    f: &mut [u8],
+    flags: u8,
+    seq: u32,
+    partial: bool,
+) {
+    write_headers(cfg, flow, f, flags, seq, &[], partial);
+}
+
+fn write_headers(
+    cfg: &NetConfig,
+    flow: &Flow,
+    f: &mut [u8],
+    flags: u8,
+    seq: u32,
+    options: &[u8],
+    partial: bool,
+) {
     let src = flow.key.remote;
     let dst = flow.key.guest;
     let tcp_len = f.len() - ETH_HEADER_LEN - IPV4_HEADER_LEN;
@@ -1352,7 +1418,11 @@ fn write_segment(cfg: &NetConfig, flow: &Flow, f: &mut [u8], flags: u8, seq: u32
     t[16..20].copy_from_slice(&[0, 0, 0, 0]);
     t[TCP_HEADER_LEN..TCP_HEADER_LEN + options.len()].copy_from_slice(options);
     let seed = wire::pseudo_header_sum(*src.ip(), *dst.ip(), wire::PROTO_TCP, tcp_len);
-    let sum = checksum::finish(checksum::sum(t, seed));
+    let sum = if partial {
+        !checksum::finish(seed)
+    } else {
+        checksum::finish(checksum::sum(t, seed))
+    };
     t[16..18].copy_from_slice(&sum.to_be_bytes());
 }
 

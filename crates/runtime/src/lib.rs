@@ -17,6 +17,6 @@ pub mod transport;
 pub use files::{BoundPath, ExclusiveFile, FileError, PidFile, PidFileState, PidFormat};
 pub use network::{
     Command, Control, ControlClosed, Exit, Forward, Listen, Network, NetworkError, NetworkStats,
-    Options, PortCounters, PortStats, Reply,
+    Options, PacketPort, PortCounters, PortStats, Reply,
 };
 pub use tap::{create_tap_in, open_netns, Tap, TapConfig};

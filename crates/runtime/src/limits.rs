@@ -12,8 +12,6 @@ use tracing::{info, warn};
 /// Descriptors kept out of the flow tables: the DNS server's TCP clients, upstream sockets
 /// and lookups (its limits are 256 + 1024 + 64), plus ports, listeners and the event loop.
 pub const RESERVED_FDS: u64 = 256 + 1024 + 64 + 256;
-/// A port may hold at most this share (1/n) of the TCP table.
-const PORT_SHARE: usize = 2;
 
 /// Raises the soft descriptor limit to the hard one; returns the soft limit now in force.
 pub fn raise_nofile_limit() -> u64 {
@@ -60,7 +58,7 @@ pub fn fit_flow_tables(cfg: &mut NetConfig, nofile: u64) {
     cfg.max_tcp_connecting = cfg.max_tcp_connecting.min(cfg.max_tcp_flows);
     cfg.max_tcp_flows_per_port = cfg
         .max_tcp_flows_per_port
-        .min(cfg.max_tcp_flows / PORT_SHARE)
+        .min(cfg.max_tcp_flows * usize::from(cfg.max_tcp_table_percent_per_port.min(100)) / 100)
         .max(1);
     cfg.max_tcp_half_open_per_port = cfg
         .max_tcp_half_open_per_port
@@ -99,5 +97,19 @@ mod tests {
             "defaults stand when there is room"
         );
         assert_eq!(cfg.max_tcp_flows_per_port, 16384);
+    }
+
+    #[test]
+    fn a_chosen_per_guest_limit_may_exceed_half_the_table_but_not_the_table() {
+        let mut cfg = NetConfig {
+            max_tcp_flows_per_port: 12_000,
+            max_tcp_table_percent_per_port: 100,
+            ..NetConfig::default()
+        };
+        fit_flow_tables(&mut cfg, 20_000);
+        assert_eq!(cfg.max_tcp_flows_per_port, 12_000);
+        cfg.max_tcp_flows_per_port = 30_000;
+        fit_flow_tables(&mut cfg, 20_000);
+        assert_eq!(cfg.max_tcp_flows_per_port, cfg.max_tcp_flows);
     }
 }

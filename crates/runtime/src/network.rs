@@ -11,7 +11,7 @@ use crate::files;
 use crate::pcap::Pcap;
 use crate::sockets::{HostSockets, Kind};
 use crate::sys;
-use crate::transport::{Io, Port, PortError, QueueBudget, ReadStatus};
+use crate::transport::{Io, Port, PortError, QueueBudget, ReadStatus, MAX_OFFLOAD_READ};
 use limanet_netstack::{NetConfig, PortId, Stack, StackError};
 use mio::event::Event;
 use mio::unix::SourceFd;
@@ -143,12 +143,22 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> NetworkError {
     move |error| NetworkError::Io { what, error }
 }
 
+/// An already-open TAP device (or connected datagram socket) to attach.
+#[derive(Debug)]
+pub struct PacketPort {
+    pub fd: OwnedFd,
+    /// For logs.
+    pub name: String,
+    /// A TAP opened with `IFF_VNET_HDR` (see [`crate::Tap`]): frames carry a virtio-net
+    /// header, and the port gets offloads (partial checksums, TCP super-segments).
+    pub vnet_hdr: bool,
+}
+
 /// What to attach at start.
 #[derive(Debug, Default)]
 pub struct Options {
     pub listen: Vec<Listen>,
-    /// Already-open TAP devices (or connected datagram sockets), with a name for logs.
-    pub packet_ports: Vec<(OwnedFd, String)>,
+    pub packet_ports: Vec<PacketPort>,
     pub forwards: Vec<Forward>,
     pub pcap: Option<PathBuf>,
     /// Descriptors that end the loop when they become readable (signalfd, pidfd).
@@ -242,7 +252,7 @@ impl Network {
             socket_paths: Vec::new(),
             pcap: None,
             max_frame,
-            scratch: vec![0; HOST_BUFFER.max(max_frame)],
+            scratch: vec![0; HOST_BUFFER.max(max_frame).max(MAX_OFFLOAD_READ)],
             persistent: opts.persistent,
             had_port: false,
             unnamed_peer_warned: false,
@@ -263,9 +273,9 @@ impl Network {
         for listen in &opts.listen {
             net.listen(listen)?;
         }
-        for (fd, name) in opts.packet_ports {
-            sys::set_nonblocking(fd.as_raw_fd()).map_err(io_err("set non-blocking"))?;
-            net.add_port(Io::Packet(fd), name)?;
+        for p in opts.packet_ports {
+            sys::set_nonblocking(p.fd.as_raw_fd()).map_err(io_err("set non-blocking"))?;
+            net.add_port(Io::Packet(p.fd), p.name, p.vnet_hdr)?;
         }
         for fwd in &opts.forwards {
             net.expose(*fwd).map_err(|e| NetworkError::Io {
@@ -329,12 +339,17 @@ impl Network {
         Some(source)
     }
 
-    fn add_port(&mut self, io: Io, name: String) -> Result<usize, NetworkError> {
+    fn add_port(&mut self, io: Io, name: String, vnet_hdr: bool) -> Result<usize, NetworkError> {
         let id = self.stack.add_port();
-        info!(port = id, %name, "guest connected");
+        info!(port = id, %name, offloads = vnet_hdr, "guest connected");
+        let mut port = Port::with_budget(io, name, Rc::clone(&self.queue_budget));
+        if vnet_hdr {
+            port.set_vnet_hdr();
+            self.stack.set_port_offloads(id, true);
+        }
         let idx = self.add_source(
             Source::Port {
-                port: Port::with_budget(io, name, Rc::clone(&self.queue_budget)),
+                port,
                 id,
                 counters: PortCounters::default(),
             },
@@ -639,7 +654,7 @@ impl Network {
                     // Room for bursts of frames in both directions.
                     sys::set_buffer_sizes(stream.as_raw_fd(), 4 << 20, 4 << 20);
                     let name = format!("qemu-stream#{}", stream.as_raw_fd());
-                    if let Err(e) = self.add_port(Io::Stream(OwnedFd::from(stream)), name) {
+                    if let Err(e) = self.add_port(Io::Stream(OwnedFd::from(stream)), name, false) {
                         warn!(error = %e, "cannot add port");
                     }
                 }
@@ -665,7 +680,7 @@ impl Network {
                                 let _ = sys::set_nonblocking(passed.as_raw_fd());
                                 sys::set_buffer_sizes(passed.as_raw_fd(), 1 << 20, 4 << 20);
                                 let name = format!("fd#{}", passed.as_raw_fd());
-                                if let Err(e) = self.add_port(Io::Packet(passed), name) {
+                                if let Err(e) = self.add_port(Io::Packet(passed), name, false) {
                                     warn!(error = %e, "cannot add port");
                                 }
                             }
@@ -744,6 +759,7 @@ impl Network {
                             peer: peer.clone(),
                         },
                         name,
+                        false,
                     ) else {
                         continue;
                     };
@@ -803,14 +819,17 @@ impl Network {
         let pcap = &mut self.pcap;
         let round_bytes = &mut self.round_bytes;
         let dropped = stack.frames_dropped();
-        let result = port.read_frames(self.max_frame, &mut self.scratch, |frame| {
+        let result = port.read_frames_with(self.max_frame, &mut self.scratch, |frame, vnet| {
             if let Some(p) = pcap {
                 let _ = p.write(frame);
             }
             *round_bytes += frame.len();
             counters.frames_in += 1;
             counters.bytes_in += frame.len() as u64;
-            stack.handle_frame(host, now, id, frame);
+            match vnet {
+                Some(v) => stack.handle_offloaded_frame(host, now, id, frame, v),
+                None => stack.handle_frame(host, now, id, frame),
+            }
         });
         counters.drops_in += stack.frames_dropped() - dropped;
         match result {
@@ -846,7 +865,7 @@ impl Network {
                     dirty.push(idx);
                 }
                 let len = tx.frame.len() as u64;
-                match port.queue(tx.frame) {
+                match port.queue_with(tx.frame, tx.vnet) {
                     None => {
                         counters.frames_out += 1;
                         counters.bytes_out += len;

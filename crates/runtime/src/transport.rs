@@ -7,10 +7,14 @@
 //! - `Peer`: one frame per datagram on a shared, bound datagram socket (QEMU `-netdev dgram`,
 //!   vfkit), addressed to the peer's own socket path.
 //!
+//! A `Packet` port on a TAP opened with a virtio-net header (`Port::set_vnet_hdr`) reads and
+//! writes that header before every frame; only such ports get offload state.
+//!
 //! Lengths from the other side are never trusted: a header larger than the largest frame the
 //! MTU allows closes that connection with a logged error; nothing else is affected.
 
 use crate::sys;
+use limanet_netstack::vnet::{self, VnetHeader, VNET_HDR_LEN};
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::io;
@@ -65,6 +69,11 @@ pub const READS_PER_EVENT: usize = 16;
 const STREAM_READ_BUFFER: usize = 256 << 10;
 /// Frames per `sendmsg` on stream ports.
 const FRAMES_PER_WRITE: usize = 128;
+/// Largest frame a port with a virtio-net header may pass: a 64 KiB IP super-segment in an
+/// Ethernet frame with a VLAN tag.
+pub const MAX_OFFLOAD_FRAME: usize = 65535 + 14 + 4;
+/// Read buffer a port with a virtio-net header needs.
+pub const MAX_OFFLOAD_READ: usize = VNET_HDR_LEN + MAX_OFFLOAD_FRAME;
 
 /// The I/O object behind a port.
 #[derive(Debug)]
@@ -108,6 +117,9 @@ pub struct Port {
     rbuf: Vec<u8>,
     rlen: usize,
     wq: VecDeque<Vec<u8>>,
+    /// With a virtio-net header: the header of each queued frame, in step with `wq`.
+    wq_vnet: VecDeque<[u8; VNET_HDR_LEN]>,
+    vnet_hdr: bool,
     /// Bytes of the first queued frame (counting its stream header) already written.
     whead: usize,
     queued: usize,
@@ -138,6 +150,8 @@ impl Port {
             rbuf,
             rlen: 0,
             wq: VecDeque::new(),
+            wq_vnet: VecDeque::new(),
+            vnet_hdr: false,
             whead: 0,
             queued: 0,
             max_queued: MAX_QUEUED_BYTES,
@@ -148,6 +162,19 @@ impl Port {
         }
     }
 
+    /// Marks a packet port (a TAP opened with `IFF_VNET_HDR`) as carrying a virtio-net header
+    /// before every frame.
+    pub fn set_vnet_hdr(&mut self) {
+        if matches!(self.io, Io::Packet(_)) {
+            self.vnet_hdr = true;
+        }
+    }
+
+    /// Whether frames on this port carry a virtio-net header.
+    pub fn vnet_hdr(&self) -> bool {
+        self.vnet_hdr
+    }
+
     pub fn raw_fd(&self) -> i32 {
         match &self.io {
             Io::Stream(fd) | Io::Packet(fd) => fd.as_raw_fd(),
@@ -156,12 +183,24 @@ impl Port {
     }
 
     /// Reads what is available (within a budget) and hands every complete frame to `on_frame`.
-    /// `scratch` is a buffer of at least `max_frame` bytes for packet ports.
+    /// `scratch` is a buffer of at least `max_frame` bytes for packet ports. For ports
+    /// without a virtio-net header (see [`Port::read_frames_with`]).
     pub fn read_frames(
         &mut self,
         max_frame: usize,
         scratch: &mut [u8],
         mut on_frame: impl FnMut(&[u8]),
+    ) -> Result<ReadStatus, PortError> {
+        self.read_frames_with(max_frame, scratch, |f, _| on_frame(f))
+    }
+
+    /// [`Port::read_frames`], with each frame's virtio-net header on ports that have one
+    /// (`scratch` then needs [`MAX_OFFLOAD_READ`] bytes).
+    pub fn read_frames_with(
+        &mut self,
+        max_frame: usize,
+        scratch: &mut [u8],
+        mut on_frame: impl FnMut(&[u8], Option<&VnetHeader>),
     ) -> Result<ReadStatus, PortError> {
         match &self.io {
             Io::Stream(fd) => {
@@ -202,7 +241,7 @@ impl Port {
                         return Ok(ReadStatus::Closed);
                     }
                     self.rlen += n as usize;
-                    self.parse_stream(max_frame, &mut on_frame)?;
+                    self.parse_stream(max_frame, &mut |f| on_frame(f, None))?;
                 }
                 Ok(ReadStatus::More)
             }
@@ -227,12 +266,34 @@ impl Port {
                         // the peer of a socketpair closing looks the same: treat it as closed.
                         return Ok(ReadStatus::Closed);
                     }
-                    if n > max_frame {
-                        self.dropped += 1;
-                        debug!(port = %self.name, len = n, max = max_frame, "dropping oversize frame");
+                    if !self.vnet_hdr {
+                        if n > max_frame {
+                            self.dropped += 1;
+                            debug!(port = %self.name, len = n, max = max_frame, "dropping oversize frame");
+                            continue;
+                        }
+                        on_frame(&scratch[..n], None);
                         continue;
                     }
-                    on_frame(&scratch[..n]);
+                    let (hdr, frame) = match VnetHeader::parse(&scratch[..n]) {
+                        Ok(v) => v,
+                        Err(_) => {
+                            self.dropped += 1;
+                            continue;
+                        }
+                    };
+                    // Only super-segments may exceed the MTU.
+                    let limit = if hdr.gso() == vnet::GSO_NONE {
+                        max_frame
+                    } else {
+                        MAX_OFFLOAD_FRAME
+                    };
+                    if frame.len() > limit {
+                        self.dropped += 1;
+                        debug!(port = %self.name, len = frame.len(), max = limit, "dropping oversize frame");
+                        continue;
+                    }
+                    on_frame(frame, Some(&hdr));
                 }
                 Ok(ReadStatus::More)
             }
@@ -283,6 +344,17 @@ impl Port {
 
     /// Queues a frame; returns it back if the queue is full (the caller recycles it).
     pub fn queue(&mut self, frame: Vec<u8>) -> Option<Vec<u8>> {
+        self.queue_with(frame, None)
+    }
+
+    /// Queues a frame with offload state for the virtio-net header. A port without the header
+    /// never gets offload state (the netstack sees to it): such a frame is refused.
+    pub fn queue_with(&mut self, frame: Vec<u8>, vnet: Option<VnetHeader>) -> Option<Vec<u8>> {
+        if !self.vnet_hdr && vnet.is_some_and(|v| !v.is_plain()) {
+            self.dropped += 1;
+            warn!(port = %self.name, "dropping a frame with offload state for a port without offloads");
+            return Some(frame);
+        }
         let after = self.queued + frame.len();
         let port_full = after > self.max_queued;
         let network_full = after > PORT_GUARANTEED_BYTES
@@ -301,6 +373,9 @@ impl Port {
         self.queued += frame.len();
         self.budget.add(frame.len());
         self.wq.push_back(frame);
+        if self.vnet_hdr {
+            self.wq_vnet.push_back(vnet.unwrap_or_default().to_bytes());
+        }
         None
     }
 
@@ -364,9 +439,25 @@ impl Port {
             Io::Packet(fd) => {
                 let fd = fd.as_raw_fd();
                 while let Some(front) = self.wq.front() {
-                    // SAFETY: writing a live buffer.
-                    let n = unsafe {
-                        libc::write(fd, front.as_ptr() as *const libc::c_void, front.len())
+                    let n = match self.wq_vnet.front() {
+                        Some(hdr) if self.vnet_hdr => {
+                            let iov = [
+                                libc::iovec {
+                                    iov_base: hdr.as_ptr() as *mut libc::c_void,
+                                    iov_len: hdr.len(),
+                                },
+                                libc::iovec {
+                                    iov_base: front.as_ptr() as *mut libc::c_void,
+                                    iov_len: front.len(),
+                                },
+                            ];
+                            // SAFETY: both iovecs point at live buffers of their length.
+                            unsafe { libc::writev(fd, iov.as_ptr(), iov.len() as libc::c_int) }
+                        }
+                        // SAFETY: writing a live buffer.
+                        _ => unsafe {
+                            libc::write(fd, front.as_ptr() as *const libc::c_void, front.len())
+                        },
                     };
                     if n < 0 {
                         let err = io::Error::last_os_error();
@@ -393,6 +484,7 @@ impl Port {
                         self.link_down = false;
                         info!(port = %self.name, dropped = self.dropped, "link up again");
                     }
+                    self.wq_vnet.pop_front();
                     if let Some(f) = self.wq.pop_front() {
                         self.queued -= f.len();
                         self.budget.sub(f.len());
@@ -426,6 +518,7 @@ impl Port {
     /// Hands back every queued buffer (the port is going away).
     pub fn drain(&mut self, mut recycle: impl FnMut(Vec<u8>)) {
         self.wq.drain(..).for_each(&mut recycle);
+        self.wq_vnet.clear();
         self.budget.sub(self.queued);
         self.queued = 0;
         self.whead = 0;

@@ -262,6 +262,8 @@ impl Backend {
                 name: self.names.tap.clone(),
                 mtu: MTU,
                 address: None,
+                // Frames go to vmnet clients, which have no virtio-net header.
+                offload: false,
             },
         )?;
         self.host_port = Some(tap.fd);

@@ -201,6 +201,7 @@ pub fn run(args: Args) -> Result<u8> {
             &[pid.to_string()],
             &args.tap_name,
             !args.no_configure,
+            !args.net.no_offload,
         )?;
         let opts = Options {
             listen: Vec::new(),

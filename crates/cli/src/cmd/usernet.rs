@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use limanet_netstack::{MacDisplay, NetConfig};
-use limanet_runtime::{privileges, Exit, Forward, Listen, Network, Options, TapConfig};
+use limanet_runtime::{privileges, Exit, Forward, Listen, Network, Options, PacketPort, TapConfig};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -40,6 +40,11 @@ pub struct NetworkArgs {
     /// Do not map the gateway address to the host's 127.0.0.1.
     #[arg(long)]
     pub no_host_loopback: bool,
+    /// TCP connections one guest may hold at once. By default a guest may fill at most half of
+    /// the flow table (sized to the open-file limit), leaving the rest to the others; a number
+    /// given here replaces that share, bounded by the table alone.
+    #[arg(long, value_name = "N")]
+    pub max_flows_per_guest: Option<usize>,
     /// Instance name: `lima-<NAME>` resolves to the first guest address, and DHCP hands out
     /// the host name `lima-<NAME>`.
     #[arg(long)]
@@ -79,6 +84,10 @@ pub struct NetworkArgs {
     /// transfers do not poll); 0 turns it off.
     #[arg(long, value_name = "USEC", default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub busy_poll: u64,
+    /// Open namespace TAPs without the virtio-net header and offloads: every frame is then
+    /// MTU-sized and fully checksummed both ways (slower; for debugging and comparison).
+    #[arg(long, env = "LIMANET_NO_OFFLOAD")]
+    pub no_offload: bool,
     /// Do not confine the daemon after setup (by default: Landlock read-only filesystem where
     /// the kernel has it, and a seccomp allow-list of system calls).
     #[arg(long)]
@@ -183,6 +192,10 @@ impl NetworkArgs {
         }
         cfg.mtu = self.mtu;
         cfg.host_loopback = !self.no_host_loopback;
+        if let Some(n) = self.max_flows_per_guest {
+            cfg.max_tcp_flows_per_port = n.max(1);
+            cfg.max_tcp_table_percent_per_port = 100;
+        }
         for lease in self.leases.iter().chain(&self.leases_list) {
             let (ip, mac) = lease
                 .split_once('=')
@@ -419,8 +432,13 @@ pub fn run(mut args: Args) -> Result<u8> {
     listen.extend(args.listen_fd.iter().cloned().map(Listen::Fd));
 
     let mut cfg = cfg;
-    let packet_ports =
-        attach_namespaces(&mut cfg, &args.netns, &args.tap_name, !args.no_configure)?;
+    let packet_ports = attach_namespaces(
+        &mut cfg,
+        &args.netns,
+        &args.tap_name,
+        !args.no_configure,
+        !args.net.no_offload,
+    )?;
 
     let signals = termination_signals()?;
     let opts = Options {
@@ -540,13 +558,14 @@ fn group_id(group: &str) -> Result<u32> {
 
 /// Creates a TAP device in each namespace. Configured namespaces get consecutive addresses from
 /// the DHCP start, each reserved for its TAP's MAC by a static lease so DHCP never hands it out
-/// again.
+/// again. With `offload`, the TAPs carry a virtio-net header and checksum/TSO offloads.
 pub fn attach_namespaces(
     cfg: &mut NetConfig,
     namespaces: &[String],
     tap_name: &str,
     configure: bool,
-) -> Result<Vec<(OwnedFd, String)>> {
+    offload: bool,
+) -> Result<Vec<PacketPort>> {
     let mut ports = Vec::new();
     let mut next = u32::from(cfg.dhcp_start);
     for ns in namespaces {
@@ -573,17 +592,23 @@ pub fn attach_namespaces(
             name: tap_name.to_string(),
             mtu: cfg.mtu,
             address: configure.then_some((address, cfg.prefix_len, cfg.gateway)),
+            offload,
         };
         let file = limanet_runtime::open_netns(ns)?;
         let tap = limanet_runtime::create_tap_in(&file, &tap_cfg)
             .with_context(|| format!("cannot set up {tap_name} in network namespace {ns}"))?;
+        let offloads = format!("{:#x}", tap.offloads);
         if configure {
             cfg.static_leases.push((address, tap.mac));
-            info!(netns = %ns, tap = %tap_name, %address, mac = %MacDisplay(tap.mac), "attached network namespace");
+            info!(netns = %ns, tap = %tap_name, %address, mac = %MacDisplay(tap.mac), %offloads, "attached network namespace");
         } else {
-            info!(netns = %ns, tap = %tap_name, mac = %MacDisplay(tap.mac), "attached network namespace (unconfigured)");
+            info!(netns = %ns, tap = %tap_name, mac = %MacDisplay(tap.mac), %offloads, "attached network namespace (unconfigured)");
         }
-        ports.push((tap.fd, format!("netns:{ns}")));
+        ports.push(PacketPort {
+            fd: tap.fd,
+            name: format!("netns:{ns}"),
+            vnet_hdr: tap.vnet_hdr,
+        });
     }
     Ok(ports)
 }

@@ -120,6 +120,8 @@ pub fn attach(args: AttachArgs) -> Result<u8> {
             name: args.tap_name.clone(),
             mtu: args.mtu,
             address,
+            // The relay copies frames to a socket peer that has no virtio-net header.
+            offload: false,
         },
     )
     .with_context(|| {

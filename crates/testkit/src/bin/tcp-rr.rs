@@ -4,6 +4,8 @@
 //! tcp-rr server ADDR              serve (echo every byte back) until killed
 //! tcp-rr rr ADDR [SECONDS]        1-byte ping-pong on one connection
 //! tcp-rr crr ADDR [SECONDS]       connect + 1-byte request/response + close, repeatedly
+//! tcp-rr hold-server ADDR         accept connections and keep them open, idle, until killed
+//! tcp-rr hold ADDR COUNT          open COUNT idle connections, print `held=COUNT`, wait to be killed
 //! ```
 //!
 //! Clients print one line of `key=value` pairs, e.g.
@@ -20,13 +22,24 @@ const WARMUP: usize = 100;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: tcp-rr server ADDR | tcp-rr rr ADDR [SECONDS] | tcp-rr crr ADDR [SECONDS]";
+    let usage = "usage: tcp-rr server ADDR | tcp-rr rr ADDR [SECONDS] | tcp-rr crr ADDR [SECONDS] \
+                 | tcp-rr hold-server ADDR | tcp-rr hold ADDR COUNT";
     let (Some(mode), Some(addr)) = (args.first(), args.get(1)) else {
         bail!("{usage}");
     };
     let addr: SocketAddr = addr
         .parse()
         .with_context(|| format!("invalid address {addr:?}"))?;
+    if mode == "hold-server" {
+        return hold_server(addr);
+    }
+    if mode == "hold" {
+        let count = args.get(2).map(|c| c.parse::<usize>());
+        let Some(Ok(count)) = count else {
+            bail!("{usage}");
+        };
+        return hold(addr, count);
+    }
     let seconds: f64 = match args.get(2) {
         Some(s) => s
             .parse()
@@ -62,6 +75,39 @@ fn echo(mut s: TcpStream) -> std::io::Result<()> {
             return Ok(());
         }
         s.write_all(&buf[..n])?;
+    }
+}
+
+/// Accepts connections on one thread and keeps every one of them, never reading: the host side
+/// of the idle flows in the many-flows benchmark.
+fn hold_server(addr: SocketAddr) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(addr).with_context(|| format!("cannot bind {addr}"))?;
+    let mut held = Vec::new();
+    for conn in listener.incoming() {
+        match conn {
+            Ok(s) => held.push(s),
+            // Out of descriptors: keep serving what is held rather than spinning on accept.
+            Err(err) => {
+                eprintln!("accept: {err}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Opens `count` connections to `addr` and keeps them open and idle until killed.
+fn hold(addr: SocketAddr, count: usize) -> anyhow::Result<()> {
+    let mut held = Vec::with_capacity(count);
+    for i in 0..count {
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .with_context(|| format!("connection {} of {count} to {addr}", i + 1))?;
+        held.push(s);
+    }
+    println!("held={}", held.len());
+    std::io::stdout().flush().context("stdout")?;
+    loop {
+        std::thread::park();
     }
 }
 

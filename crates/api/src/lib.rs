@@ -154,23 +154,10 @@ pub fn bind(config: &ApiConfig) -> Result<BoundApi, ApiError> {
         }
     };
     // A socket left by a daemon that was killed is replaced; a live one or another file is not.
-    limanet_runtime::files::prepare_socket_path(path)?;
-    let mask = if config.group.is_some() { 0o117 } else { 0o177 };
-    // SAFETY: umask only swaps the process's creation mask; restored right after the bind.
-    let old_mask = unsafe { libc::umask(mask) };
-    let listener = std::os::unix::net::UnixListener::bind(path);
-    // SAFETY: as above.
-    unsafe { libc::umask(old_mask) };
-    let listener = listener.map_err(io("listen on"))?;
-    let bound = limanet_runtime::files::BoundPath::record(path)?;
-    if let Some(gid) = config.group {
-        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-            .map_err(|e| io("chown")(std::io::Error::other(e)))?;
-        // SAFETY: a valid C string; uid -1 leaves the owner alone; a symlink is not followed.
-        if unsafe { libc::lchown(c_path.as_ptr(), u32::MAX, gid) } != 0 {
-            return Err(io("chown")(std::io::Error::last_os_error()));
-        }
-    }
+    let mode = if config.group.is_some() { 0o660 } else { 0o600 };
+    let (listener, bound) = limanet_runtime::files::bind_socket(path, mode, config.group, |p| {
+        std::os::unix::net::UnixListener::bind(p)
+    })?;
     listener.set_nonblocking(true).map_err(io("listen on"))?;
     Ok(BoundApi {
         listener,

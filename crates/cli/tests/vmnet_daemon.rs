@@ -190,6 +190,35 @@ fn thread_caps(pid: u32, comm: &str) -> (u64, u64) {
     panic!("no thread {comm} in process {pid}");
 }
 
+fn status_field(pid: u32, key: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key}"))
+        .trim()
+        .to_string()
+}
+
+/// The daemon's teardown helper (its only child).
+fn teardown_helper(pid: u32) -> u32 {
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).expect("children");
+    let helper: u32 = children
+        .split_whitespace()
+        .next()
+        .expect("a teardown helper")
+        .parse()
+        .expect("pid");
+    // It names itself once it runs.
+    let named = limanet_testkit::wait_for("teardown helper", Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{helper}/comm"))
+            .is_ok_and(|c| c.trim_end() == "vmnet-teardown")
+    });
+    assert!(named.is_ok(), "child {helper} is not the teardown helper");
+    helper
+}
+
 #[test]
 fn host_mode_connects_host_and_vms_and_nothing_else() {
     require_root();
@@ -211,10 +240,15 @@ fn host_mode_connects_host_and_vms_and_nothing_else() {
     assert_eq!(mode.permissions().mode() & 0o777, 0o770);
     let pid = std::fs::read_to_string(dir.pid()).expect("pid file");
     assert_eq!(pid, d.id().to_string(), "pid without newline");
-    // Capabilities are per thread: the DNS thread keeps none once port 53 is bound, the main
-    // thread only CAP_NET_ADMIN (bit 12).
+    // Capabilities are per thread: the DNS thread keeps none once port 53 is bound, nor does
+    // the main thread; the teardown helper only CAP_NET_ADMIN (bit 12). The daemon runs under
+    // seccomp (mode 2: filter), the helper does not (it runs nft).
     assert_eq!(thread_caps(d.id(), "limanet-dns"), (0, 0));
-    assert_eq!(thread_caps(d.id(), "limanet"), (1 << 12, 1 << 12));
+    assert_eq!(thread_caps(d.id(), "limanet"), (0, 0));
+    assert_eq!(status_field(d.id(), "Seccomp:"), "2");
+    assert_eq!(status_field(d.id(), "NoNewPrivs:"), "1");
+    let helper = teardown_helper(d.id());
+    assert_eq!(thread_caps(helper, "vmnet-teardown"), (1 << 12, 1 << 12));
 
     let vm1 = attach(&dir.sock(), Some(("192.168.106.10/24", "192.168.106.1")));
     // VM 2 configures itself by DHCP (busybox udhcpc) and asks the gateway's DNS.
@@ -250,6 +284,33 @@ fn host_mode_connects_host_and_vms_and_nothing_else() {
         )
         .expect("dig");
     assert_eq!(answer.trim(), "192.168.106.1");
+    // The same query from another interface that routes to the gateway address (here the
+    // uplink, as another host on the LAN would) gets no answer, over UDP or TCP, although the
+    // address itself answers pings there.
+    th.internet
+        .run(
+            "ip",
+            &["route", "add", "192.168.106.0/24", "via", "203.0.113.1"],
+        )
+        .expect("route");
+    ping_ok(&th.internet, "192.168.106.1");
+    for proto in ["+notcp", "+tcp"] {
+        let outside = th.internet.run(
+            "dig",
+            &[
+                proto,
+                "+short",
+                "+time=1",
+                "+tries=1",
+                "@192.168.106.1",
+                "host.lima.internal",
+            ],
+        );
+        assert!(
+            !outside.as_deref().unwrap_or("").contains("192.168.106.1"),
+            "DNS answered from the uplink ({proto}): {outside:?}"
+        );
+    }
 
     // The host reaches VM addresses directly, TCP included.
     ping_ok(&th.host, "192.168.106.10");
@@ -339,6 +400,79 @@ fn shared_mode_nats_to_the_outside_and_restores_everything() {
 
     stop_and_check_clean(&th, d, &dir);
     assert_eq!(forwarding(&th.host, &th.host_if), "0", "sysctl restored");
+}
+
+/// What a daemon may change in `ns` and must put back: forwarding sysctls, nftables tables,
+/// interfaces.
+fn net_state(ns: &Netns) -> String {
+    let forwarding = ns
+        .run(
+            "sh",
+            &["-c", "grep -H . /proc/sys/net/ipv4/conf/*/forwarding"],
+        )
+        .expect("forwarding sysctls");
+    let tables = ns.run("nft", &["list", "tables"]).expect("nft list tables");
+    let links = ns
+        .run("sh", &["-c", "ip -o link show | cut -d: -f2"])
+        .expect("links");
+    format!("{forwarding}\n{tables}\n{links}")
+}
+
+#[test]
+fn two_shared_networks_run_side_by_side_and_stop_independently() {
+    require_root();
+    let th = TestHost::new().expect("test host");
+    host_resolv(&th);
+    let before = net_state(&th.host);
+    let dir_a = Dir::new("twoA");
+    let dir_b = Dir::new("twoB");
+    let a = start_daemon(
+        &th.host,
+        &dir_a,
+        &["--vmnet-mode=shared", "--vmnet-gateway=192.168.105.1"],
+    );
+    let b = start_daemon(
+        &th.host,
+        &dir_b,
+        &["--vmnet-mode=shared", "--vmnet-gateway=192.168.107.1"],
+    );
+    let vm_a = attach(&dir_a.sock(), Some(("192.168.105.20/24", "192.168.105.1")));
+    let vm_b = attach(&dir_b.sock(), Some(("192.168.107.20/24", "192.168.107.1")));
+    let server = limanet_testkit::servers::TcpEchoServer::start(
+        &th.internet,
+        "0.0.0.0:8080".parse().unwrap(),
+    )
+    .expect("server on the internet");
+    let internet: SocketAddr = (TestHost::INTERNET_ADDR, 8080).into();
+    echo_roundtrip(&vm_a.ns, internet);
+    echo_roundtrip(&vm_b.ns, internet);
+    assert_eq!(forwarding(&th.host, &th.host_if), "1");
+    // Neither network opens connections into the other (each bridge is guarded by its table).
+    assert!(!ping(&vm_a.ns, "192.168.107.20"));
+    assert!(!ping(&vm_b.ns, "192.168.105.20"));
+
+    // A stops: B keeps its NAT, the uplink's forwarding and its guard.
+    drop(vm_a);
+    stop_and_check_clean(&th, a, &dir_a);
+    assert_eq!(forwarding(&th.host, &th.host_if), "1", "B still needs it");
+    echo_roundtrip(&vm_b.ns, internet);
+    th.internet
+        .run(
+            "ip",
+            &["route", "add", "192.168.107.0/24", "via", "203.0.113.1"],
+        )
+        .expect("route");
+    assert!(
+        !ping(&th.internet, "192.168.107.20"),
+        "outside still kept out"
+    );
+
+    // B stops: everything is as before either started.
+    drop(vm_b);
+    stop_and_check_clean(&th, b, &dir_b);
+    drop(server);
+    assert_eq!(forwarding(&th.host, &th.host_if), "0", "sysctl restored");
+    assert_eq!(net_state(&th.host), before);
 }
 
 #[test]
@@ -637,10 +771,26 @@ fn crashes_and_failed_starts_leave_nothing_and_live_daemons_are_not_displaced() 
     let n = names(&dir);
     let flags = ["--vmnet-mode=shared", "--vmnet-gateway=192.168.105.1"];
 
-    // SIGKILL leaves the bridge, the NAT table, the sysctl, the socket and the pid file.
-    let d = start_daemon(&th.host, &dir, &flags);
+    // SIGKILL of the daemon: its teardown helper removes the network (the socket and pid file
+    // stay, as they would after any crash, and are replaced on the next start).
+    let mut d = start_daemon(&th.host, &dir, &flags);
+    teardown_helper(d.id());
     d.signal(libc::SIGKILL);
-    let mut d = d;
+    let _ = d.wait_timeout(Duration::from_secs(5));
+    // The bridge goes last.
+    let gone = limanet_testkit::wait_for("helper teardown", Duration::from_secs(10), || {
+        !link_exists(&th.host, &n.bridge)
+    });
+    assert!(gone.is_ok(), "bridge left behind\n{}", d.logs());
+    assert!(!nft_table_exists(&th.host, &n.table), "table left behind");
+    assert_eq!(forwarding(&th.host, &th.host_if), "0", "sysctl restored");
+
+    // SIGKILL of both leaves the bridge, the NAT table, the sysctl, the socket and the pid file.
+    let mut d = start_daemon(&th.host, &dir, &flags);
+    let helper = teardown_helper(d.id());
+    // SAFETY: kill of a process this test started (the daemon's child).
+    unsafe { libc::kill(helper as i32, libc::SIGKILL) };
+    d.signal(libc::SIGKILL);
     let _ = d.wait_timeout(Duration::from_secs(5));
     assert!(link_exists(&th.host, &n.bridge));
     assert!(nft_table_exists(&th.host, &n.table));

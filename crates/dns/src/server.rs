@@ -87,6 +87,10 @@ pub struct DnsConfig {
     /// serves (e.g. to drop the privileges only binding needed; capabilities are per thread).
     /// An error stops the start-up.
     pub after_bind: Option<AfterBind>,
+    /// Accept queries only from packets that arrived on this interface (SO_BINDTODEVICE), e.g.
+    /// a vmnet network's bridge: other interfaces of the host (and the host itself, through
+    /// `lo`) get no answer even though the listen address is local to all of them.
+    pub bind_device: Option<String>,
 }
 
 /// A hook run on the DNS thread right after its sockets are bound.
@@ -113,6 +117,7 @@ impl Default for DnsConfig {
             limits: Limits::default(),
             zones: Default::default(),
             after_bind: None,
+            bind_device: None,
         }
     }
 }
@@ -182,6 +187,25 @@ pub struct DnsServer {
     shared: Arc<Shared>,
 }
 
+/// A non-blocking socket bound to `addr` (and to `device`, if given), as tokio's `bind` makes
+/// them (SO_REUSEADDR for TCP, so a restart does not wait out TIME_WAIT).
+fn bind_socket(
+    addr: SocketAddr,
+    kind: socket2::Type,
+    device: Option<&str>,
+) -> std::io::Result<socket2::Socket> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), kind, None)?;
+    if kind == socket2::Type::STREAM {
+        socket.set_reuse_address(true)?;
+    }
+    if let Some(device) = device {
+        socket.bind_device(Some(device.as_bytes()))?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
 impl DnsServer {
     /// Binds the UDP and TCP sockets and prepares the real host resolver.
     pub async fn bind(config: DnsConfig) -> Result<Self, DnsError> {
@@ -218,17 +242,21 @@ impl DnsServer {
         upstreams: Arc<Upstreams>,
         lookup: Arc<dyn Lookup>,
     ) -> Result<Self, DnsError> {
+        let device = config.bind_device.as_deref();
         let udp_addr = SocketAddr::new(config.listen, config.udp_port);
-        let udp = UdpSocket::bind(udp_addr)
-            .await
+        let udp = bind_socket(udp_addr, socket2::Type::DGRAM, device)
+            .and_then(|s| UdpSocket::from_std(s.into()))
             .map_err(|source| DnsError::Bind {
                 proto: "UDP",
                 addr: udp_addr,
                 source,
             })?;
         let tcp_addr = SocketAddr::new(config.listen, config.tcp_port);
-        let tcp = TcpListener::bind(tcp_addr)
-            .await
+        let tcp = bind_socket(tcp_addr, socket2::Type::STREAM, device)
+            .and_then(|s| {
+                s.listen(1024)?;
+                TcpListener::from_std(s.into())
+            })
             .map_err(|source| DnsError::Bind {
                 proto: "TCP",
                 addr: tcp_addr,

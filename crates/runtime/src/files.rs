@@ -12,7 +12,8 @@
 //!   start. Reads `<pid>\n` (Lima's usernet) and `<pid>` (socket_vmnet).
 //! - [`prepare_socket_path`] and [`BoundPath`]: an existing socket is probed with `connect`;
 //!   if anything answers, start is refused; only a dead socket is replaced, and a bound path is
-//!   removed on exit only if it is still ours.
+//!   removed on exit only if it is still ours. [`bind_socket`] does all of it for one socket,
+//!   with its final mode and group from the start.
 //! - [`private_dir`]: a runtime directory created 0700, refused if it is a symlink, owned by
 //!   someone else or open to group/other.
 //! - [`ExclusiveFile`]: a new regular file at a (possibly predictable) path, never following
@@ -570,6 +571,44 @@ impl Drop for BoundPath {
             Err(e) => warn!(path = %self.path.display(), error = %e, "cannot remove"),
         }
     }
+}
+
+/// Binds a unix socket at `path` (with `bind`, e.g. `UnixListener::bind`) after
+/// [`prepare_socket_path`], with its final `mode` (e.g. 0o600, 0o770) from the moment it exists:
+/// the mode comes from the umask at bind time, so there is no moment it is reachable more
+/// widely and no path-based chmod that a swapped-in symlink could redirect. With `group`, the
+/// socket's group is set (lchown: never through a symlink). Returns the socket and its
+/// [`BoundPath`], which removes it on drop if it is still ours.
+///
+/// The umask is process-wide: call this while no other thread creates files.
+pub fn bind_socket<T>(
+    path: &Path,
+    mode: u32,
+    group: Option<libc::gid_t>,
+    bind: impl FnOnce(&Path) -> io::Result<T>,
+) -> Result<(T, BoundPath), FileError> {
+    prepare_socket_path(path)?;
+    // SAFETY: umask only swaps the process's creation mask; restored right after the bind.
+    let old_mask = unsafe { libc::umask(!mode & 0o777) };
+    let bound = bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old_mask) };
+    let socket = bound.map_err(io_err(format!("cannot listen on {}", path.display())))?;
+    let recorded = BoundPath::record(path)?;
+    if let Some(gid) = group {
+        let c_path = CString::new(path.as_os_str().as_bytes()).map_err(|_| FileError::Io {
+            what: format!("chown {}", path.display()),
+            error: io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"),
+        })?;
+        // SAFETY: a valid C string; uid -1 leaves the owner alone; a symlink is not followed.
+        if unsafe { libc::lchown(c_path.as_ptr(), u32::MAX, gid) } != 0 {
+            return Err(FileError::Io {
+                what: format!("chown {}", path.display()),
+                error: io::Error::last_os_error(),
+            });
+        }
+    }
+    Ok((socket, recorded))
 }
 
 /// Creates (or checks) a directory only we may use: mode 0700, owned by us, not a symlink.

@@ -21,7 +21,6 @@ use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -382,38 +381,36 @@ impl Network {
     fn listen(&mut self, listen: &Listen) -> Result<(), NetworkError> {
         let path = listen.path().to_path_buf();
         // A live socket (another program, or another limanet) is refused; only a dead one is
-        // replaced.
-        files::prepare_socket_path(&path)?;
+        // replaced. Mode 0600 from the start.
         let what = || format!("listen on {}", path.display());
-        let source = match listen {
+        let (source, bound) = match listen {
             Listen::Qemu(_) | Listen::Fd(_) => {
-                let l = UnixListener::bind(&path).map_err(io_err(what()))?;
+                let (l, bound) = files::bind_socket(&path, 0o600, None, |p| UnixListener::bind(p))?;
                 l.set_nonblocking(true).map_err(io_err(what()))?;
-                if matches!(listen, Listen::Qemu(_)) {
+                let source = if matches!(listen, Listen::Qemu(_)) {
                     Source::StreamListener(l)
                 } else {
                     Source::FdListener(l)
-                }
+                };
+                (source, bound)
             }
             Listen::Dgram(_) => {
-                let s = UnixDatagram::bind(&path).map_err(io_err(what()))?;
+                let (s, bound) = files::bind_socket(&path, 0o600, None, |p| UnixDatagram::bind(p))?;
                 s.set_nonblocking(true).map_err(io_err(what()))?;
                 // vfkit's recommendation: 1 MiB send, 4 MiB receive.
                 sys::set_buffer_sizes(s.as_raw_fd(), 1 << 20, 4 << 20);
-                Source::DgramListener {
+                let source = Source::DgramListener {
                     socket: Rc::new(s),
                     peers: HashMap::new(),
                     path: path.clone(),
-                }
+                };
+                (source, bound)
             }
         };
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-            .map_err(io_err(what()))?;
         let interest = match source {
             Source::DgramListener { .. } => Interest::READABLE | Interest::WRITABLE,
             _ => Interest::READABLE,
         };
-        let bound = files::BoundPath::record(&path)?;
         self.add_source(source, interest)?;
         self.socket_paths.push(bound);
         info!(listen = ?listen, "listening");

@@ -4,8 +4,8 @@
 //! Each test works in its own scratch directory; the ownership tests need root (for chown).
 
 use limanet_runtime::files::{
-    prepare_socket_path, private_dir, probe_socket, BoundPath, ExclusiveFile, FileError, PidFile,
-    PidFileState, SocketProbe,
+    bind_socket, prepare_socket_path, private_dir, probe_socket, BoundPath, ExclusiveFile,
+    FileError, PidFile, PidFileState, SocketProbe,
 };
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
@@ -216,6 +216,45 @@ fn dead_socket_is_replaced() {
     prepare_socket_path(&path).expect("dead socket replaced");
     assert!(!path.exists());
     let _l = UnixListener::bind(&path).expect("path free for bind");
+}
+
+#[test]
+fn bind_socket_gives_the_final_mode_and_group_under_any_umask_and_removes_its_own() {
+    let _guard = UMASK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = Scratch::new("sock-bind");
+    let path = dir.join("net.sock");
+    // SAFETY: umask swaps the process mask; restored below (tests that create files hold UMASK).
+    let old = unsafe { libc::umask(0) };
+    let gid = if is_root() {
+        4242
+    } else {
+        unsafe { libc::getegid() }
+    };
+    let bound = bind_socket(&path, 0o770, Some(gid), |p| UnixListener::bind(p));
+    let dgram = bind_socket(&dir.join("d.sock"), 0o600, None, |p| UnixDatagram::bind(p));
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let (listener, bound) = bound.expect("bind");
+    let (_dgram, dgram_bound) = dgram.expect("bind datagram");
+    assert_eq!(mode(&path), 0o770, "mode from the start, not the umask");
+    assert_eq!(mode(&dir.join("d.sock")), 0o600);
+    assert_eq!(std::fs::symlink_metadata(&path).unwrap().gid(), gid);
+    assert_eq!(
+        unsafe { libc::umask(0o022) },
+        old,
+        "umask restored after the bind"
+    );
+    unsafe { libc::umask(old) };
+    // A live socket is never displaced by a second bind.
+    let err = bind_socket(&path, 0o600, None, |p| UnixListener::bind(p)).expect_err("live");
+    assert!(matches!(err, FileError::SocketInUse { .. }), "{err}");
+    drop(bound);
+    drop(dgram_bound);
+    drop(listener);
+    assert!(
+        !path.exists() && !dir.join("d.sock").exists(),
+        "removed on drop"
+    );
 }
 
 #[test]

@@ -3,7 +3,8 @@
 //! - host/shared: a bridge owned by limanet (name and marker derived from the socket path) with
 //!   the gateway address, and one TAP, enslaved to it, whose descriptor is the switch's host
 //!   port. shared adds NAT ([`crate::nft`]) and IPv4 forwarding on the bridge and on the uplinks
-//!   the return traffic arrives on; host turns forwarding off on the bridge.
+//!   the return traffic arrives on (shared with other shared networks: [`crate::uplinks`]);
+//!   host turns forwarding off on the bridge.
 //! - bridged: the interface named by `--vmnet-interface`. A bridge gets our TAP as a new port
 //!   (the host's own addresses stay where they are). A plain NIC is reached through an AF_PACKET
 //!   socket in promiscuous mode: nothing on the NIC changes, and the promiscuous flag goes with
@@ -12,13 +13,14 @@
 //!
 //! Everything created is undone on drop, also after a failed start. A crash (SIGKILL) leaves the
 //! bridge, the nftables table and changed sysctls behind: the next start finds them by their
-//! names and markers (and a state file of changed sysctls) and removes them first. TAP devices
+//! names and markers (and the uplinks' state file) and removes them first. TAP devices
 //! are not persistent, so they vanish with the process. Interfaces with our names that do not
 //! carry our marker are never touched.
 
 use crate::netlink::Netlink;
 use crate::nft;
 use crate::options::{Mode, VmnetOptions};
+use crate::uplinks;
 use limanet_netstack::wire::MacAddr;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -29,8 +31,10 @@ use tracing::{debug, info, warn};
 pub const MARKER: &str = "limanet-vmnet:";
 /// MTU of the bridge and TAP (vmnet's: 1500, frames up to 1514 bytes).
 pub const MTU: u16 = 1500;
-/// Where changed sysctls are recorded until they are restored.
+/// Per-socket locks and the uplinks' state (changed sysctls, until restored).
 const STATE_DIR: &str = "/run/limanet-vmnet";
+/// How long a start waits for the lock of its socket: a stopping daemon may still tear down.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why the backend could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +61,7 @@ pub struct Names {
     pub tap: String,
     pub table: String,
     pub marker: String,
+    /// Changed sysctls of versions before [`crate::uplinks`]; only read, to clean up.
     pub state_file: PathBuf,
     /// Held (flock) by the daemon serving this socket from before set-up until exit.
     pub lock_file: PathBuf,
@@ -103,13 +108,15 @@ pub struct Backend {
     bridge: Option<u32>,
     tap: Option<u32>,
     nat: bool,
-    /// (sysctl file, value to restore), in the order they were changed.
-    sysctls: Vec<(PathBuf, String)>,
+    /// Whether this network is among the users of the shared uplinks' forwarding.
+    uplinks_joined: bool,
     /// The host port: TAP or packet socket descriptor, taken by the daemon.
     host_port: Option<OwnedFd>,
     /// The gateway's MAC (host/shared).
     pub gateway_mac: Option<MacAddr>,
     pub description: String,
+    /// Whether dropping this tears the network down (false once a helper does it).
+    armed: bool,
     /// The per-socket lock; declared last so it is released after teardown (in `Drop`).
     _lock: std::fs::File,
 }
@@ -138,15 +145,23 @@ fn lock_socket(names: &Names) -> Result<std::fs::File, BackendError> {
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&names.lock_file)?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    // Retried for a while: the lock is also held by a stopping daemon still tearing down, or
+    // for a moment by another daemon checking whether this one is alive (crate::uplinks).
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(file);
+        }
         let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(e.into());
+        }
+        if std::time::Instant::now() >= deadline {
             return Err(BackendError::Busy(names.lock_file.clone()));
         }
-        return Err(e.into());
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    Ok(file)
 }
 
 fn sysctl_path(iface: &str) -> PathBuf {
@@ -167,10 +182,11 @@ impl Backend {
             bridge: None,
             tap: None,
             nat: false,
-            sysctls: Vec::new(),
+            uplinks_joined: false,
             host_port: None,
             gateway_mac: None,
             description: String::new(),
+            armed: true,
             _lock: lock,
         };
         b.remove_leftovers()?;
@@ -228,6 +244,7 @@ impl Backend {
             }
             let _ = std::fs::remove_file(&self.names.state_file);
         }
+        uplinks::leave(state_dir()?, &self.names.id)?;
         if nft::delete_if_present(&self.names.table)? {
             warn!(table = %self.names.table, "removed nftables table left by an earlier limanet vmnet");
         }
@@ -283,15 +300,19 @@ impl Backend {
         let tap = self.create_tap()?;
         self.nl.set_controller(tap, link.index)?;
         if opts.mode == Mode::Shared {
-            let uplinks = self.open_uplinks(link.index)?;
+            // NAT first: once the uplinks forward, the bridge must be guarded.
             nft::apply(&nft::NatSpec {
                 table: self.names.table.clone(),
                 bridge: name.clone(),
                 network: subnet.network(),
                 prefix_len: subnet.prefix_len,
-                opened_uplinks: uplinks,
             })?;
             self.nat = true;
+            self.uplinks_joined = true;
+            let held = uplinks::join(state_dir()?, &self.names.id, &self.nl, link.index)?;
+            if held.is_empty() {
+                debug!("uplinks already forward IPv4");
+            }
         }
         self.description = format!(
             "bridge {name} {}/{} ({}), TAP {}{}",
@@ -306,45 +327,6 @@ impl Backend {
             }
         );
         Ok(())
-    }
-
-    /// Enables IPv4 forwarding on the interfaces default routes leave through (where the NATed
-    /// replies come back in); returns those it changed.
-    fn open_uplinks(&mut self, bridge: u32) -> Result<Vec<String>, BackendError> {
-        let mut opened = Vec::new();
-        for index in self.nl.default_route_interfaces()? {
-            if index == bridge {
-                continue;
-            }
-            let Some(name) = self.nl.link_name(index)? else {
-                continue;
-            };
-            let path = sysctl_path(&name);
-            let old = std::fs::read_to_string(&path)?.trim().to_string();
-            if old == "1" {
-                continue;
-            }
-            self.record_sysctl(&path, &old)?;
-            std::fs::write(&path, "1")?;
-            info!(interface = %name, "enabled IPv4 forwarding for NAT return traffic");
-            opened.push(name);
-        }
-        if opened.is_empty() && self.sysctls.is_empty() {
-            debug!("uplinks already forward IPv4");
-        }
-        Ok(opened)
-    }
-
-    /// Notes a sysctl's old value, on disk first so a crash cannot lose it.
-    fn record_sysctl(&mut self, path: &Path, old: &str) -> io::Result<()> {
-        self.sysctls.push((path.to_path_buf(), old.to_string()));
-        state_dir()?;
-        let text: String = self
-            .sysctls
-            .iter()
-            .map(|(p, v)| format!("{} {v}\n", p.display()))
-            .collect();
-        std::fs::write(&self.names.state_file, text)
     }
 
     fn setup_bridged(&mut self, opts: &VmnetOptions) -> Result<(), BackendError> {
@@ -368,18 +350,18 @@ impl Backend {
 
     fn teardown(&mut self) {
         self.host_port = None;
+        // Uplinks first: while they forward for this bridge, its NAT table guards it.
+        if std::mem::take(&mut self.uplinks_joined) {
+            if let Err(e) = state_dir().and_then(|dir| uplinks::leave(dir, &self.names.id)) {
+                warn!(error = %e, "cannot release the uplinks' forwarding");
+            }
+        }
         if self.nat {
             if let Err(e) = nft::delete_if_present(&self.names.table) {
                 warn!(error = %e, table = %self.names.table, "cannot remove nftables table");
             }
             self.nat = false;
         }
-        for (path, value) in self.sysctls.drain(..).rev() {
-            if let Err(e) = std::fs::write(&path, &value) {
-                warn!(error = %e, sysctl = %path.display(), "cannot restore sysctl");
-            }
-        }
-        let _ = std::fs::remove_file(&self.names.state_file);
         // The TAP went with its descriptor; delete it in case something else still holds it.
         if let Some(tap) = self.tap.take() {
             if self.nl.link(&self.names.tap).ok().flatten().is_some() {
@@ -396,7 +378,117 @@ impl Backend {
 
 impl Drop for Backend {
     fn drop(&mut self) {
+        if self.armed {
+            self.teardown();
+        }
+    }
+}
+
+/// A child process that tears the network down once the daemon ends (see
+/// [`Backend::hand_teardown_to_helper`]). Dropping (or [`TeardownHelper::finish`]) lets it
+/// start and waits until it is done.
+pub struct TeardownHelper {
+    pid: libc::pid_t,
+    go: Option<OwnedFd>,
+}
+
+impl TeardownHelper {
+    pub fn pid(&self) -> u32 {
+        self.pid as u32
+    }
+
+    /// Closes the helper's pipe and waits for the teardown to finish.
+    pub fn finish(&mut self) {
+        if self.go.take().is_none() {
+            return;
+        }
+        let mut status = 0;
+        // SAFETY: waitpid on our own child; retried on EINTR.
+        while unsafe { libc::waitpid(self.pid, &mut status, 0) } < 0 {
+            if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                warn!("lost the teardown helper");
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for TeardownHelper {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl Backend {
+    /// Forks a helper that keeps only CAP_NET_ADMIN, waits until the daemon closes its end of
+    /// a pipe (or dies: SIGKILL included), then removes the bridge, TAP, NAT table and sysctl
+    /// changes (it runs `nft`, writes sysctls and the state directory, which the sandboxed
+    /// daemon cannot). This backend no longer tears down on drop. Call it while the process is
+    /// single-threaded; `close_in_child` are descriptors the helper must not keep.
+    pub fn hand_teardown_to_helper(
+        &mut self,
+        close_in_child: &[std::os::fd::RawFd],
+    ) -> io::Result<TeardownHelper> {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills two descriptors we then own.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: both descriptors are fresh and ours.
+        let (wait_end, go_end) =
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // SAFETY: fork in a single-threaded process (documented precondition).
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if pid == 0 {
+            drop(go_end);
+            self.run_helper(wait_end, close_in_child);
+        }
+        drop(wait_end);
+        self.armed = false;
+        info!(helper = pid, "teardown handed to a helper process");
+        Ok(TeardownHelper {
+            pid,
+            go: Some(go_end),
+        })
+    }
+
+    fn run_helper(&mut self, wait_end: OwnedFd, close_in_child: &[std::os::fd::RawFd]) -> ! {
+        for fd in close_in_child {
+            // SAFETY: descriptors the parent owns; the child's copies are not used.
+            unsafe { libc::close(*fd) };
+        }
+        self.host_port = None;
+        // A process group of its own: a SIGKILL sent to the daemon's group (a supervisor's
+        // "kill -9 -PGID") must leave the helper to clean up.
+        // SAFETY: setpgid of this process.
+        unsafe { libc::setpgid(0, 0) };
+        // SAFETY: PR_SET_NAME with a NUL-terminated name of at most 16 bytes.
+        unsafe { libc::prctl(libc::PR_SET_NAME, c"vmnet-teardown".as_ptr(), 0, 0, 0) };
+        let admin = [limanet_runtime::privileges::CAP_NET_ADMIN];
+        if let Err(e) = limanet_runtime::privileges::keep_only_capabilities(&admin, &admin) {
+            warn!(error = %e, "teardown helper cannot drop capabilities");
+        }
+        // A netlink connection of its own: the inherited one's event loop (epoll) is shared
+        // with the parent, which closes it.
+        match Netlink::new() {
+            Ok(nl) => std::mem::forget(std::mem::replace(&mut self.nl, nl)),
+            Err(e) => warn!(error = %e, "teardown helper: new netlink connection failed"),
+        }
+        let mut byte = [0u8; 1];
+        loop {
+            // SAFETY: read into a local buffer; returns 0 once every write end is closed.
+            let n = unsafe { libc::read(wait_end.as_raw_fd(), byte.as_mut_ptr().cast(), 1) };
+            if n == 0 || (n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted)
+            {
+                break;
+            }
+        }
         self.teardown();
+        // SAFETY: ends the helper without running the parent's exit handlers.
+        unsafe { libc::_exit(0) }
     }
 }
 

@@ -23,5 +23,6 @@ pub mod process;
 pub mod relay;
 pub mod service;
 pub mod switch;
+pub mod uplinks;
 
 pub use options::{parse, usage, Mode, Parsed, UsageError, VmnetOptions};

@@ -8,18 +8,28 @@
 //!   chain forward { type filter hook forward priority filter;
 //!     oifname "<bridge>" ct state established,related accept
 //!     oifname "<bridge>" drop                       # the outside cannot open connections to VMs
-//!     iifname "<uplink>" oifname != "<bridge>" drop # only for uplinks whose forwarding limanet
-//!   }                                               # turned on: nothing else gets routed
+//!   }
 //! }
 //! ```
-//! Deleting the table removes everything; a table with this name is limanet's by construction.
+//! Every rule names this network's own bridge or subnet, so tables of several networks do not
+//! interfere. Deleting the table removes everything; a table with this name is limanet's by
+//! construction.
+//!
+//! The uplinks' guard, shared by all shared networks ([`crate::uplinks`]):
+//! ```text
+//! table ip limanet_vmnet_uplinks {
+//!   chain forward { type filter hook forward priority filter;
+//!     iifname "<uplink>" oifname != "<bridge A>" oifname != "<bridge B>" drop
+//!   }   # one rule per uplink whose forwarding limanet turned on: nothing else gets routed
+//! }
+//! ```
 
 use nftables::batch::Batch;
 use nftables::expr::{
     Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, CT,
 };
 use nftables::helper::{self, NftablesError};
-use nftables::schema::{Chain, NfListObject, Rule, Table};
+use nftables::schema::{Chain, FlushObject, NfCmd, NfListObject, Rule, Table};
 use nftables::stmt::{Match, Operator, Statement};
 use nftables::types::{NfChainType, NfFamily, NfHook};
 use std::borrow::Cow;
@@ -32,8 +42,6 @@ pub struct NatSpec {
     pub bridge: String,
     pub network: Ipv4Addr,
     pub prefix_len: u8,
-    /// Uplinks whose IPv4 forwarding limanet enabled.
-    pub opened_uplinks: Vec<String>,
 }
 
 fn meta(key: MetaKey) -> Expression<'static> {
@@ -154,18 +162,59 @@ pub fn ruleset(spec: &NatSpec) -> Batch<'static> {
             Statement::Drop(None),
         ],
     ));
-    for uplink in &spec.opened_uplinks {
-        b.add(rule(
-            spec,
-            "forward",
-            vec![
-                matches(meta(MetaKey::Iifname), Operator::EQ, string(uplink)),
-                matches(meta(MetaKey::Oifname), Operator::NEQ, string(&spec.bridge)),
-                Statement::Drop(None),
-            ],
-        ));
+    b
+}
+
+/// The batch that makes the guard table hold exactly one rule per `(uplink, bridges)`, in one
+/// transaction (no moment without a guard).
+pub fn guard_ruleset(table_name: &str, uplinks: &[(String, Vec<String>)]) -> Batch<'static> {
+    let mut b = Batch::new();
+    b.add(table(table_name));
+    b.add_cmd(NfCmd::Flush(FlushObject::Table(Table {
+        family: NfFamily::IP,
+        name: Cow::Owned(table_name.to_string()),
+        handle: None,
+    })));
+    b.add(NfListObject::Chain(Chain {
+        family: NfFamily::IP,
+        table: Cow::Owned(table_name.to_string()),
+        name: Cow::Borrowed("forward"),
+        _type: Some(NfChainType::Filter),
+        hook: Some(NfHook::Forward),
+        prio: Some(0),
+        ..Chain::default()
+    }));
+    for (uplink, bridges) in uplinks {
+        let mut expr = vec![matches(
+            meta(MetaKey::Iifname),
+            Operator::EQ,
+            string(uplink),
+        )];
+        expr.extend(
+            bridges
+                .iter()
+                .map(|br| matches(meta(MetaKey::Oifname), Operator::NEQ, string(br))),
+        );
+        expr.push(Statement::Drop(None));
+        b.add(NfListObject::Rule(Rule {
+            family: NfFamily::IP,
+            table: Cow::Owned(table_name.to_string()),
+            chain: Cow::Borrowed("forward"),
+            expr: Cow::Owned(expr),
+            handle: None,
+            index: None,
+            comment: None,
+        }));
     }
     b
+}
+
+/// Creates or updates the guard table.
+pub fn apply_guard(
+    table_name: &str,
+    uplinks: &[(String, Vec<String>)],
+) -> Result<(), NftablesError> {
+    helper::apply_ruleset(&guard_ruleset(table_name, uplinks).to_nftables())
 }
 
 /// Creates the table (replacing a leftover of the same name first).
@@ -203,13 +252,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ruleset_json_names_the_bridge_subnet_and_uplinks() {
+    fn ruleset_json_names_the_bridge_and_subnet() {
         let spec = NatSpec {
             table: "limanet_vmnet_0123abcd".into(),
             bridge: "lnvbr0123abcd".into(),
             network: Ipv4Addr::new(192, 168, 105, 0),
             prefix_len: 24,
-            opened_uplinks: vec!["eth0".into()],
         };
         let json = serde_json::to_string(&ruleset(&spec).to_nftables()).unwrap();
         for needle in [
@@ -217,8 +265,31 @@ mod tests {
             "192.168.105.0",
             "lnvbr0123abcd",
             "\"established\"",
-            "\"eth0\"",
             "\"postrouting\"",
+        ] {
+            assert!(json.contains(needle), "{needle} missing from {json}");
+        }
+    }
+
+    #[test]
+    fn guard_exempts_every_bridge_behind_an_uplink() {
+        let json = serde_json::to_string(
+            &guard_ruleset(
+                "limanet_vmnet_uplinks",
+                &[(
+                    "eth0".into(),
+                    vec!["lnvbr0000000a".into(), "lnvbr0000000b".into()],
+                )],
+            )
+            .to_nftables(),
+        )
+        .unwrap();
+        for needle in [
+            "\"flush\"",
+            "\"eth0\"",
+            "lnvbr0000000a",
+            "lnvbr0000000b",
+            "\"drop\"",
         ] {
             assert!(json.contains(needle), "{needle} missing from {json}");
         }

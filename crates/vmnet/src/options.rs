@@ -67,6 +67,8 @@ pub struct VmnetOptions {
     pub interface: Option<String>,
     /// Warnings socket_vmnet prints (the process logs them).
     pub warnings: Vec<String>,
+    /// limanet's own `--no-sandbox`: no Landlock and seccomp confinement after setup.
+    pub no_sandbox: bool,
 }
 
 /// What the command line asks for.
@@ -98,6 +100,7 @@ pub fn usage(argv0: &str) -> String {
          --vmnet-mask=MASK                   subnet mask (default: \"255.255.255.0\")\n\
          \x20                                   requires --vmnet-gateway to be specified\n\
          -p, --pidfile=PIDFILE               save pid to PIDFILE\n\
+         --no-sandbox                        (limanet) no Landlock/seccomp confinement\n\
          -h, --help                          display this help and exit\n\
          -v, --version                       display version information and exit\n"
     )
@@ -134,6 +137,7 @@ where
     let mut dhcp_end = None;
     let mut mask = None;
     let mut only_positional = false;
+    let mut no_sandbox = false;
     while let Some(arg) = args.next() {
         if only_positional || !arg.starts_with('-') || arg == "-" {
             positional.push(arg);
@@ -146,6 +150,10 @@ where
         match arg.as_str() {
             "-h" | "--help" => return Ok(Parsed::Help),
             "-v" | "--version" => return Ok(Parsed::Version),
+            "--no-sandbox" => {
+                no_sandbox = true;
+                continue;
+            }
             _ => {}
         }
         let (name, inline) = match arg.split_once('=') {
@@ -319,6 +327,7 @@ where
             None
         },
         warnings,
+        no_sandbox,
     }))
 }
 
@@ -335,6 +344,12 @@ mod tests {
 
     fn err(args: &[&str]) -> String {
         parse(args.iter().copied()).unwrap_err().0
+    }
+
+    #[test]
+    fn no_sandbox_is_limanets_own_flag() {
+        assert!(!run(&["/run/x.sock"]).no_sandbox);
+        assert!(run(&["--no-sandbox", "/run/x.sock"]).no_sandbox);
     }
 
     #[test]

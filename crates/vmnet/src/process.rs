@@ -3,11 +3,11 @@
 //!
 //! - Socket: mode 0770, group `--socket-group`. A stale socket file (nobody accepts on it) is
 //!   replaced; a live one (a connect succeeds) is refused; any other file in the way is an error.
-//!   Unlike socket_vmnet, the socket is removed on exit too.
+//!   Unlike socket_vmnet, the socket is removed on exit too, if it is still ours
+//!   ([`limanet_runtime::files::bind_socket`]).
 
 use std::ffi::CString;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -21,6 +21,8 @@ pub enum FileError {
     NotASocket(PathBuf),
     #[error("unknown group name \"{0}\"")]
     UnknownGroup(String),
+    #[error(transparent)]
+    Path(#[from] limanet_runtime::FileError),
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -35,11 +37,6 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> F
         path: path.to_path_buf(),
         source,
     }
-}
-
-fn cstring(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
 }
 
 /// Looks a group up by name.
@@ -83,46 +80,26 @@ pub fn clear_stale_socket(path: &Path) -> Result<(), FileError> {
     }
 }
 
-/// The listening socket, removed on drop.
+/// The listening socket (mode 0770, group `--socket-group`), removed on drop if still ours.
 #[derive(Debug)]
 pub struct Listener {
     pub listener: UnixListener,
-    path: PathBuf,
+    _bound: limanet_runtime::files::BoundPath,
 }
 
 impl Listener {
-    /// Binds `path` (after [`clear_stale_socket`]), mode 0770, group `gid`.
+    /// Binds `path` (after [`clear_stale_socket`]), mode 0770 from the start, group `gid`.
     pub fn bind(path: &Path, gid: libc::gid_t) -> Result<Self, FileError> {
         clear_stale_socket(path)?;
-        // The socket gets its mode at creation (0777 & !0o007 = 0770): no path-based chmod that
-        // could follow a symlink swapped in, and no moment with a laxer umask-derived mode.
-        // SAFETY: umask cannot fail; restored right after (no other thread creates files yet).
-        let old_umask = unsafe { libc::umask(0o007) };
-        let bound = UnixListener::bind(path);
-        // SAFETY: as above.
-        unsafe { libc::umask(old_umask) };
-        let listener = bound.map_err(io_err("cannot listen on", path))?;
-        let this = Listener {
-            listener,
-            path: path.to_path_buf(),
-        };
-        let c = cstring(path).map_err(io_err("cannot chown", path))?;
-        // SAFETY: lchown (never follows a symlink) of a NUL-terminated path we just created.
-        if unsafe { libc::lchown(c.as_ptr(), u32::MAX, gid) } != 0 {
-            return Err(io_err("cannot chown socket", path)(
-                io::Error::last_os_error(),
-            ));
-        }
-        this.listener
+        let (listener, bound) =
+            limanet_runtime::files::bind_socket(path, 0o770, Some(gid), |p| UnixListener::bind(p))?;
+        listener
             .set_nonblocking(true)
             .map_err(io_err("cannot set up", path))?;
-        Ok(this)
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        Ok(Listener {
+            listener,
+            _bound: bound,
+        })
     }
 }
 

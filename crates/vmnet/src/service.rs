@@ -4,10 +4,14 @@
 //!    it), and look the socket group up (`unknown group name "<g>"`);
 //! 2. remove what a crashed daemon for this socket left, then set up the bridge, TAP, addresses,
 //!    NAT (a failure undoes what was done);
-//! 3. listen (mode 0770, group), start DNS at the gateway (host/shared);
-//! 4. drop every capability but CAP_NET_ADMIN (needed to remove the bridge and nftables table at
-//!    exit), then write the pid file: once it exists, the network is ready (Lima waits for it);
-//! 5. switch frames until SIGINT, SIGTERM or SIGHUP; then undo everything, pid file last.
+//! 3. fork the teardown helper (keeps CAP_NET_ADMIN, waits for the daemon to end, even by
+//!    SIGKILL, then undoes step 2);
+//! 4. listen (mode 0770, group), confine the filesystem (Landlock), start DNS at the gateway
+//!    (host/shared) on the bridge only;
+//! 5. drop every capability, write the pid file (once it exists, the network is ready: Lima
+//!    waits for it), confine system calls (seccomp, all threads);
+//! 6. switch frames until SIGINT, SIGTERM or SIGHUP; then let the helper undo everything, pid
+//!    file last.
 
 use crate::backend::{Backend, BackendError, MTU};
 use crate::daemon::Daemon;
@@ -15,12 +19,10 @@ use crate::gateway::Gateway;
 use crate::options::{Mode, VmnetOptions};
 use crate::process::{self, FileError, Listener};
 use limanet_runtime::files::{PidFile, PidFileState, PidFormat};
-use limanet_runtime::privileges::{
-    keep_only_capabilities, signal_fd, CAP_NET_ADMIN, CAP_NET_BIND_SERVICE,
-};
+use limanet_runtime::privileges::{keep_only_capabilities, signal_fd, CAP_NET_BIND_SERVICE};
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use tracing::{info, warn};
 
 /// Why the daemon stopped with an error.
@@ -36,6 +38,8 @@ pub enum ServiceError {
     Dhcp(#[from] limanet_netstack::dhcp::DhcpError),
     #[error("DNS at the gateway: {0}")]
     Dns(#[from] limanet_dns::DnsError),
+    #[error(transparent)]
+    Sandbox(#[from] limanet_runtime::sandbox::SandboxError),
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -77,6 +81,8 @@ pub fn run(opts: &VmnetOptions) -> Result<(), ServiceError> {
     }
     process::clear_stale_socket(&opts.socket)?;
     let mut backend = Backend::setup(opts)?;
+    // Still single-threaded here (netlink runs on a current-thread runtime).
+    let mut teardown = backend.hand_teardown_to_helper(&[signals.as_raw_fd()])?;
     let host_port = backend
         .take_host_port()
         .ok_or_else(|| io::Error::other("backend without a host port"))?;
@@ -94,9 +100,26 @@ pub fn run(opts: &VmnetOptions) -> Result<(), ServiceError> {
         signals,
         gateway,
     )?;
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error().into());
+    }
+    if opts.no_sandbox {
+        warn!("--no-sandbox: the daemon is not confined");
+    } else {
+        // Before the DNS thread starts, so it is confined too. Only the socket's and pid file's
+        // directories may have entries created (the pid file) and removed (both, at exit).
+        let dirs: Vec<std::path::PathBuf> = [Some(opts.socket.as_path()), opts.pidfile.as_deref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.parent().map(std::path::Path::to_path_buf))
+            .collect();
+        limanet_runtime::sandbox::confine_filesystem(&dirs)?;
+    }
     // The DNS thread binds port 53, so it starts with CAP_NET_BIND_SERVICE; once bound it drops
     // every capability (capabilities are per thread), and the main thread drops it right after.
-    keep_only_capabilities(&[CAP_NET_ADMIN, CAP_NET_BIND_SERVICE], &[CAP_NET_ADMIN])?;
+    // Teardown is the helper's: the daemon itself needs no capability at all.
+    keep_only_capabilities(&[CAP_NET_BIND_SERVICE], &[])?;
     let dns = match &opts.subnet {
         Some(subnet) if opts.mode != Mode::Bridged => {
             let gw = IpAddr::V4(subnet.gateway);
@@ -106,8 +129,10 @@ pub fn run(opts: &VmnetOptions) -> Result<(), ServiceError> {
                 tcp_port: 53,
                 hosts: limanet_dns::lima_hosts(&[], gw, None),
                 after_bind: Some(limanet_dns::AfterBind(std::sync::Arc::new(|| {
-                    keep_only_capabilities(&[], &[CAP_NET_ADMIN])
+                    keep_only_capabilities(&[], &[])
                 }))),
+                // Only the VMs ask: not the uplink, not other hosts on a LAN that routes here.
+                bind_device: Some(backend.names().bridge.clone()),
                 ..Default::default()
             })?;
             info!(udp = %dns.udp_addr(), tcp = %dns.tcp_addr(), "DNS at the gateway");
@@ -115,12 +140,15 @@ pub fn run(opts: &VmnetOptions) -> Result<(), ServiceError> {
         }
         _ => None,
     };
-    keep_only_capabilities(&[CAP_NET_ADMIN], &[CAP_NET_ADMIN])?;
+    keep_only_capabilities(&[], &[])?;
     let pidfile = opts
         .pidfile
         .as_deref()
         .map(|p| PidFile::create_as(p, PidFormat::Bare))
         .transpose()?;
+    if !opts.no_sandbox {
+        limanet_runtime::sandbox::confine_syscalls()?;
+    }
     info!(
         mode = %opts.mode,
         socket = %opts.socket.display(),
@@ -144,8 +172,9 @@ pub fn run(opts: &VmnetOptions) -> Result<(), ServiceError> {
     drop(daemon);
     drop(listener);
     drop(dns);
-    // Undoes the setup: nftables table, sysctls, bridge.
+    // The helper undoes the setup: nftables table, sysctls, bridge.
     drop(backend);
+    teardown.finish();
     drop(pidfile);
     Ok(result?)
 }

@@ -10,7 +10,8 @@
 //! After [`confine_syscalls`]: only the system calls listed in [`allowed_syscalls`] run; any
 //! other (execve, ptrace, mount, module loading, ...) fails with EPERM. `open`/`openat` are
 //! allowed only without O_CREAT, O_WRONLY, O_RDWR and O_TRUNC, so no file can be created or
-//! written through a new descriptor. A call that is refused returns an error the caller
+//! written through a new descriptor, and `ioctl` only with the few requests in [`IOCTLS`], so
+//! no interface can be reconfigured. A call that is refused returns an error the caller
 //! already handles, rather than killing the process: one missed rare path must not take down
 //! every VM's network.
 
@@ -195,6 +196,19 @@ pub fn allowed_syscalls() -> Vec<libc::c_long> {
     calls
 }
 
+/// The ioctl requests allowed after setup: non-blocking and close-on-exec flags (the standard
+/// library sets them with ioctl), a socket's queued bytes (TIOCOUTQ/TIOCINQ), and the terminal
+/// query logging may make. Interface configuration (SIOCS*, TUNSET*) is setup only.
+#[allow(clippy::unnecessary_cast)] // the requests are c_ulong, 32 bits on some targets
+const IOCTLS: [u64; 6] = [
+    libc::FIONBIO as u64,
+    libc::FIOCLEX as u64,
+    libc::FIONCLEX as u64,
+    libc::TIOCOUTQ as u64,
+    libc::FIONREAD as u64,
+    libc::TCGETS as u64,
+];
+
 /// Installs the seccomp allow-list on every thread of the process (TSYNC). Call once setup is
 /// complete: sockets bound, namespaces attached, DNS started, pid file written.
 pub fn confine_syscalls() -> Result<(), SandboxError> {
@@ -217,6 +231,16 @@ pub fn confine_syscalls() -> Result<(), SandboxError> {
         Ok(vec![SeccompRule::new(vec![cond]).map_err(|e| err(&e))?])
     };
     rules.insert(libc::SYS_openat, read_only(2)?);
+    // ioctl: only the requests the data plane makes after setup (the request is argument 1).
+    let ioctls = IOCTLS
+        .iter()
+        .map(|&request| {
+            let cond = SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, request)
+                .map_err(|e| err(&e))?;
+            SeccompRule::new(vec![cond]).map_err(|e| err(&e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    rules.insert(libc::SYS_ioctl, ioctls);
     #[cfg(target_arch = "x86_64")]
     rules.insert(libc::SYS_open, read_only(1)?);
     let filter = SeccompFilter::new(

@@ -40,6 +40,25 @@ fn sandbox_child() {
     println!("UDP={}", String::from_utf8_lossy(&buf[..n]));
     // Threads can still be started (tokio's blocking pool, getaddrinfo).
     println!("THREAD={}", std::thread::spawn(|| 7).join().unwrap());
+    // ioctl: the standard library's non-blocking switch works, interface requests do not
+    // (a harmless read of lo's flags stands for them: were the filter missing, nothing changes).
+    println!(
+        "NONBLOCK={}",
+        a.set_nonblocking(true)
+            .map_or_else(|e| format!("refused: {e}"), |_| "ok".into())
+    );
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    req.ifr_name[..2].copy_from_slice(&[b'l' as libc::c_char, b'o' as libc::c_char]);
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&a);
+    let get_flags = unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut req) };
+    println!(
+        "IFCONFIG={}",
+        if get_flags < 0 {
+            format!("refused: {}", std::io::Error::last_os_error())
+        } else {
+            "ran".into()
+        }
+    );
     // Forbidden: running a program, creating or writing files.
     let exec = Command::new("/bin/true").status();
     println!(
@@ -95,6 +114,11 @@ fn sandbox_refuses_exec_and_new_files_and_traffic_flows() {
     assert_eq!(value("SECCOMP"), "2", "seccomp filter mode");
     assert_eq!(value("UDP"), "ping");
     assert_eq!(value("THREAD"), "7");
+    assert_eq!(value("NONBLOCK"), "ok");
+    assert!(
+        value("IFCONFIG").contains("Operation not permitted"),
+        "{text}"
+    );
     assert!(value("EXEC").starts_with("refused"), "{text}");
     assert!(value("CREATE").starts_with("refused"), "{text}");
     assert!(value("WRITE").starts_with("refused"), "{text}");

@@ -97,6 +97,11 @@ pub struct AttachArgs {
     /// Default route via this address (with --address).
     #[arg(long, value_name = "IP")]
     pub gateway: Option<std::net::Ipv4Addr>,
+    /// SOCKET is a gvproxy HTTP endpoint (`gvproxy -listen unix://...`): ask it for a network
+    /// connection with `POST /connect` before relaying frames. gvproxy accepts only one
+    /// `-listen-qemu` connection; further guests join this way.
+    #[arg(long)]
+    pub gvproxy_connect: bool,
     /// A stream socket (QEMU framing): a vmnet socket, `limanet usernet --listen-qemu`, ...
     pub socket: PathBuf,
 }
@@ -113,6 +118,9 @@ pub fn attach(args: AttachArgs) -> Result<u8> {
     let signals = limanet_vmnet::service::termination_signals()?;
     let stream = std::os::unix::net::UnixStream::connect(&args.socket)
         .with_context(|| format!("cannot connect to {}", args.socket.display()))?;
+    if args.gvproxy_connect {
+        request_gvproxy_connection(&stream)?;
+    }
     let netns = limanet_runtime::open_netns(&args.netns)?;
     let tap = limanet_runtime::create_tap_in(
         &netns,
@@ -140,6 +148,20 @@ pub fn attach(args: AttachArgs) -> Result<u8> {
     let why = limanet_vmnet::relay::relay(tap.fd, stream.into(), signals)?;
     info!(reason = %why, "detached");
     Ok(0)
+}
+
+/// Turns a connection to a gvproxy endpoint into a frame stream: gvproxy hijacks the HTTP
+/// connection of a `POST /connect` and speaks its network protocol (QEMU framing when it runs
+/// with `-listen-qemu`) on it, without a response.
+fn request_gvproxy_connection(mut stream: &std::os::unix::net::UnixStream) -> Result<()> {
+    use std::io::Write;
+    stream
+        .write_all(b"POST /connect HTTP/1.1\r\nHost: gvproxy\r\nContent-Length: 0\r\n\r\n")
+        .context("cannot send POST /connect")?;
+    // gvproxy drops whatever its HTTP reader buffered past the request, so the first frame
+    // must not arrive together with it.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    Ok(())
 }
 
 /// `limanet install-vmnet [--prefix DIR]`.

@@ -5,7 +5,7 @@
 
 mod usernet_support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
@@ -469,20 +469,6 @@ fn hundred_megabytes_each_way_with_checksum() {
         .expect("netns")
         .unwrap_or_else(|e| panic!("upload failed: {e}\n{}", u.daemon.logs()));
     assert_eq!(reply, PatternReader::new(12, BIG).sha256());
-}
-
-fn skip_headers(r: &mut impl BufRead) -> std::io::Result<()> {
-    let mut status = String::new();
-    r.read_line(&mut status)?;
-    if !status.contains(" 200 ") {
-        return Err(std::io::Error::other(format!("HTTP status {status:?}")));
-    }
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line)? == 0 || line.trim().is_empty() {
-            return Ok(());
-        }
-    }
 }
 
 const CONNECTIONS: usize = 500;

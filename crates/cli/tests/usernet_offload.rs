@@ -5,7 +5,7 @@
 
 mod usernet_support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::Duration;
 
@@ -28,20 +28,6 @@ fn feature(ns: &Netns, feature: &str) -> String {
         .find_map(|l| l.strip_prefix(&format!("{feature}: ")))
         .map(|v| v.split_whitespace().next().unwrap_or("").to_string())
         .unwrap_or_else(|| panic!("no {feature} in ethtool output: {text}"))
-}
-
-fn skip_headers(r: &mut impl BufRead) -> std::io::Result<()> {
-    let mut status = String::new();
-    r.read_line(&mut status)?;
-    if !status.contains(" 200 ") {
-        return Err(std::io::Error::other(format!("HTTP status {status:?}")));
-    }
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line)? == 0 || line.trim().is_empty() {
-            return Ok(());
-        }
-    }
 }
 
 /// Downloads `SIZE` bytes of pattern `seed` from `server` inside `ns`: (sha256, length).

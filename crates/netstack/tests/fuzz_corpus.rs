@@ -22,6 +22,17 @@ fn corpus_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/guest_frame")
 }
 
+/// The corpus files, sorted.
+fn corpus_files() -> Vec<PathBuf> {
+    let dir = corpus_dir();
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|e| e.expect("directory entry").path())
+        .collect();
+    entries.sort();
+    entries
+}
+
 /// Splits an input into frames (see the module docs).
 fn split(mut data: &[u8]) -> Vec<&[u8]> {
     let mut frames = Vec::new();
@@ -88,12 +99,7 @@ fn replay(name: &str, data: &[u8], offloads: bool) {
 
 #[test]
 fn corpus_replays_without_panic() {
-    let dir = corpus_dir();
-    let mut entries: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .map(|e| e.expect("directory entry").path())
-        .collect();
-    entries.sort();
+    let entries = corpus_files();
     assert!(entries.len() >= 20, "corpus has {} files", entries.len());
     for path in entries {
         let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -103,12 +109,7 @@ fn corpus_replays_without_panic() {
 
 #[test]
 fn corpus_replays_on_a_port_with_offloads() {
-    let dir = corpus_dir();
-    let mut entries: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .map(|e| e.expect("directory entry").path())
-        .collect();
-    entries.sort();
+    let entries = corpus_files();
     for path in entries {
         let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         // The corpus frames behind a plain header, and the same bytes read as header + frame.
@@ -273,9 +274,9 @@ fn time_boxed_mutation_fuzz() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
-    let corpus: Vec<Vec<u8>> = std::fs::read_dir(corpus_dir())
-        .expect("corpus dir")
-        .map(|e| std::fs::read(e.expect("entry").path()).expect("read"))
+    let corpus: Vec<Vec<u8>> = corpus_files()
+        .iter()
+        .map(|path| std::fs::read(path).expect("read"))
         .collect();
     let runs = stable_mutator::mutation_fuzz(&corpus, secs, 4096, |data| {
         // Odd first byte: the same input on a port with offloads (headers from the input).

@@ -135,16 +135,8 @@ fn state_dir() -> io::Result<&'static Path> {
 
 /// Takes the exclusive lock of the daemon for `names`' socket, or fails if another holds it.
 fn lock_socket(names: &Names) -> Result<std::fs::File, BackendError> {
-    use std::os::unix::fs::OpenOptionsExt;
     state_dir()?;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&names.lock_file)?;
+    let file = uplinks::open_lock_file(&names.lock_file)?;
     // Retried for a while: the lock is also held by a stopping daemon still tearing down, or
     // for a moment by another daemon checking whether this one is alive (crate::uplinks).
     let deadline = std::time::Instant::now() + LOCK_WAIT;

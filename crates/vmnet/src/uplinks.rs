@@ -144,6 +144,19 @@ fn sysctl_path(iface: &str) -> PathBuf {
 }
 
 /// The state file of this network namespace (sysctls and nftables are per namespace).
+/// Opens (creating it 0600, never through a symlink) a file whose flock guards some state.
+pub(crate) fn open_lock_file(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
 fn state_file(dir: &Path) -> io::Result<PathBuf> {
     use std::os::unix::fs::MetadataExt;
     let netns = std::fs::metadata("/proc/thread-self/ns/net")?.ino();
@@ -159,16 +172,8 @@ struct Locked {
 
 impl Locked {
     fn take(dir: &Path) -> io::Result<Self> {
-        use std::os::unix::fs::OpenOptionsExt;
         let path = state_file(dir)?;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(path.with_extension("lock"))?;
+        let file = open_lock_file(&path.with_extension("lock"))?;
         loop {
             // SAFETY: flock on a descriptor we own; released when it is closed.
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {

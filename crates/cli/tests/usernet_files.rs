@@ -71,7 +71,11 @@ impl Drop for Daemon {
 }
 
 fn usernet(args: &[&str]) -> Command {
-    let mut cmd = Command::new(LIMANET);
+    usernet_with(Path::new(LIMANET), args)
+}
+
+fn usernet_with(bin: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin);
     cmd.args(["usernet", "--no-dns", "--resolv-conf", "/dev/null"])
         .args(args)
         .stdin(Stdio::null());
@@ -321,8 +325,14 @@ fn unprivileged_default_runtime_dir_in_tmpdir() {
     const NOBODY: u32 = 65534;
     let dir = Scratch::new("tmpdir");
     std::os::unix::fs::chown(&dir.0, Some(NOBODY), Some(NOBODY)).unwrap();
+    // The build directory may not be reachable by other users (a checkout in a 0700
+    // directory): nobody runs a copy of the binary from a root-owned 0755 directory.
+    let bin_dir = Scratch::new("bin");
+    let bin = bin_dir.join("limanet");
+    std::fs::copy(LIMANET, &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     let as_nobody = |tmpdir: &Path| {
-        let mut cmd = usernet(&["--pidfile", s(&tmpdir.join("net.pid"))]);
+        let mut cmd = usernet_with(&bin, &["--pidfile", s(&tmpdir.join("net.pid"))]);
         cmd.env_remove("XDG_RUNTIME_DIR")
             .env("TMPDIR", tmpdir)
             .uid(NOBODY)

@@ -52,9 +52,13 @@ const SEGMENTS_PER_ROUND: usize = 32;
 /// comes well within it): saves a frame per request/response. Kept short because a guest using
 /// Nagle's algorithm holds its next small write until this ACK.
 const ACK_DELAY: Duration = Duration::from_millis(1);
-/// Out-of-order guest segments held per flow, and their bytes held per network.
+/// Guest segments held per flow (after a gap, or while the host socket is full), and their
+/// bytes held per network.
 const HELD_SEGMENTS_MAX: usize = 64;
 const HELD_BYTES_MAX: usize = 16 << 20;
+/// Largest held entry that contiguous segments are merged into: a partial send moves the rest
+/// of an entry, so entries stay small enough for that to be cheap.
+const HELD_CHUNK_MAX: usize = 256 << 10;
 /// Largest TCP payload of one IPv4 packet (a super-segment for a port with offloads).
 const MAX_SUPER_PAYLOAD: usize = 65535 - IPV4_HEADER_LEN - TCP_HEADER_LEN;
 
@@ -508,8 +512,15 @@ impl TcpTable {
                 self.stats.guest_duplicate += 1;
                 ack_now = true;
             } else if flow.send_blocked {
-                self.stats.guest_blocked += 1;
-                ack_now = true;
+                // The guest sent this within the window we offered before the host socket
+                // filled: keep it for when the socket drains rather than make the guest
+                // recover a loss. Only what does not fit is dropped (and then acknowledged, so
+                // the guest learns the window is closed).
+                let data = &seg.payload[offset as usize..];
+                if !hold(&mut self.held_bytes, flow, flow.rcv_nxt, data) {
+                    self.stats.guest_blocked += 1;
+                    ack_now = true;
+                }
             } else {
                 let data = &seg.payload[offset as usize..];
                 let before = flow.rcv_nxt;
@@ -1219,16 +1230,23 @@ fn send_in_order(host: &mut impl Host, flow: &mut Flow, data: &[u8]) -> io::Resu
     Ok(())
 }
 
-/// Keeps a guest segment that arrived after a gap, if it lies within the window we offered
-/// and the budgets allow.
-fn hold(held_bytes: &mut usize, flow: &mut Flow, seq: u32, payload: &[u8]) {
+/// Keeps a guest segment that arrived after a gap, or while the host socket is full, if it
+/// lies within the window we offered and the budgets allow; true if it is held (now or
+/// before). Data that continues the last held segment is appended to it, so a window's worth
+/// of in-order segments held while the socket is full costs one entry, not one per segment.
+fn hold(held_bytes: &mut usize, flow: &mut Flow, seq: u32, payload: &[u8]) -> bool {
     let ahead = seq.wrapping_sub(flow.rcv_nxt) as usize;
-    if flow.send_blocked
-        || ahead + payload.len() > flow.rcv_wnd as usize
-        || flow.held.len() >= HELD_SEGMENTS_MAX
+    // The right edge we advertised last; `rcv_wnd` is zero while the socket is full, but
+    // the guest may still be sending into the window it saw before.
+    let edge = if seq_lt(flow.rcv_nxt, flow.rcv_edge) {
+        flow.rcv_edge.wrapping_sub(flow.rcv_nxt) as usize
+    } else {
+        0
+    };
+    if ahead + payload.len() > edge.max(flow.rcv_wnd as usize)
         || *held_bytes + payload.len() > HELD_BYTES_MAX
     {
-        return;
+        return false;
     }
     let at = flow.held.partition_point(|(s, _)| seq_lt(*s, seq));
     if flow
@@ -1236,10 +1254,25 @@ fn hold(held_bytes: &mut usize, flow: &mut Flow, seq: u32, payload: &[u8]) {
         .get(at)
         .is_some_and(|(s, d)| *s == seq && d.len() >= payload.len())
     {
-        return; // A retransmission of what is held already.
+        return true; // A retransmission of what is held already.
+    }
+    if at == flow.held.len() {
+        if let Some((last_seq, last)) = flow.held.last_mut() {
+            if last_seq.wrapping_add(last.len() as u32) == seq
+                && last.len() + payload.len() <= HELD_CHUNK_MAX
+            {
+                *held_bytes += payload.len();
+                last.extend_from_slice(payload);
+                return true;
+            }
+        }
+    }
+    if flow.held.len() >= HELD_SEGMENTS_MAX {
+        return false;
     }
     *held_bytes += payload.len();
     flow.held.insert(at, (seq, payload.to_vec()));
+    true
 }
 
 /// After a send the host socket took only part of (`data`, which started at `before`), keeps

@@ -90,14 +90,17 @@ fn vhost_user_guest_transfers_resolves_and_reconnects() {
          echo LIMANET-FIRST-DONE\n\
          sleep 600\n"
     );
-    let first = QemuGuest::start(&vhost_guest(&env, &sock, script)).expect("start guest");
+    let mut first = QemuGuest::start(&vhost_guest(&env, &sock, script)).expect("start guest");
     let finished = wait_for("the first guest's tests", Duration::from_secs(240), || {
-        let c = first.console();
-        c.contains("LIMANET-FIRST-DONE") || c.contains("LIMANET-TEST-EXIT=")
+        first.console().contains("LIMANET-FIRST-DONE") || first.has_exited()
     });
     let console = first.console();
     if finished.is_err() || !console.contains("LIMANET-FIRST-DONE") {
-        panic!("first guest failed:\n{console}\n{}", daemon.logs());
+        panic!(
+            "first guest failed:\n{console}\n----- qemu stderr -----\n{}\n{}",
+            first.stderr(),
+            daemon.logs()
+        );
     }
     // Killed, not shut down: QEMU just disappears from the socket.
     drop(first);

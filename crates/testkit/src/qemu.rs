@@ -462,6 +462,16 @@ impl QemuGuest {
         s
     }
 
+    /// Whether QEMU has exited (powered off, or crashed).
+    pub fn has_exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// QEMU's standard error so far.
+    pub fn stderr(&self) -> String {
+        self.child.stderr()
+    }
+
     /// Waits until the console contains `needle` (e.g. a marker the script echoes).
     pub fn wait_for_console(&mut self, needle: &str, timeout: Duration) -> Result<()> {
         let res = crate::wait::wait_for(

@@ -160,3 +160,43 @@ fn vhost_user_guest_transfers_resolves_and_reconnects() {
     let logs = daemon.logs();
     assert!(logs.contains("#2"), "second connection not seen:\n{logs}");
 }
+
+#[test]
+fn vhost_user_guest_on_a_user_v2_network() {
+    let env = Env::new("qvhostv2");
+    let http =
+        HttpServer::start(&env.th.host, SocketAddr::from(([127, 0, 0, 1], 0)), None).expect("http");
+    let port = http.addr().port();
+    let sock = env.dir.join("vhost-v2.sock");
+    let pidfile = env.dir.join("usernet.pid");
+    let mut cmd = env.limanet("usernet");
+    cmd.args(["--mode", "user-v2", "--listen-vhost-user"])
+        .arg(&sock)
+        .arg("--pidfile")
+        .arg(&pidfile);
+    let daemon = ChildGuard::spawn("limanet-usernet", &mut cmd).expect("spawn usernet");
+    if let Err(e) = wait_for_path(&pidfile, Duration::from_secs(20)) {
+        panic!("limanet usernet did not start: {e}\n{}", daemon.logs());
+    }
+    // user-v2: the gateway (.2) also serves DNS, the first guest gets .1.
+    let script = format!(
+        "wget -q -O /tmp/data 'http://192.168.5.2:{port}/bytes/{SMALL}?seed=34' || exit 10\n\
+         echo LIMANET-SHA=$(sha256sum /tmp/data | cut -d' ' -f1)\n\
+         nslookup host.lima.internal 192.168.5.2 > /tmp/ns1 2>&1; cat /tmp/ns1\n\
+         grep -q 192.168.5.2 /tmp/ns1 || exit 13\n"
+    );
+    let out = QemuGuest::spawn(&vhost_guest(&env, &sock, script)).expect("run guest");
+    if let Err(e) = out.check() {
+        panic!("guest failed: {e}\n{}", daemon.logs());
+    }
+    let lease = out
+        .parsed_lease()
+        .unwrap_or_else(|| panic!("no lease\n{}", out.console));
+    assert_eq!(lease.ip.to_string(), "192.168.5.1", "{}", out.console);
+    assert_eq!(
+        console_value(&out.console, "LIMANET-SHA="),
+        Some(PatternReader::new(34, SMALL).sha256()),
+        "{}",
+        out.console
+    );
+}

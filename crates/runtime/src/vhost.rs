@@ -795,6 +795,36 @@ mod tests {
     }
 
     #[test]
+    fn output_to_a_guest_that_does_not_read_stays_bounded() {
+        let port = VhostPort::new("test".into()).unwrap();
+        let mut frames: VecDeque<Vec<u8>> = (0..100).map(|_| vec![0u8; 64 << 10]).collect();
+        let mut headers: VecDeque<[u8; VNET_HDR_LEN]> =
+            (0..100).map(|_| VnetHeader::default().to_bytes()).collect();
+        let moved = port.send_from(&mut frames, &mut headers);
+        // The bridge takes its share; the rest stays in the port's own (bounded) queue.
+        assert_eq!(moved, MAX_TO_GUEST_BYTES);
+        assert_eq!(frames.len(), 100 - MAX_TO_GUEST_BYTES / (64 << 10));
+        assert_eq!(frames.len(), headers.len());
+        assert!(port.loop_waits_for_room.load(Ordering::Acquire));
+        assert_eq!(port.send_from(&mut frames, &mut headers), 0);
+    }
+
+    #[test]
+    fn a_closed_port_is_reported_once_drained() {
+        let port = VhostPort::new("test".into()).unwrap();
+        lock(&port.to_loop).push(GuestFrame {
+            vnet: VnetHeader::default(),
+            frame: vec![1; 60],
+        });
+        port.close();
+        let mut out = Vec::new();
+        assert_eq!(port.take_frames(&mut out), Some(false));
+        assert_eq!(out.len(), 1);
+        out.clear();
+        assert_eq!(port.take_frames(&mut out), None);
+    }
+
+    #[test]
     fn negotiated_features_decide_header_and_offloads() {
         assert_eq!(Negotiated(0).header_len(), VNET_HDR_LEN);
         assert_eq!(v1().header_len(), HDR_V1_LEN);

@@ -12,6 +12,7 @@ use crate::pcap::Pcap;
 use crate::sockets::{HostSockets, Kind};
 use crate::sys;
 use crate::transport::{Io, Port, PortError, QueueBudget, ReadStatus, MAX_OFFLOAD_READ};
+use crate::vhost;
 use limanet_netstack::{NetConfig, PortId, Stack, StackError};
 use mio::event::Event;
 use mio::unix::SourceFd;
@@ -25,6 +26,7 @@ use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
 
@@ -44,12 +46,15 @@ pub enum Listen {
     Dgram(PathBuf),
     /// Lima's fd socket: each connection passes one datagram socket with `SCM_RIGHTS`.
     Fd(PathBuf),
+    /// QEMU `-netdev vhost-user` (see [`crate::vhost`]): one QEMU at a time, again after it
+    /// goes away.
+    VhostUser(PathBuf),
 }
 
 impl Listen {
     pub fn path(&self) -> &Path {
         match self {
-            Listen::Qemu(p) | Listen::Dgram(p) | Listen::Fd(p) => p,
+            Listen::Qemu(p) | Listen::Dgram(p) | Listen::Fd(p) | Listen::VhostUser(p) => p,
         }
     }
 }
@@ -186,6 +191,8 @@ enum Source {
         path: PathBuf,
     },
     Stop(OwnedFd),
+    /// vhost-user connections announced by their listener threads.
+    VhostListener(Arc<vhost::Incoming>),
 }
 
 /// Why [`Network::run`] returned.
@@ -309,6 +316,7 @@ impl Network {
             Source::FdHandshake(s) => s.as_raw_fd(),
             Source::DgramListener { socket, .. } => socket.as_raw_fd(),
             Source::Stop(fd) => fd.as_raw_fd(),
+            Source::VhostListener(incoming) => incoming.fd(),
         };
         let shared =
             matches!(&source, Source::Port { port, .. } if matches!(port.io, Io::Peer { .. }));
@@ -331,6 +339,7 @@ impl Network {
             Source::FdHandshake(s) => Some(s.as_raw_fd()),
             Source::DgramListener { socket, .. } => Some(socket.as_raw_fd()),
             Source::Stop(fd) => Some(fd.as_raw_fd()),
+            Source::VhostListener(incoming) => Some(incoming.fd()),
         };
         if let Some(fd) = fd {
             let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
@@ -342,10 +351,12 @@ impl Network {
     fn add_port(&mut self, io: Io, name: String, vnet_hdr: bool) -> Result<usize, NetworkError> {
         let id = self.stack.add_port();
         info!(port = id, %name, offloads = vnet_hdr, "guest connected");
+        // A vhost-user guest's offloads are known once its driver acks features.
+        let offloads_now = vnet_hdr && !matches!(io, Io::Vhost(_));
         let mut port = Port::with_budget(io, name, Rc::clone(&self.queue_budget));
         if vnet_hdr {
             port.set_vnet_hdr();
-            self.stack.set_port_offloads(id, true);
+            self.stack.set_port_offloads(id, offloads_now);
         }
         let idx = self.add_source(
             Source::Port {
@@ -393,6 +404,13 @@ impl Network {
                     Source::FdListener(l)
                 };
                 (source, bound)
+            }
+            Listen::VhostUser(_) => {
+                let (l, bound) = files::bind_socket(&path, 0o600, None, |p| UnixListener::bind(p))?;
+                let incoming = vhost::Incoming::new().map_err(io_err(what()))?;
+                vhost::spawn_listener(l, path.clone(), Arc::clone(&incoming))
+                    .map_err(io_err(what()))?;
+                (Source::VhostListener(incoming), bound)
             }
             Listen::Dgram(_) => {
                 let (s, bound) = files::bind_socket(&path, 0o600, None, |p| UnixDatagram::bind(p))?;
@@ -637,12 +655,21 @@ impl Network {
                 let n = self.stop_fds.iter().position(|&i| i == idx).unwrap_or(0);
                 return Some(Exit::Stop(n));
             }
-            Source::Port { .. } => {
-                if event.is_writable() {
+            Source::Port { port, .. } => {
+                // A vhost-user port's one eventfd also says "room for more output".
+                if event.is_writable() || matches!(port.io, Io::Vhost(_)) {
                     self.flush_port(idx);
                 }
                 if event.is_readable() || event.is_read_closed() || event.is_error() {
                     self.read_port(now, idx);
+                }
+            }
+            Source::VhostListener(incoming) => {
+                for vhost in incoming.take() {
+                    let name = vhost.name.clone();
+                    if let Err(e) = self.add_port(Io::Vhost(vhost), name, true) {
+                        warn!(error = %e, "cannot add port");
+                    }
                 }
             }
             Source::StreamListener(l) => {
@@ -814,6 +841,12 @@ impl Network {
             return;
         };
         let id = *id;
+        if let Io::Vhost(vhost) = &port.io {
+            if let Some(on) = vhost.take_offload_change() {
+                info!(port = id, name = %port.name, offloads = on, "guest negotiated its features");
+                self.stack.set_port_offloads(id, on);
+            }
+        }
         let stack = &mut self.stack;
         let host = &mut self.host;
         let pcap = &mut self.pcap;

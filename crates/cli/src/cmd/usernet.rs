@@ -112,6 +112,11 @@ pub struct Args {
     /// Serve QEMU `-netdev dgram` and vfkit clients on this unix datagram socket (repeatable).
     #[arg(long = "listen-dgram", value_name = "PATH")]
     pub listen_dgram: Vec<PathBuf>,
+    /// Serve a QEMU vhost-user-net client on this unix socket (repeatable; one QEMU at a time
+    /// per socket, again after it exits). QEMU needs shared guest memory:
+    /// `-object memory-backend-memfd,id=mem,size=<RAM>,share=on -machine memory-backend=mem`.
+    #[arg(long = "listen-vhost-user", value_name = "PATH")]
+    pub listen_vhost_user: Vec<PathBuf>,
     /// Serve Lima's fd-passing clients on this unix socket (repeatable).
     #[arg(long = "listen-fd", alias = "listen", value_name = "PATH")]
     pub listen_fd: Vec<PathBuf>,
@@ -422,6 +427,7 @@ pub fn run(mut args: Args) -> Result<u8> {
     let no_transport = args.listen_qemu.is_empty()
         && args.listen_dgram.is_empty()
         && args.listen_fd.is_empty()
+        && args.listen_vhost_user.is_empty()
         && args.netns.is_empty();
     if no_transport {
         args.listen_qemu.push(default_socket()?);
@@ -430,6 +436,12 @@ pub fn run(mut args: Args) -> Result<u8> {
     listen.extend(args.listen_qemu.iter().cloned().map(Listen::Qemu));
     listen.extend(args.listen_dgram.iter().cloned().map(Listen::Dgram));
     listen.extend(args.listen_fd.iter().cloned().map(Listen::Fd));
+    listen.extend(
+        args.listen_vhost_user
+            .iter()
+            .cloned()
+            .map(Listen::VhostUser),
+    );
 
     let mut cfg = cfg;
     let packet_ports = attach_namespaces(
@@ -498,11 +510,16 @@ pub fn run(mut args: Args) -> Result<u8> {
     args.net.confine_syscalls()?;
     info!("user-mode network ready: {summary}");
     for l in &listen {
-        if let Listen::Qemu(p) = l {
-            info!(
+        match l {
+            Listen::Qemu(p) => info!(
                 "QEMU: -netdev stream,id=net0,server=off,addr.type=unix,addr.path={} -device virtio-net-pci,netdev=net0",
                 p.display()
-            );
+            ),
+            Listen::VhostUser(p) => info!(
+                "QEMU: -object memory-backend-memfd,id=mem,size=<RAM>,share=on -machine memory-backend=mem -chardev socket,id=c0,path={} -netdev vhost-user,id=net0,chardev=c0 -device virtio-net-pci,netdev=net0",
+                p.display()
+            ),
+            _ => {}
         }
     }
     match net.run()? {

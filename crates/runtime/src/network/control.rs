@@ -9,10 +9,12 @@
 use super::{Forward, Network, Source};
 use crate::sockets::Kind;
 use crate::sys;
+use crate::transport::Io;
 use limanet_netstack::{CamEntry, FlowInfo, InboundState, PortId, SockId};
 use mio::{Token, Waker};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::Instant;
@@ -307,10 +309,17 @@ impl Network {
                 .filter(|e| e.port == *id)
                 .map(|e| e.mac)
                 .collect();
+            let mut counters = *counters;
+            if let Io::Vhost(vhost) = &port.io {
+                // Counted on the backend's thread: malformed descriptor chains from the guest,
+                // and frames its receive queue could not take.
+                counters.drops_in += vhost.counters.bad_chains.load(Ordering::Relaxed);
+                counters.drops_out += vhost.counters.rx_dropped.load(Ordering::Relaxed);
+            }
             stats.ports.push(PortStats {
                 id: *id,
                 name: port.name.clone(),
-                counters: *counters,
+                counters,
                 ips: leases
                     .iter()
                     .filter(|l| macs.contains(&l.mac))

@@ -17,17 +17,20 @@
 pub mod checksum;
 pub mod config;
 pub mod dhcp;
+pub mod dhcp6;
 pub mod guard;
 pub mod host;
 pub mod icmp;
 pub mod inspect;
 pub mod limits;
+pub mod ndp;
 pub mod output;
 pub mod stack;
 pub mod tcp;
 pub mod udp;
 pub mod vnet;
 pub mod wire;
+pub mod wire6;
 
 pub use config::NetConfig;
 pub use host::{Host, SockId};

@@ -9,14 +9,16 @@ use crate::host::{Host, SockId};
 use crate::icmp::IcmpTable;
 use crate::inspect::{CamEntry, FlowInfo, InboundState};
 use crate::limits::{Limit, LimitLog};
+use crate::ndp::Ndp;
 use crate::output::{Link, Output, PortId};
 use crate::tcp::{FlowKey, TcpTable};
 use crate::udp::UdpTable;
 use crate::vnet::{self, VnetHeader};
 use crate::wire::{self, Arp, Ethernet, Ipv4, MacAddr, Tcp, Udp, WireError, BROADCAST_MAC};
+use crate::wire6::{self, Icmpv6, Ipv6};
 use std::collections::HashSet;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -58,6 +60,8 @@ pub struct Stack {
     tcp: TcpTable,
     udp: UdpTable,
     icmp: IcmpTable,
+    /// Neighbor Discovery, Router Advertisements and DHCPv6 (IPv6 networks).
+    ndp: Ndp,
     ports: HashSet<PortId>,
     next_port: PortId,
     /// The switch table, and which port may use which source addresses.
@@ -93,6 +97,7 @@ impl Stack {
             tcp: TcpTable::new(cfg.seed),
             udp: UdpTable::new(),
             icmp: IcmpTable::new(),
+            ndp: Ndp::new(),
             ports: HashSet::new(),
             next_port: 0,
             guard: Guard::new(),
@@ -115,6 +120,11 @@ impl Stack {
     /// DHCP counters.
     pub fn dhcp_stats(&self) -> crate::dhcp::DhcpStats {
         self.dhcp.stats
+    }
+
+    /// Neighbor Discovery and DHCPv6 counters.
+    pub fn ndp_stats(&self) -> crate::ndp::NdpStats {
+        self.ndp.stats
     }
 
     /// TCP counters.
@@ -219,6 +229,7 @@ impl Stack {
         self.tcp.port_closed(host, port);
         self.udp.port_closed(host, port);
         self.icmp.port_closed(host, port);
+        self.ndp.port_closed(port);
         self.out.queue.retain(|f| f.port != port);
     }
 
@@ -275,6 +286,7 @@ impl Stack {
         };
         if !self.guard.admit_mac(&self.cfg, now, port, eth.src)
             || !self.admit_source(now, port, &eth)
+            || !self.admit_ipv6(port, &eth)
         {
             return;
         }
@@ -284,7 +296,9 @@ impl Stack {
             if self.guard.admit_flood(&self.cfg, now, port) {
                 self.flood(port, frame, vnet);
             }
-            if eth.dst == BROADCAST_MAC {
+            // IPv6 multicast (33:33:...) carries Neighbor and Router Solicitations and DHCPv6.
+            let ipv6_multicast = eth.dst[..2] == [0x33, 0x33] && self.cfg.ipv6.is_some();
+            if eth.dst == BROADCAST_MAC || ipv6_multicast {
                 self.local_offloaded(host, now, port, &eth, frame, checksums_verified, vnet);
             }
         } else {
@@ -392,6 +406,51 @@ impl Stack {
         }
     }
 
+    /// Checks an IPv6 frame before the switch or the gateway sees it: it must parse (bounded
+    /// extension-header chain, no fragments: a fragment could hide a Router Advertisement, RFC
+    /// 7113), must not be a Router Advertisement or Redirect (only the gateway is a router), and
+    /// its source must be unspecified, link-local, or a guest address in the network's prefix.
+    /// Other frames pass.
+    fn admit_ipv6(&mut self, port: PortId, eth: &Ethernet) -> bool {
+        if eth.ethertype != wire::ETHERTYPE_IPV6 {
+            return true;
+        }
+        let ip = match Ipv6::parse(eth.payload) {
+            Ok(ip) => ip,
+            Err(e) => {
+                self.malformed(port, e);
+                return false;
+            }
+        };
+        if ip.next_header == wire6::PROTO_ICMPV6
+            && matches!(
+                ip.payload.first(),
+                Some(&wire6::ND_ROUTER_ADVERT) | Some(&wire6::ND_REDIRECT)
+            )
+        {
+            self.ndp.stats.guest_router_messages += 1;
+            if self.log.first(Limit::GuestRouterMessage) {
+                warn!(port, src = %ip.src, "dropping Router Advertisements and Redirects from a guest: only the gateway routes (logged once; counted)");
+            }
+            return false;
+        }
+        let src = ip.src;
+        let allowed = src.is_unspecified()
+            || crate::config::is_link_local6(src)
+            || self
+                .cfg
+                .ipv6
+                .as_ref()
+                .is_some_and(|v6| v6.contains(src) && !v6.is_local(src) && src != v6.prefix);
+        if !allowed {
+            self.guard.stats.spoofed_source += 1;
+            if self.log.first(Limit::Ipv6SourceAddress) {
+                warn!(port, %src, "dropping IPv6 frames from a source outside the network's prefix (logged once; counted)");
+            }
+        }
+        allowed
+    }
+
     /// Call after a batch of frames: sends the ACKs the batch earned.
     pub fn end_batch(&mut self, host: &mut impl Host) {
         self.tcp.flush_acks(host, &mut self.out, &self.cfg);
@@ -431,9 +490,18 @@ impl Stack {
             wire::ETHERTYPE_IPV4 => match Ipv4::parse(eth.payload) {
                 Ok(ip) => {
                     if !checksums_verified && !checksums_valid(&ip) {
-                        return self.bad_checksum(port, &ip);
+                        return self.bad_checksum(port, IpAddr::V4(ip.src), ip.protocol);
                     }
                     self.ipv4(host, now, link, eth.dst == BROADCAST_MAC, &ip)
+                }
+                Err(e) => self.malformed(port, e),
+            },
+            wire::ETHERTYPE_IPV6 if self.cfg.ipv6.is_some() => match Ipv6::parse(eth.payload) {
+                Ok(ip) => {
+                    if !checksums_verified && !checksums6_valid(&ip) {
+                        return self.bad_checksum(port, IpAddr::V6(ip.src), ip.next_header);
+                    }
+                    self.ipv6(host, now, link, &ip)
                 }
                 Err(e) => self.malformed(port, e),
             },
@@ -441,10 +509,110 @@ impl Stack {
         }
     }
 
-    fn bad_checksum(&mut self, port: PortId, ip: &Ipv4) {
+    fn bad_checksum(&mut self, port: PortId, src: IpAddr, protocol: u8) {
         self.stats.bad_checksum += 1;
         if self.log.first(Limit::Checksum) {
-            warn!(port, src = %ip.src, protocol = ip.protocol, "dropping packets with a bad checksum (logged once; counted in the statistics)");
+            warn!(port, %src, protocol, "dropping packets with a bad checksum (logged once; counted in the statistics)");
+        }
+    }
+
+    /// An IPv6 packet for the gateway, or for a multicast group the gateway is in.
+    fn ipv6(&mut self, host: &mut impl Host, now: Instant, link: Link, ip: &Ipv6) {
+        let Some(v6) = self.cfg.ipv6.as_ref() else {
+            return;
+        };
+        self.ndp.arm(now);
+        let multicast = ip.dst.is_multicast();
+        match ip.next_header {
+            wire6::PROTO_ICMPV6 => {
+                let icmp = match Icmpv6::parse(ip.payload) {
+                    Ok(m) => m,
+                    Err(e) => return self.malformed(link.port, e),
+                };
+                // Neighbor Discovery only from the link itself (RFC 4861 6.1, 7.1).
+                let nd = (wire6::ND_ROUTER_SOLICIT..=wire6::ND_REDIRECT).contains(&icmp.kind);
+                if nd {
+                    if ip.hop_limit == 255 && icmp.code == 0 {
+                        self.ndp.on_guest_icmpv6(
+                            &mut self.out,
+                            &self.cfg,
+                            v6,
+                            now,
+                            link,
+                            ip.src,
+                            &icmp,
+                        );
+                    } else {
+                        self.ndp.stats.malformed += 1;
+                    }
+                    return;
+                }
+                if icmp.kind != wire6::ICMPV6_ECHO_REQUEST || multicast {
+                    return;
+                }
+                let gateway_ll = crate::ndp::gateway_link_local(&self.cfg);
+                let local = v6.is_local(ip.dst) || ip.dst == gateway_ll;
+                self.icmp.on_guest_message(
+                    host,
+                    &mut self.out,
+                    &self.cfg,
+                    now,
+                    link,
+                    IpAddr::V6(ip.src),
+                    IpAddr::V6(ip.dst),
+                    local,
+                    ip.payload,
+                );
+            }
+            wire::PROTO_UDP => {
+                let udp = match Udp::parse(ip.payload) {
+                    Ok(u) => u,
+                    Err(e) => return self.malformed(link.port, e),
+                };
+                let src = SocketAddrV6::new(ip.src, udp.src_port, 0, 0);
+                if udp.dst_port == crate::dhcp6::SERVER_PORT
+                    && (ip.dst == crate::dhcp6::ALL_SERVERS
+                        || v6.is_local(ip.dst)
+                        || ip.dst == crate::ndp::gateway_link_local(&self.cfg))
+                {
+                    self.ndp
+                        .on_dhcp6(&mut self.out, &self.cfg, v6, link, src, udp.payload);
+                    return;
+                }
+                if multicast || !v6.contains(ip.src) {
+                    return;
+                }
+                let dst = SocketAddrV6::new(ip.dst, udp.dst_port, 0, 0);
+                self.udp.on_guest_datagram(
+                    host,
+                    &self.cfg,
+                    now,
+                    link,
+                    SocketAddr::V6(src),
+                    SocketAddr::V6(dst),
+                    udp.payload,
+                );
+            }
+            wire::PROTO_TCP => {
+                // Translated connections need a routable guest address (not link-local).
+                if multicast || !v6.contains(ip.src) {
+                    return;
+                }
+                let seg = match Tcp::parse(ip.payload) {
+                    Ok(s) => s,
+                    Err(e) => return self.malformed(link.port, e),
+                };
+                let key = FlowKey {
+                    guest: SocketAddr::V6(SocketAddrV6::new(ip.src, seg.src_port, 0, 0)),
+                    remote: SocketAddr::V6(SocketAddrV6::new(ip.dst, seg.dst_port, 0, 0)),
+                };
+                self.tcp
+                    .on_guest_segment(host, &mut self.out, &self.cfg, now, link, key, &seg);
+            }
+            other => debug!(
+                protocol = other,
+                "dropping IPv6 packet of unsupported protocol"
+            ),
         }
     }
 
@@ -480,8 +648,8 @@ impl Stack {
                 if broadcast || ip.dst.is_broadcast() || ip.dst == self.cfg.broadcast() {
                     return;
                 }
-                let src = SocketAddrV4::new(ip.src, udp.src_port);
-                let dst = SocketAddrV4::new(ip.dst, udp.dst_port);
+                let src = SocketAddr::V4(SocketAddrV4::new(ip.src, udp.src_port));
+                let dst = SocketAddr::V4(SocketAddrV4::new(ip.dst, udp.dst_port));
                 self.udp
                     .on_guest_datagram(host, &self.cfg, now, link, src, dst, udp.payload);
             }
@@ -492,8 +660,8 @@ impl Stack {
                     Err(e) => return self.malformed(link.port, e),
                 };
                 let key = FlowKey {
-                    guest: SocketAddrV4::new(ip.src, seg.src_port),
-                    remote: SocketAddrV4::new(ip.dst, seg.dst_port),
+                    guest: SocketAddr::V4(SocketAddrV4::new(ip.src, seg.src_port)),
+                    remote: SocketAddr::V4(SocketAddrV4::new(ip.dst, seg.dst_port)),
                 };
                 self.tcp
                     .on_guest_segment(host, &mut self.out, &self.cfg, now, link, key, &seg);
@@ -505,8 +673,9 @@ impl Stack {
                     &self.cfg,
                     now,
                     link,
-                    ip.src,
-                    ip.dst,
+                    IpAddr::V4(ip.src),
+                    IpAddr::V4(ip.dst),
+                    self.cfg.is_local(ip.dst),
                     ip.payload,
                 );
             }
@@ -594,17 +763,22 @@ impl Stack {
         &mut self,
         now: Instant,
         sock: SockId,
-        from: SocketAddrV4,
+        from: impl Into<SocketAddr>,
         data: &[u8],
     ) -> bool {
         self.udp
-            .on_host_datagram(&mut self.out, &self.cfg, now, sock, from, data)
+            .on_host_datagram(&mut self.out, &self.cfg, now, sock, from.into(), data)
     }
 
-    /// An ICMP message arrived on a host echo socket. False if `sock` is not one.
-    pub fn on_icmp_message(&mut self, sock: SockId, from: Ipv4Addr, message: &[u8]) -> bool {
+    /// An ICMP or ICMPv6 message arrived on a host echo socket. False if `sock` is not one.
+    pub fn on_icmp_message(
+        &mut self,
+        sock: SockId,
+        from: impl Into<IpAddr>,
+        message: &[u8],
+    ) -> bool {
         self.icmp
-            .on_host_message(&mut self.out, sock, from, message)
+            .on_host_message(&mut self.out, sock, from.into(), message)
     }
 
     /// Where to reach a guest address: learned from its frames, else from its DHCP lease.
@@ -691,6 +865,7 @@ impl Stack {
             self.tcp.poll_timeout(),
             self.udp.poll_timeout(),
             self.icmp.poll_timeout(),
+            self.ndp.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -702,6 +877,11 @@ impl Stack {
         self.tcp.on_timeout(host, &mut self.out, &self.cfg, now);
         self.udp.on_timeout(host, &self.cfg, now);
         self.icmp.on_timeout(host, now);
+        if let Some(v6) = self.cfg.ipv6.as_ref() {
+            let ports = self.ports();
+            self.ndp
+                .on_timeout(&mut self.out, &self.cfg, v6, now, &ports);
+        }
     }
 
     /// Logs a one-line summary of the counters.
@@ -788,6 +968,25 @@ fn checksums_valid(ip: &Ipv4) -> bool {
         _ => return true,
     };
     checksum::finish(sum) == 0
+}
+
+/// Whether the TCP, UDP or ICMPv6 checksum of `ip` is right (IPv6 has no header checksum;
+/// a UDP checksum of zero is invalid in IPv6, RFC 8200 8.1).
+fn checksums6_valid(ip: &Ipv6) -> bool {
+    let proto = ip.next_header;
+    if !matches!(
+        proto,
+        wire::PROTO_TCP | wire::PROTO_UDP | wire6::PROTO_ICMPV6
+    ) {
+        return true;
+    }
+    let seed = wire::ip_pseudo_header_sum(
+        IpAddr::V6(ip.src),
+        IpAddr::V6(ip.dst),
+        proto,
+        ip.payload.len(),
+    );
+    checksum::finish(checksum::sum(ip.payload, seed)) == 0
 }
 
 /// Formats a MAC address as `aa:bb:cc:dd:ee:ff`.

@@ -12,15 +12,16 @@
 use crate::config::NetConfig;
 use crate::host::{Host, SockId};
 use crate::inspect::{FlowInfo, FlowProtocol};
-use crate::output::{Link, Output};
+use crate::output::{ip_header_len, Link, Output};
+use crate::wire::UDP_HEADER_LEN;
 use std::collections::HashMap;
-use std::net::SocketAddrV4;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 #[derive(Debug)]
 struct Flow {
-    guest: SocketAddrV4,
+    guest: SocketAddr,
     link: Link,
     sock: SockId,
     last_used: Instant,
@@ -51,8 +52,8 @@ pub struct UdpStats {
 /// All UDP flows of one network.
 #[derive(Debug)]
 pub struct UdpTable {
-    flows: HashMap<SocketAddrV4, Flow>,
-    by_sock: HashMap<SockId, SocketAddrV4>,
+    flows: HashMap<SocketAddr, Flow>,
+    by_sock: HashMap<SockId, SocketAddr>,
     forwards: HashMap<u16, Forward>,
     forward_by_client: HashMap<(SockId, SocketAddrV4), u16>,
     next_forward_port: u16,
@@ -97,23 +98,23 @@ impl UdpTable {
         cfg: &NetConfig,
         now: Instant,
         link: Link,
-        guest: SocketAddrV4,
-        dst: SocketAddrV4,
+        guest: SocketAddr,
+        dst: SocketAddr,
         payload: &[u8],
     ) {
         // A reply to a port-forwarded client?
-        if *dst.ip() == cfg.gateway {
+        if dst.ip() == IpAddr::V4(cfg.gateway) {
             if let Some(fwd) = self.forwards.get_mut(&dst.port()) {
-                if fwd.guest == guest {
+                if SocketAddr::V4(fwd.guest) == guest {
                     fwd.last_used = now;
-                    if let Err(e) = host.udp_send_to(fwd.listener, fwd.client, payload) {
+                    if let Err(e) = host.udp_send_to(fwd.listener, fwd.client.into(), payload) {
                         debug!(error = %e, client = %fwd.client, "forwarded UDP reply failed");
                     }
                     return;
                 }
             }
         }
-        let Some(target) = cfg.outbound(dst, false) else {
+        let Some(target) = cfg.outbound_ip(dst, false) else {
             self.stats.dropped += 1;
             debug!(%dst, "no route for UDP destination, dropping");
             return;
@@ -137,7 +138,7 @@ impl UdpTable {
                     let only = (own >= cfg.max_udp_flows / 2).then_some(link.port);
                     self.evict_oldest(host, only);
                 }
-                let sock = match host.udp_open() {
+                let sock = match host.udp_open(guest.is_ipv6()) {
                     Ok(s) => s,
                     Err(e) => {
                         self.stats.dropped += 1;
@@ -187,7 +188,7 @@ impl UdpTable {
         }
     }
 
-    fn close_flow(&mut self, host: &mut impl Host, guest: SocketAddrV4) {
+    fn close_flow(&mut self, host: &mut impl Host, guest: SocketAddr) {
         if let Some(flow) = self.flows.remove(&guest) {
             self.by_sock.remove(&flow.sock);
             host.close(flow.sock);
@@ -202,7 +203,7 @@ impl UdpTable {
         cfg: &NetConfig,
         now: Instant,
         sock: SockId,
-        from: SocketAddrV4,
+        from: SocketAddr,
         payload: &[u8],
     ) -> bool {
         let Some(guest) = self.by_sock.get(&sock) else {
@@ -211,7 +212,7 @@ impl UdpTable {
         let Some(flow) = self.flows.get_mut(guest) else {
             return false;
         };
-        if payload.len() + 28 > usize::from(cfg.mtu) {
+        if payload.len() + UDP_HEADER_LEN + ip_header_len(flow.guest.ip()) > usize::from(cfg.mtu) {
             self.stats.dropped += 1;
             debug!(
                 len = payload.len(),
@@ -219,7 +220,7 @@ impl UdpTable {
             );
             return true;
         }
-        let Some(src) = cfg.inbound(from) else {
+        let Some(src) = cfg.inbound_ip(from, flow.guest.ip()) else {
             self.stats.dropped += 1;
             return true;
         };
@@ -288,20 +289,23 @@ impl UdpTable {
 
     /// Every live flow, for the control API. `gateway` is the address forwarded datagrams come
     /// from.
-    pub fn flow_list(&self, gateway: std::net::Ipv4Addr) -> Vec<FlowInfo> {
+    pub fn flow_list(&self, gateway: Ipv4Addr) -> Vec<FlowInfo> {
         let outbound = self.flows.values().map(|f| FlowInfo {
             protocol: FlowProtocol::Udp,
             guest: f.guest,
             // An unconnected socket talks to anyone: the remote end is not one address.
-            remote: SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0),
+            remote: match f.guest {
+                SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+                SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+            },
             port: f.link.port,
             inbound: false,
             state: "active",
         });
         let inbound = self.forwards.values().map(|f| FlowInfo {
             protocol: FlowProtocol::Udp,
-            guest: f.guest,
-            remote: SocketAddrV4::new(gateway, f.gateway_port),
+            guest: SocketAddr::V4(f.guest),
+            remote: SocketAddr::V4(SocketAddrV4::new(gateway, f.gateway_port)),
             port: f.link.port,
             inbound: true,
             state: "active",
@@ -311,7 +315,7 @@ impl UdpTable {
 
     /// Forgets the flows of a port that went away.
     pub fn port_closed(&mut self, host: &mut impl Host, port: usize) {
-        let gone: Vec<SocketAddrV4> = self
+        let gone: Vec<SocketAddr> = self
             .flows
             .values()
             .filter(|f| f.link.port == port)
@@ -343,7 +347,7 @@ impl UdpTable {
             };
             now.duration_since(last) >= limit
         };
-        let expired: Vec<SocketAddrV4> = self
+        let expired: Vec<SocketAddr> = self
             .flows
             .values()
             .filter(|f| idle(f.last_used, f.dns_only))

@@ -618,9 +618,13 @@ impl Network {
                     } else {
                         data
                     };
-                    self.stack.on_icmp_message(id, *from.ip(), message);
+                    self.stack.on_icmp_message(id, from.ip(), message);
                 }
                 Kind::UdpForward { guest } => {
+                    // Forward listeners are IPv4 sockets: their peers are IPv4.
+                    let std::net::SocketAddr::V4(from) = from else {
+                        continue;
+                    };
                     if let Err(e) = self.stack.udp_forward(now, id, from, guest, data) {
                         debug!(error = %e, "cannot forward datagram");
                     }

@@ -164,16 +164,26 @@ impl Output {
         self.push(to.port, f);
     }
 
-    /// Emits an ICMPv6 message (its checksum is computed here).
+    /// Emits an ICMPv6 message (its checksum is computed here). Neighbor Discovery messages
+    /// go with hop limit 255, the proof that they come from the link (RFC 4861 6.1.2, 7.1.2:
+    /// receivers drop them otherwise).
     pub(crate) fn icmpv6(&mut self, to: Link, src: Ipv6Addr, dst: Ipv6Addr, kind: u8, body: &[u8]) {
         let m = wire6::icmpv6_message(src, dst, kind, 0, body);
-        self.ip(
-            to,
-            IpAddr::V6(src),
-            IpAddr::V6(dst),
+        let nd = (wire6::ND_ROUTER_SOLICIT..=wire6::ND_REDIRECT).contains(&kind);
+        let hop_limit = if nd { 255 } else { HOP_LIMIT };
+        let mut f = self.buffer();
+        f.resize(ETH_HEADER_LEN + IPV6_HEADER_LEN, 0);
+        wire::write_ethernet(&mut f, to.mac, self.mac, wire::ETHERTYPE_IPV6);
+        wire6::write_ipv6(
+            &mut f[ETH_HEADER_LEN..],
+            src,
+            dst,
             wire6::PROTO_ICMPV6,
-            &m,
+            m.len(),
+            hop_limit,
         );
+        f.extend_from_slice(&m);
+        self.push(to.port, f);
     }
 
     /// Emits a UDP datagram (IPv4 or IPv6, by the family of the addresses).

@@ -1,0 +1,260 @@
+//! IPv6 on Lima's default user-mode network, end to end with a network-namespace guest whose
+//! kernel configures itself by SLAAC from the gateway's Router Advertisements, and real clients
+//! (curl, ping, dig, Rust sockets). Everything stays inside the test's own namespaces (see
+//! usernet_support): the "internet" is TestHost's 2001:db8:203::2.
+
+mod usernet_support;
+
+use std::io::{Read, Write};
+use std::net::{Ipv6Addr, SocketAddr};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use limanet_testkit::servers::{HttpServer, TcpEchoServer, UdpEchoServer};
+use limanet_testkit::{Netns, TestHost};
+use usernet_support::*;
+
+const PREFIX: &str = "fd00:192:168:5:";
+const GATEWAY6: &str = "fd00:192:168:5::2";
+const DNS6: &str = "fd00:192:168:5::3";
+/// The gateway's link-local address: EUI-64 of its MAC 52:55:c0:a8:05:02.
+const GATEWAY_LL: &str = "fe80::5055:c0ff:fea8:502";
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Waits until the guest's tap0 has a global address from the network's prefix (SLAAC) and a
+/// default route; returns the address.
+fn wait_for_slaac(guest: &Netns, daemon_logs: impl Fn() -> String) -> Ipv6Addr {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = output_in(
+            guest,
+            "ip",
+            &["-6", "-o", "addr", "show", "dev", "tap0", "scope", "global"],
+        );
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        let addr = out
+            .split_whitespace()
+            .skip_while(|w| *w != "inet6")
+            .nth(1)
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse::<Ipv6Addr>().ok());
+        let tentative = out.contains("tentative");
+        if let (Some(a), false) = (addr, tentative) {
+            return a;
+        }
+        if Instant::now() > deadline {
+            let routes = output_in(guest, "ip", &["-6", "route"]);
+            panic!(
+                "no SLAAC address on tap0: {out}\nroutes: {}\nlimanet:\n{}",
+                text(&routes),
+                daemon_logs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The guest kernel gets an address in fd00:192:168:5::/64 and a default route via the
+/// gateway's link-local address from the RA; `[gateway6]:port` reaches a server bound to the
+/// host's [::1] only; TCP, UDP and ping reach the fake internet's IPv6 address; the DNS answers
+/// AAAA for host.lima.internal over IPv6 transport, at its IPv6 address.
+#[test]
+fn slaac_host_loopback_internet_and_dns_over_ipv6() {
+    let env = Env::new("ipv6");
+    let host_http =
+        HttpServer::start(&env.th.host, "[::1]:0".parse().expect("addr"), None).expect("http");
+    let inet_echo =
+        TcpEchoServer::start(&env.th.internet, "[::]:0".parse().expect("addr")).expect("tcp echo");
+    let inet_udp =
+        UdpEchoServer::start(&env.th.internet, "[::]:0".parse().expect("addr")).expect("udp echo");
+    let u = env.usernet(&[]);
+    let guest = u.guest();
+    guest
+        .sysctl("net.ipv6.conf.tap0.accept_ra", "2")
+        .expect("accept_ra");
+    let addr = wait_for_slaac(guest, || u.daemon.logs());
+    assert!(addr.to_string().starts_with(PREFIX), "{addr}");
+
+    let route = output_in(guest, "ip", &["-6", "route", "show", "default"]);
+    let route_text = String::from_utf8_lossy(&route.stdout).to_string();
+    assert!(
+        route_text.contains(&format!("via {GATEWAY_LL}")),
+        "{}",
+        text(&route)
+    );
+    // The MTU option of the RA reached the kernel.
+    let mtu = output_in(guest, "cat", &["/proc/sys/net/ipv6/conf/tap0/mtu"]);
+    assert_eq!(String::from_utf8_lossy(&mtu.stdout).trim(), "1500");
+
+    // [gateway6]:port → the host's [::1]:port.
+    let port = host_http.addr().port();
+    let url = format!("http://[{GATEWAY6}]:{port}/bytes/100000?seed=4");
+    let curl = output_in(
+        guest,
+        "sh",
+        &[
+            "-c",
+            &format!("curl -g -sS --max-time 20 '{url}' | sha256sum | cut -d' ' -f1"),
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&curl.stdout).trim(),
+        limanet_testkit::checksum::PatternReader::new(4, 100_000).sha256(),
+        "{}\nlimanet:\n{}",
+        text(&curl),
+        u.daemon.logs()
+    );
+
+    // TCP and UDP to the fake internet over IPv6, from the guest's own sockets.
+    let inet = TestHost::INTERNET_ADDR6;
+    let tcp_port = inet_echo.addr().port();
+    let udp_port = inet_udp.addr().port();
+    let (tcp_reply, udp_reply) = guest
+        .run_in(move || -> std::io::Result<_> {
+            let mut s = std::net::TcpStream::connect_timeout(
+                &SocketAddr::from((inet, tcp_port)),
+                Duration::from_secs(10),
+            )?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(b"hello over ipv6")?;
+            s.shutdown(std::net::Shutdown::Write)?;
+            let mut got = String::new();
+            s.read_to_string(&mut got)?;
+            let u = std::net::UdpSocket::bind("[::]:0")?;
+            u.set_read_timeout(Some(Duration::from_secs(5)))?;
+            u.send_to(b"udp6", SocketAddr::from((inet, udp_port)))?;
+            let mut buf = [0u8; 64];
+            let (n, from) = u.recv_from(&mut buf)?;
+            Ok((got, (buf[..n].to_vec(), from)))
+        })
+        .expect("enter guest netns")
+        .expect("guest sockets");
+    assert_eq!(tcp_reply, "hello over ipv6");
+    assert_eq!(udp_reply.0, b"udp6");
+    assert_eq!(udp_reply.1, SocketAddr::from((inet, udp_port)));
+
+    // ICMPv6 echo to the internet (through a host ICMPv6 socket) and to the gateway itself.
+    for target in [inet.to_string(), GATEWAY6.to_string()] {
+        let ping = output_in(guest, "ping", &["-6", "-c", "1", "-W", "5", &target]);
+        assert!(ping.status.success(), "ping {target}: {}", text(&ping));
+    }
+
+    // AAAA for host.lima.internal, asked over IPv6 (UDP and TCP) at the DNS's IPv6 address.
+    for transport in ["+notcp", "+tcp"] {
+        let dig = output_in(
+            guest,
+            "dig",
+            &[
+                transport,
+                "+short",
+                "+time=5",
+                "+tries=1",
+                &format!("@{DNS6}"),
+                "host.lima.internal",
+                "AAAA",
+            ],
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&dig.stdout).trim(),
+            GATEWAY6,
+            "dig {transport}: {}",
+            text(&dig)
+        );
+    }
+    let dig_a = output_in(
+        guest,
+        "dig",
+        &[
+            "+short",
+            "+time=5",
+            "+tries=1",
+            &format!("@{DNS6}"),
+            "host.lima.internal",
+            "A",
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&dig_a.stdout).trim(), "192.168.5.2");
+}
+
+/// `--no-host-loopback` is honoured for IPv6: `[gateway6]:port` is refused at once (RST), not
+/// left hanging. And a destination the host has no IPv6 route to fails fast.
+#[test]
+fn no_host_loopback_and_unroutable_fail_fast() {
+    let env = Env::new("ipv6nl");
+    let host_http =
+        HttpServer::start(&env.th.host, "[::1]:0".parse().expect("addr"), None).expect("http");
+    let u = env.usernet(&["--no-host-loopback"]);
+    let guest = u.guest();
+    guest
+        .sysctl("net.ipv6.conf.tap0.accept_ra", "2")
+        .expect("accept_ra");
+    wait_for_slaac(guest, || u.daemon.logs());
+    // The host netns has no route to 2001:db8:ffff::/48 beyond its default... so take one
+    // away: delete the host's IPv6 default route, leaving only the link's /64.
+    env.th
+        .host
+        .run("ip", &["-6", "route", "del", "default"])
+        .expect("del route");
+    let port = host_http.addr().port();
+    for target in [
+        format!("[{GATEWAY6}]:{port}"),
+        "[2001:db8:ffff::1]:80".to_string(),
+    ] {
+        let start = Instant::now();
+        let curl = output_in(
+            guest,
+            "curl",
+            &[
+                "-g",
+                "-sS",
+                "--max-time",
+                "20",
+                &format!("http://{target}/"),
+            ],
+        );
+        assert!(!curl.status.success(), "{target}: {}", text(&curl));
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{target} took {:?}: {}",
+            start.elapsed(),
+            text(&curl)
+        );
+    }
+}
+
+/// `--no-ipv6`: no Router Advertisement, so the guest gets no global IPv6 address; and an MTU
+/// below 1280 with IPv6 on is refused with a clear error.
+#[test]
+fn no_ipv6_and_mtu_rule() {
+    let env = Env::new("ipv6off");
+    let mut cmd = env.limanet("usernet");
+    cmd.args(["--mtu", "1200", "--listen-qemu"])
+        .arg(env.dir.join("mtu.sock"));
+    let out = cmd.output().expect("run limanet");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("IPv6") && err.contains("1280"), "{err}");
+
+    let u = env.usernet(&["--no-ipv6"]);
+    let guest = u.guest();
+    guest
+        .sysctl("net.ipv6.conf.tap0.accept_ra", "2")
+        .expect("accept_ra");
+    output_in(guest, "ip", &["link", "set", "tap0", "down"]);
+    output_in(guest, "ip", &["link", "set", "tap0", "up"]);
+    std::thread::sleep(Duration::from_secs(4));
+    let o = output_in(
+        guest,
+        "ip",
+        &["-6", "-o", "addr", "show", "dev", "tap0", "scope", "global"],
+    );
+    assert!(o.stdout.is_empty(), "{}", text(&o));
+}

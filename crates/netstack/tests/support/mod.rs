@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod ipv6;
+
 use limanet_netstack::wire::MacAddr;
 use limanet_netstack::{Host, SockId, Stack};
 use smoltcp::wire::{

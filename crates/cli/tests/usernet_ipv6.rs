@@ -185,7 +185,8 @@ fn slaac_host_loopback_internet_and_dns_over_ipv6() {
 }
 
 /// `--no-host-loopback` is honoured for IPv6: `[gateway6]:port` is refused at once (RST), not
-/// left hanging. And a destination the host has no IPv6 route to fails fast.
+/// left hanging. And a destination the host has no IPv6 route to fails fast: TCP with a RST,
+/// UDP with an ICMPv6 unreachable.
 #[test]
 fn no_host_loopback_and_unroutable_fail_fast() {
     let env = Env::new("ipv6nl");
@@ -227,7 +228,41 @@ fn no_host_loopback_and_unroutable_fail_fast() {
             start.elapsed(),
             text(&curl)
         );
-    }
+    } // UDP to the unroutable address: the guest's socket gets the ICMPv6 unreachable (no route,
+      // a soft error: delivered to sockets that ask for errors with IPV6_RECVERR), instead of
+      // waiting for a reply that cannot come.
+    let result = guest
+        .run_in(|| -> std::io::Result<Duration> {
+            use std::os::fd::AsRawFd;
+            let u = std::net::UdpSocket::bind("[::]:0")?;
+            let on: libc::c_int = 1;
+            // SAFETY: a valid socket and a c_int option value that outlives the call.
+            let rc = unsafe {
+                libc::setsockopt(
+                    u.as_raw_fd(),
+                    libc::IPPROTO_IPV6,
+                    libc::IPV6_RECVERR,
+                    &on as *const libc::c_int as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            u.connect("[2001:db8:ffff::1]:53")?;
+            u.set_read_timeout(Some(Duration::from_secs(10)))?;
+            let start = Instant::now();
+            u.send(b"anyone?")?;
+            let mut buf = [0u8; 16];
+            match u.recv(&mut buf) {
+                Ok(_) => Err(std::io::Error::other("a reply from nowhere")),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(e),
+                Err(_) => Ok(start.elapsed()),
+            }
+        })
+        .expect("enter guest netns");
+    let took = result.unwrap_or_else(|e| panic!("UDP: {e}\nlimanet:\n{}", u.daemon.logs()));
+    assert!(took < Duration::from_secs(3), "UDP error took {took:?}");
 }
 
 /// `--no-ipv6`: no Router Advertisement, so the guest gets no global IPv6 address; and an MTU

@@ -16,13 +16,14 @@
 
 use crate::config::{Ipv6Net, NetConfig};
 use crate::dhcp6::{self, Dhcp6Config};
+use crate::limits::{Limit, LimitLog};
 use crate::output::{Link, Output, PortId};
 use crate::wire::{MacAddr, WireError};
 use crate::wire6::{self, Icmpv6, NeighborAdvert, NeighborSolicit, PrefixInfo, RouterAdvert};
 use std::collections::HashMap;
 use std::net::{Ipv6Addr, SocketAddrV6};
 use std::time::{Duration, Instant};
-use tracing::debug;
+use tracing::{debug, warn};
 
 /// How often every port gets an unsolicited Router Advertisement (RFC 4861's
 /// MaxRtrAdvInterval may be 4..1800 s; a short one lets a guest that missed the first find the
@@ -64,6 +65,7 @@ pub struct Ndp {
     next_ra: Option<Instant>,
     buckets: HashMap<PortId, Bucket>,
     pub stats: NdpStats,
+    log: LimitLog,
 }
 
 /// The gateway's link-local address: the source of its Router Advertisements, and the
@@ -156,6 +158,9 @@ impl Ndp {
         }
         if !self.take_token(link.port, now) {
             self.stats.neighbor_solicits_limited += 1;
+            if self.log.first(Limit::NeighborSolicitRate) {
+                warn!(port = link.port, rate = NS_PER_SECOND, "a guest solicits the gateway's addresses faster than they are answered; the excess is dropped (logged once; counted)");
+            }
             return;
         }
         self.stats.neighbor_solicits_answered += 1;

@@ -160,6 +160,7 @@ impl Stack {
             + g.spoofed_source
             + g.address_limit
             + g.flood_limit
+            + self.ndp.stats.guest_router_messages
     }
 
     pub fn udp_stats(&self) -> crate::udp::UdpStats {
@@ -501,7 +502,7 @@ impl Stack {
                     if !checksums_verified && !checksums6_valid(&ip) {
                         return self.bad_checksum(port, IpAddr::V6(ip.src), ip.next_header);
                     }
-                    self.ipv6(host, now, link, &ip)
+                    self.ipv6(host, now, link, &ip, eth.payload)
                 }
                 Err(e) => self.malformed(port, e),
             },
@@ -517,7 +518,8 @@ impl Stack {
     }
 
     /// An IPv6 packet for the gateway, or for a multicast group the gateway is in.
-    fn ipv6(&mut self, host: &mut impl Host, now: Instant, link: Link, ip: &Ipv6) {
+    /// `packet` is the whole IPv6 packet, for an ICMPv6 error quoting it.
+    fn ipv6(&mut self, host: &mut impl Host, now: Instant, link: Link, ip: &Ipv6, packet: &[u8]) {
         let Some(v6) = self.cfg.ipv6.as_ref() else {
             return;
         };
@@ -583,7 +585,7 @@ impl Stack {
                     return;
                 }
                 let dst = SocketAddrV6::new(ip.dst, udp.dst_port, 0, 0);
-                self.udp.on_guest_datagram(
+                let unreachable = self.udp.on_guest_datagram(
                     host,
                     &self.cfg,
                     now,
@@ -592,6 +594,17 @@ impl Stack {
                     SocketAddr::V6(dst),
                     udp.payload,
                 );
+                if unreachable {
+                    // The host has no IPv6 route there: say so at once (RFC 4443 3.1, code 0
+                    // "no route to destination"), quoting as much of the packet as fits in
+                    // the minimum MTU.
+                    let quoted = &packet[..packet.len().min(1280 - 48)];
+                    let mut body = vec![0u8; 4];
+                    body.extend_from_slice(quoted);
+                    let gateway = v6.gateway;
+                    self.out
+                        .icmpv6(link, gateway, ip.src, wire6::ICMPV6_DEST_UNREACHABLE, &body);
+                }
             }
             wire::PROTO_TCP => {
                 // Translated connections need a routable guest address (not link-local).
@@ -904,8 +917,22 @@ impl Stack {
             tcp_partial_sends = t.partial_sends,
             udp_flows = self.udp.len(),
             udp_evicted = u.evicted,
+            fragments = s.fragments,
             "network statistics"
         );
+        let n = &self.ndp.stats;
+        if self.cfg.ipv6.is_some() {
+            info!(
+                router_adverts_sent = n.router_adverts_sent,
+                router_solicits = n.router_solicits,
+                neighbor_solicits_answered = n.neighbor_solicits_answered,
+                neighbor_solicits_limited = n.neighbor_solicits_limited,
+                guest_router_messages = n.guest_router_messages,
+                dhcp6_replies = n.dhcp6_replies,
+                nd_malformed = n.malformed,
+                "IPv6 neighbor discovery statistics"
+            );
+        }
         let g = &self.guard.stats;
         let d = &self.dhcp.stats;
         let refused = g.mac_of_other_port

@@ -17,6 +17,9 @@ use crate::wire::UDP_HEADER_LEN;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
+
+/// Linux's EADDRNOTAVAIL: an IPv6 send with no source address for the destination (no route).
+const EADDRNOTAVAIL: i32 = 99;
 use tracing::{debug, warn};
 
 #[derive(Debug)]
@@ -90,7 +93,8 @@ impl UdpTable {
         self.len() == 0
     }
 
-    /// A datagram from the guest.
+    /// A datagram from the guest. Returns true when the host has no route to its destination
+    /// (the caller may tell the guest so with an ICMP unreachable, rather than let it wait).
     #[allow(clippy::too_many_arguments)]
     pub fn on_guest_datagram(
         &mut self,
@@ -101,7 +105,7 @@ impl UdpTable {
         guest: SocketAddr,
         dst: SocketAddr,
         payload: &[u8],
-    ) {
+    ) -> bool {
         // A reply to a port-forwarded client?
         if dst.ip() == IpAddr::V4(cfg.gateway) {
             if let Some(fwd) = self.forwards.get_mut(&dst.port()) {
@@ -110,14 +114,14 @@ impl UdpTable {
                     if let Err(e) = host.udp_send_to(fwd.listener, fwd.client.into(), payload) {
                         debug!(error = %e, client = %fwd.client, "forwarded UDP reply failed");
                     }
-                    return;
+                    return false;
                 }
             }
         }
         let Some(target) = cfg.outbound_ip(dst, false) else {
             self.stats.dropped += 1;
             debug!(%dst, "no route for UDP destination, dropping");
-            return;
+            return false;
         };
         let sock = match self.flows.get_mut(&guest) {
             Some(flow) => {
@@ -143,7 +147,7 @@ impl UdpTable {
                     Err(e) => {
                         self.stats.dropped += 1;
                         warn!(error = %e, "cannot open a UDP socket, dropping datagram");
-                        return;
+                        return false;
                     }
                 };
                 self.flows.insert(
@@ -162,9 +166,16 @@ impl UdpTable {
                 sock
             }
         };
-        if let Err(e) = host.udp_send_to(sock, target, payload) {
-            self.stats.dropped += 1;
-            debug!(error = %e, %target, "UDP send failed");
+        match host.udp_send_to(sock, target, payload) {
+            Ok(()) => false,
+            Err(e) => {
+                self.stats.dropped += 1;
+                debug!(error = %e, %target, "UDP send failed");
+                matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NetworkUnreachable | std::io::ErrorKind::HostUnreachable
+                ) || e.raw_os_error() == Some(EADDRNOTAVAIL)
+            }
         }
     }
 

@@ -373,6 +373,17 @@ fn udp_and_echo_translate_onto_ipv6_host_sockets() {
     let out = drain6(&mut stack);
     assert_eq!(out[0].src, v6(DNS6));
     assert_eq!(wire::Udp::parse(&out[0].l4).unwrap().src_port, 53);
+    // No route on the host: the guest hears so at once (ICMPv6 destination unreachable, no
+    // route), quoting its datagram.
+    host.fail_udp_send = Some(std::io::ErrorKind::NetworkUnreachable);
+    let f = udp6_frame(guest, remote, GW_MAC, b"nowhere");
+    send(&mut stack, &mut host, now, port, &f);
+    host.fail_udp_send = None;
+    let out = drain6(&mut stack);
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].src, out[0].dst), (v6(GW6), v6(GUEST6)));
+    assert_eq!(&out[0].l4[..2], &[ICMPV6_DEST_UNREACHABLE, 0]);
+    assert_eq!(&out[0].l4[8..], &f[14..], "the whole packet is quoted");
     // Echo to the gateway is answered here; to the outside through an ICMPv6 socket.
     let mut echo = vec![0, 0, 0, 0, 0x12, 0x34, 0, 1];
     echo.extend_from_slice(b"data");

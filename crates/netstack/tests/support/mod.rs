@@ -79,6 +79,8 @@ pub struct FakeHost {
     /// Make the next `tcp_connect` calls fail at once with this error.
     pub fail_connect: Option<io::ErrorKind>,
     pub fail_udp_open: bool,
+    /// Make `udp_send_to` fail with this error (no route, say).
+    pub fail_udp_send: Option<io::ErrorKind>,
     pub fail_icmp_open: bool,
     pub violations: Vec<String>,
     /// Receive-side calls (`tcp_peek`, `tcp_consume`): each is a system call in the runtime.
@@ -96,6 +98,7 @@ impl Default for FakeHost {
             tcp_capacity: 1 << 20,
             fail_connect: None,
             fail_udp_open: false,
+            fail_udp_send: None,
             fail_icmp_open: false,
             violations: Vec::new(),
             receive_calls: 0,
@@ -281,6 +284,9 @@ impl Host for FakeHost {
     }
 
     fn udp_send_to(&mut self, id: SockId, dst: SocketAddr, data: &[u8]) -> io::Result<()> {
+        if let Some(kind) = self.fail_udp_send {
+            return Err(kind.into());
+        }
         match self.udp.get_mut(&id) {
             Some(s) if !s.closed => {
                 s.sent.push((dst, data.to_vec()));

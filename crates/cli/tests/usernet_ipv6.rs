@@ -293,3 +293,50 @@ fn no_ipv6_and_mtu_rule() {
     );
     assert!(o.stdout.is_empty(), "{}", text(&o));
 }
+
+/// Receiver throughput of one `iperf3 -J` run, in Gbit/s.
+fn iperf3_gbits(json: &str) -> Option<f64> {
+    let at = json.find("\"sum_received\"")?;
+    let rest = &json[at..];
+    let at = rest.find("\"bits_per_second\":")? + "\"bits_per_second\":".len();
+    let num: String = rest[at..]
+        .chars()
+        .skip_while(|c| c.is_whitespace())
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == '+')
+        .collect();
+    num.parse::<f64>().ok().map(|b| b / 1e9)
+}
+
+/// IPv6 against IPv4 through the same network, single-stream iperf3 from the guest to the
+/// host's loopback through the gateway (192.168.5.2 and [gateway6]), both directions, 3 s
+/// each. A measurement, not a pass/fail check: run by hand with
+/// `cargo test -p limanet --test usernet_ipv6 -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement; run by hand"]
+fn iperf3_ipv4_vs_ipv6() {
+    let env = Env::new("ipv6perf");
+    let _server = env
+        .th
+        .host
+        .spawn("iperf3", "iperf3", &["-s", "-p", "5201"])
+        .expect("iperf3 server");
+    let u = env.usernet(&[]);
+    let guest = u.guest();
+    guest
+        .sysctl("net.ipv6.conf.tap0.accept_ra", "2")
+        .expect("accept_ra");
+    wait_for_slaac(guest, || u.daemon.logs());
+    std::thread::sleep(Duration::from_millis(500));
+    for (family, target) in [("IPv4", "192.168.5.2"), ("IPv6", GATEWAY6)] {
+        for (direction, reverse) in [("guest→host", false), ("host→guest", true)] {
+            let mut args = vec!["-c", target, "-p", "5201", "-t", "3", "-J"];
+            if reverse {
+                args.push("-R");
+            }
+            let o = output_in(guest, "iperf3", &args);
+            let gbits = iperf3_gbits(&String::from_utf8_lossy(&o.stdout));
+            println!("{family} {direction}: {gbits:.2?} Gbit/s");
+            assert!(gbits.is_some(), "{}", text(&o));
+        }
+    }
+}

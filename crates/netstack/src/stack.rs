@@ -287,7 +287,7 @@ impl Stack {
         };
         if !self.guard.admit_mac(&self.cfg, now, port, eth.src)
             || !self.admit_source(now, port, &eth)
-            || !self.admit_ipv6(port, &eth)
+            || !self.admit_ipv6(now, port, &eth)
         {
             return;
         }
@@ -410,9 +410,8 @@ impl Stack {
     /// Checks an IPv6 frame before the switch or the gateway sees it: it must parse (bounded
     /// extension-header chain, no fragments: a fragment could hide a Router Advertisement, RFC
     /// 7113), must not be a Router Advertisement or Redirect (only the gateway is a router), and
-    /// its source must be unspecified, link-local, or a guest address in the network's prefix.
-    /// Other frames pass.
-    fn admit_ipv6(&mut self, port: PortId, eth: &Ethernet) -> bool {
+    /// its source must be one the port may use ([`Guard::admit_ip6`]). Other frames pass.
+    fn admit_ipv6(&mut self, now: Instant, port: PortId, eth: &Ethernet) -> bool {
         if eth.ethertype != wire::ETHERTYPE_IPV6 {
             return true;
         }
@@ -435,21 +434,22 @@ impl Stack {
             }
             return false;
         }
-        let src = ip.src;
-        let allowed = src.is_unspecified()
-            || crate::config::is_link_local6(src)
-            || self
-                .cfg
-                .ipv6
-                .as_ref()
-                .is_some_and(|v6| v6.contains(src) && !v6.is_local(src) && src != v6.prefix);
-        if !allowed {
-            self.guard.stats.spoofed_source += 1;
-            if self.log.first(Limit::Ipv6SourceAddress) {
-                warn!(port, %src, "dropping IPv6 frames from a source outside the network's prefix (logged once; counted)");
+        // A Neighbor Advertisement for an address another port holds would take it over in
+        // the neighbors' caches.
+        if ip.next_header == wire6::PROTO_ICMPV6
+            && ip.payload.first() == Some(&wire6::ND_NEIGHBOR_ADVERT)
+        {
+            let target = ip
+                .payload
+                .get(4..)
+                .and_then(|b| wire6::NeighborAdvert::parse(b).ok())
+                .map(|na| na.target);
+            if target.is_some_and(|t| self.guard.port_of6(&t).is_some_and(|p| p != port)) {
+                self.guard.stats.spoofed_source += 1;
+                return false;
             }
         }
-        allowed
+        self.guard.admit_ip6(&self.cfg, now, port, eth.src, ip.src)
     }
 
     /// Call after a batch of frames: sends the ACKs the batch earned.

@@ -543,3 +543,75 @@ fn no_ipv6_network_ignores_ipv6() {
     assert!(drain6(&mut stack).is_empty());
     let _ = wire6::IPV6_MIN_MTU;
 }
+
+#[test]
+fn ipv6_addresses_belong_to_the_port_that_used_them_first() {
+    let (mut stack, mut host, port, now) = setup();
+    let other = stack.add_port();
+    let remote = SocketAddrV6::new(v6(REMOTE6), 53, 0, 0);
+    let mine = SocketAddrV6::new(v6(GUEST6), 5000, 0, 0);
+    send(
+        &mut stack,
+        &mut host,
+        now,
+        port,
+        &udp6_frame(mine, remote, GW_MAC, b"a"),
+    );
+    assert_eq!(host.udp.len(), 1);
+    // Another port (another MAC) sending from the first guest's address is refused.
+    let mut stolen = udp6_frame(mine, remote, GW_MAC, b"b");
+    stolen[6..12].copy_from_slice(&GUEST2_MAC);
+    send(&mut stack, &mut host, now, other, &stolen);
+    assert_eq!(stack.guard.stats.spoofed_source, 1);
+    assert_eq!(host.udp.values().map(|s| s.sent.len()).sum::<usize>(), 1);
+    // So is a Neighbor Advertisement claiming it.
+    let na = NeighborAdvert {
+        router: false,
+        solicited: false,
+        override_: true,
+        target: v6(GUEST6),
+        target_ll: Some(GUEST2_MAC),
+    };
+    let f = icmp6_frame(
+        GUEST2_MAC,
+        multicast_mac(ALL_NODES),
+        v6("fe80::2"),
+        ALL_NODES,
+        ND_NEIGHBOR_ADVERT,
+        &na.emit_body(),
+    );
+    stack.out.queue.clear();
+    send(&mut stack, &mut host, now, other, &f);
+    assert_eq!(stack.guard.stats.spoofed_source, 2);
+    assert!(
+        stack.out.queue.iter().all(|f| f.port != port),
+        "not flooded to the owner's port"
+    );
+    // A port cycling through made-up addresses holds at most MAX_IPV6_PER_PORT; its oldest
+    // ones are released, and the rest of the network is unaffected.
+    for i in 0..100u16 {
+        let ip = Ipv6Addr::new(0xfd00, 0x192, 0x168, 5, 0, 0, 0x99, i);
+        let f = udp6_frame(SocketAddrV6::new(ip, 6000, 0, 0), remote, GW_MAC, b"c");
+        let mut f = f;
+        f[6..12].copy_from_slice(&GUEST2_MAC);
+        stack.handle_frame(
+            &mut host,
+            now + Duration::from_millis(u64::from(i)),
+            other,
+            &f,
+        );
+    }
+    let held = (0..100u16)
+        .filter(|&i| {
+            stack
+                .guard
+                .port_of6(&Ipv6Addr::new(0xfd00, 0x192, 0x168, 5, 0, 0, 0x99, i))
+                .is_some()
+        })
+        .count();
+    assert_eq!(held, limanet_netstack::guard::MAX_IPV6_PER_PORT);
+    assert_eq!(stack.guard.port_of6(&v6(GUEST6)), Some(port));
+    // When the first port goes away, its address is free.
+    stack.remove_port(&mut host, port);
+    assert_eq!(stack.guard.port_of6(&v6(GUEST6)), None);
+}

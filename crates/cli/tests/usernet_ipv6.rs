@@ -340,3 +340,80 @@ fn iperf3_ipv4_vs_ipv6() {
         }
     }
 }
+
+/// Two guests on one user-v2 network: both configure themselves by SLAAC in the network's
+/// prefix, reach each other over IPv6 (ping and TCP, switched guest to guest after neighbor
+/// discovery between them), and ask the DNS at the gateway's IPv6 address (user-v2's DNS is
+/// the gateway).
+#[test]
+fn user_v2_guests_reach_each_other_over_ipv6() {
+    let env = Env::new("ipv6v2");
+    let u = env.usernet_with(
+        2,
+        &[
+            "--mode",
+            "user-v2",
+            "--subnet",
+            "192.168.104.0/24",
+            "--no-configure",
+        ],
+    );
+    let mut addrs = Vec::new();
+    // IPv6 only: the taps come up without IPv4 addresses.
+    for g in &u.guests {
+        g.sysctl("net.ipv6.conf.tap0.accept_ra", "2")
+            .expect("accept_ra");
+        g.run("ip", &["link", "set", "tap0", "up"])
+            .expect("tap0 up");
+    }
+    for g in &u.guests {
+        let a = wait_for_slaac(g, || u.daemon.logs());
+        assert!(a.to_string().starts_with("fd00:192:168:104:"), "{a}");
+        addrs.push(a);
+    }
+    assert_ne!(addrs[0], addrs[1]);
+    let ping = output_in(
+        &u.guests[0],
+        "ping",
+        &["-6", "-c", "1", "-W", "5", &addrs[1].to_string()],
+    );
+    assert!(
+        ping.status.success(),
+        "{}\n{}",
+        text(&ping),
+        u.daemon.logs()
+    );
+    let echo = TcpEchoServer::start(&u.guests[1], "[::]:0".parse().expect("addr")).expect("echo");
+    let to = SocketAddr::from((addrs[1], echo.addr().port()));
+    let got = u.guests[0]
+        .run_in(move || -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(10))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(b"guest to guest")?;
+            s.shutdown(std::net::Shutdown::Write)?;
+            let mut got = String::new();
+            s.read_to_string(&mut got)?;
+            Ok(got)
+        })
+        .expect("enter guest netns")
+        .expect("tcp between guests");
+    assert_eq!(got, "guest to guest");
+    let dig = output_in(
+        &u.guests[1],
+        "dig",
+        &[
+            "+short",
+            "+time=5",
+            "+tries=1",
+            "@fd00:192:168:104::2",
+            "host.lima.internal",
+            "AAAA",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&dig.stdout).trim(),
+        "fd00:192:168:104::2",
+        "{}",
+        text(&dig)
+    );
+}

@@ -408,48 +408,62 @@ impl Stack {
     }
 
     /// Checks an IPv6 frame before the switch or the gateway sees it: it must parse (bounded
-    /// extension-header chain, no fragments: a fragment could hide a Router Advertisement, RFC
-    /// 7113), must not be a Router Advertisement or Redirect (only the gateway is a router), and
-    /// its source must be one the port may use ([`Guard::admit_ip6`]). Other frames pass.
+    /// extension-header chain), must not be a Router Advertisement or Redirect (only the gateway
+    /// is a router) nor a Neighbor Advertisement for another port's address, and its source
+    /// must be one the port may use ([`Guard::admit_ip6`]). Fragments are switched between
+    /// guests (receivers ignore fragmented Neighbor Discovery, RFC 6980, so one cannot hide a
+    /// Router Advertisement) and dropped, counted, at the gateway. Other frames pass.
     fn admit_ipv6(&mut self, now: Instant, port: PortId, eth: &Ethernet) -> bool {
         if eth.ethertype != wire::ETHERTYPE_IPV6 {
             return true;
         }
-        let ip = match Ipv6::parse(eth.payload) {
-            Ok(ip) => ip,
+        let p = eth.payload;
+        if p.len() < wire6::IPV6_HEADER_LEN || p[0] >> 4 != 6 {
+            self.malformed(port, WireError::Malformed);
+            return false;
+        }
+        let src = wire6::v6_at(p, 8);
+        match Ipv6::parse(p) {
+            Ok(ip) if ip.next_header == wire6::PROTO_ICMPV6 => {
+                if !self.admit_icmpv6(port, &ip) {
+                    return false;
+                }
+            }
+            Ok(_) | Err(WireError::Fragment) => {}
             Err(e) => {
                 self.malformed(port, e);
                 return false;
             }
-        };
-        if ip.next_header == wire6::PROTO_ICMPV6
-            && matches!(
-                ip.payload.first(),
-                Some(&wire6::ND_ROUTER_ADVERT) | Some(&wire6::ND_REDIRECT)
-            )
-        {
-            self.ndp.stats.guest_router_messages += 1;
-            if self.log.first(Limit::GuestRouterMessage) {
-                warn!(port, src = %ip.src, "dropping Router Advertisements and Redirects from a guest: only the gateway routes (logged once; counted)");
-            }
-            return false;
         }
-        // A Neighbor Advertisement for an address another port holds would take it over in
-        // the neighbors' caches.
-        if ip.next_header == wire6::PROTO_ICMPV6
-            && ip.payload.first() == Some(&wire6::ND_NEIGHBOR_ADVERT)
-        {
-            let target = ip
-                .payload
-                .get(4..)
-                .and_then(|b| wire6::NeighborAdvert::parse(b).ok())
-                .map(|na| na.target);
-            if target.is_some_and(|t| self.guard.port_of6(&t).is_some_and(|p| p != port)) {
-                self.guard.stats.spoofed_source += 1;
-                return false;
+        self.guard.admit_ip6(&self.cfg, now, port, eth.src, src)
+    }
+
+    /// The router guard of [`Stack::admit_ipv6`] for an ICMPv6 message from a guest.
+    fn admit_icmpv6(&mut self, port: PortId, ip: &Ipv6) -> bool {
+        match ip.payload.first() {
+            Some(&wire6::ND_ROUTER_ADVERT) | Some(&wire6::ND_REDIRECT) => {
+                self.ndp.stats.guest_router_messages += 1;
+                if self.log.first(Limit::GuestRouterMessage) {
+                    warn!(port, src = %ip.src, "dropping Router Advertisements and Redirects from a guest: only the gateway routes (logged once; counted)");
+                }
+                false
             }
+            // A Neighbor Advertisement for an address another port holds would take it over
+            // in the neighbors' caches.
+            Some(&wire6::ND_NEIGHBOR_ADVERT) => {
+                let target = ip
+                    .payload
+                    .get(4..)
+                    .and_then(|b| wire6::NeighborAdvert::parse(b).ok())
+                    .map(|na| na.target);
+                if target.is_some_and(|t| self.guard.port_of6(&t).is_some_and(|p| p != port)) {
+                    self.guard.stats.spoofed_source += 1;
+                    return false;
+                }
+                true
+            }
+            _ => true,
         }
-        self.guard.admit_ip6(&self.cfg, now, port, eth.src, ip.src)
     }
 
     /// Call after a batch of frames: sends the ACKs the batch earned.

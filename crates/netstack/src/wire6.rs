@@ -3,9 +3,9 @@
 //!
 //! Extension headers: hop-by-hop options (first only), routing headers with no segments left and
 //! destination options are skipped, at most [`MAX_EXT_HEADERS`] of them; a fragment header is
-//! [`WireError::Fragment`] (fragments are dropped and counted, never reassembled: limanet's
-//! guests see an MTU and the host kernel's sockets do the rest), anything longer or stranger is
-//! [`WireError::Malformed`].
+//! [`WireError::Fragment`] (fragments to the gateway are dropped and counted, never
+//! reassembled: limanet's guests see an MTU and the host kernel's sockets do the rest; between
+//! guests they are switched), anything longer or stranger is [`WireError::Malformed`].
 
 use crate::checksum;
 use crate::wire::{self, MacAddr, WireError};

@@ -4,7 +4,7 @@
 mod support;
 
 use limanet_netstack::dhcp6;
-use limanet_netstack::wire;
+use limanet_netstack::wire::{self, MacAddr};
 use limanet_netstack::wire6::{self, *};
 use limanet_netstack::{NetConfig, PortId, Stack};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
@@ -614,4 +614,49 @@ fn ipv6_addresses_belong_to_the_port_that_used_them_first() {
     // When the first port goes away, its address is free.
     stack.remove_port(&mut host, port);
     assert_eq!(stack.guard.port_of6(&v6(GUEST6)), None);
+}
+
+#[test]
+fn fragments_are_switched_between_guests_but_not_taken_by_the_gateway() {
+    let (mut stack, mut host, port, now) = setup();
+    let other = stack.add_port();
+    let guest2 = SocketAddrV6::new(v6("fd00:192:168:5::16"), 7000, 0, 0);
+    // The second guest is known on its port.
+    let mut hello = udp6_frame(
+        guest2,
+        SocketAddrV6::new(v6(REMOTE6), 53, 0, 0),
+        GW_MAC,
+        b"h",
+    );
+    hello[6..12].copy_from_slice(&GUEST2_MAC);
+    send(&mut stack, &mut host, now, other, &hello);
+    stack.out.queue.clear();
+    let mine = SocketAddrV6::new(v6(GUEST6), 5000, 0, 0);
+    let frag_of = |dst_mac: MacAddr, dst: SocketAddrV6| {
+        let whole = udp6_frame(mine, dst, dst_mac, &[7; 100]);
+        let mut f = whole[..54].to_vec();
+        f[14 + 6] = PROTO_FRAGMENT;
+        f[14 + 4..14 + 6].copy_from_slice(&(8 + whole.len() as u16 - 54).to_be_bytes());
+        f.extend_from_slice(&[wire::PROTO_UDP, 0, 0, 1, 0, 0, 0, 5]);
+        f.extend_from_slice(&whole[54..]);
+        f
+    };
+    send(
+        &mut stack,
+        &mut host,
+        now,
+        port,
+        &frag_of(GUEST2_MAC, guest2),
+    );
+    assert_eq!(stack.out.queue.len(), 1);
+    assert_eq!(stack.out.queue[0].port, other);
+    assert_eq!(stack.stats.fragments, 0);
+    let to_gateway = frag_of(GW_MAC, SocketAddrV6::new(v6(REMOTE6), 53, 0, 0));
+    send(&mut stack, &mut host, now, port, &to_gateway);
+    assert_eq!(stack.stats.fragments, 1);
+    assert_eq!(
+        host.udp.values().map(|s| s.sent.len()).sum::<usize>(),
+        1,
+        "only the hello"
+    );
 }

@@ -417,3 +417,83 @@ fn user_v2_guests_reach_each_other_over_ipv6() {
         text(&dig)
     );
 }
+
+/// A busybox guest under QEMU (`-netdev stream`): its kernel configures itself by SLAAC from
+/// the RA, fetches from a server bound to the host's [::1] only through `[gateway6]`, pings the
+/// fake internet's IPv6 address and gets host.lima.internal's AAAA from the DNS over IPv6.
+#[test]
+fn qemu_guest_slaac_fetch_ping_and_aaaa() {
+    use limanet_testkit::{wait_for_path, ChildGuard, QemuGuest, QemuOptions};
+    let env = Env::new("ipv6qemu");
+    let http =
+        HttpServer::start(&env.th.host, "[::1]:0".parse().expect("addr"), None).expect("http");
+    let port = http.addr().port();
+    let sock = env.dir.join("qemu.sock");
+    let sock_s = sock.to_string_lossy().into_owned();
+    let pidfile = env.dir.join("usernet.pid");
+    let mut cmd = env.limanet("usernet");
+    cmd.args(["--listen-qemu", &sock_s])
+        .arg("--pidfile")
+        .arg(&pidfile);
+    let daemon = ChildGuard::spawn("limanet-usernet", &mut cmd).expect("spawn usernet");
+    if let Err(e) = wait_for_path(&pidfile, Duration::from_secs(20)) {
+        panic!("limanet usernet did not start: {e}\n{}", daemon.logs());
+    }
+    let inet = TestHost::INTERNET_ADDR6;
+    let script = format!(
+        "i=0\n\
+         while [ $i -lt 100 ]; do\n\
+           a=$(ip -6 addr show dev eth0 scope global | grep -v tentative | grep inet6)\n\
+           [ -n \"$a\" ] && break\n\
+           sleep 0.1; i=$((i+1))\n\
+         done\n\
+         echo LIMANET-ADDR6=$(ip -6 addr show dev eth0 scope global | awk '/inet6/{{print $2}}')\n\
+         echo LIMANET-ROUTE6=$(ip -6 route show default | head -n1)\n\
+         wget -q -O /tmp/d6 'http://[{GATEWAY6}]:{port}/bytes/200000?seed=31' || exit 20\n\
+         echo LIMANET-SHA6=$(sha256sum /tmp/d6 | cut -d' ' -f1)\n\
+         ping -6 -c 1 -W 5 {inet} || exit 21\n\
+         nslookup -type=AAAA host.lima.internal {DNS6} > /tmp/ns 2>&1; cat /tmp/ns\n\
+         grep -q '{GATEWAY6}' /tmp/ns || exit 22\n"
+    );
+    let out = QemuGuest::spawn(
+        &QemuOptions {
+            script,
+            timeout: Duration::from_secs(90),
+            netns: Some(env.th.host.name().to_string()),
+            ..Default::default()
+        }
+        .with_nic(
+            &format!("stream,server=off,addr.type=unix,addr.path={sock_s}"),
+            None,
+        ),
+    )
+    .expect("run guest");
+    if let Err(e) = out.check() {
+        panic!("guest failed: {e}\n{}\n{}", out.console, daemon.logs());
+    }
+    let value = |key: &str| {
+        out.console
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .map(|v| v.trim().to_string())
+    };
+    let addr = value("LIMANET-ADDR6=").unwrap_or_default();
+    assert!(
+        addr.starts_with(PREFIX) && addr.ends_with("/64"),
+        "{}",
+        out.console
+    );
+    assert!(
+        value("LIMANET-ROUTE6=")
+            .unwrap_or_default()
+            .contains(GATEWAY_LL),
+        "{}",
+        out.console
+    );
+    assert_eq!(
+        value("LIMANET-SHA6="),
+        Some(limanet_testkit::checksum::PatternReader::new(31, 200_000).sha256()),
+        "{}",
+        out.console
+    );
+}

@@ -497,3 +497,58 @@ fn qemu_guest_slaac_fetch_ping_and_aaaa() {
         out.console
     );
 }
+
+/// A free port on the host netns's [::1] (bound and released: the daemon takes it next).
+fn free_port6(th: &TestHost) -> u16 {
+    th.host
+        .run_in(|| {
+            std::net::TcpListener::bind("[::1]:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+        })
+        .expect("enter host netns")
+        .expect("free port")
+}
+
+/// `--forward tcp:[::1]:P:8080` (and udp): the host side is IPv6 and no guest address is
+/// given, so it reaches the first guest over IPv6, here a TCP and a UDP echo server bound to
+/// the guest's SLAAC address only.
+#[test]
+fn ipv6_port_forwards_reach_the_guest_over_ipv6() {
+    let env = Env::new("ipv6fwd");
+    let port = free_port6(&env.th);
+    let tcp_fwd = format!("tcp:[::1]:{port}:8080");
+    let udp_fwd = format!("udp:[::1]:{port}:8081");
+    let u = env.usernet(&["--forward", &tcp_fwd, "--forward", &udp_fwd]);
+    let guest = u.guest();
+    guest
+        .sysctl("net.ipv6.conf.tap0.accept_ra", "2")
+        .expect("accept_ra");
+    let addr = wait_for_slaac(guest, || u.daemon.logs());
+    let _echo = TcpEchoServer::start(guest, SocketAddr::from((addr, 8080))).expect("tcp echo");
+    let _uecho = UdpEchoServer::start(guest, SocketAddr::from((addr, 8081))).expect("udp echo");
+    // The guest is known on the network once it has sent something.
+    output_in(guest, "ping", &["-c", "1", "-W", "2", "192.168.5.2"]);
+    let to = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
+    let (tcp, udp) = env
+        .th
+        .host
+        .run_in(move || -> std::io::Result<(String, Vec<u8>)> {
+            let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(10))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(b"forwarded over ipv6")?;
+            s.shutdown(std::net::Shutdown::Write)?;
+            let mut got = String::new();
+            s.read_to_string(&mut got)?;
+            let u = std::net::UdpSocket::bind("[::1]:0")?;
+            u.set_read_timeout(Some(Duration::from_secs(5)))?;
+            u.send_to(b"dgram6", to)?;
+            let mut buf = [0u8; 32];
+            let (n, _) = u.recv_from(&mut buf)?;
+            Ok((got, buf[..n].to_vec()))
+        })
+        .expect("enter host netns")
+        .unwrap_or_else(|e| panic!("forward: {e}\n{}", u.daemon.logs()));
+    assert_eq!(tcp, "forwarded over ipv6");
+    assert_eq!(udp, b"dgram6");
+}

@@ -137,6 +137,15 @@ impl Guard {
         self.addrs6.get(ip).map(|a| a.link)
     }
 
+    /// The IPv6 addresses a port uses, with when each was last seen.
+    pub fn addresses6_of(&self, port: PortId) -> Vec<(Ipv6Addr, Instant)> {
+        self.addrs6
+            .iter()
+            .filter(|(_, a)| a.link.port == port)
+            .map(|(ip, a)| (*ip, a.seen))
+            .collect()
+    }
+
     /// The port that holds an IPv6 address, if any.
     pub fn port_of6(&self, ip: &Ipv6Addr) -> Option<PortId> {
         self.addrs6.get(ip).map(|a| a.link.port)

@@ -18,7 +18,7 @@ use crate::wire::{self, Arp, Ethernet, Ipv4, MacAddr, Tcp, Udp, WireError, BROAD
 use crate::wire6::{self, Icmpv6, Ipv6};
 use std::collections::HashSet;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -45,7 +45,7 @@ pub enum StackError {
     #[error("invalid DHCP configuration: {0}")]
     Dhcp(#[from] crate::dhcp::DhcpError),
     #[error("no guest with address {0} is known yet")]
-    UnknownGuest(Ipv4Addr),
+    UnknownGuest(IpAddr),
 }
 
 /// A user-mode network. All methods return at once; see the crate docs for the calling
@@ -181,13 +181,13 @@ impl Stack {
     /// The TCP and UDP flow table.
     pub fn flows(&self) -> Vec<FlowInfo> {
         let mut flows = self.tcp.flow_list();
-        flows.extend(self.udp.flow_list(self.cfg.gateway));
+        flows.extend(self.udp.flow_list(&self.cfg));
         flows
     }
 
     /// The state of a connection the host opened towards a guest on `sock` (see
     /// [`Stack::open_tcp_forward`]); `None` once it is refused, reset or closed.
-    pub fn inbound_state(&self, sock: SockId) -> Option<(SocketAddrV4, InboundState)> {
+    pub fn inbound_state(&self, sock: SockId) -> Option<(SocketAddr, InboundState)> {
         self.tcp.inbound_state(sock)
     }
 
@@ -808,8 +808,46 @@ impl Stack {
             .on_host_message(&mut self.out, sock, from.into(), message)
     }
 
-    /// Where to reach a guest address: learned from its frames, else from its DHCP lease.
-    fn link_of(&mut self, ip: Ipv4Addr) -> Result<Link, StackError> {
+    /// Where to reach a guest address: learned from its frames, else (IPv4) from its DHCP
+    /// lease.
+    fn link_of(&mut self, ip: IpAddr) -> Result<Link, StackError> {
+        match ip {
+            IpAddr::V4(v4) => self.link_of4(v4),
+            IpAddr::V6(v6) => self
+                .guard
+                .link_of6(&v6)
+                .or_else(|| {
+                    // An EUI-64 address: the MAC is in it (see `guest_ipv6_of`).
+                    let mac = wire6::mac_of_eui64(v6)?;
+                    let port = self.guard.port_of(&mac)?;
+                    Some(Link { port, mac })
+                })
+                .ok_or(StackError::UnknownGuest(ip)),
+        }
+    }
+
+    /// The IPv6 address of the guest that holds IPv4 address `ip`: where a forward whose host
+    /// side is IPv6 reaches that guest. The in-prefix address it used most recently, else (a
+    /// guest that has not sent from one yet) the SLAAC address its MAC gives by EUI-64, which
+    /// Linux guests form by default.
+    pub fn guest_ipv6_of(&mut self, ip: Ipv4Addr) -> Option<Ipv6Addr> {
+        self.cfg.ipv6.as_ref()?;
+        let link = self.link_of4(ip).ok()?;
+        let v6 = self.cfg.ipv6.as_ref()?;
+        let used = self
+            .guard
+            .addresses6_of(link.port)
+            .into_iter()
+            .filter(|(a, _)| v6.contains(*a))
+            .max_by_key(|(_, seen)| *seen)
+            .map(|(a, _)| a);
+        used.or_else(|| {
+            let eui = u128::from(wire6::link_local_from_mac(link.mac)) & u128::from(u64::MAX);
+            Some(Ipv6Addr::from(u128::from(v6.prefix) | eui))
+        })
+    }
+
+    fn link_of4(&mut self, ip: Ipv4Addr) -> Result<Link, StackError> {
         if let Some(link) = self.guard.link_of(&ip) {
             return Ok(link);
         }
@@ -839,19 +877,20 @@ impl Stack {
             request.emit(&mut f);
             self.out.push(port, f);
         }
-        Err(StackError::UnknownGuest(ip))
+        Err(StackError::UnknownGuest(IpAddr::V4(ip)))
     }
 
     /// A connection accepted on a TCP port-forward listener (`sock`, already adopted by the
-    /// host) goes to `guest`.
+    /// host) goes to `guest` (IPv4 or IPv6).
     pub fn open_tcp_forward(
         &mut self,
         host: &mut impl Host,
         now: Instant,
         sock: SockId,
-        guest: SocketAddrV4,
+        guest: impl Into<SocketAddr>,
     ) -> Result<(), StackError> {
-        let link = match self.link_of(*guest.ip()) {
+        let guest = guest.into();
+        let link = match self.link_of(guest.ip()) {
             Ok(l) => l,
             Err(e) => {
                 host.tcp_close(sock, true);
@@ -868,11 +907,12 @@ impl Stack {
         &mut self,
         now: Instant,
         listener: SockId,
-        client: SocketAddrV4,
-        guest: SocketAddrV4,
+        client: impl Into<SocketAddr>,
+        guest: impl Into<SocketAddr>,
         data: &[u8],
     ) -> Result<(), StackError> {
-        let link = self.link_of(*guest.ip())?;
+        let (client, guest) = (client.into(), guest.into());
+        let link = self.link_of(guest.ip())?;
         self.udp.on_forward_datagram(
             &mut self.out,
             &self.cfg,

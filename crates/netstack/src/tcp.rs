@@ -34,7 +34,7 @@ use crate::wire::{self, tcp_flags as F, Tcp, ETH_HEADER_LEN, IPV4_HEADER_LEN, TC
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
@@ -944,8 +944,12 @@ impl TcpTable {
         now: Instant,
         sock: SockId,
         link: Link,
-        guest: SocketAddrV4,
+        guest: SocketAddr,
     ) {
+        let Some(gateway) = cfg.gateway_for(guest.ip()) else {
+            host.tcp_close(sock, true);
+            return;
+        };
         if self.by_key.len() >= cfg.max_tcp_flows {
             self.stats.table_full += 1;
             warn!(%guest, "TCP flow table full, dropping forwarded connection");
@@ -953,11 +957,10 @@ impl TcpTable {
             return;
         }
         // Forwarded connections come from the gateway, from a port of our choosing.
-        let guest = SocketAddr::V4(guest);
         let remote = loop {
             self.next_forward_port = self.next_forward_port.wrapping_add(1);
             let port = 49152 + (self.next_forward_port % 16384);
-            let remote = SocketAddr::V4(SocketAddrV4::new(cfg.gateway, port));
+            let remote = SocketAddr::new(gateway, port);
             if !self.by_key.contains_key(&FlowKey { guest, remote }) {
                 break remote;
             }
@@ -978,7 +981,7 @@ impl TcpTable {
     /// The connection the host opened towards a guest on host socket `sock` (a forward or a
     /// probe): its guest end and state, or `None` when there is no such connection (refused,
     /// reset, never opened).
-    pub fn inbound_state(&self, sock: SockId) -> Option<(SocketAddrV4, InboundState)> {
+    pub fn inbound_state(&self, sock: SockId) -> Option<(SocketAddr, InboundState)> {
         let flow = self.flows.get(*self.by_sock.get(&sock)?)?.as_ref()?;
         let state = match flow.state {
             State::SynSent => InboundState::Opening,
@@ -986,10 +989,7 @@ impl TcpTable {
             // Guest-initiated connections are not inbound.
             State::HostConnecting | State::SynReceived => return None,
         };
-        match flow.key.guest {
-            SocketAddr::V4(guest) => Some((guest, state)),
-            SocketAddr::V6(_) => None,
-        }
+        Some((flow.key.guest, state))
     }
 
     /// Every live flow, for the control API.

@@ -15,7 +15,7 @@ use crate::inspect::{FlowInfo, FlowProtocol};
 use crate::output::{ip_header_len, Link, Output};
 use crate::wire::UDP_HEADER_LEN;
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 /// Linux's EADDRNOTAVAIL: an IPv6 send with no source address for the destination (no route).
@@ -35,8 +35,8 @@ struct Flow {
 #[derive(Debug)]
 struct Forward {
     listener: SockId,
-    client: SocketAddrV4,
-    guest: SocketAddrV4,
+    client: SocketAddr,
+    guest: SocketAddr,
     /// Our port on the gateway address, as the guest sees it.
     gateway_port: u16,
     link: Link,
@@ -58,7 +58,7 @@ pub struct UdpTable {
     flows: HashMap<SocketAddr, Flow>,
     by_sock: HashMap<SockId, SocketAddr>,
     forwards: HashMap<u16, Forward>,
-    forward_by_client: HashMap<(SockId, SocketAddrV4), u16>,
+    forward_by_client: HashMap<(SockId, SocketAddr), u16>,
     next_forward_port: u16,
     next_sweep: Option<Instant>,
     pub stats: UdpStats,
@@ -107,11 +107,11 @@ impl UdpTable {
         payload: &[u8],
     ) -> bool {
         // A reply to a port-forwarded client?
-        if dst.ip() == IpAddr::V4(cfg.gateway) {
+        if cfg.gateway_for(dst.ip()) == Some(dst.ip()) {
             if let Some(fwd) = self.forwards.get_mut(&dst.port()) {
-                if SocketAddr::V4(fwd.guest) == guest {
+                if fwd.guest == guest {
                     fwd.last_used = now;
-                    if let Err(e) = host.udp_send_to(fwd.listener, fwd.client.into(), payload) {
+                    if let Err(e) = host.udp_send_to(fwd.listener, fwd.client, payload) {
                         debug!(error = %e, client = %fwd.client, "forwarded UDP reply failed");
                     }
                     return false;
@@ -248,15 +248,19 @@ impl UdpTable {
         cfg: &NetConfig,
         now: Instant,
         listener: SockId,
-        client: SocketAddrV4,
+        client: SocketAddr,
         link: Link,
-        guest: SocketAddrV4,
+        guest: SocketAddr,
         payload: &[u8],
     ) {
-        if payload.len() + 28 > usize::from(cfg.mtu) {
+        if payload.len() + UDP_HEADER_LEN + ip_header_len(guest.ip()) > usize::from(cfg.mtu) {
             self.stats.dropped += 1;
             return;
         }
+        let Some(gateway) = cfg.gateway_for(guest.ip()) else {
+            self.stats.dropped += 1;
+            return;
+        };
         let port = match self.forward_by_client.get(&(listener, client)) {
             Some(&p) => p,
             None => {
@@ -287,7 +291,7 @@ impl UdpTable {
         });
         fwd.last_used = now;
         fwd.link = link;
-        let src = SocketAddrV4::new(cfg.gateway, fwd.gateway_port);
+        let src = SocketAddr::new(gateway, fwd.gateway_port);
         out.udp(fwd.link, src, fwd.guest, payload);
     }
 
@@ -298,9 +302,8 @@ impl UdpTable {
         self.forward_by_client.retain(|(l, _), _| *l != listener);
     }
 
-    /// Every live flow, for the control API. `gateway` is the address forwarded datagrams come
-    /// from.
-    pub fn flow_list(&self, gateway: Ipv4Addr) -> Vec<FlowInfo> {
+    /// Every live flow, for the control API (forwarded datagrams come from the gateway).
+    pub fn flow_list(&self, cfg: &NetConfig) -> Vec<FlowInfo> {
         let outbound = self.flows.values().map(|f| FlowInfo {
             protocol: FlowProtocol::Udp,
             guest: f.guest,
@@ -315,8 +318,12 @@ impl UdpTable {
         });
         let inbound = self.forwards.values().map(|f| FlowInfo {
             protocol: FlowProtocol::Udp,
-            guest: SocketAddr::V4(f.guest),
-            remote: SocketAddr::V4(SocketAddrV4::new(gateway, f.gateway_port)),
+            guest: f.guest,
+            remote: SocketAddr::new(
+                cfg.gateway_for(f.guest.ip())
+                    .unwrap_or(IpAddr::V4(cfg.gateway)),
+                f.gateway_port,
+            ),
             port: f.link.port,
             inbound: true,
             state: "active",

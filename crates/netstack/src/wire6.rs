@@ -213,6 +213,13 @@ pub fn link_local_from_mac(mac: MacAddr) -> Ipv6Addr {
     ])
 }
 
+/// The MAC an EUI-64 interface identifier was formed from (`xx:xx:xx:ff:fe:xx:xx:xx` with the
+/// universal/local bit flipped), if `ip`'s identifier has that form.
+pub fn mac_of_eui64(ip: Ipv6Addr) -> Option<MacAddr> {
+    let o = ip.octets();
+    (o[11] == 0xff && o[12] == 0xfe).then_some([o[8] ^ 0x02, o[9], o[10], o[13], o[14], o[15]])
+}
+
 /// Walks Neighbor Discovery options (type, length in units of 8 bytes, value). A zero length
 /// or an option running past the end is malformed (RFC 4861 4.6: the message is dropped).
 pub fn nd_options(mut p: &[u8]) -> Result<Vec<(u8, &[u8])>, WireError> {
@@ -547,6 +554,9 @@ mod tests {
             link_local_from_mac([0x52, 0x55, 0xc0, 0xa8, 0x05, 0x02]),
             "fe80::5055:c0ff:fea8:502".parse::<Ipv6Addr>().unwrap()
         );
+        let mac = [0x52, 0x55, 0xc0, 0xa8, 0x05, 0x02];
+        assert_eq!(mac_of_eui64(link_local_from_mac(mac)), Some(mac));
+        assert_eq!(mac_of_eui64("fd00::15".parse().unwrap()), None);
         let src = "fe80::1".parse().unwrap();
         let m = icmpv6_message(src, ALL_NODES, ND_ROUTER_ADVERT, 0, &[0; 12]);
         assert!(icmpv6_checksum_ok(src, ALL_NODES, &m));

@@ -30,12 +30,23 @@ pub enum Kind {
     },
     /// A TCP port-forward listener and the guest address it leads to.
     TcpForward {
-        guest: SocketAddrV4,
+        guest: ForwardGuest,
     },
     /// A UDP port-forward socket and the guest address it leads to.
     UdpForward {
-        guest: SocketAddrV4,
+        guest: ForwardGuest,
     },
+}
+
+/// Where a port forward leads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardGuest {
+    /// A fixed guest address and port.
+    Addr(SocketAddr),
+    /// The IPv6 address (learned from its frames, e.g. by SLAAC) of the guest holding this
+    /// IPv4 address, and the port: a forward whose host side is IPv6 and which names no guest
+    /// address reaches the guest over IPv6.
+    Ipv6Of(SocketAddrV4),
 }
 
 #[derive(Debug)]

@@ -31,15 +31,6 @@ fn socket(domain: libc::c_int, ty: libc::c_int, proto: libc::c_int) -> io::Resul
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
-    // SAFETY: all-zero is a valid sockaddr_in.
-    let mut sin: libc::sockaddr_in = unsafe { zeroed() };
-    sin.sin_family = libc::AF_INET as libc::sa_family_t;
-    sin.sin_port = addr.port().to_be();
-    sin.sin_addr.s_addr = u32::from(*addr.ip()).to_be();
-    sin
-}
-
 fn setsockopt_int(
     fd: RawFd,
     level: libc::c_int,
@@ -340,8 +331,8 @@ pub fn accept(fd: RawFd) -> io::Result<OwnedFd> {
 }
 
 /// A listening TCP socket (port-forward), `SO_REUSEADDR` set.
-pub fn tcp_listen(addr: SocketAddrV4) -> io::Result<OwnedFd> {
-    let fd = socket(libc::AF_INET, libc::SOCK_STREAM, 0)?;
+pub fn tcp_listen(addr: SocketAddr) -> io::Result<OwnedFd> {
+    let fd = socket(family_of(&addr), libc::SOCK_STREAM, 0)?;
     setsockopt_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
     bind(&fd, addr)?;
     // SAFETY: plain syscall.
@@ -350,20 +341,25 @@ pub fn tcp_listen(addr: SocketAddrV4) -> io::Result<OwnedFd> {
 }
 
 /// A bound UDP socket (port-forward).
-pub fn udp_bind(addr: SocketAddrV4) -> io::Result<OwnedFd> {
-    let fd = udp_socket(false)?;
+pub fn udp_bind(addr: SocketAddr) -> io::Result<OwnedFd> {
+    let fd = socket(family_of(&addr), libc::SOCK_DGRAM, 0)?;
     bind(&fd, addr)?;
     Ok(fd)
 }
 
-fn bind(fd: &OwnedFd, addr: SocketAddrV4) -> io::Result<()> {
-    let sin = sockaddr_in(addr);
-    // SAFETY: sin is live for the call.
+/// Binds a socket; an IPv6 one to its IPv6 address only (`[::]:P` does not take IPv4's port
+/// P too: a forward says which family it listens on).
+fn bind(fd: &OwnedFd, addr: SocketAddr) -> io::Result<()> {
+    if addr.is_ipv6() {
+        setsockopt_int(fd.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+    }
+    let sa = socket2::SockAddr::from(addr);
+    // SAFETY: sa is a valid socket address of `sa.len()` bytes, live for the call.
     cvt(unsafe {
         libc::bind(
             fd.as_raw_fd(),
-            &sin as *const _ as *const libc::sockaddr,
-            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            sa.as_ptr() as *const libc::sockaddr,
+            sa.len(),
         )
     })
     .map(|_| ())

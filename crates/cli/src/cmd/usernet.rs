@@ -41,8 +41,9 @@ pub struct NetworkArgs {
     #[arg(long = "leases", value_name = "IP=MAC,...", value_delimiter = ',')]
     pub leases_list: Vec<String>,
     /// Port forward from the host into the guest (repeatable), like QEMU's hostfwd:
-    /// `tcp|udp:[HOSTADDR:]HOSTPORT:[GUESTADDR:]GUESTPORT`. Binds 127.0.0.1 unless an address
-    /// is given; the guest address defaults to the first DHCP address.
+    /// `tcp|udp:[HOSTADDR:]HOSTPORT:[GUESTADDR:]GUESTPORT`, IPv6 addresses in brackets
+    /// (`tcp:[::1]:8080:80`). Binds 127.0.0.1 unless an address is given; the guest address
+    /// defaults to the first DHCP address (its IPv6 address when the host side is IPv6).
     #[arg(long = "forward", value_name = "SPEC")]
     pub forwards: Vec<Forward>,
     /// Do not map the gateway address to the host's 127.0.0.1.

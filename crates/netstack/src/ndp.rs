@@ -37,6 +37,28 @@ const PREFIX_PREFERRED: u32 = 14_400;
 const RDNSS_LIFETIME: u32 = 1800;
 /// Neighbor Solicitations answered per port per second.
 pub const NS_PER_SECOND: u32 = 100;
+/// ICMPv6 errors (no route) sent per port per second.
+pub const ERRORS_PER_SECOND: u32 = 100;
+
+/// Takes a token from `port`'s bucket in `buckets`, which holds `rate` and refills `rate` per
+/// second.
+fn take(buckets: &mut HashMap<PortId, Bucket>, port: PortId, now: Instant, rate: u32) -> bool {
+    let b = buckets.entry(port).or_insert(Bucket {
+        tokens: rate,
+        refilled: now,
+    });
+    let elapsed = now.saturating_duration_since(b.refilled);
+    let earned = (elapsed.as_millis() as u64 * u64::from(rate) / 1000) as u32;
+    if earned > 0 {
+        b.tokens = b.tokens.saturating_add(earned).min(rate);
+        b.refilled = now;
+    }
+    if b.tokens == 0 {
+        return false;
+    }
+    b.tokens -= 1;
+    true
+}
 
 /// Counters for logs and tests.
 #[derive(Debug, Default, Clone, Copy)]
@@ -49,6 +71,8 @@ pub struct NdpStats {
     /// Router Advertisements and Redirects from guests, dropped.
     pub guest_router_messages: u64,
     pub dhcp6_replies: u64,
+    /// ICMPv6 errors not sent: over a port's rate.
+    pub errors_limited: u64,
     /// Malformed Neighbor Discovery or DHCPv6 messages.
     pub malformed: u64,
 }
@@ -64,6 +88,8 @@ struct Bucket {
 pub struct Ndp {
     next_ra: Option<Instant>,
     buckets: HashMap<PortId, Bucket>,
+    /// ICMPv6 errors the gateway may still send to each port (RFC 4443 2.4(f): rate-limited).
+    error_buckets: HashMap<PortId, Bucket>,
     pub stats: NdpStats,
     log: LimitLog,
 }
@@ -256,21 +282,18 @@ impl Ndp {
 
     /// Token bucket of `port`: [`NS_PER_SECOND`] per second, bursts of as many.
     fn take_token(&mut self, port: PortId, now: Instant) -> bool {
-        let b = self.buckets.entry(port).or_insert(Bucket {
-            tokens: NS_PER_SECOND,
-            refilled: now,
-        });
-        let elapsed = now.saturating_duration_since(b.refilled);
-        let earned = (elapsed.as_millis() as u64 * u64::from(NS_PER_SECOND) / 1000) as u32;
-        if earned > 0 {
-            b.tokens = (b.tokens.saturating_add(earned)).min(NS_PER_SECOND);
-            b.refilled = now;
+        take(&mut self.buckets, port, now, NS_PER_SECOND)
+    }
+
+    /// Whether the gateway may send `port` an ICMPv6 error now: [`ERRORS_PER_SECOND`] per
+    /// second per port, bursts of as many; the rest are counted in
+    /// [`NdpStats::errors_limited`].
+    pub fn may_send_error(&mut self, port: PortId, now: Instant) -> bool {
+        let ok = take(&mut self.error_buckets, port, now, ERRORS_PER_SECOND);
+        if !ok {
+            self.stats.errors_limited += 1;
         }
-        if b.tokens == 0 {
-            return false;
-        }
-        b.tokens -= 1;
-        true
+        ok
     }
 
     /// Starts the periodic RAs once guests speak IPv6 (they solicit one at link up, and are
@@ -283,6 +306,7 @@ impl Ndp {
 
     pub fn port_closed(&mut self, port: PortId) {
         self.buckets.remove(&port);
+        self.error_buckets.remove(&port);
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {

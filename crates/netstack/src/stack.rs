@@ -608,7 +608,7 @@ impl Stack {
                     SocketAddr::V6(dst),
                     udp.payload,
                 );
-                if unreachable {
+                if unreachable && self.ndp.may_send_error(link.port, now) {
                     // The host has no IPv6 route there: say so at once (RFC 4443 3.1, code 0
                     // "no route to destination"), quoting as much of the packet as fits in
                     // the minimum MTU.
@@ -983,6 +983,7 @@ impl Stack {
                 neighbor_solicits_limited = n.neighbor_solicits_limited,
                 guest_router_messages = n.guest_router_messages,
                 dhcp6_replies = n.dhcp6_replies,
+                icmpv6_errors_limited = n.errors_limited,
                 nd_malformed = n.malformed,
                 "IPv6 neighbor discovery statistics"
             );

@@ -384,6 +384,18 @@ fn udp_and_echo_translate_onto_ipv6_host_sockets() {
     assert_eq!((out[0].src, out[0].dst), (v6(GW6), v6(GUEST6)));
     assert_eq!(&out[0].l4[..2], &[ICMPV6_DEST_UNREACHABLE, 0]);
     assert_eq!(&out[0].l4[8..], &f[14..], "the whole packet is quoted");
+    // Rate-limited (RFC 4443 2.4(f)): a flood gets at most ERRORS_PER_SECOND of them.
+    host.fail_udp_send = Some(std::io::ErrorKind::NetworkUnreachable);
+    for _ in 0..500 {
+        stack.handle_frame(&mut host, now, port, &f);
+    }
+    host.fail_udp_send = None;
+    let errors = drain6(&mut stack).len();
+    assert_eq!(
+        errors,
+        limanet_netstack::ndp::ERRORS_PER_SECOND as usize - 1
+    );
+    assert_eq!(stack.ndp_stats().errors_limited, 500 - errors as u64);
     // Echo to the gateway is answered here; to the outside through an ICMPv6 socket.
     let mut echo = vec![0, 0, 0, 0, 0x12, 0x34, 0, 1];
     echo.extend_from_slice(b"data");

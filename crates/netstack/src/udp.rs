@@ -1,4 +1,5 @@
-//! UDP translation: one unconnected host socket per guest (address, port).
+//! UDP translation: one unconnected host socket per guest (address, port), IPv4 or IPv6 (an IPv6
+//! one is dual stack, so a guest's IPv6 query to the embedded DNS reaches its IPv4 loopback socket).
 //!
 //! Mapping is endpoint-independent (RFC 4787): whatever the guest's socket talks to goes out of
 //! the same host socket, and replies from any peer come back, so DNS, QUIC and peer-to-peer

@@ -497,8 +497,15 @@ pub fn run(mut args: Args) -> Result<u8> {
         persistent: true,
         busy_poll: args.net.busy_poll(),
     };
+    let ipv6 = match &cfg.ipv6 {
+        Some(v6) => format!(
+            "; IPv6 {}/64 gateway {} dns {:?} (SLAAC)",
+            v6.prefix, v6.gateway, v6.dns_addrs
+        ),
+        None => "; IPv6 off".to_string(),
+    };
     let summary = format!(
-        "subnet {}/{} gateway {} ({}) dns {:?} first guest {} mtu {}",
+        "subnet {}/{} gateway {} ({}) dns {:?} first guest {} mtu {}{ipv6}",
         cfg.network,
         cfg.prefix_len,
         cfg.gateway,

@@ -552,3 +552,35 @@ fn ipv6_port_forwards_reach_the_guest_over_ipv6() {
     assert_eq!(tcp, "forwarded over ipv6");
     assert_eq!(udp, b"dgram6");
 }
+
+/// `limanet run`: the command's namespace gets its IPv6 address by SLAAC without any setting
+/// (the kernel's defaults accept the RA), and reaches the host's [::1] through [gateway6].
+#[test]
+fn run_command_gets_ipv6_by_slaac() {
+    let env = Env::new("ipv6run");
+    let http =
+        HttpServer::start(&env.th.host, "[::1]:0".parse().expect("addr"), None).expect("http");
+    let port = http.addr().port();
+    let script = format!(
+        "i=0\n\
+         while [ $i -lt 100 ]; do\n\
+           ip -6 addr show dev tap0 scope global | grep inet6 | grep -qv tentative && break\n\
+           sleep 0.1; i=$((i+1))\n\
+         done\n\
+         echo ADDR6=$(ip -6 -o addr show dev tap0 scope global | awk '{{print $4}}')\n\
+         echo SHA=$(curl -g -sS --max-time 10 'http://[{GATEWAY6}]:{port}/bytes/5000?seed=8' | sha256sum | cut -d' ' -f1)\n"
+    );
+    let out = env.run_sh(&[], &script, Duration::from_secs(30));
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(
+        out.value("ADDR6").unwrap_or_default().starts_with(PREFIX),
+        "{}",
+        out.all()
+    );
+    assert_eq!(
+        out.value("SHA"),
+        Some(limanet_testkit::checksum::PatternReader::new(8, 5000).sha256()),
+        "{}",
+        out.all()
+    );
+}

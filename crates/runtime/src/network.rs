@@ -9,7 +9,7 @@ pub use control::{Command, Control, ControlClosed, NetworkStats, PortCounters, P
 use crate::busy_poll::PollWindow;
 use crate::files;
 use crate::pcap::Pcap;
-use crate::sockets::{HostSockets, Kind};
+use crate::sockets::{ForwardGuest, HostSockets, Kind};
 use crate::sys;
 use crate::transport::{Io, Port, PortError, QueueBudget, ReadStatus, MAX_OFFLOAD_READ};
 use crate::vhost;
@@ -20,7 +20,7 @@ use mio::{Events, Interest, Poll, Token};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::path::{Path, PathBuf};
@@ -63,17 +63,49 @@ impl Listen {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Forward {
     pub udp: bool,
-    pub host: SocketAddrV4,
-    /// Guest address; `None` means the network's first DHCP address.
-    pub guest: Option<Ipv4Addr>,
+    /// Where it listens on the host, IPv4 or IPv6.
+    pub host: SocketAddr,
+    /// Guest address; `None` means the network's first DHCP address, reached over IPv4 when
+    /// the host side is IPv4 and over the guest's IPv6 address when it is IPv6.
+    pub guest: Option<IpAddr>,
     pub guest_port: u16,
+}
+
+/// Splits a forward spec at its colons, keeping `[IPv6]` addresses (which contain colons)
+/// whole and unbracketed.
+fn spec_fields(s: &str) -> Option<Vec<&str>> {
+    let mut fields = Vec::new();
+    let mut rest = s;
+    loop {
+        if let Some(inner) = rest.strip_prefix('[') {
+            let end = inner.find(']')?;
+            fields.push(&inner[..end]);
+            rest = &inner[end + 1..];
+            if rest.is_empty() {
+                return Some(fields);
+            }
+            rest = rest.strip_prefix(':')?;
+        } else {
+            match rest.split_once(':') {
+                Some((field, more)) => {
+                    fields.push(field);
+                    rest = more;
+                }
+                None => {
+                    fields.push(rest);
+                    return Some(fields);
+                }
+            }
+        }
+    }
 }
 
 impl FromStr for Forward {
     type Err = String;
 
-    /// `tcp|udp:[HOSTADDR:]HOSTPORT:[GUESTADDR:]GUESTPORT`; the host address defaults to
-    /// 127.0.0.1, so nothing listens beyond loopback unless asked.
+    /// `tcp|udp:[HOSTADDR:]HOSTPORT:[GUESTADDR:]GUESTPORT`, IPv6 addresses in brackets
+    /// (`tcp:[::1]:8080:80`); the host address defaults to 127.0.0.1, so nothing listens
+    /// beyond loopback unless asked.
     fn from_str(s: &str) -> Result<Self, String> {
         let usage = || {
             format!(
@@ -86,24 +118,21 @@ impl FromStr for Forward {
             "udp" => true,
             _ => return Err(usage()),
         };
-        let parts: Vec<&str> = rest.split(':').collect();
+        let parts = spec_fields(rest).ok_or_else(usage)?;
         let port = |p: &str| {
             p.parse::<u16>()
                 .map_err(|_| format!("invalid port {p:?} in forward {s:?}"))
         };
         let addr = |a: &str| {
-            a.parse::<Ipv4Addr>()
-                .map_err(|_| format!("invalid IPv4 address {a:?} in forward {s:?}"))
+            a.parse::<IpAddr>()
+                .map_err(|_| format!("invalid IP address {a:?} in forward {s:?}"))
         };
+        let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let (host_ip, host_port, guest, guest_port) = match parts.as_slice() {
-            [hp, gp] => (Ipv4Addr::LOCALHOST, port(hp)?, None, port(gp)?),
+            [hp, gp] => (localhost, port(hp)?, None, port(gp)?),
             [ha, hp, gp] => (addr(ha)?, port(hp)?, None, port(gp)?),
             [ha, hp, ga, gp] => {
-                let ha = if ha.is_empty() {
-                    Ipv4Addr::LOCALHOST
-                } else {
-                    addr(ha)?
-                };
+                let ha = if ha.is_empty() { localhost } else { addr(ha)? };
                 (ha, port(hp)?, Some(addr(ga)?), port(gp)?)
             }
             _ => return Err(usage()),
@@ -113,7 +142,7 @@ impl FromStr for Forward {
         }
         Ok(Forward {
             udp,
-            host: SocketAddrV4::new(host_ip, host_port),
+            host: SocketAddr::new(host_ip, host_port),
             guest,
             guest_port,
         })
@@ -124,7 +153,12 @@ impl fmt::Display for Forward {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let proto = if self.udp { "udp" } else { "tcp" };
         match self.guest {
-            Some(g) => write!(f, "{proto}:{}:{g}:{}", self.host, self.guest_port),
+            Some(g) => write!(
+                f,
+                "{proto}:{}:{}",
+                self.host,
+                SocketAddr::new(g, self.guest_port)
+            ),
             None => write!(f, "{proto}:{}:{}", self.host, self.guest_port),
         }
     }
@@ -586,6 +620,11 @@ impl Network {
                 match sys::accept(entry.fd.as_raw_fd()) {
                     Ok(fd) => match self.host.insert_tcp(fd, false) {
                         Ok(sock) => {
+                            let Some(guest) = self.forward_target(guest) else {
+                                warn!(?guest, "no IPv6 address of the forward's guest known yet, refusing connection");
+                                limanet_netstack::Host::tcp_close(&mut self.host, sock, true);
+                                continue;
+                            };
                             if let Err(e) =
                                 self.stack
                                     .open_tcp_forward(&mut self.host, now, sock, guest)
@@ -636,9 +675,22 @@ impl Network {
                     } else {
                         data
                     };
-                    self.stack.on_icmp_message(id, *from.ip(), message);
+                    self.stack.on_icmp_message(id, from.ip(), message);
                 }
                 Kind::UdpForward { guest } => {
+                    let guest = match guest {
+                        ForwardGuest::Addr(a) => Some(a),
+                        ForwardGuest::Ipv6Of(v4) => self
+                            .stack
+                            .guest_ipv6_of(*v4.ip())
+                            .map(|ip| SocketAddr::new(IpAddr::V6(ip), v4.port())),
+                    };
+                    let Some(guest) = guest else {
+                        debug!(
+                            "no IPv6 address of the forward's guest known yet, dropping datagram"
+                        );
+                        continue;
+                    };
                     if let Err(e) = self.stack.udp_forward(now, id, from, guest, data) {
                         debug!(error = %e, "cannot forward datagram");
                     }
@@ -935,6 +987,20 @@ impl Network {
     }
 }
 
+impl Network {
+    /// The guest address a forward leads to now (an IPv6 one is learned from the guest's
+    /// frames, so it may not be known yet).
+    fn forward_target(&mut self, guest: ForwardGuest) -> Option<SocketAddr> {
+        match guest {
+            ForwardGuest::Addr(a) => Some(a),
+            ForwardGuest::Ipv6Of(v4) => {
+                let ip = self.stack.guest_ipv6_of(*v4.ip())?;
+                Some(SocketAddr::new(IpAddr::V6(ip), v4.port()))
+            }
+        }
+    }
+}
+
 /// Accepts every pending connection (the listener is edge-triggered).
 fn accept_all(listener: &UnixListener) -> Vec<std::os::unix::net::UnixStream> {
     let mut accepted = Vec::new();
@@ -972,9 +1038,19 @@ mod tests {
         assert!(f.udp);
         assert_eq!(f.host, "127.0.0.1:5353".parse().unwrap());
         let f: Forward = "tcp:0.0.0.0:80:192.168.5.16:8080".parse().unwrap();
-        assert_eq!(f.guest, Some(Ipv4Addr::new(192, 168, 5, 16)));
+        assert_eq!(f.guest, Some(Ipv4Addr::new(192, 168, 5, 16).into()));
         let f: Forward = "tcp::80:192.168.5.16:8080".parse().unwrap();
-        assert_eq!(*f.host.ip(), Ipv4Addr::LOCALHOST);
+        assert_eq!(f.host.ip(), Ipv4Addr::LOCALHOST);
+        // IPv6 on either side, in brackets.
+        let f: Forward = "tcp:[::1]:8080:80".parse().unwrap();
+        assert_eq!(f.host, "[::1]:8080".parse().unwrap());
+        assert_eq!((f.guest, f.guest_port), (None, 80));
+        assert_eq!(f.to_string(), "tcp:[::1]:8080:80");
+        let f: Forward = "udp:[::]:53:[fd00:192:168:5::15]:5353".parse().unwrap();
+        assert_eq!(f.guest, Some("fd00:192:168:5::15".parse().unwrap()));
+        assert_eq!(f.to_string(), "udp:[::]:53:[fd00:192:168:5::15]:5353");
+        let f: Forward = "tcp:[::1]:8080:192.168.5.16:80".parse().unwrap();
+        assert_eq!(f.guest, Some(Ipv4Addr::new(192, 168, 5, 16).into()));
         for bad in [
             "",
             "tcp",
@@ -984,6 +1060,9 @@ mod tests {
             "tcp:1:0",
             "tcp:a.b:1:2",
             "tcp:1:2:3:4:5",
+            "tcp:[::1:8080:80",
+            "tcp:[::1]8080:80",
+            "tcp:::1:8080:80",
         ] {
             assert!(bad.parse::<Forward>().is_err(), "{bad} should be rejected");
         }

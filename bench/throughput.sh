@@ -28,6 +28,7 @@ mtus=${BENCH_MTUS:-"1500 65520"}
 peers=${BENCH_PEERS:-"loopback veth slirp4netns pasta limanet"}
 out=${BENCH_OUT:-$root/bench/results/throughput.md}
 limanet_bin=${LIMANET_BIN:-}
+udp_on=${BENCH_UDP:-1}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}
 
 usage() {
@@ -173,6 +174,29 @@ iperf() {
   wait "$server" 2>/dev/null || true
 }
 
+# udp NAME MTU LEN TARGET: guest→host UDP at full speed (`iperf3 -u -b 0`) with LEN-byte
+# payloads; records what the host-side server received, in thousands of packets per second.
+udp() {
+  local name=$1 mtu=$2 len=$3 target=$4 runner=gx json kpps
+  [ "$name" = loopback ] && runner=hx
+  hx iperf3 -s -1 -p 5201 >/dev/null 2>&1 &
+  local server=$!
+  wait_port 5201 || log "iperf3 server did not start"
+  json=$($runner timeout $((secs + 20)) iperf3 -c "$target" -p 5201 -t "$secs" -u -b 0 -l "$len" \
+    --connect-timeout 5000 -J 2>&1) || true
+  if kpps=$(jq -er '.end.sum_received | select(.seconds > 0 and .packets > .lost_packets)
+      | (.packets - .lost_packets) / .seconds / 1000' <<<"$json" 2>/dev/null); then
+    kpps=$(awk -v k="$kpps" 'BEGIN {printf "%.1f", k}')
+    log "$name mtu $mtu udp$len: $kpps kpps received"
+    record "$name" "$mtu" "udp$len" "$kpps"
+  else
+    log "$name mtu $mtu udp$len: iperf3 failed: $(jq -r '.error // empty' <<<"$json" 2>/dev/null)"
+    notes+=("$name MTU $mtu UDP $len B: iperf3 failed")
+  fi
+  kill "$server" 2>/dev/null || true
+  wait "$server" 2>/dev/null || true
+}
+
 # cpu_ticks PID: CPU time (user + system, all threads) used so far by PID and its children
 # (PID is the subshell that `hx CMD &` forks; the peer is its child), in clock ticks.
 cpu_ticks() {
@@ -216,6 +240,10 @@ measure() {
   iperf "$name" "$mtu" g2h "$target"
   iperf "$name" "$mtu" h2g "$target" -R
   rr "$name" "$mtu" "$target" "$helper"
+  if [ "$udp_on" = 1 ]; then
+    udp "$name" "$mtu" 64 "$target"
+    udp "$name" "$mtu" 1400 "$target"
+  fi
 }
 
 new_guest() {
@@ -403,14 +431,15 @@ mkdir -p "$(dirname "$out")"
     END {
       print "## Absolute numbers"
       print ""
-      print "| peer | MTU | g→h Gbit/s | h→g Gbit/s | RR mean µs | RR p50 µs | RR p99 µs | RR helper CPU % | CRR conn/s | CRR p50 µs |"
-      print "|---|---|---|---|---|---|---|---|---|---|"
+      print "| peer | MTU | g→h Gbit/s | h→g Gbit/s | RR mean µs | RR p50 µs | RR p99 µs | RR helper CPU % | CRR conn/s | CRR p50 µs | UDP 64 B g→h kpps | UDP 1400 B g→h kpps |"
+      print "|---|---|---|---|---|---|---|---|---|---|---|---|"
       for (r = 1; r <= rows; r++) {
         split(order[r], k, SUBSEP); p = k[1]; m = k[2]
-        printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", p, m,
+        printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", p, m,
           fmt(val[p, m, "g2h"]), fmt(val[p, m, "h2g"]), fmt(val[p, m, "rr_mean"]),
           fmt(val[p, m, "rr_p50"]), fmt(val[p, m, "rr_p99"]), fmt(val[p, m, "rr_cpu"]),
-          fmt(val[p, m, "crr_rate"]), fmt(val[p, m, "crr_p50"])
+          fmt(val[p, m, "crr_rate"]), fmt(val[p, m, "crr_p50"]),
+          fmt(val[p, m, "udp64"]), fmt(val[p, m, "udp1400"])
       }
       print ""
       print "## Ratios within this run"
@@ -419,16 +448,18 @@ mkdir -p "$(dirname "$out")"
       print "MTU. Throughput and CRR rate: value ÷ slowest and value ÷ fastest (higher is better)."
       print "RR p50 latency: value ÷ best (lowest) and value ÷ worst (lower is better)."
       print ""
-      print "| peer | MTU | g→h ÷slowest | g→h ÷fastest | h→g ÷slowest | h→g ÷fastest | RR p50 ÷best | RR p50 ÷worst | CRR ÷slowest | CRR ÷fastest |"
-      print "|---|---|---|---|---|---|---|---|---|---|"
+      print "| peer | MTU | g→h ÷slowest | g→h ÷fastest | h→g ÷slowest | h→g ÷fastest | RR p50 ÷best | RR p50 ÷worst | CRR ÷slowest | CRR ÷fastest | UDP 64 ÷slowest | UDP 64 ÷fastest | UDP 1400 ÷slowest | UDP 1400 ÷fastest |"
+      print "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
       for (r = 1; r <= rows; r++) {
         split(order[r], k, SUBSEP); p = k[1]; m = k[2]
         if (m == "lo") continue
-        printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", p, m,
+        printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", p, m,
           ratio(val[p, m, "g2h"], lo[m, "g2h"]), ratio(val[p, m, "g2h"], hi[m, "g2h"]),
           ratio(val[p, m, "h2g"], lo[m, "h2g"]), ratio(val[p, m, "h2g"], hi[m, "h2g"]),
           ratio(val[p, m, "rr_p50"], lo[m, "rr_p50"]), ratio(val[p, m, "rr_p50"], hi[m, "rr_p50"]),
-          ratio(val[p, m, "crr_rate"], lo[m, "crr_rate"]), ratio(val[p, m, "crr_rate"], hi[m, "crr_rate"])
+          ratio(val[p, m, "crr_rate"], lo[m, "crr_rate"]), ratio(val[p, m, "crr_rate"], hi[m, "crr_rate"]),
+          ratio(val[p, m, "udp64"], lo[m, "udp64"]), ratio(val[p, m, "udp64"], hi[m, "udp64"]),
+          ratio(val[p, m, "udp1400"], lo[m, "udp1400"]), ratio(val[p, m, "udp1400"], hi[m, "udp1400"])
       }
     }' "$results"
   echo
@@ -439,6 +470,7 @@ mkdir -p "$(dirname "$out")"
   echo "RR: \`tcp-rr rr\` (1-byte ping-pong on one connection, TCP_NODELAY); CRR: \`tcp-rr crr\`"
   echo "(connect, 1-byte request/response, close). RR helper CPU: CPU time the peer's process used"
   echo "during the RR measurement ÷ its duration (100 = one core; the kernel references have none)."
+  echo "UDP: \`iperf3 -u -b 0 -l LEN\` guest→host, packets the server received per second (the sender floods; the rest is lost)."
   echo "Every cell gets a fresh bench host and guest namespace; the peer order rotates per round."
   echo
   echo "| peer | how the guest netns is connected | host loopback as seen from the guest |"

@@ -517,6 +517,7 @@ impl Network {
                 self.stack.on_timeout(&mut self.host, now);
             }
             self.stack.end_batch(&mut self.host);
+            self.host.flush_udp();
             self.check_probes(now);
             self.flush_output();
             self.poll_window
@@ -610,7 +611,7 @@ impl Network {
                     self.stack.on_tcp_readable(&mut self.host, now, id, closed);
                 }
             }
-            Kind::Udp | Kind::Icmp { .. } | Kind::UdpForward { .. } => {
+            Kind::Udp { .. } | Kind::Icmp { .. } | Kind::UdpForward { .. } => {
                 self.drain_datagrams(now, id)
             }
             Kind::TcpForward { guest } => loop {
@@ -665,7 +666,7 @@ impl Network {
                 return;
             };
             match entry.kind {
-                Kind::Udp => {
+                Kind::Udp { .. } => {
                     self.stack.on_udp_datagram(now, id, from, data);
                 }
                 Kind::Icmp { raw } => {

@@ -23,19 +23,22 @@ pub enum Kind {
         /// Nothing was ever sent: the whole buffer is free, no need to ask.
         unused: bool,
     },
-    Udp,
+    /// A translated UDP flow (one per guest address and port).
+    Udp {
+        /// A dual-stack IPv6 socket: IPv4 destinations are sent as mapped addresses.
+        ipv6: bool,
+        /// The destination the last immediate send reached: later datagrams to it wait for
+        /// the end of the round and leave together (see [`HostSockets::flush_udp`]). A first
+        /// datagram to a new destination is sent at once, so that a destination without a
+        /// route is reported to the guest (ICMP unreachable) by the send's error.
+        proven: Option<SocketAddr>,
+    },
     /// An ICMP echo socket; raw sockets deliver the IP header too.
-    Icmp {
-        raw: bool,
-    },
+    Icmp { raw: bool },
     /// A TCP port-forward listener and the guest address it leads to.
-    TcpForward {
-        guest: ForwardGuest,
-    },
+    TcpForward { guest: ForwardGuest },
     /// A UDP port-forward socket and the guest address it leads to.
-    UdpForward {
-        guest: ForwardGuest,
-    },
+    UdpForward { guest: ForwardGuest },
 }
 
 /// Where a port forward leads.
@@ -73,6 +76,17 @@ pub struct HostSockets {
     tcp_send_buffer: Option<usize>,
     /// Tokens at or above this belong to the runtime, not to host sockets.
     limit: usize,
+    /// Guest UDP datagrams to proven destinations, sent at the end of the round.
+    udp_pending: PendingUdp,
+    /// Datagrams of `udp_pending` the kernel refused (full socket buffer, a route gone).
+    pub udp_send_dropped: u64,
+}
+
+/// Datagrams waiting for [`HostSockets::flush_udp`]: payloads back to back in `data`.
+#[derive(Default)]
+struct PendingUdp {
+    data: Vec<u8>,
+    items: Vec<(SockId, socket2::SockAddr, std::ops::Range<usize>)>,
 }
 
 impl HostSockets {
@@ -87,7 +101,65 @@ impl HostSockets {
             force_send_buffer: true,
             tcp_send_buffer: None,
             limit,
+            udp_pending: PendingUdp::default(),
+            udp_send_dropped: 0,
         }
+    }
+
+    /// Sends the datagrams queued by `udp_send_to` during this round: each socket's run of
+    /// them in one `sendmmsg` (a flood from the guest then costs one system call and one
+    /// wake-up of the receiver per round, not per datagram). Call once per round, after the
+    /// guest frames are handled; ids stay valid until the next poll.
+    pub fn flush_udp(&mut self) {
+        let mut pending = std::mem::take(&mut self.udp_pending);
+        let mut start = 0;
+        while start < pending.items.len() {
+            let id = pending.items[start].0;
+            let end = start
+                + pending.items[start..]
+                    .iter()
+                    .take_while(|i| i.0 == id)
+                    .count();
+            let msgs: Vec<(&socket2::SockAddr, &[u8])> = pending.items[start..end]
+                .iter()
+                .map(|(_, addr, range)| (addr, &pending.data[range.clone()]))
+                .collect();
+            self.send_queued(id, &msgs);
+            start = end;
+        }
+        pending.items.clear();
+        pending.data.clear();
+        self.udp_pending = pending; // Keep the allocations.
+    }
+
+    fn send_queued(&mut self, id: SockId, msgs: &[(&socket2::SockAddr, &[u8])]) {
+        let Ok(fd) = self.fd(id) else {
+            self.udp_send_dropped += msgs.len() as u64; // The flow closed this round.
+            return;
+        };
+        let mut sent = 0;
+        while sent < msgs.len() {
+            match sys::send_many(fd, &msgs[sent..]) {
+                Ok(0) => break,
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    // The first unsent one failed: drop it, and let the next datagram to this
+                    // socket go out at once, so the guest hears about the error.
+                    debug!(error = %e, "batched UDP send failed");
+                    self.udp_send_dropped += 1;
+                    sent += 1;
+                    if let Some(Entry {
+                        kind: Kind::Udp { proven, .. },
+                        ..
+                    }) = self.get_mut(id)
+                    {
+                        *proven = None;
+                    }
+                }
+            }
+        }
+        self.udp_send_dropped += (msgs.len() - sent) as u64;
     }
 
     pub fn get(&self, id: SockId) -> Option<&Entry> {
@@ -290,11 +362,33 @@ impl Host for HostSockets {
 
     fn udp_open(&mut self, ipv6: bool) -> io::Result<SockId> {
         let fd = sys::udp_socket(ipv6)?;
-        self.insert(fd, Kind::Udp)
+        self.insert(fd, Kind::Udp { ipv6, proven: None })
     }
 
     fn udp_send_to(&mut self, id: SockId, dst: SocketAddr, data: &[u8]) -> io::Result<()> {
-        sys::send_to(self.fd(id)?, data, dst).map(|_| ())
+        let entry = self
+            .get_mut(id)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        let fd = entry.fd.as_raw_fd();
+        let Kind::Udp { ipv6, proven } = &mut entry.kind else {
+            return sys::send_to(fd, data, dst).map(|_| ());
+        };
+        let dst = match dst {
+            SocketAddr::V4(v4) if *ipv6 => SocketAddr::from((v4.ip().to_ipv6_mapped(), v4.port())),
+            other => other,
+        };
+        if *proven == Some(dst) {
+            let pending = &mut self.udp_pending;
+            let at = pending.data.len();
+            pending.data.extend_from_slice(data);
+            pending
+                .items
+                .push((id, socket2::SockAddr::from(dst), at..pending.data.len()));
+            return Ok(());
+        }
+        sys::send_to(fd, data, dst)?;
+        *proven = Some(dst);
+        Ok(())
     }
 
     fn icmp_open(&mut self, ipv6: bool) -> io::Result<SockId> {

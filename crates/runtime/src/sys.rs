@@ -250,6 +250,41 @@ pub fn icmp_socket(raw: bool, ipv6: bool) -> io::Result<OwnedFd> {
 
 /// Sends a datagram to `dst`. An IPv4 destination through an IPv6 socket goes as a mapped
 /// address.
+/// Sends the datagrams `msgs` (destination, payload) on `fd` with one `sendmmsg`: how many the
+/// kernel took from the front, or the error of the first one if it took none.
+pub fn send_many(fd: RawFd, msgs: &[(&socket2::SockAddr, &[u8])]) -> io::Result<usize> {
+    let mut iovs: Vec<libc::iovec> = msgs
+        .iter()
+        .map(|(_, data)| libc::iovec {
+            iov_base: data.as_ptr() as *mut libc::c_void,
+            iov_len: data.len(),
+        })
+        .collect();
+    let mut headers: Vec<libc::mmsghdr> = msgs
+        .iter()
+        .zip(iovs.iter_mut())
+        .map(|((addr, _), iov)| {
+            // SAFETY: an all-zero msghdr is valid (no control data, no flags).
+            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            h.msg_hdr.msg_name = addr.as_ptr() as *mut libc::c_void;
+            h.msg_hdr.msg_namelen = addr.len();
+            h.msg_hdr.msg_iov = iov;
+            h.msg_hdr.msg_iovlen = 1;
+            h
+        })
+        .collect();
+    // SAFETY: every header points at an iovec, payload and address that outlive the call.
+    let n = cvt(unsafe {
+        libc::sendmmsg(
+            fd,
+            headers.as_mut_ptr(),
+            headers.len() as libc::c_uint,
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
+    })?;
+    Ok(n as usize)
+}
+
 pub fn send_to(fd: RawFd, data: &[u8], dst: SocketAddr) -> io::Result<usize> {
     let dst = match dst {
         SocketAddr::V4(v4) if socket_family(fd)? == libc::AF_INET6 => SocketAddr::V6(

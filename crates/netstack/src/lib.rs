@@ -24,6 +24,7 @@ pub mod inspect;
 pub mod limits;
 pub mod output;
 pub mod stack;
+pub mod stream_offload;
 pub mod tcp;
 pub mod udp;
 pub mod vnet;

@@ -347,6 +347,8 @@ impl Network {
             port.set_vnet_hdr();
             self.stack.set_port_offloads(id, true);
         }
+        // A stream client may negotiate offloads with its first frame (`limanet attach`).
+        port.offer_offloads();
         let idx = self.add_source(
             Source::Port {
                 port,
@@ -832,6 +834,12 @@ impl Network {
             }
         });
         counters.drops_in += stack.frames_dropped() - dropped;
+        if port.take_negotiated() {
+            info!(port = id, name = %port.name, "guest negotiated offloads");
+            self.stack.set_port_offloads(id, true);
+            // The ack is queued in the port.
+            self.flush_port(idx);
+        }
         match result {
             Ok(ReadStatus::Drained) => {}
             Ok(ReadStatus::More) => {

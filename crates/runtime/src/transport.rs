@@ -8,12 +8,17 @@
 //!   vfkit), addressed to the peer's own socket path.
 //!
 //! A `Packet` port on a TAP opened with a virtio-net header (`Port::set_vnet_hdr`) reads and
-//! writes that header before every frame; only such ports get offload state.
+//! writes that header before every frame; only such ports get offload state. A `Stream` port
+//! whose server side offers it (`Port::offer_offloads`) gets the same once its client
+//! negotiated the offload extension of the stream protocol
+//! (`limanet_netstack::stream_offload`): a hello as the connection's first frame is answered
+//! with an ack, and every later record carries a `virtio_net_hdr_v1`.
 //!
 //! Lengths from the other side are never trusted: a header larger than the largest frame the
 //! MTU allows closes that connection with a logged error; nothing else is affected.
 
 use crate::sys;
+use limanet_netstack::stream_offload::{self, WIRE_HDR_LEN};
 use limanet_netstack::vnet::{self, VnetHeader, VNET_HDR_LEN};
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -117,9 +122,15 @@ pub struct Port {
     rbuf: Vec<u8>,
     rlen: usize,
     wq: VecDeque<Vec<u8>>,
-    /// With a virtio-net header: the header of each queued frame, in step with `wq`.
-    wq_vnet: VecDeque<[u8; VNET_HDR_LEN]>,
+    /// The virtio-net header each queued frame goes out with (`None`: none), in step with `wq`.
+    wq_vnet: VecDeque<Option<VnetHeader>>,
     vnet_hdr: bool,
+    /// A stream port whose first frame is still to come, and that answers a hello.
+    hello_awaited: bool,
+    /// The offload extension was negotiated and nobody asked yet ([`Port::take_negotiated`]).
+    negotiated: bool,
+    /// Frames dropped because their virtio-net header from the peer was refused.
+    pub bad_headers: u64,
     /// Bytes of the first queued frame (counting its stream header) already written.
     whead: usize,
     queued: usize,
@@ -152,6 +163,9 @@ impl Port {
             wq: VecDeque::new(),
             wq_vnet: VecDeque::new(),
             vnet_hdr: false,
+            hello_awaited: false,
+            negotiated: false,
+            bad_headers: 0,
             whead: 0,
             queued: 0,
             max_queued: MAX_QUEUED_BYTES,
@@ -168,6 +182,19 @@ impl Port {
         if matches!(self.io, Io::Packet(_)) {
             self.vnet_hdr = true;
         }
+    }
+
+    /// Lets the client of a stream port (server side) negotiate the offload extension with a
+    /// hello as its first frame. Call before the first read.
+    pub fn offer_offloads(&mut self) {
+        if matches!(self.io, Io::Stream(_)) {
+            self.hello_awaited = true;
+        }
+    }
+
+    /// True once after the client negotiated offloads (the ack is queued: flush the port).
+    pub fn take_negotiated(&mut self) -> bool {
+        std::mem::take(&mut self.negotiated)
     }
 
     /// Whether frames on this port carry a virtio-net header.
@@ -241,7 +268,7 @@ impl Port {
                         return Ok(ReadStatus::Closed);
                     }
                     self.rlen += n as usize;
-                    self.parse_stream(max_frame, &mut |f| on_frame(f, None))?;
+                    self.parse_stream(max_frame, &mut on_frame)?;
                 }
                 Ok(ReadStatus::More)
             }
@@ -305,7 +332,7 @@ impl Port {
     fn parse_stream(
         &mut self,
         max_frame: usize,
-        on_frame: &mut impl FnMut(&[u8]),
+        on_frame: &mut impl FnMut(&[u8], Option<&VnetHeader>),
     ) -> Result<(), PortError> {
         let mut pos = 0;
         while self.rlen - pos >= 4 {
@@ -319,17 +346,50 @@ impl Port {
                 pos += 4;
                 continue;
             }
-            if len > max_frame {
-                return Err(PortError::Oversize {
-                    len,
-                    max: max_frame,
-                });
+            // Super-segments may exceed the MTU once offloads are on.
+            let limit = if self.vnet_hdr {
+                WIRE_HDR_LEN + MAX_OFFLOAD_FRAME
+            } else {
+                max_frame
+            };
+            if len > limit {
+                return Err(PortError::Oversize { len, max: limit });
             }
             if self.rlen - pos - 4 < len {
                 break;
             }
-            on_frame(&self.rbuf[pos + 4..pos + 4 + len]);
+            let record = &self.rbuf[pos + 4..pos + 4 + len];
             pos += 4 + len;
+            if self.vnet_hdr {
+                match stream_offload::parse_record(record) {
+                    Ok((hdr, frame)) if hdr.gso() != vnet::GSO_NONE || frame.len() <= max_frame => {
+                        on_frame(frame, Some(&hdr))
+                    }
+                    Ok(_) => self.dropped += 1,
+                    Err(e) => {
+                        self.dropped += 1;
+                        self.bad_headers += 1;
+                        if self.bad_headers.is_power_of_two() {
+                            warn!(port = %self.name, error = %e, count = self.bad_headers, "dropping frames with a bad virtio-net header");
+                        }
+                    }
+                }
+                continue;
+            }
+            if std::mem::take(&mut self.hello_awaited) {
+                let ack = stream_offload::answer(record, stream_offload::FEATURE_VNET_HDR_V1);
+                if let Some(ack) = ack {
+                    info!(port = %self.name, "offloads negotiated");
+                    // Plain, and the last plain frame: everything queued after carries a header.
+                    if self.queue(ack).is_some() {
+                        debug!(port = %self.name, "offload ack dropped: output queue full");
+                    }
+                    self.vnet_hdr = true;
+                    self.negotiated = true;
+                    continue;
+                }
+            }
+            on_frame(record, None);
         }
         self.rbuf.copy_within(pos..self.rlen, 0);
         self.rlen -= pos;
@@ -373,9 +433,8 @@ impl Port {
         self.queued += frame.len();
         self.budget.add(frame.len());
         self.wq.push_back(frame);
-        if self.vnet_hdr {
-            self.wq_vnet.push_back(vnet.unwrap_or_default().to_bytes());
-        }
+        self.wq_vnet
+            .push_back(self.vnet_hdr.then(|| vnet.unwrap_or_default()));
         None
     }
 
@@ -390,24 +449,22 @@ impl Port {
                 let fd = fd.as_raw_fd();
                 while !self.wq.is_empty() {
                     let count = self.wq.len().min(FRAMES_PER_WRITE);
-                    let headers: Vec<[u8; 4]> = self
+                    let prefixes: Vec<StreamPrefix> = self
                         .wq
                         .iter()
+                        .zip(&self.wq_vnet)
                         .take(count)
-                        .map(|f| (f.len() as u32).to_be_bytes())
+                        .map(|(f, h)| StreamPrefix::new(f.len(), h.as_ref()))
                         .collect();
                     let mut bufs: Vec<&[u8]> = Vec::with_capacity(count * 2);
-                    for (i, (frame, header)) in self.wq.iter().zip(&headers).enumerate() {
-                        if i == 0 && self.whead > 0 {
-                            if self.whead < 4 {
-                                bufs.push(&header[self.whead..]);
-                                bufs.push(frame);
-                            } else {
-                                bufs.push(&frame[self.whead - 4..]);
-                            }
-                        } else {
-                            bufs.push(header);
+                    for (i, (frame, prefix)) in self.wq.iter().zip(&prefixes).enumerate() {
+                        let prefix = prefix.bytes();
+                        let skip = if i == 0 { self.whead } else { 0 };
+                        if skip < prefix.len() {
+                            bufs.push(&prefix[skip..]);
                             bufs.push(frame);
+                        } else {
+                            bufs.push(&frame[skip - prefix.len()..]);
                         }
                     }
                     let mut written = match sys::writev(fd, &bufs) {
@@ -419,10 +476,13 @@ impl Port {
                     drop(bufs);
                     while written > 0 {
                         let Some(front) = self.wq.front() else { break };
-                        let left = front.len() + 4 - self.whead;
+                        let prefix_len =
+                            StreamPrefix::len(self.wq_vnet.front().and_then(Option::as_ref));
+                        let left = front.len() + prefix_len - self.whead;
                         if written >= left {
                             written -= left;
                             self.whead = 0;
+                            self.wq_vnet.pop_front();
                             if let Some(f) = self.wq.pop_front() {
                                 self.queued -= f.len();
                                 self.budget.sub(f.len());
@@ -439,8 +499,14 @@ impl Port {
             Io::Packet(fd) => {
                 let fd = fd.as_raw_fd();
                 while let Some(front) = self.wq.front() {
-                    let n = match self.wq_vnet.front() {
-                        Some(hdr) if self.vnet_hdr => {
+                    let hdr = self
+                        .wq_vnet
+                        .front()
+                        .copied()
+                        .flatten()
+                        .map(|h| h.to_bytes());
+                    let n = match &hdr {
+                        Some(hdr) => {
                             let iov = [
                                 libc::iovec {
                                     iov_base: hdr.as_ptr() as *mut libc::c_void,
@@ -495,6 +561,7 @@ impl Port {
             }
             Io::Peer { socket, peer } => {
                 while let Some(front) = self.wq.front() {
+                    self.wq_vnet.pop_front();
                     match socket.send_to(front, peer) {
                         Ok(_) => {}
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
@@ -522,6 +589,37 @@ impl Port {
         self.budget.sub(self.queued);
         self.queued = 0;
         self.whead = 0;
+    }
+}
+
+/// What goes before a frame on a stream: its length, and the virtio-net header once offloads
+/// were negotiated (the length then counts the header).
+struct StreamPrefix {
+    buf: [u8; 4 + WIRE_HDR_LEN],
+    len: usize,
+}
+
+impl StreamPrefix {
+    fn new(frame_len: usize, hdr: Option<&VnetHeader>) -> Self {
+        let mut buf = [0u8; 4 + WIRE_HDR_LEN];
+        let len = Self::len(hdr);
+        buf[..4].copy_from_slice(&((frame_len + len - 4) as u32).to_be_bytes());
+        if let Some(h) = hdr {
+            buf[4..].copy_from_slice(&stream_offload::header_bytes(h));
+        }
+        StreamPrefix { buf, len }
+    }
+
+    fn len(hdr: Option<&VnetHeader>) -> usize {
+        if hdr.is_some() {
+            4 + WIRE_HDR_LEN
+        } else {
+            4
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
 }
 
@@ -626,5 +724,104 @@ mod tests {
         let mut got = [0u8; 12];
         peer.read_exact(&mut got).unwrap();
         assert_eq!(got, [0, 0, 0, 3, 1, 2, 3, 0, 0, 0, 1, 4]);
+    }
+
+    fn record(payload: &[u8]) -> Vec<u8> {
+        let mut r = (payload.len() as u32).to_be_bytes().to_vec();
+        r.extend_from_slice(payload);
+        r
+    }
+
+    fn read_record(peer: &mut UnixStream) -> Vec<u8> {
+        let mut len = [0u8; 4];
+        peer.read_exact(&mut len).unwrap();
+        let mut buf = vec![0u8; u32::from_be_bytes(len) as usize];
+        peer.read_exact(&mut buf).unwrap();
+        buf
+    }
+
+    #[test]
+    fn a_hello_switches_the_stream_to_offload_records() {
+        use limanet_netstack::stream_offload::{self as so, Kind};
+        let (mut port, mut peer) = stream_pair();
+        port.offer_offloads();
+        // The server sends a plain frame before the hello arrives (a broadcast, say).
+        assert!(port.queue(vec![9u8; 60]).is_none());
+        let mac = [2, 0, 0, 0, 0, 7];
+        peer.write_all(&record(&so::build(
+            Kind::Hello,
+            mac,
+            so::FEATURE_VNET_HDR_V1,
+        )))
+        .unwrap();
+        let mut got = Vec::new();
+        let mut scratch = [];
+        port.read_frames_with(1514, &mut scratch, |f, h| {
+            got.push((f.to_vec(), h.copied()))
+        })
+        .unwrap();
+        assert!(got.is_empty(), "the hello is not a frame");
+        assert!(port.take_negotiated());
+        assert!(!port.take_negotiated());
+        assert!(port.vnet_hdr());
+        // A super-segment to the client, with its header.
+        let hdr = VnetHeader::tcpv4(54, 3000, 1448);
+        assert!(port.queue_with(vec![1u8; 3054], Some(hdr)).is_none());
+        port.flush(drop).unwrap();
+        assert_eq!(read_record(&mut peer), vec![9u8; 60]);
+        let ack = read_record(&mut peer);
+        assert_eq!(
+            so::parse(&ack).map(|c| (c.kind, c.mac)),
+            Some((Kind::Ack, mac))
+        );
+        let r = read_record(&mut peer);
+        let (back, frame) = so::parse_record(&r).unwrap();
+        assert_eq!((back, frame.len()), (hdr, 3054));
+        // From the client: a super-segment over the MTU, a lying header (dropped, counted,
+        // the connection stays), a plain frame.
+        let mut bytes = record(&r);
+        let mut lie = so::header_bytes(&VnetHeader { gso_size: 0, ..hdr }).to_vec();
+        lie.extend_from_slice(&[1u8; 3054]);
+        bytes.extend(record(&lie));
+        let mut plain = so::header_bytes(&VnetHeader::default()).to_vec();
+        plain.extend_from_slice(&[3u8; 60]);
+        bytes.extend(record(&plain));
+        peer.write_all(&bytes).unwrap();
+        port.read_frames_with(1514, &mut scratch, |f, h| {
+            got.push((f.to_vec(), h.copied()))
+        })
+        .unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[0].0.len(), got[0].1), (3054, Some(hdr)));
+        assert_eq!(got[1], (vec![3u8; 60], Some(VnetHeader::default())));
+        assert_eq!((port.bad_headers, port.dropped), (1, 1));
+    }
+
+    #[test]
+    fn a_client_that_starts_with_frames_stays_plain() {
+        use limanet_netstack::stream_offload::{self as so, Kind};
+        let (mut port, mut peer) = stream_pair();
+        port.offer_offloads();
+        let hello = so::build(Kind::Hello, [2, 0, 0, 0, 0, 8], so::FEATURE_VNET_HDR_V1);
+        let mut bytes = record(&[5u8; 60]);
+        bytes.extend(record(&hello));
+        peer.write_all(&bytes).unwrap();
+        let mut got = Vec::new();
+        port.read_frames(1514, &mut [], |f| got.push(f.to_vec()))
+            .unwrap();
+        // A hello that is not the first frame is just a frame.
+        assert_eq!(got, vec![vec![5u8; 60], hello]);
+        assert!(!port.take_negotiated() && !port.vnet_hdr());
+        // Without the offer (QEMU listeners elsewhere), a first hello is a frame too.
+        let (mut port, mut peer) = stream_pair();
+        peer.write_all(&record(&so::build(Kind::Hello, [2; 6], 1)))
+            .unwrap();
+        let mut n = 0;
+        port.read_frames(1514, &mut [], |_| n += 1).unwrap();
+        assert_eq!(n, 1);
+        assert!(!port.vnet_hdr());
+        // Plain offload-state frames never go to a plain port.
+        let hdr = VnetHeader::tcpv4(54, 3000, 1448);
+        assert!(port.queue_with(vec![0u8; 3054], Some(hdr)).is_some());
     }
 }

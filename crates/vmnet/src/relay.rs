@@ -2,8 +2,14 @@
 //! (a vmnet socket, a `limanet usernet --listen-qemu` socket). The namespace then behaves like a
 //! VM with one NIC on that network: tests and benchmarks use it for lightweight "VMs", users for
 //! containers.
+//!
+//! With the stream protocol's offload extension negotiated (`limanet_netstack::stream_offload`),
+//! the TAP is opened with a 12-byte virtio-net header (`virtio_net_hdr_v1`, the form on the
+//! wire) and offloads, so the relay passes records through unchanged: header and frame, up to
+//! a 64 KiB super-segment. The peer checks the headers; the TAP's kernel checks what it gets.
 
-use limanet_runtime::transport::{Io, Port, PortError, ReadStatus};
+use limanet_netstack::stream_offload::WIRE_HDR_LEN;
+use limanet_runtime::transport::{Io, Port, PortError, ReadStatus, MAX_OFFLOAD_FRAME};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use std::io;
@@ -14,9 +20,17 @@ use tracing::{info, warn};
 const MAX_FRAME: usize = 64 * 1024;
 const STOP: Token = Token(2);
 
-/// Relays frames between `tap` and `stream` until either side closes or `stop` fires.
-/// Returns the reason it ended.
-pub fn relay(tap: OwnedFd, stream: OwnedFd, stop: OwnedFd) -> io::Result<String> {
+/// Largest record relayed with offloads: a header and a super-segment.
+const MAX_OFFLOAD_RECORD: usize = WIRE_HDR_LEN + MAX_OFFLOAD_FRAME;
+
+/// Relays frames between `tap` and `stream` until either side closes or `stop` fires
+/// (`offload`: both carry a `virtio_net_hdr_v1` before each frame). Returns the reason it ended.
+pub fn relay(tap: OwnedFd, stream: OwnedFd, stop: OwnedFd, offload: bool) -> io::Result<String> {
+    let max_frame = if offload {
+        MAX_OFFLOAD_RECORD
+    } else {
+        MAX_FRAME
+    };
     limanet_runtime::sys::set_nonblocking(tap.as_raw_fd())?;
     limanet_runtime::sys::set_nonblocking(stream.as_raw_fd())?;
     limanet_runtime::sys::set_buffer_sizes(stream.as_raw_fd(), 4 << 20, 4 << 20);
@@ -35,7 +49,7 @@ pub fn relay(tap: OwnedFd, stream: OwnedFd, stop: OwnedFd) -> io::Result<String>
     poll.registry()
         .register(&mut SourceFd(&stop.as_raw_fd()), STOP, Interest::READABLE)?;
     let mut events = Events::with_capacity(64);
-    let mut scratch = vec![0u8; MAX_FRAME + 4];
+    let mut scratch = vec![0u8; max_frame + 4];
     let mut pool: Vec<Vec<u8>> = Vec::new();
     let mut pending = [true, true];
     loop {
@@ -70,7 +84,7 @@ pub fn relay(tap: OwnedFd, stream: OwnedFd, stop: OwnedFd) -> io::Result<String>
             }
             let to = 1 - from;
             let mut frames: Vec<Vec<u8>> = Vec::new();
-            let result = ports[from].read_frames(MAX_FRAME, &mut scratch, |f| {
+            let result = ports[from].read_frames(max_frame, &mut scratch, |f| {
                 let mut b = pool.pop().unwrap_or_default();
                 b.clear();
                 b.extend_from_slice(f);

@@ -72,6 +72,9 @@ impl QueueBudget {
 /// Reads per readiness event before yielding to other ports.
 pub const READS_PER_EVENT: usize = 16;
 const STREAM_READ_BUFFER: usize = 256 << 10;
+/// Unparsed bytes move to the front of a stream port's read buffer once less than this is
+/// free behind them: room for the largest record.
+const MIN_READ_ROOM: usize = 4 + WIRE_HDR_LEN + MAX_OFFLOAD_FRAME;
 /// Frames per `sendmsg` on stream ports.
 const FRAMES_PER_WRITE: usize = 128;
 /// Largest frame a port with a virtio-net header may pass: a 64 KiB IP super-segment in an
@@ -121,6 +124,9 @@ pub struct Port {
     pub name: String,
     rbuf: Vec<u8>,
     rlen: usize,
+    /// Start of the unparsed bytes in `rbuf` (a partial record); moved to the front only when
+    /// the room after `rlen` gets short, not after every read.
+    rstart: usize,
     wq: VecDeque<Vec<u8>>,
     /// The virtio-net header each queued frame goes out with (`None`: none), in step with `wq`.
     wq_vnet: VecDeque<Option<VnetHeader>>,
@@ -160,6 +166,7 @@ impl Port {
             name,
             rbuf,
             rlen: 0,
+            rstart: 0,
             wq: VecDeque::new(),
             wq_vnet: VecDeque::new(),
             vnet_hdr: false,
@@ -233,6 +240,11 @@ impl Port {
             Io::Stream(fd) => {
                 let fd = fd.as_raw_fd();
                 for _ in 0..READS_PER_EVENT {
+                    if self.rbuf.len() - self.rlen < MIN_READ_ROOM && self.rstart > 0 {
+                        self.rbuf.copy_within(self.rstart..self.rlen, 0);
+                        self.rlen -= self.rstart;
+                        self.rstart = 0;
+                    }
                     if self.rlen == self.rbuf.len() {
                         // A frame larger than the buffer cannot be valid: `parse` rejects it first.
                         return Err(PortError::Oversize {
@@ -262,8 +274,8 @@ impl Port {
                         };
                     }
                     if n == 0 {
-                        if self.rlen > 0 {
-                            return Err(PortError::Truncated(self.rlen));
+                        if self.rlen > self.rstart {
+                            return Err(PortError::Truncated(self.rlen - self.rstart));
                         }
                         return Ok(ReadStatus::Closed);
                     }
@@ -334,7 +346,7 @@ impl Port {
         max_frame: usize,
         on_frame: &mut impl FnMut(&[u8], Option<&VnetHeader>),
     ) -> Result<(), PortError> {
-        let mut pos = 0;
+        let mut pos = self.rstart;
         while self.rlen - pos >= 4 {
             let b = &self.rbuf[pos..pos + 4];
             let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
@@ -391,8 +403,12 @@ impl Port {
             }
             on_frame(record, None);
         }
-        self.rbuf.copy_within(pos..self.rlen, 0);
-        self.rlen -= pos;
+        if pos == self.rlen {
+            self.rstart = 0;
+            self.rlen = 0;
+        } else {
+            self.rstart = pos;
+        }
         Ok(())
     }
 

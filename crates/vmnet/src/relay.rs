@@ -19,6 +19,10 @@ use tracing::{info, warn};
 /// Largest frame relayed from the socket (socket_vmnet's limit).
 const MAX_FRAME: usize = 64 * 1024;
 const STOP: Token = Token(2);
+/// Recycled buffers kept (each up to a super-segment).
+const POOL_MAX: usize = 128;
+const TAP: usize = 0;
+const SOCKET: usize = 1;
 
 /// Largest record relayed with offloads: a header and a super-segment.
 const MAX_OFFLOAD_RECORD: usize = WIRE_HDR_LEN + MAX_OFFLOAD_FRAME;
@@ -84,12 +88,24 @@ pub fn relay(tap: OwnedFd, stream: OwnedFd, stop: OwnedFd, offload: bool) -> io:
             }
             let to = 1 - from;
             let mut frames: Vec<Vec<u8>> = Vec::new();
-            let result = ports[from].read_frames(max_frame, &mut scratch, |f| {
-                let mut b = pool.pop().unwrap_or_default();
-                b.clear();
-                b.extend_from_slice(f);
-                frames.push(b);
-            });
+            let result = if from == TAP {
+                read_tap(ports[TAP].raw_fd(), max_frame, &mut pool, &mut frames)
+            } else {
+                // Frames go straight from the socket's read buffer to the TAP (whose writes do
+                // not block) unless earlier ones still wait.
+                let tap_fd = ports[TAP].raw_fd();
+                let mut tap_busy = ports[TAP].has_output();
+                ports[SOCKET].read_frames(max_frame, &mut scratch, |f| {
+                    if !tap_busy && write_tap(tap_fd, f) {
+                        return;
+                    }
+                    tap_busy = true;
+                    let mut b = pool.pop().unwrap_or_default();
+                    b.clear();
+                    b.extend_from_slice(f);
+                    frames.push(b);
+                })
+            };
             for f in frames {
                 if let Some(back) = ports[to].queue(f) {
                     pool.push(back);
@@ -114,7 +130,7 @@ pub fn relay(tap: OwnedFd, stream: OwnedFd, stop: OwnedFd, offload: bool) -> io:
         for (i, port) in ports.iter_mut().enumerate() {
             if writable[i] && port.has_output() {
                 if let Err(e) = port.flush(|b| {
-                    if pool.len() < 1024 {
+                    if pool.len() < POOL_MAX {
                         pool.push(b)
                     }
                 }) {
@@ -122,6 +138,58 @@ pub fn relay(tap: OwnedFd, stream: OwnedFd, stop: OwnedFd, offload: bool) -> io:
                     return Ok(format!("{} write failed: {e}", port.name));
                 }
             }
+        }
+    }
+}
+
+/// Reads frames from the TAP straight into recycled buffers (no copy) until it is drained or
+/// the per-event budget is spent.
+fn read_tap(
+    fd: i32,
+    max_frame: usize,
+    pool: &mut Vec<Vec<u8>>,
+    frames: &mut Vec<Vec<u8>>,
+) -> Result<ReadStatus, PortError> {
+    for _ in 0..limanet_runtime::transport::READS_PER_EVENT {
+        let mut b = pool.pop().unwrap_or_default();
+        b.clear();
+        b.reserve(max_frame);
+        let spare = b.spare_capacity_mut();
+        // SAFETY: reading into the buffer's spare capacity, at most its length.
+        let n = unsafe { libc::read(fd, spare.as_mut_ptr().cast(), spare.len()) };
+        if n < 0 {
+            pool.push(b);
+            let err = io::Error::last_os_error();
+            return match err.kind() {
+                io::ErrorKind::WouldBlock => Ok(ReadStatus::Drained),
+                io::ErrorKind::Interrupted => continue,
+                _ => Err(err.into()),
+            };
+        }
+        if n == 0 {
+            return Ok(ReadStatus::Closed);
+        }
+        // SAFETY: read(2) initialised the first n bytes.
+        unsafe { b.set_len(n as usize) };
+        frames.push(b);
+    }
+    Ok(ReadStatus::More)
+}
+
+/// Writes one frame to the TAP now; false if it must be queued (the TAP is not taking
+/// frames, or an error the queue's flush reports). Frames the kernel refuses are dropped.
+fn write_tap(fd: i32, frame: &[u8]) -> bool {
+    loop {
+        // SAFETY: writing a live buffer.
+        let n = unsafe { libc::write(fd, frame.as_ptr().cast(), frame.len()) };
+        if n >= 0 {
+            return true;
+        }
+        match io::Error::last_os_error().raw_os_error() {
+            Some(libc::EINTR) => continue,
+            // Refused (a bad virtio-net header, too big): dropped, as a full queue would.
+            Some(libc::EMSGSIZE) | Some(libc::ENOBUFS) | Some(libc::EINVAL) => return true,
+            _ => return false,
         }
     }
 }

@@ -454,6 +454,90 @@ impl Port {
         None
     }
 
+    /// Sends `frame` (with offload state as [`Port::queue_with`]) right away when nothing is
+    /// queued before it, without copying it; what cannot go out now is copied into a buffer
+    /// from `buffer` and queued. Returns a buffer the queue refused (the caller recycles it).
+    pub fn send(
+        &mut self,
+        frame: &[u8],
+        vnet: Option<VnetHeader>,
+        buffer: impl FnOnce() -> Vec<u8>,
+    ) -> Option<Vec<u8>> {
+        if self.wq.is_empty() && (self.vnet_hdr || vnet.is_none_or(|v| v.is_plain())) {
+            let hdr = self.vnet_hdr.then(|| vnet.unwrap_or_default());
+            match self.write_now(frame, hdr.as_ref()) {
+                WriteNow::All => return None,
+                WriteNow::Part(n) => {
+                    // The rest must follow before anything else: queued whatever the budget.
+                    let b = copied(frame, buffer());
+                    self.queued += b.len();
+                    self.budget.add(b.len());
+                    self.wq.push_back(b);
+                    self.wq_vnet.push_back(hdr);
+                    self.whead = n;
+                    return None;
+                }
+                WriteNow::Later => {}
+            }
+        }
+        self.queue_with(copied(frame, buffer()), vnet)
+    }
+
+    /// One attempt to write a frame on an idle port.
+    fn write_now(&mut self, frame: &[u8], hdr: Option<&VnetHeader>) -> WriteNow {
+        match &self.io {
+            Io::Stream(fd) => {
+                let prefix = StreamPrefix::new(frame.len(), hdr);
+                match sys::writev(fd.as_raw_fd(), &[prefix.bytes(), frame]) {
+                    Ok(n) if n == prefix.bytes().len() + frame.len() => WriteNow::All,
+                    Ok(0) | Err(_) => WriteNow::Later,
+                    Ok(n) => WriteNow::Part(n),
+                }
+            }
+            Io::Packet(fd) => {
+                let bytes = hdr.map(|h| h.to_bytes());
+                let head: &[u8] = bytes.as_ref().map_or(&[], |h| h.as_slice());
+                let iov = [
+                    libc::iovec {
+                        iov_base: head.as_ptr() as *mut libc::c_void,
+                        iov_len: head.len(),
+                    },
+                    libc::iovec {
+                        iov_base: frame.as_ptr() as *mut libc::c_void,
+                        iov_len: frame.len(),
+                    },
+                ];
+                // SAFETY: both iovecs point at live buffers of their length (a TAP or datagram
+                // socket takes one frame per writev).
+                let n = unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), 2) };
+                let n = if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n)
+                };
+                match n {
+                    Ok(_) => {
+                        if self.link_down {
+                            self.link_down = false;
+                            info!(port = %self.name, dropped = self.dropped, "link up again");
+                        }
+                        WriteNow::All
+                    }
+                    Err(e) => match e.raw_os_error() {
+                        // Refused by the kernel: dropped, as `flush` does.
+                        Some(libc::EMSGSIZE) | Some(libc::ENOBUFS) | Some(libc::EINVAL) => {
+                            self.dropped += 1;
+                            WriteNow::All
+                        }
+                        // Full, or an error `flush` reports (link down, closed).
+                        _ => WriteNow::Later,
+                    },
+                }
+            }
+            Io::Peer { .. } => WriteNow::Later,
+        }
+    }
+
     pub fn has_output(&self) -> bool {
         !self.wq.is_empty()
     }
@@ -608,6 +692,21 @@ impl Port {
     }
 }
 
+fn copied(frame: &[u8], mut b: Vec<u8>) -> Vec<u8> {
+    b.clear();
+    b.extend_from_slice(frame);
+    b
+}
+
+/// How far [`Port::write_now`] got.
+enum WriteNow {
+    All,
+    /// This many bytes (prefix included) went out.
+    Part(usize),
+    /// Nothing: queue the frame.
+    Later,
+}
+
 /// What goes before a frame on a stream: its length, and the virtio-net header once offloads
 /// were negotiated (the length then counts the header).
 struct StreamPrefix {
@@ -645,6 +744,7 @@ mod tests {
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
     use std::rc::Rc;
+    use std::time::Duration;
 
     fn stream_pair() -> (Port, UnixStream) {
         let (a, b) = UnixStream::pair().unwrap();
@@ -839,5 +939,26 @@ mod tests {
         // Plain offload-state frames never go to a plain port.
         let hdr = VnetHeader::tcpv4(54, 3000, 1448);
         assert!(port.queue_with(vec![0u8; 3054], Some(hdr)).is_some());
+    }
+
+    #[test]
+    fn direct_sends_that_block_midway_keep_records_whole_and_in_order() {
+        let (mut port, mut peer) = stream_pair();
+        sys::set_buffer_sizes(port.raw_fd(), 8 << 10, 8 << 10);
+        // Far more than the socket holds: some go out whole, one in part, the rest queued.
+        let frames: Vec<Vec<u8>> = (0..64u8)
+            .map(|i| vec![i; 1000 + usize::from(i) * 37])
+            .collect();
+        for f in &frames {
+            assert!(port.send(f, None, Vec::new).is_none());
+        }
+        assert!(port.has_output(), "the socket filled up");
+        let reader =
+            std::thread::spawn(move || frames.iter().all(|f| read_record(&mut peer) == *f));
+        while port.has_output() {
+            port.flush(drop).unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(reader.join().unwrap(), "records differ");
     }
 }

@@ -83,7 +83,8 @@ pub struct Daemon {
     pending: HashSet<usize>,
     dirty: Vec<usize>,
     scratch: Vec<u8>,
-    inbound: Vec<(Vec<u8>, Option<VnetHeader>)>,
+    /// Frames for the port being read (DHCP replies), queued once its read is done.
+    replies: Vec<Vec<u8>>,
     /// Segments of one frame on their way to ports without offloads.
     cut: Vec<Vec<u8>>,
     pool: Vec<Vec<u8>>,
@@ -129,7 +130,7 @@ impl Daemon {
             pending: HashSet::new(),
             dirty: Vec::new(),
             scratch: vec![0; MAX_HOST_FRAME.max(MAX_CLIENT_FRAME).max(MAX_OFFLOAD_READ) + 4],
-            inbound: Vec::new(),
+            replies: Vec::new(),
             cut: Vec::new(),
             pool: Vec::new(),
             next_client: 0,
@@ -278,7 +279,9 @@ impl Daemon {
     }
 
     fn read(&mut self, idx: usize, now: Instant) {
-        let Some(Some(slot)) = self.ports.get_mut(idx) else {
+        // Out of the table while it is read, so its frames are switched straight from its
+        // read buffer (see `send`); whatever is sent back to it meanwhile waits in `replies`.
+        let Some(mut slot) = self.ports.get_mut(idx).and_then(Option::take) else {
             return;
         };
         let max = if idx == HOST {
@@ -286,27 +289,23 @@ impl Daemon {
         } else {
             MAX_CLIENT_FRAME
         };
-        let inbound = &mut self.inbound;
-        let pool = &mut self.pool;
+        let mut scratch = std::mem::take(&mut self.scratch);
         let result = slot
             .port
-            .read_frames_with(max, &mut self.scratch, |frame, vnet| {
-                let mut b = pool.pop().unwrap_or_default();
-                b.clear();
-                b.extend_from_slice(frame);
-                inbound.push((b, vnet.copied()));
+            .read_frames_with(max, &mut scratch, |frame, vnet| {
+                self.switch_frame(idx, frame, vnet.copied(), now)
             });
+        self.scratch = scratch;
         let zero_length = idx != HOST && slot.port.zero_length_frames > 0;
         if slot.port.take_negotiated() {
             info!(port = %slot.port.name, "client negotiated offloads");
             // The ack waits in the port's queue.
             self.dirty.push(idx);
         }
-        let mut frames = std::mem::take(&mut self.inbound);
-        for (frame, vnet) in frames.drain(..) {
-            self.switch_frame(idx, frame, vnet, now);
+        self.ports[idx] = Some(slot);
+        for reply in std::mem::take(&mut self.replies) {
+            self.queue(idx, reply);
         }
-        self.inbound = frames;
         if zero_length {
             return self.remove(idx, Some("zero-length frame".to_string()));
         }
@@ -327,17 +326,11 @@ impl Daemon {
         keep(&mut self.pool, b);
     }
 
-    fn switch_frame(
-        &mut self,
-        from: usize,
-        frame: Vec<u8>,
-        vnet: Option<VnetHeader>,
-        now: Instant,
-    ) {
+    fn switch_frame(&mut self, from: usize, frame: &[u8], vnet: Option<VnetHeader>, now: Instant) {
         self.stats.frames += 1;
         if frame.len() < 14 {
             self.stats.runts += 1;
-            return self.recycle(frame);
+            return;
         }
         let mut dst = [0u8; 6];
         dst.copy_from_slice(&frame[0..6]);
@@ -353,7 +346,7 @@ impl Daemon {
                         port = from,
                         "client uses too many source MAC addresses; frames from more are dropped"
                     );
-                    return self.recycle(frame);
+                    return;
                 }
                 verdict => {
                     debug!(
@@ -361,19 +354,19 @@ impl Daemon {
                         ?verdict,
                         "frame with a refused source MAC dropped"
                     );
-                    return self.recycle(frame);
+                    return;
                 }
             }
         }
         if from != HOST {
             if let Some(gw) = &mut self.gateway {
-                if let Some((mac, payload)) = dhcp_request(&frame) {
+                if let Some((mac, payload)) = dhcp_request(frame) {
                     let table = &self.table;
                     let on_port = |m: &[u8; 6]| table.port_of(m) == Some(from);
                     if let Some(reply) = gw.handle(now, from, &on_port, mac, payload) {
-                        self.queue(from, reply);
+                        self.replies.push(reply);
                     }
-                    return self.recycle(frame);
+                    return;
                 }
             }
         }
@@ -381,19 +374,16 @@ impl Daemon {
         let vnet = vnet.filter(|v| !v.is_plain());
         match self.table.route(dst, from, now) {
             Route::Port(to) => self.deliver(to, frame, vnet),
-            Route::Drop => self.recycle(frame),
+            Route::Drop => {}
             Route::Flood => {
                 let targets: Vec<usize> = (0..self.ports.len())
                     .filter(|&i| i != from && self.ports[i].is_some())
                     .collect();
                 let Some((&last, rest)) = targets.split_last() else {
-                    return self.recycle(frame);
+                    return;
                 };
                 for &to in rest {
-                    let mut copy = self.pool.pop().unwrap_or_default();
-                    copy.clear();
-                    copy.extend_from_slice(&frame);
-                    self.deliver(to, copy, vnet);
+                    self.deliver(to, frame, vnet);
                 }
                 self.deliver(last, frame, vnet);
             }
@@ -402,20 +392,20 @@ impl Daemon {
 
     /// Queues a frame with its offload state to a port with offloads, or as ordinary packets
     /// (cut, checksums completed) to a port without.
-    fn deliver(&mut self, to: usize, frame: Vec<u8>, vnet: Option<VnetHeader>) {
+    fn deliver(&mut self, to: usize, frame: &[u8], vnet: Option<VnetHeader>) {
         let Some(hdr) = vnet else {
-            return self.queue(to, frame);
+            return self.send(to, frame, None);
         };
         let Some(Some(slot)) = self.ports.get(to) else {
-            return self.recycle(frame);
+            return;
         };
         if slot.port.vnet_hdr() {
-            return self.queue_with(to, frame, Some(hdr));
+            return self.send(to, frame, Some(hdr));
         }
         let mut cut = std::mem::take(&mut self.cut);
         let pool = &mut self.pool;
         let result = vnet::to_plain(
-            &frame,
+            frame,
             &hdr,
             || pool.pop().unwrap_or_default(),
             |f| cut.push(f),
@@ -434,7 +424,24 @@ impl Daemon {
             }
         }
         self.cut = cut;
-        self.recycle(frame);
+    }
+
+    /// Sends a frame to a port now if its queue is empty (no copy), or queues a copy.
+    fn send(&mut self, to: usize, frame: &[u8], vnet: Option<VnetHeader>) {
+        let Some(Some(slot)) = self.ports.get_mut(to) else {
+            return;
+        };
+        let idle = !slot.port.has_output();
+        let pool = &mut self.pool;
+        if let Some(refused) = slot
+            .port
+            .send(frame, vnet, || pool.pop().unwrap_or_default())
+        {
+            keep(pool, refused);
+        }
+        if idle && slot.port.has_output() {
+            self.dirty.push(to);
+        }
     }
 
     fn queue(&mut self, to: usize, frame: Vec<u8>) {

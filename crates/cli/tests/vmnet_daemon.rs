@@ -1071,3 +1071,94 @@ fn offload_and_plain_vms_share_a_network() {
     let out = stop_and_check_clean(&th, d, &dir);
     assert!(out.contains("client negotiated offloads"), "{out}");
 }
+
+fn record(payload: &[u8]) -> Vec<u8> {
+    let mut r = (payload.len() as u32).to_be_bytes().to_vec();
+    r.extend_from_slice(payload);
+    r
+}
+
+/// A client that negotiates offloads and then lies in its virtio-net headers: headers that
+/// make no sense are dropped and counted, a super-segment that cannot be cut for a plain VM is
+/// dropped and counted; nobody is disconnected and the network keeps working.
+#[test]
+fn lying_offload_headers_are_dropped_and_counted() {
+    use limanet_netstack::stream_offload::{self as so, Kind};
+    use limanet_netstack::vnet::{VnetHeader, F_NEEDS_CSUM, GSO_TCPV4};
+    require_root();
+    let th = TestHost::new().expect("test host");
+    let dir = Dir::new("liar");
+    let d = start_daemon(
+        &th.host,
+        &dir,
+        &["--vmnet-mode=host", "--vmnet-gateway=192.168.109.1"],
+    );
+    let plain = attach_with(
+        &dir.sock(),
+        Some(("192.168.109.11/24", "192.168.109.1")),
+        &["--no-offload"],
+    );
+    let mac = [0x02, 0x42, 0, 0, 0, 0x99];
+    let mut s = UnixStream::connect(dir.sock()).expect("connect");
+    s.write_all(&record(&so::build(
+        Kind::Hello,
+        mac,
+        so::FEATURE_VNET_HDR_V1,
+    )))
+    .expect("hello");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // Frames flooded before the ack are plain; the ack comes back for our MAC.
+    loop {
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).expect("a record before the ack");
+        let mut f = vec![0u8; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut f).expect("record");
+        if so::parse(&f).is_some_and(|c| c.kind == Kind::Ack && c.mac == mac) {
+            break;
+        }
+    }
+    // A broadcast "super-segment" whose frame is no TCP/IPv4 packet at all: flooded, and the
+    // switch cannot cut it for the plain VM.
+    let mut frame = vec![0xffu8; 6];
+    frame.extend_from_slice(&mac);
+    frame.extend_from_slice(&[0x08, 0x00]);
+    frame.extend_from_slice(&[0x45; 200]);
+    let gso = VnetHeader {
+        flags: F_NEEDS_CSUM,
+        gso_type: GSO_TCPV4,
+        hdr_len: 54,
+        gso_size: 100,
+        csum_start: 34,
+        csum_offset: 16,
+    };
+    let mut bytes = Vec::new();
+    let mut r = so::header_bytes(&gso).to_vec();
+    r.extend_from_slice(&frame);
+    bytes.extend(record(&r));
+    // Headers that lie outright: unknown GSO type, checksum field past the end, no frame.
+    for lie in [
+        VnetHeader { gso_type: 9, ..gso },
+        VnetHeader {
+            csum_offset: 5000,
+            ..gso
+        },
+    ] {
+        let mut r = so::header_bytes(&lie).to_vec();
+        r.extend_from_slice(&frame);
+        bytes.extend(record(&r));
+    }
+    bytes.extend(record(&so::header_bytes(&VnetHeader::default())));
+    s.write_all(&bytes).expect("lies");
+    // The network still works for everyone, the liar included.
+    ping_ok(&plain.ns, "192.168.109.1");
+    std::thread::sleep(Duration::from_millis(200));
+    let mut probe = [0u8; 1];
+    s.set_nonblocking(true).unwrap();
+    let closed = matches!(s.read(&mut probe), Ok(0));
+    assert!(!closed, "the daemon disconnected the client\n{}", d.logs());
+    drop(s);
+    let logs = stop_and_check_clean(&th, d, &dir);
+    assert!(logs.contains("bad virtio-net header"), "{logs}");
+    assert!(logs.contains("bad_offload=1"), "{logs}");
+    assert!(!logs.contains("disconnecting client"), "{logs}");
+}

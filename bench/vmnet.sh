@@ -143,6 +143,9 @@ run_usernet() {
 }
 
 declare -A VM KB
+# The reference twice, before and after the vmnet cells: on a shared machine the load moves.
+echo "usernet..." >&2
+USERNET_BEFORE=$(run_usernet)
 for n in $CLIENTS; do
   echo "vmnet with $n VMs..." >&2
   VM[$n]=$(run_vmnet "$n")
@@ -152,7 +155,7 @@ done
 echo "vmnet with 2 plain VMs (attach --no-offload)..." >&2
 PLAIN=$(ATTACH_FLAGS=--no-offload run_vmnet 2)
 echo "usernet..." >&2
-USERNET=$(run_usernet)
+USERNET_AFTER=$(run_usernet)
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b == 0) print "-"; else printf "%.2f", a / b }'; }
 
@@ -178,5 +181,5 @@ last=${CLIENTS##* }
   echo "host→VM with $last VMs attached / with $first: $(ratio "$vhn" "$vh1") (socket_vmnet: 0.23 at 4, lima-vm/socket_vmnet#58)."
   read -r ph pv <<<"$PLAIN"
   echo "With 2 plain clients (\`attach --no-offload\`, frames as QEMU and socket_vmnet clients send them): host→VM $ph, VM→VM $pv Gbit/s."
-  echo "limanet usernet guest→host at MTU 1500 in the same run: $USERNET Gbit/s (VM→VM through the switch should not be below it)."
+  echo "limanet usernet guest→host at MTU 1500 in the same run: $USERNET_BEFORE Gbit/s before the vmnet cells, $USERNET_AFTER after (VM→VM through the switch should not be below it)."
 } | tee "$OUT"

@@ -1127,7 +1127,7 @@ fn lying_offload_headers_are_dropped_and_counted() {
         flags: F_NEEDS_CSUM,
         gso_type: GSO_TCPV4,
         hdr_len: 54,
-        gso_size: 100,
+        gso_size: 1000,
         csum_start: 34,
         csum_offset: 16,
     };

@@ -34,6 +34,9 @@ pub const FEATURE_VNET_HDR_V1: u32 = 1;
 /// Length of the header on the wire: `struct virtio_net_hdr_v1` (`virtio_net_hdr` plus
 /// `num_buffers`, which is ignored on receipt and sent as 0).
 pub const WIRE_HDR_LEN: usize = VNET_HDR_LEN + 2;
+/// Smallest segment size accepted for a super-segment: a peer asking for tiny segments would
+/// make a 64 KiB frame cost the switch hundreds of packets to cut (an MTU of 296 still fits).
+pub const MIN_GSO_SIZE: u16 = 256;
 /// Minimum Ethernet frame without FCS: hellos and acks are padded to it.
 const MIN_FRAME: usize = 60;
 const PAYLOAD_LEN: usize = MAGIC.len() + 1 + 1 + 4;
@@ -112,8 +115,9 @@ pub enum HeaderError {
 }
 
 /// Splits an offload record into its header and frame, refusing headers that lie: unknown
-/// flags or GSO types, a checksum field outside the frame, a super-segment without a segment
-/// size or partial checksum, or a frame not even holding the headers it claims.
+/// flags or GSO types, a checksum field outside the frame, a super-segment without a partial
+/// checksum or with a segment size under [`MIN_GSO_SIZE`], or a frame not even holding an
+/// Ethernet header.
 pub fn parse_record(record: &[u8]) -> Result<(VnetHeader, &[u8]), HeaderError> {
     if record.len() < WIRE_HDR_LEN {
         return Err(HeaderError::Truncated);
@@ -143,7 +147,7 @@ pub fn check(hdr: &VnetHeader, len: usize) -> Result<(), HeaderError> {
             return Err(HeaderError::Inconsistent);
         }
     }
-    if gso != GSO_NONE && (hdr.gso_size == 0 || hdr.flags & F_NEEDS_CSUM == 0) {
+    if gso != GSO_NONE && (hdr.gso_size < MIN_GSO_SIZE || hdr.flags & F_NEEDS_CSUM == 0) {
         return Err(HeaderError::Inconsistent);
     }
     Ok(())
@@ -228,6 +232,10 @@ mod tests {
                 ..hdr
             },
             VnetHeader { gso_size: 0, ..hdr },
+            VnetHeader {
+                gso_size: MIN_GSO_SIZE - 1,
+                ..hdr
+            },
             VnetHeader { flags: 0, ..hdr },
             VnetHeader {
                 csum_start: 60_000,

@@ -19,8 +19,11 @@ use tracing::{info, warn};
 /// Largest frame relayed from the socket (socket_vmnet's limit).
 const MAX_FRAME: usize = 64 * 1024;
 const STOP: Token = Token(2);
-/// Recycled buffers kept (each up to a super-segment).
+/// Full-size buffers kept for reading the TAP.
 const POOL_MAX: usize = 128;
+/// Frames from this size on are queued in the full-size buffer they were read into: it is at
+/// most twice their size.
+const LARGE_FRAME: usize = 32 << 10;
 const TAP: usize = 0;
 const SOCKET: usize = 1;
 
@@ -54,6 +57,7 @@ pub fn relay(tap: OwnedFd, stream: OwnedFd, stop: OwnedFd, offload: bool) -> io:
         .register(&mut SourceFd(&stop.as_raw_fd()), STOP, Interest::READABLE)?;
     let mut events = Events::with_capacity(64);
     let mut scratch = vec![0u8; max_frame + 4];
+    // Buffers of `max_frame` bytes, for reading the TAP without a copy.
     let mut pool: Vec<Vec<u8>> = Vec::new();
     let mut pending = [true, true];
     loop {
@@ -100,15 +104,12 @@ pub fn relay(tap: OwnedFd, stream: OwnedFd, stop: OwnedFd, offload: bool) -> io:
                         return;
                     }
                     tap_busy = true;
-                    let mut b = pool.pop().unwrap_or_default();
-                    b.clear();
-                    b.extend_from_slice(f);
-                    frames.push(b);
+                    frames.push(f.to_vec());
                 })
             };
             for f in frames {
                 if let Some(back) = ports[to].queue(f) {
-                    pool.push(back);
+                    recycle(&mut pool, back, max_frame);
                 }
             }
             writable[to] = true;
@@ -129,11 +130,7 @@ pub fn relay(tap: OwnedFd, stream: OwnedFd, stop: OwnedFd, offload: bool) -> io:
         }
         for (i, port) in ports.iter_mut().enumerate() {
             if writable[i] && port.has_output() {
-                if let Err(e) = port.flush(|b| {
-                    if pool.len() < POOL_MAX {
-                        pool.push(b)
-                    }
-                }) {
+                if let Err(e) = port.flush(|b| recycle(&mut pool, b, max_frame)) {
                     info!(side = %port.name, error = %e, "relay write failed");
                     return Ok(format!("{} write failed: {e}", port.name));
                 }
@@ -142,8 +139,17 @@ pub fn relay(tap: OwnedFd, stream: OwnedFd, stop: OwnedFd, offload: bool) -> io:
     }
 }
 
-/// Reads frames from the TAP straight into recycled buffers (no copy) until it is drained or
-/// the per-event budget is spent.
+/// Keeps a written buffer for reading the TAP again if it is a full-size one.
+fn recycle(pool: &mut Vec<Vec<u8>>, b: Vec<u8>, max_frame: usize) {
+    if b.capacity() >= max_frame && pool.len() < POOL_MAX {
+        pool.push(b);
+    }
+}
+
+/// Reads frames from the TAP until it is drained or the per-event budget is spent: large
+/// ones (super-segments) stay in the full-size buffer they were read into (no copy), small
+/// ones are copied into a buffer of their size, so a queue of small frames does not hold
+/// full-size buffers.
 fn read_tap(
     fd: i32,
     max_frame: usize,
@@ -151,9 +157,8 @@ fn read_tap(
     frames: &mut Vec<Vec<u8>>,
 ) -> Result<ReadStatus, PortError> {
     for _ in 0..limanet_runtime::transport::READS_PER_EVENT {
-        let mut b = pool.pop().unwrap_or_default();
+        let mut b = pool.pop().unwrap_or_else(|| Vec::with_capacity(max_frame));
         b.clear();
-        b.reserve(max_frame);
         let spare = b.spare_capacity_mut();
         // SAFETY: reading into the buffer's spare capacity, at most its length.
         let n = unsafe { libc::read(fd, spare.as_mut_ptr().cast(), spare.len()) };
@@ -171,7 +176,12 @@ fn read_tap(
         }
         // SAFETY: read(2) initialised the first n bytes.
         unsafe { b.set_len(n as usize) };
-        frames.push(b);
+        if b.len() >= LARGE_FRAME {
+            frames.push(b);
+        } else {
+            frames.push(b.clone());
+            pool.push(b);
+        }
     }
     Ok(ReadStatus::More)
 }

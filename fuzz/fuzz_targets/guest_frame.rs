@@ -8,7 +8,7 @@
 use limanet_netstack::{Host, NetConfig, SockId, Stack};
 use std::collections::HashMap;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 /// Host sockets that always succeed: every TCP socket has a few bytes and then end of stream.
@@ -21,7 +21,7 @@ struct MemHost {
 }
 
 impl Host for MemHost {
-    fn tcp_connect(&mut self, _: SocketAddrV4) -> io::Result<SockId> {
+    fn tcp_connect(&mut self, _: SocketAddr) -> io::Result<SockId> {
         self.next += 1;
         self.tcp.insert(self.next, 3000);
         self.pending.push(self.next);
@@ -54,18 +54,18 @@ impl Host for MemHost {
     fn tcp_close(&mut self, id: SockId, _: bool) {
         self.tcp.remove(&id);
     }
-    fn udp_open(&mut self) -> io::Result<SockId> {
+    fn udp_open(&mut self, _: bool) -> io::Result<SockId> {
         self.next += 1;
         Ok(self.next)
     }
-    fn udp_send_to(&mut self, _: SockId, _: SocketAddrV4, _: &[u8]) -> io::Result<()> {
+    fn udp_send_to(&mut self, _: SockId, _: SocketAddr, _: &[u8]) -> io::Result<()> {
         Ok(())
     }
-    fn icmp_open(&mut self) -> io::Result<SockId> {
+    fn icmp_open(&mut self, _: bool) -> io::Result<SockId> {
         self.next += 1;
         Ok(self.next)
     }
-    fn icmp_send_to(&mut self, _: SockId, _: Ipv4Addr, _: &[u8]) -> io::Result<()> {
+    fn icmp_send_to(&mut self, _: SockId, _: IpAddr, _: &[u8]) -> io::Result<()> {
         Ok(())
     }
     fn close(&mut self, _: SockId) {}

@@ -123,10 +123,12 @@ async fn forwards(ctx: &Context) -> Result<Response, Response> {
 }
 
 fn proxy_of(f: &Forward) -> Proxy {
-    let guest = f.guest.unwrap_or(Ipv4Addr::UNSPECIFIED);
+    let guest = f
+        .guest
+        .unwrap_or(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     Proxy {
         local: f.host.to_string(),
-        remote: SocketAddrV4::new(guest, f.guest_port).to_string(),
+        remote: std::net::SocketAddr::new(guest, f.guest_port).to_string(),
         protocol: if f.udp { "udp" } else { "tcp" }.into(),
     }
 }
@@ -208,10 +210,11 @@ async fn expose(ctx: &Context, body: &[u8]) -> Result<Response, Response> {
         ));
     }
     let host = local_addr(&req.local).map_err(|e| Response::error(500, e))?;
+    // The API's forwards are IPv4 on both sides (gvproxy's are).
     let forward = Forward {
         udp,
-        host,
-        guest: Some(guest),
+        host: host.into(),
+        guest: Some(guest.into()),
         guest_port,
     };
     match ctx.ask(|reply| Command::Expose { forward, reply }).await? {
@@ -232,7 +235,11 @@ async fn unexpose(ctx: &Context, body: &[u8]) -> Result<Response, Response> {
     // gvproxy looks the forward up by its local string; one that does not parse names none.
     let host = local_addr(&req.local).map_err(|_| Response::error(500, "proxy not found"))?;
     match ctx
-        .ask(|reply| Command::Unexpose { udp, host, reply })
+        .ask(|reply| Command::Unexpose {
+            udp,
+            host: host.into(),
+            reply,
+        })
         .await?
     {
         Ok(()) => Ok(Response::ok()),

@@ -172,16 +172,18 @@ impl<L: Lookup + ?Sized> Handler<L> {
     }
 
     async fn address_answers(&self, owner: &Name, v6: bool) -> Result<Vec<RData>, LookupError> {
-        let (target, static_ip) = self.hosts.with(|h| {
+        let (target, static_ip, static_family) = self.hosts.with(|h| {
             let target = h.resolve_alias(&owner.to_ascii());
             let ip = h.address(&target);
-            (target, ip)
+            let family = h.address_of_family(&target, v6);
+            (target, ip, family)
         });
-        let addresses = match static_ip {
+        let addresses = match (static_family, static_ip) {
+            (Some(ip), _) => vec![ip],
             // A static name with an address of the other family only: NODATA rather than a
             // forward that would leak a private name upstream (Lima forwards).
-            Some(ip) => vec![ip],
-            None => self.lookup.addresses(&target, v6).await?,
+            (None, Some(ip)) => vec![ip],
+            (None, None) => self.lookup.addresses(&target, v6).await?,
         };
         let records: Vec<RData> = addresses
             .into_iter()
@@ -496,6 +498,33 @@ mod tests {
         assert!(r.recursion_available && !r.authoritative);
         assert_eq!(r.response_code, ResponseCode::NoError);
         assert_eq!(r.queries, req.queries);
+    }
+
+    #[test]
+    fn dual_stack_static_name_answers_a_and_aaaa() {
+        let hosts = StaticHosts::new([
+            ("host.lima.internal", "192.168.5.2"),
+            ("host.lima.internal", "fd00:192:168:5::2"),
+            ("v4only.internal", "192.168.5.15"),
+        ]);
+        let h = Handler::new(
+            HostsHandle::new(hosts),
+            true,
+            Arc::new(TableLookup::default()),
+        );
+        let r = ask(&h, "host.lima.internal.", RecordType::A).unwrap();
+        assert_eq!(
+            only_answer(&r).to_string(),
+            "host.lima.internal. 5 IN A 192.168.5.2"
+        );
+        let r = ask(&h, "host.lima.internal.", RecordType::AAAA).unwrap();
+        assert_eq!(
+            only_answer(&r).to_string(),
+            "host.lima.internal. 5 IN AAAA fd00:192:168:5::2"
+        );
+        // A static name without an IPv6 address: NODATA, never forwarded upstream.
+        let r = ask(&h, "v4only.internal.", RecordType::AAAA).unwrap();
+        assert!(r.answers.is_empty());
     }
 
     #[test]

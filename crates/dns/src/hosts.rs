@@ -21,9 +21,15 @@ pub fn canonical(name: &str) -> String {
 ///
 /// Keys are canonical (see [`canonical`]). Alias chains are stored as given and followed at
 /// look-up time, stopping at the first name without an alias or at the first repeated name.
+///
+/// A name may have one address of each family (dual-stack names such as `host.lima.internal`
+/// on a network with IPv6): setting an address replaces the name's address of that family
+/// and any alias, and keeps the other family's.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct StaticHosts {
     host_to_ip: HashMap<String, IpAddr>,
+    /// IPv6 addresses of names that have an IPv4 one as well (or only an IPv6 one).
+    host_to_ip6: HashMap<String, IpAddr>,
     cname_to_host: HashMap<String, String>,
 }
 
@@ -41,14 +47,18 @@ impl StaticHosts {
     /// else is an alias of that name.
     pub fn set(&mut self, name: &str, value: &str) {
         let key = canonical(name);
-        // One name is either an address or an alias, never both.
-        self.host_to_ip.remove(&key);
+        // One name is either addresses or an alias, never both.
         self.cname_to_host.remove(&key);
         match value.parse::<IpAddr>() {
-            Ok(ip) => {
+            Ok(ip @ IpAddr::V4(_)) => {
                 self.host_to_ip.insert(key, ip);
             }
+            Ok(ip @ IpAddr::V6(_)) => {
+                self.host_to_ip6.insert(key, ip);
+            }
             Err(_) => {
+                self.host_to_ip.remove(&key);
+                self.host_to_ip6.remove(&key);
                 self.cname_to_host.insert(key, canonical(value));
             }
         }
@@ -58,8 +68,9 @@ impl StaticHosts {
     pub fn remove(&mut self, name: &str) -> bool {
         let key = canonical(name);
         let a = self.host_to_ip.remove(&key).is_some();
+        let a6 = self.host_to_ip6.remove(&key).is_some();
         let b = self.cname_to_host.remove(&key).is_some();
-        a || b
+        a || a6 || b
     }
 
     /// Follows the alias chain from `name` and returns the last name reached (canonical).
@@ -78,13 +89,27 @@ impl StaticHosts {
     }
 
     /// The static address of a canonical name, if it has one (no alias following).
+    /// (The IPv4 one when it has both.)
     pub fn address(&self, canonical_name: &str) -> Option<IpAddr> {
-        self.host_to_ip.get(canonical_name).copied()
+        self.host_to_ip
+            .get(canonical_name)
+            .or_else(|| self.host_to_ip6.get(canonical_name))
+            .copied()
+    }
+
+    /// The static address of the given family (`v6`) of a canonical name.
+    pub fn address_of_family(&self, canonical_name: &str, v6: bool) -> Option<IpAddr> {
+        let table = if v6 {
+            &self.host_to_ip6
+        } else {
+            &self.host_to_ip
+        };
+        table.get(canonical_name).copied()
     }
 
     /// Whether the table has no entries.
     pub fn is_empty(&self) -> bool {
-        self.host_to_ip.is_empty() && self.cname_to_host.is_empty()
+        self.host_to_ip.is_empty() && self.host_to_ip6.is_empty() && self.cname_to_host.is_empty()
     }
 }
 

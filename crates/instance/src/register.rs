@@ -113,7 +113,11 @@ impl Registration {
             .iter()
             .map(|f| ExposeRequest {
                 local: f.host.to_string(),
-                remote: format!("{}:{}", f.guest.unwrap_or(ip), f.guest_port),
+                remote: std::net::SocketAddr::new(
+                    f.guest.unwrap_or(std::net::IpAddr::V4(ip)),
+                    f.guest_port,
+                )
+                .to_string(),
                 protocol: protocol(f).to_owned(),
             })
             .collect()

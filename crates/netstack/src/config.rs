@@ -1,8 +1,73 @@
 //! The shape of one user-mode network: addresses, limits and the address translation rules.
 
 use crate::wire::MacAddr;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use crate::wire6::IPV6_MIN_MTU;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::time::Duration;
+
+/// The IPv6 side of a dual-stack network: one /64 (SLAAC needs exactly 64 bits of interface
+/// identifier on Ethernet) whose well-known addresses mirror IPv4's: gateway `::2` (the host's
+/// `[::1]`), DNS `::3`, first guest `::15`.
+///
+/// The default prefix is a ULA derived from the IPv4 subnet so it is predictable and readable:
+/// `fd00:A:B:C::/64` where A.B.C are the first three IPv4 octets written as if they were hex
+/// digits, so 192.168.5.0/24 gets `fd00:192:168:5::/64` (gateway `fd00:192:168:5::2`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ipv6Net {
+    /// The /64 prefix (host bits zero).
+    pub prefix: Ipv6Addr,
+    pub gateway: Ipv6Addr,
+    /// Addresses whose port 53 is the embedded DNS server (user-v2: the gateway).
+    pub dns_addrs: Vec<Ipv6Addr>,
+    /// The address that mirrors IPv4's first guest (.15): not handed out by SLAAC, kept for
+    /// stateful configuration and forwards.
+    pub first_guest: Ipv6Addr,
+}
+
+impl Ipv6Net {
+    /// Prefix length: always /64 (see the type's docs).
+    pub const PREFIX_LEN: u8 = 64;
+
+    /// Lima's layout inside `prefix` (its host bits are ignored).
+    pub fn for_prefix(prefix: Ipv6Addr) -> Self {
+        let base = u128::from(prefix) & !u128::from(u64::MAX);
+        // `::15` reads like IPv4's .15 (it is 0x15).
+        Ipv6Net {
+            prefix: Ipv6Addr::from(base),
+            gateway: Ipv6Addr::from(base | 2),
+            dns_addrs: vec![Ipv6Addr::from(base | 3)],
+            first_guest: Ipv6Addr::from(base | 0x15),
+        }
+    }
+
+    /// The default ULA prefix for an IPv4 subnet (see the type's docs).
+    pub fn default_for(network: Ipv4Addr) -> Self {
+        let hexlike = |octet: u8| {
+            let d = u16::from(octet);
+            (d / 100) << 8 | (d / 10 % 10) << 4 | (d % 10)
+        };
+        let o = network.octets();
+        Self::for_prefix(Ipv6Addr::new(
+            0xfd00,
+            hexlike(o[0]),
+            hexlike(o[1]),
+            hexlike(o[2]),
+            0,
+            0,
+            0,
+            0,
+        ))
+    }
+
+    pub fn contains(&self, ip: Ipv6Addr) -> bool {
+        u128::from(ip) >> 64 == u128::from(self.prefix) >> 64
+    }
+
+    /// Addresses the stack itself answers for (Neighbor Discovery, echo).
+    pub fn is_local(&self, ip: Ipv6Addr) -> bool {
+        ip == self.gateway || self.dns_addrs.contains(&ip)
+    }
+}
 
 /// Everything the stack needs to know about its network. `NetConfig::default()` is Lima's
 /// default network: 192.168.5.0/24, host/gateway .2, DNS .3, first guest .15, MTU 1500.
@@ -68,6 +133,8 @@ pub struct NetConfig {
     pub udp_dns_idle_timeout: Duration,
     /// Seed for initial sequence numbers and ephemeral ports.
     pub seed: u64,
+    /// The IPv6 side of the network; `None` makes it IPv4-only (`--no-ipv6`).
+    pub ipv6: Option<Ipv6Net>,
 }
 
 /// Largest MTU limanet accepts, as pasta: a 65535-byte IPv4 packet minus headroom.
@@ -91,6 +158,10 @@ pub enum ConfigError {
     },
     #[error("DHCP range {0} - {1} is empty")]
     EmptyRange(Ipv4Addr, Ipv4Addr),
+    #[error("MTU {0} is below IPv6's minimum of {IPV6_MIN_MTU} (RFC 8200); raise --mtu or turn IPv6 off with --no-ipv6")]
+    Ipv6Mtu(u16),
+    #[error("IPv6 prefix {0} is not a unicast /64 prefix (not loopback, link-local, multicast or IPv4-mapped)")]
+    Ipv6Prefix(Ipv6Addr),
 }
 
 impl Default for NetConfig {
@@ -142,6 +213,7 @@ impl NetConfig {
             udp_idle_timeout: Duration::from_secs(180),
             udp_dns_idle_timeout: Duration::from_secs(10),
             seed: 0x6c69_6d61_6e65_7400,
+            ipv6: Some(Ipv6Net::default_for(Ipv4Addr::from(base))),
         }
     }
 
@@ -155,6 +227,9 @@ impl NetConfig {
         c.dns_addrs = vec![c.gateway];
         c.dhcp_dns = vec![c.gateway];
         c.dhcp_start = Ipv4Addr::from(base + 1);
+        if let Some(v6) = &mut c.ipv6 {
+            v6.dns_addrs = vec![v6.gateway];
+        }
         c
     }
 
@@ -187,6 +262,20 @@ impl NetConfig {
         if u32::from(self.dhcp_start) > u32::from(self.dhcp_end) {
             return Err(ConfigError::EmptyRange(self.dhcp_start, self.dhcp_end));
         }
+        if let Some(v6) = &self.ipv6 {
+            if self.mtu < IPV6_MIN_MTU {
+                return Err(ConfigError::Ipv6Mtu(self.mtu));
+            }
+            let p = v6.prefix;
+            if p.is_loopback()
+                || p.is_multicast()
+                || p.is_unspecified()
+                || is_link_local6(p)
+                || p.to_ipv4_mapped().is_some()
+            {
+                return Err(ConfigError::Ipv6Prefix(p));
+            }
+        }
         Ok(())
     }
 
@@ -211,6 +300,106 @@ impl NetConfig {
     /// Largest TCP payload in one frame.
     pub fn mss(&self) -> u16 {
         self.mtu - 40
+    }
+
+    /// Largest TCP payload in one frame of the family of `ip` (IPv6's header is 20 bytes
+    /// longer).
+    pub fn mss_for(&self, ip: IpAddr) -> u16 {
+        match ip {
+            IpAddr::V4(_) => self.mss(),
+            IpAddr::V6(_) => self.mtu - 60,
+        }
+    }
+
+    /// The gateway's address in the family of `ip` (`None`: IPv6 is off).
+    pub fn gateway_for(&self, ip: IpAddr) -> Option<IpAddr> {
+        match ip {
+            IpAddr::V4(_) => Some(IpAddr::V4(self.gateway)),
+            IpAddr::V6(_) => self.ipv6.as_ref().map(|v6| IpAddr::V6(v6.gateway)),
+        }
+    }
+
+    /// Whether the stack itself answers for `ip`, in either family.
+    pub fn is_local_ip(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(a) => self.is_local(a),
+            IpAddr::V6(a) => self.ipv6.as_ref().is_some_and(|v6| v6.is_local(a)),
+        }
+    }
+
+    /// [`NetConfig::outbound`] for either family. IPv6: the gateway is the host's `[::1]`,
+    /// the DNS addresses' port 53 the embedded DNS server; link-local, multicast, loopback,
+    /// IPv4-mapped and in-prefix destinations are refused (a mapped address would be a way
+    /// around the IPv4 rules, e.g. to the host's 127.0.0.1).
+    pub fn outbound_ip(&self, dst: SocketAddr, tcp: bool) -> Option<SocketAddr> {
+        let dst = match dst {
+            SocketAddr::V4(d) => return self.outbound(d, tcp).map(SocketAddr::V4),
+            SocketAddr::V6(d) => d,
+        };
+        let v6 = self.ipv6.as_ref()?;
+        let ip = *dst.ip();
+        if v6.dns_addrs.contains(&ip) && dst.port() == 53 {
+            return if tcp { self.dns_tcp } else { self.dns_udp }.map(SocketAddr::V4);
+        }
+        if ip == v6.gateway {
+            return self
+                .host_loopback
+                .then(|| SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::LOCALHOST, dst.port(), 0, 0)));
+        }
+        if v6.is_local(ip)
+            || v6.contains(ip)
+            || ip.is_loopback()
+            || ip.is_multicast()
+            || ip.is_unspecified()
+            || is_link_local6(ip)
+            || ip.to_ipv4_mapped().is_some()
+            || ip
+                .to_ipv4()
+                .is_some_and(|v4| v4.is_unspecified() || v4.is_loopback())
+        {
+            return None;
+        }
+        Some(SocketAddr::V6(SocketAddrV6::new(ip, dst.port(), 0, 0)))
+    }
+
+    /// [`NetConfig::inbound`] for either family: the address a guest whose own address is of
+    /// the family of `guest` sees as the source of a datagram from `src` on the host.
+    pub fn inbound_ip(&self, src: SocketAddr, guest: IpAddr) -> Option<SocketAddr> {
+        // Dual-stack host sockets report IPv4 peers as mapped addresses.
+        let src = match src {
+            SocketAddr::V6(s) => match s.ip().to_ipv4_mapped() {
+                Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, s.port())),
+                None => src,
+            },
+            v4 => v4,
+        };
+        let v6 = match (guest, &self.ipv6) {
+            (IpAddr::V4(_), _) => {
+                return match src {
+                    SocketAddr::V4(s) => self.inbound(s).map(SocketAddr::V4),
+                    SocketAddr::V6(_) => None,
+                }
+            }
+            (IpAddr::V6(_), None) => return None,
+            (IpAddr::V6(_), Some(v6)) => v6,
+        };
+        let port = src.port();
+        let to6 = |ip| Some(SocketAddr::V6(SocketAddrV6::new(ip, port, 0, 0)));
+        match src {
+            SocketAddr::V4(s) if Some(s) == self.dns_udp => {
+                let dns = v6.dns_addrs.first()?;
+                Some(SocketAddr::V6(SocketAddrV6::new(*dns, 53, 0, 0)))
+            }
+            SocketAddr::V4(_) => None,
+            SocketAddr::V6(s) if s.ip().is_loopback() => {
+                if self.host_loopback {
+                    to6(v6.gateway)
+                } else {
+                    None
+                }
+            }
+            SocketAddr::V6(s) => to6(*s.ip()),
+        }
     }
 
     /// Where a guest's TCP or UDP packet to `dst` goes on the host, or `None` when it must be
@@ -250,6 +439,11 @@ impl NetConfig {
         }
         Some(src)
     }
+}
+
+/// fe80::/10 (`Ipv6Addr::is_unicast_link_local` is not stable on every toolchain we build on).
+pub fn is_link_local6(ip: Ipv6Addr) -> bool {
+    ip.segments()[0] & 0xffc0 == 0xfe80
 }
 
 /// The netmask of a prefix length, as a host-order integer.
@@ -307,5 +501,73 @@ mod tests {
         c.host_loopback = false;
         assert_eq!(c.outbound(gw(80), true), None);
         assert_eq!(c.inbound("127.0.0.1:8080".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn ipv6_layout_and_translation() {
+        let mut c = NetConfig {
+            dns_udp: Some("127.0.0.1:5353".parse().unwrap()),
+            ..NetConfig::default()
+        };
+        let v6 = c.ipv6.clone().unwrap();
+        assert_eq!(v6.prefix, "fd00:192:168:5::".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(v6.gateway, "fd00:192:168:5::2".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(
+            v6.dns_addrs,
+            vec!["fd00:192:168:5::3".parse::<Ipv6Addr>().unwrap()]
+        );
+        assert_eq!(
+            v6.first_guest,
+            "fd00:192:168:5::15".parse::<Ipv6Addr>().unwrap()
+        );
+        let out_of = |c: &NetConfig, s: &str| c.outbound_ip(s.parse().unwrap(), true);
+        let out = |s: &str| out_of(&c, s);
+        assert_eq!(
+            out("[fd00:192:168:5::2]:80"),
+            Some("[::1]:80".parse().unwrap())
+        );
+        assert_eq!(
+            out("[2001:db8::1]:443"),
+            Some("[2001:db8::1]:443".parse().unwrap())
+        );
+        for refused in [
+            "[::1]:80",
+            "[fe80::1]:80",
+            "[ff02::1]:80",
+            "[::ffff:127.0.0.1]:80",
+            "[::127.0.0.1]:80",
+            "[fd00:192:168:5::15]:80",
+            "[fd00:192:168:5::3]:80",
+        ] {
+            assert_eq!(out(refused), None, "{refused}");
+        }
+        assert_eq!(
+            c.outbound_ip("[fd00:192:168:5::3]:53".parse().unwrap(), false),
+            Some("127.0.0.1:5353".parse().unwrap())
+        );
+        let guest6: IpAddr = "fd00:192:168:5::99".parse().unwrap();
+        assert_eq!(
+            c.inbound_ip("[::ffff:127.0.0.1]:5353".parse().unwrap(), guest6),
+            Some("[fd00:192:168:5::3]:53".parse().unwrap())
+        );
+        assert_eq!(
+            c.inbound_ip("[::1]:8080".parse().unwrap(), guest6),
+            Some("[fd00:192:168:5::2]:8080".parse().unwrap())
+        );
+        c.host_loopback = false;
+        assert_eq!(out_of(&c, "[fd00:192:168:5::2]:80"), None);
+        assert_eq!(c.inbound_ip("[::1]:8080".parse().unwrap(), guest6), None);
+        c.mtu = 1279;
+        assert_eq!(c.validate(), Err(ConfigError::Ipv6Mtu(1279)));
+        c.ipv6 = None;
+        c.validate().unwrap();
+        assert_eq!(out_of(&c, "[2001:db8::1]:443"), None);
+        let v2 = NetConfig::user_v2(Ipv4Addr::new(192, 168, 104, 0), 24);
+        let v2 = v2.ipv6.unwrap();
+        assert_eq!(v2.dns_addrs, vec![v2.gateway]);
+        assert_eq!(
+            v2.gateway,
+            "fd00:192:168:104::2".parse::<Ipv6Addr>().unwrap()
+        );
     }
 }

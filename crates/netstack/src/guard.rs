@@ -19,6 +19,14 @@
 //!   a guest cannot send from another guest's address; and a port may take at most
 //!   `max_ips_per_port` addresses that DHCP did not give it, so made-up sources are bounded.
 //!   Addresses outside the subnet are dropped: replies could not reach them anyway.
+//! - **Source IPv6 address.** `::` passes (duplicate address detection). Otherwise the address
+//!   must be link-local or a guest address of the network's /64 (not the gateway's, the DNS's
+//!   or the prefix itself), and not one another port uses: an address belongs to the port that
+//!   first sent from it until that port closes. A port may hold [`MAX_IPV6_PER_PORT`] IPv6
+//!   addresses; past that its least recently used one is released (privacy addresses rotate,
+//!   so a long-running guest keeps making new ones). Neighbor Advertisements for an address
+//!   another port holds are dropped too: a guest cannot take over another's address in its
+//!   neighbors' caches.
 //!
 //! Refused frames are counted; each kind of refusal is logged once (see [`crate::limits`]).
 
@@ -28,7 +36,16 @@ use crate::output::{Link, PortId};
 use crate::stack::MacDisplay;
 use crate::wire::{self, MacAddr};
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// IPv6 addresses one port may hold at once (link-local, stable SLAAC, temporary ones).
+pub const MAX_IPV6_PER_PORT: usize = 16;
+
+#[derive(Debug, Clone, Copy)]
+struct Addr6 {
+    link: Link,
+    seen: Instant,
+}
 use std::time::{Duration, Instant};
 use tracing::warn;
 
@@ -84,6 +101,8 @@ pub struct Guard {
     macs: HashMap<MacAddr, MacEntry>,
     /// Addresses in use, with the port and MAC they were last seen from.
     addrs: HashMap<Ipv4Addr, Link>,
+    /// IPv6 addresses in use, with their port and MAC and when they were last used.
+    addrs6: HashMap<Ipv6Addr, Addr6>,
     ports: HashMap<PortId, PortAddrs>,
     /// When stale MACs were last swept out (see `make_room`).
     last_sweep: Option<Instant>,
@@ -109,7 +128,85 @@ impl Guard {
         for ip in &freed {
             self.addrs.remove(ip);
         }
+        self.addrs6.retain(|_, a| a.link.port != port);
         freed
+    }
+
+    /// Where a guest's IPv6 address was last seen.
+    pub fn link_of6(&self, ip: &Ipv6Addr) -> Option<Link> {
+        self.addrs6.get(ip).map(|a| a.link)
+    }
+
+    /// The IPv6 addresses a port uses, with when each was last seen.
+    pub fn addresses6_of(&self, port: PortId) -> Vec<(Ipv6Addr, Instant)> {
+        self.addrs6
+            .iter()
+            .filter(|(_, a)| a.link.port == port)
+            .map(|(ip, a)| (*ip, a.seen))
+            .collect()
+    }
+
+    /// The port that holds an IPv6 address, if any.
+    pub fn port_of6(&self, ip: &Ipv6Addr) -> Option<PortId> {
+        self.addrs6.get(ip).map(|a| a.link.port)
+    }
+
+    /// Checks the source IPv6 address of a frame from `port` (see the module docs).
+    pub fn admit_ip6(
+        &mut self,
+        cfg: &NetConfig,
+        now: Instant,
+        port: PortId,
+        mac: MacAddr,
+        ip: Ipv6Addr,
+    ) -> bool {
+        if ip.is_unspecified() {
+            return true;
+        }
+        match self.addrs6.get_mut(&ip) {
+            Some(a) if a.link.port == port => {
+                a.link.mac = mac;
+                a.seen = now;
+                return true;
+            }
+            Some(_) => return self.spoofed6(port, ip),
+            None => {}
+        }
+        let usable = crate::config::is_link_local6(ip)
+            || cfg
+                .ipv6
+                .as_ref()
+                .is_some_and(|v6| v6.contains(ip) && !v6.is_local(ip) && ip != v6.prefix);
+        if !usable {
+            return self.spoofed6(port, ip);
+        }
+        let held: Vec<(Ipv6Addr, Instant)> = self
+            .addrs6
+            .iter()
+            .filter(|(_, a)| a.link.port == port)
+            .map(|(ip, a)| (*ip, a.seen))
+            .collect();
+        if held.len() >= MAX_IPV6_PER_PORT {
+            if let Some((oldest, _)) = held.iter().min_by_key(|(_, seen)| *seen) {
+                self.addrs6.remove(oldest);
+            }
+        }
+        self.addrs6.insert(
+            ip,
+            Addr6 {
+                link: Link { port, mac },
+                seen: now,
+            },
+        );
+        true
+    }
+
+    fn spoofed6(&mut self, port: PortId, ip: Ipv6Addr) -> bool {
+        self.stats.spoofed_source += 1;
+        if self.log.first(Limit::Ipv6SourceAddress) {
+            warn!(port, %ip, "dropping IPv6 frames from a source address this port may not use (another guest's, or not on this network; logged once)");
+        }
+        false
     }
 
     /// The port a MAC is learned on.

@@ -5,16 +5,17 @@
 //! `Stack::on_*` methods.
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 
 /// Identifies a host socket. Chosen by the [`Host`] implementation.
 pub type SockId = usize;
 
 /// Host sockets as the stack uses them.
 pub trait Host {
-    /// Starts a non-blocking TCP connect. Completion is reported through
-    /// `Stack::on_tcp_connected`; an immediate failure is returned here.
-    fn tcp_connect(&mut self, dst: SocketAddrV4) -> io::Result<SockId>;
+    /// Starts a non-blocking TCP connect (an IPv4 or IPv6 socket, by the family of `dst`).
+    /// Completion is reported through `Stack::on_tcp_connected`; an immediate failure (no
+    /// route, say) is returned here.
+    fn tcp_connect(&mut self, dst: SocketAddr) -> io::Result<SockId>;
 
     /// Sends bytes; returns how many the kernel accepted (`WouldBlock` when none).
     fn tcp_send(&mut self, id: SockId, data: &[u8]) -> io::Result<usize>;
@@ -35,17 +36,19 @@ pub trait Host {
     /// Closes the socket; with `reset`, the peer sees a RST instead of a FIN.
     fn tcp_close(&mut self, id: SockId, reset: bool);
 
-    /// Opens an unconnected UDP socket on an ephemeral port.
-    fn udp_open(&mut self) -> io::Result<SockId>;
+    /// Opens an unconnected UDP socket on an ephemeral port. With `ipv6`, an IPv6 socket that
+    /// also reaches IPv4 destinations (the embedded DNS server listens on IPv4 loopback).
+    fn udp_open(&mut self, ipv6: bool) -> io::Result<SockId>;
 
     /// Sends one datagram.
-    fn udp_send_to(&mut self, id: SockId, dst: SocketAddrV4, data: &[u8]) -> io::Result<()>;
+    fn udp_send_to(&mut self, id: SockId, dst: SocketAddr, data: &[u8]) -> io::Result<()>;
 
-    /// Opens an ICMP echo socket (unprivileged ping socket, or raw where that is refused).
-    fn icmp_open(&mut self) -> io::Result<SockId>;
+    /// Opens an ICMP (or with `ipv6`, ICMPv6) echo socket: an unprivileged ping socket, or a
+    /// raw one where that is refused.
+    fn icmp_open(&mut self, ipv6: bool) -> io::Result<SockId>;
 
-    /// Sends an ICMP echo request (header and data) to `dst`.
-    fn icmp_send_to(&mut self, id: SockId, dst: Ipv4Addr, packet: &[u8]) -> io::Result<()>;
+    /// Sends an echo request (ICMP or ICMPv6 header and data) to `dst`.
+    fn icmp_send_to(&mut self, id: SockId, dst: IpAddr, packet: &[u8]) -> io::Result<()>;
 
     /// Closes a UDP or ICMP socket.
     fn close(&mut self, id: SockId);

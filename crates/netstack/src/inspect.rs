@@ -3,7 +3,7 @@
 
 use crate::output::PortId;
 use crate::wire::MacAddr;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 /// Transport protocol of a flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,10 +26,10 @@ impl FlowProtocol {
 pub struct FlowInfo {
     pub protocol: FlowProtocol,
     /// The guest's end.
-    pub guest: SocketAddrV4,
+    pub guest: SocketAddr,
     /// The other end as the guest sees it (for port forwards: the gateway and the port that
     /// stands for the host client).
-    pub remote: SocketAddrV4,
+    pub remote: SocketAddr,
     /// The switch port (VM) the flow belongs to.
     pub port: PortId,
     /// Opened from the host through a port forward (or a probe), not by the guest.

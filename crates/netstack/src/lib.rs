@@ -2,7 +2,8 @@
 //!
 //! A [`Stack`] is one network: a learning switch between ports (VMs, namespaces) and a gateway
 //! that serves ARP, DHCP and ICMP echo and translates guest TCP, UDP and ICMP onto host sockets.
-//! It performs no I/O and reads no clock:
+//! Both IPv4 and IPv6 (Neighbor Discovery, Router Advertisements, stateless DHCPv6; see
+//! [`ndp`]). It performs no I/O and reads no clock:
 //! - frames from a port go in through [`Stack::handle_frame`] (then [`Stack::end_batch`] once per
 //!   batch), and frames for ports come out in `stack.out.queue`;
 //! - host sockets are reached through the [`Host`] trait, and their readiness comes back through
@@ -17,11 +18,13 @@
 pub mod checksum;
 pub mod config;
 pub mod dhcp;
+pub mod dhcp6;
 pub mod guard;
 pub mod host;
 pub mod icmp;
 pub mod inspect;
 pub mod limits;
+pub mod ndp;
 pub mod output;
 pub mod stack;
 pub mod stream_offload;
@@ -29,6 +32,7 @@ pub mod tcp;
 pub mod udp;
 pub mod vnet;
 pub mod wire;
+pub mod wire6;
 
 pub use config::NetConfig;
 pub use host::{Host, SockId};

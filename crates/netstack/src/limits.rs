@@ -19,6 +19,9 @@ pub enum Limit {
     DhcpForeignClient,
     DhcpOffersPerPort,
     DhcpPoolExhausted,
+    GuestRouterMessage,
+    Ipv6SourceAddress,
+    NeighborSolicitRate,
 }
 
 /// Which limits have been logged already.

@@ -9,14 +9,16 @@ use crate::host::{Host, SockId};
 use crate::icmp::IcmpTable;
 use crate::inspect::{CamEntry, FlowInfo, InboundState};
 use crate::limits::{Limit, LimitLog};
+use crate::ndp::Ndp;
 use crate::output::{Link, Output, PortId};
 use crate::tcp::{FlowKey, TcpTable};
 use crate::udp::UdpTable;
 use crate::vnet::{self, VnetHeader};
 use crate::wire::{self, Arp, Ethernet, Ipv4, MacAddr, Tcp, Udp, WireError, BROADCAST_MAC};
+use crate::wire6::{self, Icmpv6, Ipv6};
 use std::collections::HashSet;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -43,7 +45,7 @@ pub enum StackError {
     #[error("invalid DHCP configuration: {0}")]
     Dhcp(#[from] crate::dhcp::DhcpError),
     #[error("no guest with address {0} is known yet")]
-    UnknownGuest(Ipv4Addr),
+    UnknownGuest(IpAddr),
 }
 
 /// A user-mode network. All methods return at once; see the crate docs for the calling
@@ -58,6 +60,8 @@ pub struct Stack {
     tcp: TcpTable,
     udp: UdpTable,
     icmp: IcmpTable,
+    /// Neighbor Discovery, Router Advertisements and DHCPv6 (IPv6 networks).
+    ndp: Ndp,
     ports: HashSet<PortId>,
     next_port: PortId,
     /// The switch table, and which port may use which source addresses.
@@ -93,6 +97,7 @@ impl Stack {
             tcp: TcpTable::new(cfg.seed),
             udp: UdpTable::new(),
             icmp: IcmpTable::new(),
+            ndp: Ndp::new(),
             ports: HashSet::new(),
             next_port: 0,
             guard: Guard::new(),
@@ -115,6 +120,11 @@ impl Stack {
     /// DHCP counters.
     pub fn dhcp_stats(&self) -> crate::dhcp::DhcpStats {
         self.dhcp.stats
+    }
+
+    /// Neighbor Discovery and DHCPv6 counters.
+    pub fn ndp_stats(&self) -> crate::ndp::NdpStats {
+        self.ndp.stats
     }
 
     /// TCP counters.
@@ -150,6 +160,7 @@ impl Stack {
             + g.spoofed_source
             + g.address_limit
             + g.flood_limit
+            + self.ndp.stats.guest_router_messages
     }
 
     pub fn udp_stats(&self) -> crate::udp::UdpStats {
@@ -170,13 +181,13 @@ impl Stack {
     /// The TCP and UDP flow table.
     pub fn flows(&self) -> Vec<FlowInfo> {
         let mut flows = self.tcp.flow_list();
-        flows.extend(self.udp.flow_list(self.cfg.gateway));
+        flows.extend(self.udp.flow_list(&self.cfg));
         flows
     }
 
     /// The state of a connection the host opened towards a guest on `sock` (see
     /// [`Stack::open_tcp_forward`]); `None` once it is refused, reset or closed.
-    pub fn inbound_state(&self, sock: SockId) -> Option<(SocketAddrV4, InboundState)> {
+    pub fn inbound_state(&self, sock: SockId) -> Option<(SocketAddr, InboundState)> {
         self.tcp.inbound_state(sock)
     }
 
@@ -219,6 +230,7 @@ impl Stack {
         self.tcp.port_closed(host, port);
         self.udp.port_closed(host, port);
         self.icmp.port_closed(host, port);
+        self.ndp.port_closed(port);
         self.out.queue.retain(|f| f.port != port);
     }
 
@@ -275,6 +287,7 @@ impl Stack {
         };
         if !self.guard.admit_mac(&self.cfg, now, port, eth.src)
             || !self.admit_source(now, port, &eth)
+            || !self.admit_ipv6(now, port, &eth)
         {
             return;
         }
@@ -284,7 +297,9 @@ impl Stack {
             if self.guard.admit_flood(&self.cfg, now, port) {
                 self.flood(port, frame, vnet);
             }
-            if eth.dst == BROADCAST_MAC {
+            // IPv6 multicast (33:33:...) carries Neighbor and Router Solicitations and DHCPv6.
+            let ipv6_multicast = eth.dst[..2] == [0x33, 0x33] && self.cfg.ipv6.is_some();
+            if eth.dst == BROADCAST_MAC || ipv6_multicast {
                 self.local_offloaded(host, now, port, &eth, frame, checksums_verified, vnet);
             }
         } else {
@@ -392,6 +407,65 @@ impl Stack {
         }
     }
 
+    /// Checks an IPv6 frame before the switch or the gateway sees it: it must parse (bounded
+    /// extension-header chain), must not be a Router Advertisement or Redirect (only the gateway
+    /// is a router) nor a Neighbor Advertisement for another port's address, and its source
+    /// must be one the port may use ([`Guard::admit_ip6`]). Fragments are switched between
+    /// guests (receivers ignore fragmented Neighbor Discovery, RFC 6980, so one cannot hide a
+    /// Router Advertisement) and dropped, counted, at the gateway. Other frames pass.
+    fn admit_ipv6(&mut self, now: Instant, port: PortId, eth: &Ethernet) -> bool {
+        if eth.ethertype != wire::ETHERTYPE_IPV6 {
+            return true;
+        }
+        let p = eth.payload;
+        if p.len() < wire6::IPV6_HEADER_LEN || p[0] >> 4 != 6 {
+            self.malformed(port, WireError::Malformed);
+            return false;
+        }
+        let src = wire6::v6_at(p, 8);
+        match Ipv6::parse(p) {
+            Ok(ip) if ip.next_header == wire6::PROTO_ICMPV6 => {
+                if !self.admit_icmpv6(port, &ip) {
+                    return false;
+                }
+            }
+            Ok(_) | Err(WireError::Fragment) => {}
+            Err(e) => {
+                self.malformed(port, e);
+                return false;
+            }
+        }
+        self.guard.admit_ip6(&self.cfg, now, port, eth.src, src)
+    }
+
+    /// The router guard of [`Stack::admit_ipv6`] for an ICMPv6 message from a guest.
+    fn admit_icmpv6(&mut self, port: PortId, ip: &Ipv6) -> bool {
+        match ip.payload.first() {
+            Some(&wire6::ND_ROUTER_ADVERT) | Some(&wire6::ND_REDIRECT) => {
+                self.ndp.stats.guest_router_messages += 1;
+                if self.log.first(Limit::GuestRouterMessage) {
+                    warn!(port, src = %ip.src, "dropping Router Advertisements and Redirects from a guest: only the gateway routes (logged once; counted)");
+                }
+                false
+            }
+            // A Neighbor Advertisement for an address another port holds would take it over
+            // in the neighbors' caches.
+            Some(&wire6::ND_NEIGHBOR_ADVERT) => {
+                let target = ip
+                    .payload
+                    .get(4..)
+                    .and_then(|b| wire6::NeighborAdvert::parse(b).ok())
+                    .map(|na| na.target);
+                if target.is_some_and(|t| self.guard.port_of6(&t).is_some_and(|p| p != port)) {
+                    self.guard.stats.spoofed_source += 1;
+                    return false;
+                }
+                true
+            }
+            _ => true,
+        }
+    }
+
     /// Call after a batch of frames: sends the ACKs the batch earned.
     pub fn end_batch(&mut self, host: &mut impl Host) {
         self.tcp.flush_acks(host, &mut self.out, &self.cfg);
@@ -431,9 +505,18 @@ impl Stack {
             wire::ETHERTYPE_IPV4 => match Ipv4::parse(eth.payload) {
                 Ok(ip) => {
                     if !checksums_verified && !checksums_valid(&ip) {
-                        return self.bad_checksum(port, &ip);
+                        return self.bad_checksum(port, IpAddr::V4(ip.src), ip.protocol);
                     }
                     self.ipv4(host, now, link, eth.dst == BROADCAST_MAC, &ip)
+                }
+                Err(e) => self.malformed(port, e),
+            },
+            wire::ETHERTYPE_IPV6 if self.cfg.ipv6.is_some() => match Ipv6::parse(eth.payload) {
+                Ok(ip) => {
+                    if !checksums_verified && !checksums6_valid(&ip) {
+                        return self.bad_checksum(port, IpAddr::V6(ip.src), ip.next_header);
+                    }
+                    self.ipv6(host, now, link, &ip, eth.payload)
                 }
                 Err(e) => self.malformed(port, e),
             },
@@ -441,10 +524,122 @@ impl Stack {
         }
     }
 
-    fn bad_checksum(&mut self, port: PortId, ip: &Ipv4) {
+    fn bad_checksum(&mut self, port: PortId, src: IpAddr, protocol: u8) {
         self.stats.bad_checksum += 1;
         if self.log.first(Limit::Checksum) {
-            warn!(port, src = %ip.src, protocol = ip.protocol, "dropping packets with a bad checksum (logged once; counted in the statistics)");
+            warn!(port, %src, protocol, "dropping packets with a bad checksum (logged once; counted in the statistics)");
+        }
+    }
+
+    /// An IPv6 packet for the gateway, or for a multicast group the gateway is in.
+    /// `packet` is the whole IPv6 packet, for an ICMPv6 error quoting it.
+    fn ipv6(&mut self, host: &mut impl Host, now: Instant, link: Link, ip: &Ipv6, packet: &[u8]) {
+        let Some(v6) = self.cfg.ipv6.as_ref() else {
+            return;
+        };
+        self.ndp.arm(now);
+        let multicast = ip.dst.is_multicast();
+        match ip.next_header {
+            wire6::PROTO_ICMPV6 => {
+                let icmp = match Icmpv6::parse(ip.payload) {
+                    Ok(m) => m,
+                    Err(e) => return self.malformed(link.port, e),
+                };
+                // Neighbor Discovery only from the link itself (RFC 4861 6.1, 7.1).
+                let nd = (wire6::ND_ROUTER_SOLICIT..=wire6::ND_REDIRECT).contains(&icmp.kind);
+                if nd {
+                    if ip.hop_limit == 255 && icmp.code == 0 {
+                        self.ndp.on_guest_icmpv6(
+                            &mut self.out,
+                            &self.cfg,
+                            v6,
+                            now,
+                            link,
+                            ip.src,
+                            &icmp,
+                        );
+                    } else {
+                        self.ndp.stats.malformed += 1;
+                    }
+                    return;
+                }
+                if icmp.kind != wire6::ICMPV6_ECHO_REQUEST || multicast {
+                    return;
+                }
+                let gateway_ll = crate::ndp::gateway_link_local(&self.cfg);
+                let local = v6.is_local(ip.dst) || ip.dst == gateway_ll;
+                self.icmp.on_guest_message(
+                    host,
+                    &mut self.out,
+                    &self.cfg,
+                    now,
+                    link,
+                    IpAddr::V6(ip.src),
+                    IpAddr::V6(ip.dst),
+                    local,
+                    ip.payload,
+                );
+            }
+            wire::PROTO_UDP => {
+                let udp = match Udp::parse(ip.payload) {
+                    Ok(u) => u,
+                    Err(e) => return self.malformed(link.port, e),
+                };
+                let src = SocketAddrV6::new(ip.src, udp.src_port, 0, 0);
+                if udp.dst_port == crate::dhcp6::SERVER_PORT
+                    && (ip.dst == crate::dhcp6::ALL_SERVERS
+                        || v6.is_local(ip.dst)
+                        || ip.dst == crate::ndp::gateway_link_local(&self.cfg))
+                {
+                    self.ndp
+                        .on_dhcp6(&mut self.out, &self.cfg, v6, link, src, udp.payload);
+                    return;
+                }
+                if multicast || !v6.contains(ip.src) {
+                    return;
+                }
+                let dst = SocketAddrV6::new(ip.dst, udp.dst_port, 0, 0);
+                let unreachable = self.udp.on_guest_datagram(
+                    host,
+                    &self.cfg,
+                    now,
+                    link,
+                    SocketAddr::V6(src),
+                    SocketAddr::V6(dst),
+                    udp.payload,
+                );
+                if unreachable && self.ndp.may_send_error(link.port, now) {
+                    // The host has no IPv6 route there: say so at once (RFC 4443 3.1, code 0
+                    // "no route to destination"), quoting as much of the packet as fits in
+                    // the minimum MTU.
+                    let quoted = &packet[..packet.len().min(1280 - 48)];
+                    let mut body = vec![0u8; 4];
+                    body.extend_from_slice(quoted);
+                    let gateway = v6.gateway;
+                    self.out
+                        .icmpv6(link, gateway, ip.src, wire6::ICMPV6_DEST_UNREACHABLE, &body);
+                }
+            }
+            wire::PROTO_TCP => {
+                // Translated connections need a routable guest address (not link-local).
+                if multicast || !v6.contains(ip.src) {
+                    return;
+                }
+                let seg = match Tcp::parse(ip.payload) {
+                    Ok(s) => s,
+                    Err(e) => return self.malformed(link.port, e),
+                };
+                let key = FlowKey {
+                    guest: SocketAddr::V6(SocketAddrV6::new(ip.src, seg.src_port, 0, 0)),
+                    remote: SocketAddr::V6(SocketAddrV6::new(ip.dst, seg.dst_port, 0, 0)),
+                };
+                self.tcp
+                    .on_guest_segment(host, &mut self.out, &self.cfg, now, link, key, &seg);
+            }
+            other => debug!(
+                protocol = other,
+                "dropping IPv6 packet of unsupported protocol"
+            ),
         }
     }
 
@@ -480,8 +675,8 @@ impl Stack {
                 if broadcast || ip.dst.is_broadcast() || ip.dst == self.cfg.broadcast() {
                     return;
                 }
-                let src = SocketAddrV4::new(ip.src, udp.src_port);
-                let dst = SocketAddrV4::new(ip.dst, udp.dst_port);
+                let src = SocketAddr::V4(SocketAddrV4::new(ip.src, udp.src_port));
+                let dst = SocketAddr::V4(SocketAddrV4::new(ip.dst, udp.dst_port));
                 self.udp
                     .on_guest_datagram(host, &self.cfg, now, link, src, dst, udp.payload);
             }
@@ -492,8 +687,8 @@ impl Stack {
                     Err(e) => return self.malformed(link.port, e),
                 };
                 let key = FlowKey {
-                    guest: SocketAddrV4::new(ip.src, seg.src_port),
-                    remote: SocketAddrV4::new(ip.dst, seg.dst_port),
+                    guest: SocketAddr::V4(SocketAddrV4::new(ip.src, seg.src_port)),
+                    remote: SocketAddr::V4(SocketAddrV4::new(ip.dst, seg.dst_port)),
                 };
                 self.tcp
                     .on_guest_segment(host, &mut self.out, &self.cfg, now, link, key, &seg);
@@ -505,8 +700,9 @@ impl Stack {
                     &self.cfg,
                     now,
                     link,
-                    ip.src,
-                    ip.dst,
+                    IpAddr::V4(ip.src),
+                    IpAddr::V4(ip.dst),
+                    self.cfg.is_local(ip.dst),
                     ip.payload,
                 );
             }
@@ -594,21 +790,64 @@ impl Stack {
         &mut self,
         now: Instant,
         sock: SockId,
-        from: SocketAddrV4,
+        from: impl Into<SocketAddr>,
         data: &[u8],
     ) -> bool {
         self.udp
-            .on_host_datagram(&mut self.out, &self.cfg, now, sock, from, data)
+            .on_host_datagram(&mut self.out, &self.cfg, now, sock, from.into(), data)
     }
 
-    /// An ICMP message arrived on a host echo socket. False if `sock` is not one.
-    pub fn on_icmp_message(&mut self, sock: SockId, from: Ipv4Addr, message: &[u8]) -> bool {
+    /// An ICMP or ICMPv6 message arrived on a host echo socket. False if `sock` is not one.
+    pub fn on_icmp_message(
+        &mut self,
+        sock: SockId,
+        from: impl Into<IpAddr>,
+        message: &[u8],
+    ) -> bool {
         self.icmp
-            .on_host_message(&mut self.out, sock, from, message)
+            .on_host_message(&mut self.out, sock, from.into(), message)
     }
 
-    /// Where to reach a guest address: learned from its frames, else from its DHCP lease.
-    fn link_of(&mut self, ip: Ipv4Addr) -> Result<Link, StackError> {
+    /// Where to reach a guest address: learned from its frames, else (IPv4) from its DHCP
+    /// lease.
+    fn link_of(&mut self, ip: IpAddr) -> Result<Link, StackError> {
+        match ip {
+            IpAddr::V4(v4) => self.link_of4(v4),
+            IpAddr::V6(v6) => self
+                .guard
+                .link_of6(&v6)
+                .or_else(|| {
+                    // An EUI-64 address: the MAC is in it (see `guest_ipv6_of`).
+                    let mac = wire6::mac_of_eui64(v6)?;
+                    let port = self.guard.port_of(&mac)?;
+                    Some(Link { port, mac })
+                })
+                .ok_or(StackError::UnknownGuest(ip)),
+        }
+    }
+
+    /// The IPv6 address of the guest that holds IPv4 address `ip`: where a forward whose host
+    /// side is IPv6 reaches that guest. The in-prefix address it used most recently, else (a
+    /// guest that has not sent from one yet) the SLAAC address its MAC gives by EUI-64, which
+    /// Linux guests form by default.
+    pub fn guest_ipv6_of(&mut self, ip: Ipv4Addr) -> Option<Ipv6Addr> {
+        self.cfg.ipv6.as_ref()?;
+        let link = self.link_of4(ip).ok()?;
+        let v6 = self.cfg.ipv6.as_ref()?;
+        let used = self
+            .guard
+            .addresses6_of(link.port)
+            .into_iter()
+            .filter(|(a, _)| v6.contains(*a))
+            .max_by_key(|(_, seen)| *seen)
+            .map(|(a, _)| a);
+        used.or_else(|| {
+            let eui = u128::from(wire6::link_local_from_mac(link.mac)) & u128::from(u64::MAX);
+            Some(Ipv6Addr::from(u128::from(v6.prefix) | eui))
+        })
+    }
+
+    fn link_of4(&mut self, ip: Ipv4Addr) -> Result<Link, StackError> {
         if let Some(link) = self.guard.link_of(&ip) {
             return Ok(link);
         }
@@ -638,19 +877,20 @@ impl Stack {
             request.emit(&mut f);
             self.out.push(port, f);
         }
-        Err(StackError::UnknownGuest(ip))
+        Err(StackError::UnknownGuest(IpAddr::V4(ip)))
     }
 
     /// A connection accepted on a TCP port-forward listener (`sock`, already adopted by the
-    /// host) goes to `guest`.
+    /// host) goes to `guest` (IPv4 or IPv6).
     pub fn open_tcp_forward(
         &mut self,
         host: &mut impl Host,
         now: Instant,
         sock: SockId,
-        guest: SocketAddrV4,
+        guest: impl Into<SocketAddr>,
     ) -> Result<(), StackError> {
-        let link = match self.link_of(*guest.ip()) {
+        let guest = guest.into();
+        let link = match self.link_of(guest.ip()) {
             Ok(l) => l,
             Err(e) => {
                 host.tcp_close(sock, true);
@@ -667,11 +907,12 @@ impl Stack {
         &mut self,
         now: Instant,
         listener: SockId,
-        client: SocketAddrV4,
-        guest: SocketAddrV4,
+        client: impl Into<SocketAddr>,
+        guest: impl Into<SocketAddr>,
         data: &[u8],
     ) -> Result<(), StackError> {
-        let link = self.link_of(*guest.ip())?;
+        let (client, guest) = (client.into(), guest.into());
+        let link = self.link_of(guest.ip())?;
         self.udp.on_forward_datagram(
             &mut self.out,
             &self.cfg,
@@ -691,6 +932,7 @@ impl Stack {
             self.tcp.poll_timeout(),
             self.udp.poll_timeout(),
             self.icmp.poll_timeout(),
+            self.ndp.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -702,6 +944,11 @@ impl Stack {
         self.tcp.on_timeout(host, &mut self.out, &self.cfg, now);
         self.udp.on_timeout(host, &self.cfg, now);
         self.icmp.on_timeout(host, now);
+        if let Some(v6) = self.cfg.ipv6.as_ref() {
+            let ports = self.ports();
+            self.ndp
+                .on_timeout(&mut self.out, &self.cfg, v6, now, &ports);
+        }
     }
 
     /// Logs a one-line summary of the counters.
@@ -724,8 +971,23 @@ impl Stack {
             tcp_partial_sends = t.partial_sends,
             udp_flows = self.udp.len(),
             udp_evicted = u.evicted,
+            fragments = s.fragments,
             "network statistics"
         );
+        let n = &self.ndp.stats;
+        if self.cfg.ipv6.is_some() {
+            info!(
+                router_adverts_sent = n.router_adverts_sent,
+                router_solicits = n.router_solicits,
+                neighbor_solicits_answered = n.neighbor_solicits_answered,
+                neighbor_solicits_limited = n.neighbor_solicits_limited,
+                guest_router_messages = n.guest_router_messages,
+                dhcp6_replies = n.dhcp6_replies,
+                icmpv6_errors_limited = n.errors_limited,
+                nd_malformed = n.malformed,
+                "IPv6 neighbor discovery statistics"
+            );
+        }
         let g = &self.guard.stats;
         let d = &self.dhcp.stats;
         let refused = g.mac_of_other_port
@@ -788,6 +1050,25 @@ fn checksums_valid(ip: &Ipv4) -> bool {
         _ => return true,
     };
     checksum::finish(sum) == 0
+}
+
+/// Whether the TCP, UDP or ICMPv6 checksum of `ip` is right (IPv6 has no header checksum;
+/// a UDP checksum of zero is invalid in IPv6, RFC 8200 8.1).
+fn checksums6_valid(ip: &Ipv6) -> bool {
+    let proto = ip.next_header;
+    if !matches!(
+        proto,
+        wire::PROTO_TCP | wire::PROTO_UDP | wire6::PROTO_ICMPV6
+    ) {
+        return true;
+    }
+    let seed = wire::ip_pseudo_header_sum(
+        IpAddr::V6(ip.src),
+        IpAddr::V6(ip.dst),
+        proto,
+        ip.payload.len(),
+    );
+    checksum::finish(checksum::sum(ip.payload, seed)) == 0
 }
 
 /// Formats a MAC address as `aa:bb:cc:dd:ee:ff`.

@@ -28,17 +28,16 @@ use crate::config::NetConfig;
 use crate::host::{Host, SockId};
 use crate::inspect::{FlowInfo, FlowProtocol, InboundState};
 use crate::limits::{Limit, LimitLog};
-use crate::output::{Link, Output, PortId};
+use crate::output::{ip_header_len, write_link_and_ip, Link, Output, PortId};
 use crate::vnet::VnetHeader;
 use crate::wire::{self, tcp_flags as F, Tcp, ETH_HEADER_LEN, IPV4_HEADER_LEN, TCP_HEADER_LEN};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
-const HEADERS: usize = ETH_HEADER_LEN + IPV4_HEADER_LEN + TCP_HEADER_LEN;
 /// Our window scale: windows up to 8 MiB.
 const OUR_WSCALE: u8 = 7;
 const MAX_WINDOW: usize = 8 << 20;
@@ -52,9 +51,13 @@ const SEGMENTS_PER_ROUND: usize = 32;
 /// comes well within it): saves a frame per request/response. Kept short because a guest using
 /// Nagle's algorithm holds its next small write until this ACK.
 const ACK_DELAY: Duration = Duration::from_millis(1);
-/// Out-of-order guest segments held per flow, and their bytes held per network.
+/// Guest segments held per flow (after a gap, or while the host socket is full), and their
+/// bytes held per network.
 const HELD_SEGMENTS_MAX: usize = 64;
 const HELD_BYTES_MAX: usize = 16 << 20;
+/// Largest held entry that contiguous segments are merged into: a partial send moves the rest
+/// of an entry, so entries stay small enough for that to be cheap.
+const HELD_CHUNK_MAX: usize = 256 << 10;
 /// Largest TCP payload of one IPv4 packet (a super-segment for a port with offloads).
 const MAX_SUPER_PAYLOAD: usize = 65535 - IPV4_HEADER_LEN - TCP_HEADER_LEN;
 
@@ -68,12 +71,19 @@ fn segment_size(out: &Output, port: PortId, mss: usize) -> usize {
     }
 }
 
-/// A connection as the guest sees it.
+/// A connection as the guest sees it: both ends of one family, IPv4 or IPv6.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FlowKey {
-    pub guest: SocketAddrV4,
+    pub guest: SocketAddr,
     /// The remote end as addressed by the guest (before address translation).
-    pub remote: SocketAddrV4,
+    pub remote: SocketAddr,
+}
+
+impl FlowKey {
+    /// Bytes of Ethernet, IP and option-less TCP header in a segment of this flow.
+    pub fn headers_len(&self) -> usize {
+        ETH_HEADER_LEN + ip_header_len(self.guest.ip()) + TCP_HEADER_LEN
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -423,7 +433,10 @@ impl TcpTable {
                     flow.state = State::Established;
                     flow.snd_una = seg.ack;
                     flow.rcv_nxt = seg.seq.wrapping_add(1);
-                    flow.guest_mss = seg.mss.unwrap_or(536).clamp(64, cfg.mss());
+                    flow.guest_mss = seg
+                        .mss
+                        .unwrap_or(536)
+                        .clamp(64, cfg.mss_for(key.guest.ip()));
                     match seg.window_scale {
                         Some(ws) => flow.snd_wscale = ws,
                         None => flow.rcv_wscale = 0,
@@ -508,8 +521,15 @@ impl TcpTable {
                 self.stats.guest_duplicate += 1;
                 ack_now = true;
             } else if flow.send_blocked {
-                self.stats.guest_blocked += 1;
-                ack_now = true;
+                // The guest sent this within the window we offered before the host socket
+                // filled: keep it for when the socket drains rather than make the guest
+                // recover a loss. Only what does not fit is dropped (and then acknowledged, so
+                // the guest learns the window is closed).
+                let data = &seg.payload[offset as usize..];
+                if !hold(&mut self.held_bytes, flow, flow.rcv_nxt, data) {
+                    self.stats.guest_blocked += 1;
+                    ack_now = true;
+                }
             } else {
                 let data = &seg.payload[offset as usize..];
                 let before = flow.rcv_nxt;
@@ -667,7 +687,7 @@ impl TcpTable {
         let Some(flow) = self.flows[idx].as_mut() else {
             return Ok(());
         };
-        let mss = usize::from(flow.guest_mss.min(cfg.mss()));
+        let mss = usize::from(flow.guest_mss.min(cfg.mss_for(flow.key.guest.ip())));
         let mut first = true;
         loop {
             let room = (flow.snd_wnd as usize).saturating_sub(flow.in_flight() as usize);
@@ -686,7 +706,7 @@ impl TcpTable {
                 let got = host.tcp_peek(flow.sock, flow.peeked(), &mut [&mut self.probe[..want]]);
                 if let Ok(n @ 1..) = got {
                     let mut f = out.buffer();
-                    f.resize(HEADERS, 0);
+                    f.resize(flow.key.headers_len(), 0);
                     f.extend_from_slice(&self.probe[..n]);
                     emit_data(out, cfg, now, flow, f, n < want);
                 }
@@ -756,7 +776,7 @@ impl TcpTable {
             send_reset_for(out, link, key, seg);
             return;
         }
-        let Some(target) = cfg.outbound(key.remote, true) else {
+        let Some(target) = cfg.outbound_ip(key.remote, true) else {
             debug!(remote = %key.remote, "no route for TCP destination, refusing");
             self.stats.refused += 1;
             send_reset_for(out, link, key, seg);
@@ -799,7 +819,10 @@ impl TcpTable {
             Ok(sock) => {
                 let mut flow = self.new_flow(key, link, sock, State::HostConnecting, now);
                 flow.rcv_nxt = seg.seq.wrapping_add(1);
-                flow.guest_mss = seg.mss.unwrap_or(536).clamp(64, cfg.mss());
+                flow.guest_mss = seg
+                    .mss
+                    .unwrap_or(536)
+                    .clamp(64, cfg.mss_for(key.guest.ip()));
                 if let Some(ws) = seg.window_scale {
                     flow.snd_wscale = ws;
                     flow.rcv_wscale = OUR_WSCALE;
@@ -932,8 +955,12 @@ impl TcpTable {
         now: Instant,
         sock: SockId,
         link: Link,
-        guest: SocketAddrV4,
+        guest: SocketAddr,
     ) {
+        let Some(gateway) = cfg.gateway_for(guest.ip()) else {
+            host.tcp_close(sock, true);
+            return;
+        };
         if self.by_key.len() >= cfg.max_tcp_flows {
             self.stats.table_full += 1;
             warn!(%guest, "TCP flow table full, dropping forwarded connection");
@@ -944,7 +971,7 @@ impl TcpTable {
         let remote = loop {
             self.next_forward_port = self.next_forward_port.wrapping_add(1);
             let port = 49152 + (self.next_forward_port % 16384);
-            let remote = SocketAddrV4::new(cfg.gateway, port);
+            let remote = SocketAddr::new(gateway, port);
             if !self.by_key.contains_key(&FlowKey { guest, remote }) {
                 break remote;
             }
@@ -965,7 +992,7 @@ impl TcpTable {
     /// The connection the host opened towards a guest on host socket `sock` (a forward or a
     /// probe): its guest end and state, or `None` when there is no such connection (refused,
     /// reset, never opened).
-    pub fn inbound_state(&self, sock: SockId) -> Option<(SocketAddrV4, InboundState)> {
+    pub fn inbound_state(&self, sock: SockId) -> Option<(SocketAddr, InboundState)> {
         let flow = self.flows.get(*self.by_sock.get(&sock)?)?.as_ref()?;
         let state = match flow.state {
             State::SynSent => InboundState::Opening,
@@ -1126,7 +1153,7 @@ impl TcpTable {
                     } else if flow.snd_wnd == 0 {
                         // Window probe: an old sequence number makes the guest re-announce its window.
                         let mut f = out.buffer();
-                        f.resize(HEADERS, 0);
+                        f.resize(flow.key.headers_len(), 0);
                         write_segment(cfg, flow, &mut f, F::ACK, flow.snd_una.wrapping_sub(1), &[]);
                         out.push(flow.link.port, f);
                         flow.deadline = Some(now + flow.rto);
@@ -1152,11 +1179,12 @@ fn peek_segments(
     mss: usize,
     want: usize,
 ) -> io::Result<usize> {
+    let headers = flow.key.headers_len();
     let mut frames: Vec<Vec<u8>> = (0..want.div_ceil(mss))
-        .map(|i| out.buffer_with_len(HEADERS + mss.min(want - i * mss)))
+        .map(|i| out.buffer_with_len(headers + mss.min(want - i * mss)))
         .collect();
     let got = {
-        let mut bufs: Vec<&mut [u8]> = frames.iter_mut().map(|f| &mut f[HEADERS..]).collect();
+        let mut bufs: Vec<&mut [u8]> = frames.iter_mut().map(|f| &mut f[headers..]).collect();
         host.tcp_peek(flow.sock, flow.peeked(), &mut bufs)
     };
     let mut left = *got.as_ref().unwrap_or(&0);
@@ -1166,8 +1194,8 @@ fn peek_segments(
             out.recycle(f);
             continue;
         }
-        let len = (f.len() - HEADERS).min(left);
-        f.truncate(HEADERS + len);
+        let len = (f.len() - headers).min(left);
+        f.truncate(headers + len);
         left -= len;
         emit_data(out, cfg, now, flow, f, left == 0 && drained);
     }
@@ -1184,13 +1212,15 @@ fn emit_data(
     mut f: Vec<u8>,
     last: bool,
 ) {
-    let len = f.len() - HEADERS;
+    let headers = flow.key.headers_len();
+    let len = f.len() - headers;
     let flags = if last { F::ACK | F::PSH } else { F::ACK };
     if out.offloads(flow.link.port) {
         // The guest's kernel completes the checksum and cuts what exceeds its MSS.
         write_segment_partial(cfg, flow, &mut f, flags, flow.snd_nxt);
-        let mss = usize::from(flow.guest_mss.min(cfg.mss()));
-        out.push_offloaded(flow.link.port, f, VnetHeader::tcpv4(HEADERS, len, mss));
+        let mss = usize::from(flow.guest_mss.min(cfg.mss_for(flow.key.guest.ip())));
+        let vnet = VnetHeader::tcp(headers, len, mss, flow.key.guest.is_ipv6());
+        out.push_offloaded(flow.link.port, f, vnet);
     } else {
         write_segment(cfg, flow, &mut f, flags, flow.snd_nxt, &[]);
         out.push(flow.link.port, f);
@@ -1219,16 +1249,23 @@ fn send_in_order(host: &mut impl Host, flow: &mut Flow, data: &[u8]) -> io::Resu
     Ok(())
 }
 
-/// Keeps a guest segment that arrived after a gap, if it lies within the window we offered
-/// and the budgets allow.
-fn hold(held_bytes: &mut usize, flow: &mut Flow, seq: u32, payload: &[u8]) {
+/// Keeps a guest segment that arrived after a gap, or while the host socket is full, if it
+/// lies within the window we offered and the budgets allow; true if it is held (now or
+/// before). Data that continues the last held segment is appended to it, so a window's worth
+/// of in-order segments held while the socket is full costs one entry, not one per segment.
+fn hold(held_bytes: &mut usize, flow: &mut Flow, seq: u32, payload: &[u8]) -> bool {
     let ahead = seq.wrapping_sub(flow.rcv_nxt) as usize;
-    if flow.send_blocked
-        || ahead + payload.len() > flow.rcv_wnd as usize
-        || flow.held.len() >= HELD_SEGMENTS_MAX
+    // The right edge we advertised last; `rcv_wnd` is zero while the socket is full, but
+    // the guest may still be sending into the window it saw before.
+    let edge = if seq_lt(flow.rcv_nxt, flow.rcv_edge) {
+        flow.rcv_edge.wrapping_sub(flow.rcv_nxt) as usize
+    } else {
+        0
+    };
+    if ahead + payload.len() > edge.max(flow.rcv_wnd as usize)
         || *held_bytes + payload.len() > HELD_BYTES_MAX
     {
-        return;
+        return false;
     }
     let at = flow.held.partition_point(|(s, _)| seq_lt(*s, seq));
     if flow
@@ -1236,10 +1273,25 @@ fn hold(held_bytes: &mut usize, flow: &mut Flow, seq: u32, payload: &[u8]) {
         .get(at)
         .is_some_and(|(s, d)| *s == seq && d.len() >= payload.len())
     {
-        return; // A retransmission of what is held already.
+        return true; // A retransmission of what is held already.
+    }
+    if at == flow.held.len() {
+        if let Some((last_seq, last)) = flow.held.last_mut() {
+            if last_seq.wrapping_add(last.len() as u32) == seq
+                && last.len() + payload.len() <= HELD_CHUNK_MAX
+            {
+                *held_bytes += payload.len();
+                last.extend_from_slice(payload);
+                return true;
+            }
+        }
+    }
+    if flow.held.len() >= HELD_SEGMENTS_MAX {
+        return false;
     }
     *held_bytes += payload.len();
     flow.held.insert(at, (seq, payload.to_vec()));
+    true
 }
 
 /// After a send the host socket took only part of (`data`, which started at `before`), keeps
@@ -1338,7 +1390,7 @@ fn send_ack(host: &mut impl Host, out: &mut Output, cfg: &NetConfig, flow: &mut 
 /// Emits a segment with no payload.
 fn send_flags(out: &mut Output, cfg: &NetConfig, flow: &Flow, flags: u8) {
     let mut f = out.buffer();
-    f.resize(HEADERS, 0);
+    f.resize(flow.key.headers_len(), 0);
     let seq = if flags & F::RST != 0 && flags & F::ACK == 0 {
         flow.snd_una
     } else {
@@ -1351,12 +1403,12 @@ fn send_flags(out: &mut Output, cfg: &NetConfig, flow: &Flow, flags: u8) {
 /// Emits a SYN or SYN-ACK with our MSS and window scale options.
 fn send_syn(out: &mut Output, cfg: &NetConfig, flow: &Flow, flags: u8) {
     let mut options = vec![2, 4];
-    options.extend_from_slice(&cfg.mss().to_be_bytes());
+    options.extend_from_slice(&cfg.mss_for(flow.key.guest.ip()).to_be_bytes());
     if flow.rcv_wscale > 0 || flags == F::SYN {
         options.extend_from_slice(&[1, 3, 3, OUR_WSCALE]);
     }
     let mut f = out.buffer();
-    f.resize(HEADERS + options.len(), 0);
+    f.resize(flow.key.headers_len() + options.len(), 0);
     write_segment(cfg, flow, &mut f, flags, flow.iss, &options);
     out.push(flow.link.port, f);
 }
@@ -1384,17 +1436,19 @@ fn write_headers(
 ) {
     let src = flow.key.remote;
     let dst = flow.key.guest;
-    let tcp_len = f.len() - ETH_HEADER_LEN - IPV4_HEADER_LEN;
-    wire::write_ethernet(f, flow.link.mac, cfg.gateway_mac, wire::ETHERTYPE_IPV4);
-    wire::write_ipv4(
-        &mut f[ETH_HEADER_LEN..],
-        *src.ip(),
-        *dst.ip(),
+    let l4 = ETH_HEADER_LEN + ip_header_len(dst.ip());
+    let tcp_len = f.len() - l4;
+    write_link_and_ip(
+        f,
+        flow.link.mac,
+        cfg.gateway_mac,
+        src.ip(),
+        dst.ip(),
         wire::PROTO_TCP,
         tcp_len,
     );
     let ack = if flags & F::ACK != 0 { flow.rcv_nxt } else { 0 };
-    let t = &mut f[ETH_HEADER_LEN + IPV4_HEADER_LEN..];
+    let t = &mut f[l4..];
     t[0..2].copy_from_slice(&src.port().to_be_bytes());
     t[2..4].copy_from_slice(&dst.port().to_be_bytes());
     t[4..8].copy_from_slice(&seq.to_be_bytes());
@@ -1410,7 +1464,7 @@ fn write_headers(
     t[14..16].copy_from_slice(&window.to_be_bytes());
     t[16..20].copy_from_slice(&[0, 0, 0, 0]);
     t[TCP_HEADER_LEN..TCP_HEADER_LEN + options.len()].copy_from_slice(options);
-    let seed = wire::pseudo_header_sum(*src.ip(), *dst.ip(), wire::PROTO_TCP, tcp_len);
+    let seed = wire::ip_pseudo_header_sum(src.ip(), dst.ip(), wire::PROTO_TCP, tcp_len);
     let sum = if partial {
         !checksum::finish(seed)
     } else {
@@ -1433,13 +1487,13 @@ fn send_reset_for(out: &mut Output, link: Link, key: FlowKey, seg: &Tcp) {
     t[8..12].copy_from_slice(&ack.to_be_bytes());
     t[12] = 5 << 4;
     t[13] = flags;
-    let seed = wire::pseudo_header_sum(
-        *key.remote.ip(),
-        *key.guest.ip(),
+    let seed = wire::ip_pseudo_header_sum(
+        key.remote.ip(),
+        key.guest.ip(),
         wire::PROTO_TCP,
         TCP_HEADER_LEN,
     );
     let sum = checksum::finish(checksum::sum(&t, seed));
     t[16..18].copy_from_slice(&sum.to_be_bytes());
-    out.ipv4(link, *key.remote.ip(), *key.guest.ip(), wire::PROTO_TCP, &t);
+    out.ip(link, key.remote.ip(), key.guest.ip(), wire::PROTO_TCP, &t);
 }

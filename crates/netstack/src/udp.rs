@@ -1,4 +1,5 @@
-//! UDP translation: one unconnected host socket per guest (address, port).
+//! UDP translation: one unconnected host socket per guest (address, port), IPv4 or IPv6 (an IPv6
+//! one is dual stack, so a guest's IPv6 query to the embedded DNS reaches its IPv4 loopback socket).
 //!
 //! Mapping is endpoint-independent (RFC 4787): whatever the guest's socket talks to goes out of
 //! the same host socket, and replies from any peer come back, so DNS, QUIC and peer-to-peer
@@ -12,15 +13,19 @@
 use crate::config::NetConfig;
 use crate::host::{Host, SockId};
 use crate::inspect::{FlowInfo, FlowProtocol};
-use crate::output::{Link, Output};
+use crate::output::{ip_header_len, Link, Output};
+use crate::wire::UDP_HEADER_LEN;
 use std::collections::HashMap;
-use std::net::SocketAddrV4;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
+
+/// Linux's EADDRNOTAVAIL: an IPv6 send with no source address for the destination (no route).
+const EADDRNOTAVAIL: i32 = 99;
 use tracing::{debug, warn};
 
 #[derive(Debug)]
 struct Flow {
-    guest: SocketAddrV4,
+    guest: SocketAddr,
     link: Link,
     sock: SockId,
     last_used: Instant,
@@ -31,8 +36,8 @@ struct Flow {
 #[derive(Debug)]
 struct Forward {
     listener: SockId,
-    client: SocketAddrV4,
-    guest: SocketAddrV4,
+    client: SocketAddr,
+    guest: SocketAddr,
     /// Our port on the gateway address, as the guest sees it.
     gateway_port: u16,
     link: Link,
@@ -51,10 +56,10 @@ pub struct UdpStats {
 /// All UDP flows of one network.
 #[derive(Debug)]
 pub struct UdpTable {
-    flows: HashMap<SocketAddrV4, Flow>,
-    by_sock: HashMap<SockId, SocketAddrV4>,
+    flows: HashMap<SocketAddr, Flow>,
+    by_sock: HashMap<SockId, SocketAddr>,
     forwards: HashMap<u16, Forward>,
-    forward_by_client: HashMap<(SockId, SocketAddrV4), u16>,
+    forward_by_client: HashMap<(SockId, SocketAddr), u16>,
     next_forward_port: u16,
     next_sweep: Option<Instant>,
     pub stats: UdpStats,
@@ -89,7 +94,8 @@ impl UdpTable {
         self.len() == 0
     }
 
-    /// A datagram from the guest.
+    /// A datagram from the guest. Returns true when the host has no route to its destination
+    /// (the caller may tell the guest so with an ICMP unreachable, rather than let it wait).
     #[allow(clippy::too_many_arguments)]
     pub fn on_guest_datagram(
         &mut self,
@@ -97,26 +103,26 @@ impl UdpTable {
         cfg: &NetConfig,
         now: Instant,
         link: Link,
-        guest: SocketAddrV4,
-        dst: SocketAddrV4,
+        guest: SocketAddr,
+        dst: SocketAddr,
         payload: &[u8],
-    ) {
+    ) -> bool {
         // A reply to a port-forwarded client?
-        if *dst.ip() == cfg.gateway {
+        if cfg.gateway_for(dst.ip()) == Some(dst.ip()) {
             if let Some(fwd) = self.forwards.get_mut(&dst.port()) {
                 if fwd.guest == guest {
                     fwd.last_used = now;
                     if let Err(e) = host.udp_send_to(fwd.listener, fwd.client, payload) {
                         debug!(error = %e, client = %fwd.client, "forwarded UDP reply failed");
                     }
-                    return;
+                    return false;
                 }
             }
         }
-        let Some(target) = cfg.outbound(dst, false) else {
+        let Some(target) = cfg.outbound_ip(dst, false) else {
             self.stats.dropped += 1;
             debug!(%dst, "no route for UDP destination, dropping");
-            return;
+            return false;
         };
         let sock = match self.flows.get_mut(&guest) {
             Some(flow) => {
@@ -137,12 +143,12 @@ impl UdpTable {
                     let only = (own >= cfg.max_udp_flows / 2).then_some(link.port);
                     self.evict_oldest(host, only);
                 }
-                let sock = match host.udp_open() {
+                let sock = match host.udp_open(guest.is_ipv6()) {
                     Ok(s) => s,
                     Err(e) => {
                         self.stats.dropped += 1;
                         warn!(error = %e, "cannot open a UDP socket, dropping datagram");
-                        return;
+                        return false;
                     }
                 };
                 self.flows.insert(
@@ -161,9 +167,16 @@ impl UdpTable {
                 sock
             }
         };
-        if let Err(e) = host.udp_send_to(sock, target, payload) {
-            self.stats.dropped += 1;
-            debug!(error = %e, %target, "UDP send failed");
+        match host.udp_send_to(sock, target, payload) {
+            Ok(()) => false,
+            Err(e) => {
+                self.stats.dropped += 1;
+                debug!(error = %e, %target, "UDP send failed");
+                matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NetworkUnreachable | std::io::ErrorKind::HostUnreachable
+                ) || e.raw_os_error() == Some(EADDRNOTAVAIL)
+            }
         }
     }
 
@@ -187,7 +200,7 @@ impl UdpTable {
         }
     }
 
-    fn close_flow(&mut self, host: &mut impl Host, guest: SocketAddrV4) {
+    fn close_flow(&mut self, host: &mut impl Host, guest: SocketAddr) {
         if let Some(flow) = self.flows.remove(&guest) {
             self.by_sock.remove(&flow.sock);
             host.close(flow.sock);
@@ -202,7 +215,7 @@ impl UdpTable {
         cfg: &NetConfig,
         now: Instant,
         sock: SockId,
-        from: SocketAddrV4,
+        from: SocketAddr,
         payload: &[u8],
     ) -> bool {
         let Some(guest) = self.by_sock.get(&sock) else {
@@ -211,7 +224,7 @@ impl UdpTable {
         let Some(flow) = self.flows.get_mut(guest) else {
             return false;
         };
-        if payload.len() + 28 > usize::from(cfg.mtu) {
+        if payload.len() + UDP_HEADER_LEN + ip_header_len(flow.guest.ip()) > usize::from(cfg.mtu) {
             self.stats.dropped += 1;
             debug!(
                 len = payload.len(),
@@ -219,7 +232,7 @@ impl UdpTable {
             );
             return true;
         }
-        let Some(src) = cfg.inbound(from) else {
+        let Some(src) = cfg.inbound_ip(from, flow.guest.ip()) else {
             self.stats.dropped += 1;
             return true;
         };
@@ -236,15 +249,19 @@ impl UdpTable {
         cfg: &NetConfig,
         now: Instant,
         listener: SockId,
-        client: SocketAddrV4,
+        client: SocketAddr,
         link: Link,
-        guest: SocketAddrV4,
+        guest: SocketAddr,
         payload: &[u8],
     ) {
-        if payload.len() + 28 > usize::from(cfg.mtu) {
+        if payload.len() + UDP_HEADER_LEN + ip_header_len(guest.ip()) > usize::from(cfg.mtu) {
             self.stats.dropped += 1;
             return;
         }
+        let Some(gateway) = cfg.gateway_for(guest.ip()) else {
+            self.stats.dropped += 1;
+            return;
+        };
         let port = match self.forward_by_client.get(&(listener, client)) {
             Some(&p) => p,
             None => {
@@ -275,7 +292,7 @@ impl UdpTable {
         });
         fwd.last_used = now;
         fwd.link = link;
-        let src = SocketAddrV4::new(cfg.gateway, fwd.gateway_port);
+        let src = SocketAddr::new(gateway, fwd.gateway_port);
         out.udp(fwd.link, src, fwd.guest, payload);
     }
 
@@ -286,14 +303,16 @@ impl UdpTable {
         self.forward_by_client.retain(|(l, _), _| *l != listener);
     }
 
-    /// Every live flow, for the control API. `gateway` is the address forwarded datagrams come
-    /// from.
-    pub fn flow_list(&self, gateway: std::net::Ipv4Addr) -> Vec<FlowInfo> {
+    /// Every live flow, for the control API (forwarded datagrams come from the gateway).
+    pub fn flow_list(&self, cfg: &NetConfig) -> Vec<FlowInfo> {
         let outbound = self.flows.values().map(|f| FlowInfo {
             protocol: FlowProtocol::Udp,
             guest: f.guest,
             // An unconnected socket talks to anyone: the remote end is not one address.
-            remote: SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0),
+            remote: match f.guest {
+                SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+                SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+            },
             port: f.link.port,
             inbound: false,
             state: "active",
@@ -301,7 +320,11 @@ impl UdpTable {
         let inbound = self.forwards.values().map(|f| FlowInfo {
             protocol: FlowProtocol::Udp,
             guest: f.guest,
-            remote: SocketAddrV4::new(gateway, f.gateway_port),
+            remote: SocketAddr::new(
+                cfg.gateway_for(f.guest.ip())
+                    .unwrap_or(IpAddr::V4(cfg.gateway)),
+                f.gateway_port,
+            ),
             port: f.link.port,
             inbound: true,
             state: "active",
@@ -311,7 +334,7 @@ impl UdpTable {
 
     /// Forgets the flows of a port that went away.
     pub fn port_closed(&mut self, host: &mut impl Host, port: usize) {
-        let gone: Vec<SocketAddrV4> = self
+        let gone: Vec<SocketAddr> = self
             .flows
             .values()
             .filter(|f| f.link.port == port)
@@ -343,7 +366,7 @@ impl UdpTable {
             };
             now.duration_since(last) >= limit
         };
-        let expired: Vec<SocketAddrV4> = self
+        let expired: Vec<SocketAddr> = self
             .flows
             .values()
             .filter(|f| idle(f.last_used, f.dns_only))

@@ -115,13 +115,24 @@ impl VnetHeader {
     /// and TCP headers of `headers` bytes, no IPv4 options): the kernel cuts it into
     /// `mss`-byte segments if it is longer than that.
     pub fn tcpv4(headers: usize, payload: usize, mss: usize) -> Self {
+        Self::tcp(headers, payload, mss, false)
+    }
+
+    /// [`VnetHeader::tcpv4`] for either family: with `ipv6`, a TCP/IPv6 segment (40-byte IPv6
+    /// header, no extension headers).
+    pub fn tcp(headers: usize, payload: usize, mss: usize, ipv6: bool) -> Self {
         let gso = payload > mss;
+        let (gso_type, ip_len) = if ipv6 {
+            (GSO_TCPV6, crate::wire6::IPV6_HEADER_LEN)
+        } else {
+            (GSO_TCPV4, wire::IPV4_HEADER_LEN)
+        };
         VnetHeader {
             flags: F_NEEDS_CSUM,
-            gso_type: if gso { GSO_TCPV4 } else { GSO_NONE },
+            gso_type: if gso { gso_type } else { GSO_NONE },
             hdr_len: headers as u16,
             gso_size: if gso { mss as u16 } else { 0 },
-            csum_start: (ETH_HEADER_LEN + wire::IPV4_HEADER_LEN) as u16,
+            csum_start: (ETH_HEADER_LEN + ip_len) as u16,
             csum_offset: 16,
         }
     }

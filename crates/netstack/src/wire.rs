@@ -1,7 +1,8 @@
 //! Minimal, bounds-checked views of the headers the stack reads, and writers for the headers it
 //! emits. Parsing never panics: every accessor is behind a length check done in `parse`.
+//! IPv6 and ICMPv6 live in [`crate::wire6`].
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 /// A 48-bit Ethernet address.
 pub type MacAddr = [u8; 6];
@@ -17,6 +18,7 @@ pub const ICMP_HEADER_LEN: usize = 8;
 
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
 pub const ETHERTYPE_ARP: u16 = 0x0806;
+pub const ETHERTYPE_IPV6: u16 = 0x86dd;
 
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
@@ -310,14 +312,21 @@ pub fn write_ipv4(buf: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, pa
 
 /// Sum of the IPv4 pseudo header, to seed a TCP or UDP checksum.
 pub fn pseudo_header_sum(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, len: usize) -> u64 {
-    let s = src.octets();
-    let d = dst.octets();
-    u64::from(u16::from_be_bytes([s[0], s[1]]))
-        + u64::from(u16::from_be_bytes([s[2], s[3]]))
-        + u64::from(u16::from_be_bytes([d[0], d[1]]))
-        + u64::from(u16::from_be_bytes([d[2], d[3]]))
-        + u64::from(protocol)
-        + len as u64
+    ip_pseudo_header_sum(IpAddr::V4(src), IpAddr::V4(dst), protocol, len)
+}
+
+/// Sum of the IPv4 (RFC 793) or IPv6 (RFC 8200 8.1) pseudo header, to seed a TCP, UDP or
+/// ICMPv6 checksum. The two differ only in the width of the length field, and summing `len`
+/// as one number is the same as summing its 16-bit halves once folded. Mixed families (which
+/// no packet has) sum both addresses all the same.
+pub fn ip_pseudo_header_sum(src: IpAddr, dst: IpAddr, protocol: u8, len: usize) -> u64 {
+    let words = |ip: IpAddr| -> u64 {
+        match ip {
+            IpAddr::V4(a) => crate::checksum::sum(&a.octets(), 0),
+            IpAddr::V6(a) => crate::checksum::sum(&a.octets(), 0),
+        }
+    };
+    words(src) + words(dst) + u64::from(protocol) + len as u64
 }
 
 pub fn be16(p: &[u8], at: usize) -> u16 {

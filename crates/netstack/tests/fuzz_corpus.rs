@@ -10,10 +10,12 @@
 mod stable_mutator;
 mod support;
 
+use limanet_netstack::dhcp6;
 use limanet_netstack::vnet::VnetHeader;
 use limanet_netstack::wire::tcp_flags as F;
+use limanet_netstack::wire6::{self, NeighborSolicit, RouterAdvert};
 use limanet_netstack::{NetConfig, Stack};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use support::*;
@@ -88,8 +90,9 @@ fn replay(name: &str, data: &[u8], offloads: bool) {
             // A port with offloads may get super-segments (one IPv4 packet at most).
             let max = if offloads { 14 + 65535 } else { 1514 };
             assert!(f.len() >= 14 && f.len() <= max, "{name}: frame size");
-            // Parsing verifies the IP, TCP, UDP and ICMP checksums.
+            // Parsing verifies the IP, TCP, UDP and ICMP checksums (IPv6: the upper layer's).
             let _ = (parse_tcp(&f), parse_udp(&f), parse_icmp(&f));
+            let _ = support::ipv6::parse6(&f);
         }
     }
     stack.on_timeout(&mut host, start + Duration::from_secs(3600));
@@ -175,7 +178,7 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
     let mut bad_icmp = ping_gw.clone();
     bad_icmp.truncate(14 + 20 + 5);
     bad_icmp[16..18].copy_from_slice(&25u16.to_be_bytes());
-    vec![
+    let mut seeds = vec![
         ("arp_gateway", vec![arp.clone()]),
         ("arp_other", vec![arp_other]),
         ("arp_bad_hlen", vec![arp_bad]),
@@ -241,6 +244,158 @@ fn seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
                 tcp_frame(&ack),
             ],
         ),
+    ];
+    seeds.extend(ipv6_seeds());
+    seeds
+}
+
+/// IPv6 seeds: Neighbor Discovery, DHCPv6, echo, TCP and UDP, and the bad input of
+/// `tests/ipv6.rs` (fragments, long extension-header chains, guest RAs, NS floods).
+fn ipv6_seeds() -> Vec<(&'static str, Vec<Vec<u8>>)> {
+    use support::ipv6::*;
+    let ip = |s: &str| s.parse::<Ipv6Addr>().expect("address");
+    let guest_ll = ip("fe80::5055:55ff:fe00:f");
+    let guest6 = ip("fd00:192:168:5:5055:55ff:fe00:f");
+    let gw6 = ip("fd00:192:168:5::2");
+    let dns6 = ip("fd00:192:168:5::3");
+    let remote6 = ip("2001:db8:203::2");
+    let sa = |ip, port| SocketAddrV6::new(ip, port, 0, 0);
+    let rs = icmp6_frame(
+        GUEST_MAC,
+        wire6::multicast_mac(wire6::ALL_ROUTERS),
+        guest_ll,
+        wire6::ALL_ROUTERS,
+        wire6::ND_ROUTER_SOLICIT,
+        &[0, 0, 0, 0, 1, 1, 0x52, 0x55, 0x55, 0, 0, 0x0f],
+    );
+    let ns_body = NeighborSolicit {
+        target: gw6,
+        source_ll: Some(GUEST_MAC),
+    }
+    .emit_body();
+    let ns = icmp6_frame(
+        GUEST_MAC,
+        wire6::multicast_mac(wire6::solicited_node(gw6)),
+        guest6,
+        wire6::solicited_node(gw6),
+        wire6::ND_NEIGHBOR_SOLICIT,
+        &ns_body,
+    );
+    let dad = icmp6_frame(
+        GUEST_MAC,
+        wire6::multicast_mac(wire6::solicited_node(guest6)),
+        Ipv6Addr::UNSPECIFIED,
+        wire6::solicited_node(guest6),
+        wire6::ND_NEIGHBOR_SOLICIT,
+        &NeighborSolicit {
+            target: guest6,
+            source_ll: None,
+        }
+        .emit_body(),
+    );
+    let info = dhcp6::Message {
+        kind: dhcp6::MSG_INFORMATION_REQUEST,
+        transaction: [1, 2, 3],
+        options: vec![(
+            dhcp6::OPT_CLIENT_ID,
+            &[0, 3, 0, 1, 0x52, 0x55, 0x55, 0, 0, 0x0f][..],
+        )],
+    }
+    .emit();
+    let dhcp6_frame = udp6_frame(
+        sa(guest_ll, 546),
+        sa(dhcp6::ALL_SERVERS, 547),
+        wire6::multicast_mac(dhcp6::ALL_SERVERS),
+        &info,
+    );
+    let udp_out = udp6_frame(sa(guest6, 5000), sa(remote6, 9999), GW_MAC, b"hello6");
+    let udp_dns = udp6_frame(sa(guest6, 5001), sa(dns6, 53), GW_MAC, b"\x12\x34\x01\x00");
+    let syn_gw = tcp6_frame(sa(guest6, 40000), sa(gw6, 22), 1000, 0, F::SYN, b"");
+    let syn_out = tcp6_frame(sa(guest6, 40001), sa(remote6, 80), 1000, 0, F::SYN, b"");
+    let ack_out = tcp6_frame(sa(guest6, 40001), sa(remote6, 80), 1001, 0, F::ACK, b"");
+    let data_out = tcp6_frame(
+        sa(guest6, 40001),
+        sa(remote6, 80),
+        1001,
+        0,
+        F::ACK | F::PSH,
+        b"GET / HTTP/1.0\r\n\r\n",
+    );
+    let echo = |dst| {
+        let m = wire6::icmpv6_message(
+            guest6,
+            dst,
+            wire6::ICMPV6_ECHO_REQUEST,
+            0,
+            &[0, 9, 0, 1, b'x'],
+        );
+        frame6(GUEST_MAC, GW_MAC, guest6, dst, wire6::PROTO_ICMPV6, 64, &m)
+    };
+    // Extension headers in front of udp_out's datagram.
+    let with_ext = |first: u8, headers: &[[u8; 8]]| {
+        let mut body: Vec<u8> = headers.concat();
+        body.extend_from_slice(&udp_out[54..]);
+        let mut f = udp_out[..54].to_vec();
+        f[14 + 6] = first;
+        f[14 + 4..14 + 6].copy_from_slice(&(body.len() as u16).to_be_bytes());
+        f.extend_from_slice(&body);
+        f
+    };
+    let udp = limanet_netstack::wire::PROTO_UDP;
+    let fragment = with_ext(wire6::PROTO_FRAGMENT, &[[udp, 0, 0, 1, 0, 0, 0, 7]]);
+    let hop_by_hop = with_ext(wire6::PROTO_HOP_BY_HOP, &[[udp, 0, 5, 2, 0, 0, 1, 0]]);
+    let long_chain = with_ext(
+        wire6::PROTO_DEST_OPTS,
+        &[[wire6::PROTO_DEST_OPTS, 0, 1, 4, 0, 0, 0, 0]; 12],
+    );
+    let routing = with_ext(wire6::PROTO_ROUTING, &[[udp, 0, 0, 3, 0, 0, 0, 0]]);
+    let ra = RouterAdvert {
+        hop_limit: 64,
+        managed: true,
+        other: true,
+        router_lifetime: 9000,
+        reachable_time: 0,
+        retrans_timer: 0,
+        source_ll: Some(GUEST_MAC),
+        mtu: Some(1280),
+        prefixes: vec![],
+        rdnss: Some((100, vec![guest6])),
+    };
+    let guest_ra = icmp6_frame(
+        GUEST_MAC,
+        wire6::multicast_mac(wire6::ALL_NODES),
+        guest_ll,
+        wire6::ALL_NODES,
+        wire6::ND_ROUTER_ADVERT,
+        &ra.emit_body(),
+    );
+    let mut bad_nd_option = ns.clone();
+    let n = bad_nd_option.len();
+    bad_nd_option[n - 7] = 0; // source link-layer option of length 0
+    let mut truncated = udp_out.clone();
+    truncated[14 + 5] = 0xff; // payload length past the frame
+    vec![
+        ("ipv6_router_solicit", vec![rs.clone()]),
+        ("ipv6_neighbor_solicit", vec![ns.clone()]),
+        ("ipv6_dad", vec![dad]),
+        ("ipv6_dhcpv6_info_request", vec![dhcp6_frame]),
+        ("ipv6_udp_outside", vec![udp_out.clone()]),
+        ("ipv6_udp_dns", vec![udp_dns]),
+        ("ipv6_ping_gateway", vec![echo(gw6)]),
+        ("ipv6_ping_outside", vec![echo(remote6)]),
+        ("ipv6_tcp_syn_gateway", vec![syn_gw]),
+        (
+            "ipv6_tcp_conversation",
+            vec![rs, ns.clone(), syn_out, ack_out, data_out],
+        ),
+        ("ipv6_fragment", vec![fragment]),
+        ("ipv6_hop_by_hop", vec![hop_by_hop]),
+        ("ipv6_ext_chain", vec![long_chain]),
+        ("ipv6_routing_header", vec![routing]),
+        ("ipv6_guest_ra", vec![guest_ra]),
+        ("ipv6_bad_nd_option", vec![bad_nd_option]),
+        ("ipv6_truncated", vec![truncated]),
+        ("ipv6_ns_flood", vec![ns; 200]),
     ]
 }
 

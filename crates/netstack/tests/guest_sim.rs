@@ -272,7 +272,7 @@ fn transfer(seed: u64, impair: Impair, up: usize, down: usize, peer_read_rate: u
     loop {
         sim.step();
         if let (Some(data), Some(&(sock, dst))) = (&down_data, sim.host.connects.first()) {
-            assert_eq!(dst, SocketAddrV4::new(REMOTE_IP, 80));
+            assert_eq!(dst, SocketAddrV4::new(REMOTE_IP, 80).into());
             sim.peers.push(Peer {
                 sock,
                 data: data.clone(),

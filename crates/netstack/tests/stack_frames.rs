@@ -178,7 +178,7 @@ fn ping_outside_goes_to_host_socket_and_only_real_reply_returns() {
     assert!(drain(&mut stack).is_empty(), "limanet never forges a reply");
     let (&sock, s) = host.icmp.iter().next().expect("an ICMP socket");
     assert_eq!(s.sent.len(), 1);
-    assert_eq!(*s.sent[0].0.ip(), REMOTE_IP);
+    assert_eq!(s.sent[0].0.ip(), REMOTE_IP);
     assert_eq!(s.sent[0].1, icmp_echo_bytes(8, 0x1111, 1, b"hi"));
     // The kernel rewrites the identifier; the guest gets its own back.
     let reply = icmp_echo_bytes(0, 0x9999, 1, b"hi");
@@ -237,7 +237,7 @@ fn tcp_syn_waits_for_host_connect_then_synack_with_options() {
     send(&mut stack, &mut host, now, port, &tcp_frame(&syn));
     assert!(drain(&mut stack).is_empty());
     assert_eq!(host.connects.len(), 1);
-    assert_eq!(host.connects[0].1, remote(443));
+    assert_eq!(host.connects[0].1, remote(443).into());
     // A retransmitted SYN while connecting does not open a second socket.
     send(&mut stack, &mut host, now, port, &tcp_frame(&syn));
     assert!(drain(&mut stack).is_empty());
@@ -790,8 +790,8 @@ fn udp_nat_outside_and_reply() {
     assert_eq!(
         s.sent,
         vec![
-            (remote(9999), b"q1".to_vec()),
-            (remote(8888), b"q2".to_vec())
+            (remote(9999).into(), b"q1".to_vec()),
+            (remote(8888).into(), b"q2".to_vec())
         ]
     );
     assert!(stack.on_udp_datagram(now, sock, remote(9999), b"r1"));
@@ -822,7 +822,10 @@ fn udp_to_gateway_is_host_loopback_and_reply_source_mapped_back() {
         &udp_frame(guest(5001), gw, b"ping"),
     );
     let (&sock, s) = host.udp.iter().next().expect("socket");
-    assert_eq!(s.sent[0].0, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7000));
+    assert_eq!(
+        s.sent[0].0,
+        SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7000).into()
+    );
     stack.on_udp_datagram(
         now,
         sock,
@@ -856,7 +859,7 @@ fn udp_dns_address_goes_to_configured_server() {
         &udp_frame(guest(5002), dns, b"query"),
     );
     let (&sock, s) = host.udp.iter().next().expect("socket");
-    assert_eq!(s.sent, vec![(server, b"query".to_vec())]);
+    assert_eq!(s.sent, vec![(server.into(), b"query".to_vec())]);
     stack.on_udp_datagram(now, sock, server, b"answer");
     let (src, dst, payload) = parse_udp(&drain(&mut stack)[0].1).expect("UDP");
     assert_eq!((src, dst, &payload[..]), (dns, guest(5002), &b"answer"[..]));
@@ -1189,7 +1192,7 @@ fn tcp_duplicate_ack_burst_goes_back_once() {
 fn udp_port_forward_to_guest_and_reply() {
     let (mut stack, mut host, port, now) = setup();
     use limanet_netstack::Host;
-    let listener = host.udp_open().expect("listener socket");
+    let listener = host.udp_open(false).expect("listener socket");
     let client = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 40000);
     // Unknown guest: refused.
     assert!(stack
@@ -1222,7 +1225,10 @@ fn udp_port_forward_to_guest_and_reply() {
         port,
         &udp_frame(guest(53), src, b"answer"),
     );
-    assert_eq!(host.udp[&listener].sent, vec![(client, b"answer".to_vec())]);
+    assert_eq!(
+        host.udp[&listener].sent,
+        vec![(client.into(), b"answer".to_vec())]
+    );
     assert_eq!(host.udp.len(), 1, "no NAT flow for a forwarded reply");
     assert!(host.violations.is_empty());
 }

@@ -13,6 +13,7 @@ pub mod sockets;
 pub mod sys;
 pub mod tap;
 pub mod transport;
+pub mod vhost;
 
 pub use files::{BoundPath, ExclusiveFile, FileError, PidFile, PidFileState, PidFormat};
 pub use network::{

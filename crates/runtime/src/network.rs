@@ -9,9 +9,10 @@ pub use control::{Command, Control, ControlClosed, NetworkStats, PortCounters, P
 use crate::busy_poll::PollWindow;
 use crate::files;
 use crate::pcap::Pcap;
-use crate::sockets::{HostSockets, Kind};
+use crate::sockets::{ForwardGuest, HostSockets, Kind};
 use crate::sys;
 use crate::transport::{Io, Port, PortError, QueueBudget, ReadStatus, MAX_OFFLOAD_READ};
+use crate::vhost;
 use limanet_netstack::{NetConfig, PortId, Stack, StackError};
 use mio::event::Event;
 use mio::unix::SourceFd;
@@ -19,12 +20,13 @@ use mio::{Events, Interest, Poll, Token};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
 
@@ -44,12 +46,15 @@ pub enum Listen {
     Dgram(PathBuf),
     /// Lima's fd socket: each connection passes one datagram socket with `SCM_RIGHTS`.
     Fd(PathBuf),
+    /// QEMU `-netdev vhost-user` (see [`crate::vhost`]): one QEMU at a time, again after it
+    /// goes away.
+    VhostUser(PathBuf),
 }
 
 impl Listen {
     pub fn path(&self) -> &Path {
         match self {
-            Listen::Qemu(p) | Listen::Dgram(p) | Listen::Fd(p) => p,
+            Listen::Qemu(p) | Listen::Dgram(p) | Listen::Fd(p) | Listen::VhostUser(p) => p,
         }
     }
 }
@@ -58,17 +63,49 @@ impl Listen {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Forward {
     pub udp: bool,
-    pub host: SocketAddrV4,
-    /// Guest address; `None` means the network's first DHCP address.
-    pub guest: Option<Ipv4Addr>,
+    /// Where it listens on the host, IPv4 or IPv6.
+    pub host: SocketAddr,
+    /// Guest address; `None` means the network's first DHCP address, reached over IPv4 when
+    /// the host side is IPv4 and over the guest's IPv6 address when it is IPv6.
+    pub guest: Option<IpAddr>,
     pub guest_port: u16,
+}
+
+/// Splits a forward spec at its colons, keeping `[IPv6]` addresses (which contain colons)
+/// whole and unbracketed.
+fn spec_fields(s: &str) -> Option<Vec<&str>> {
+    let mut fields = Vec::new();
+    let mut rest = s;
+    loop {
+        if let Some(inner) = rest.strip_prefix('[') {
+            let end = inner.find(']')?;
+            fields.push(&inner[..end]);
+            rest = &inner[end + 1..];
+            if rest.is_empty() {
+                return Some(fields);
+            }
+            rest = rest.strip_prefix(':')?;
+        } else {
+            match rest.split_once(':') {
+                Some((field, more)) => {
+                    fields.push(field);
+                    rest = more;
+                }
+                None => {
+                    fields.push(rest);
+                    return Some(fields);
+                }
+            }
+        }
+    }
 }
 
 impl FromStr for Forward {
     type Err = String;
 
-    /// `tcp|udp:[HOSTADDR:]HOSTPORT:[GUESTADDR:]GUESTPORT`; the host address defaults to
-    /// 127.0.0.1, so nothing listens beyond loopback unless asked.
+    /// `tcp|udp:[HOSTADDR:]HOSTPORT:[GUESTADDR:]GUESTPORT`, IPv6 addresses in brackets
+    /// (`tcp:[::1]:8080:80`); the host address defaults to 127.0.0.1, so nothing listens
+    /// beyond loopback unless asked.
     fn from_str(s: &str) -> Result<Self, String> {
         let usage = || {
             format!(
@@ -81,24 +118,21 @@ impl FromStr for Forward {
             "udp" => true,
             _ => return Err(usage()),
         };
-        let parts: Vec<&str> = rest.split(':').collect();
+        let parts = spec_fields(rest).ok_or_else(usage)?;
         let port = |p: &str| {
             p.parse::<u16>()
                 .map_err(|_| format!("invalid port {p:?} in forward {s:?}"))
         };
         let addr = |a: &str| {
-            a.parse::<Ipv4Addr>()
-                .map_err(|_| format!("invalid IPv4 address {a:?} in forward {s:?}"))
+            a.parse::<IpAddr>()
+                .map_err(|_| format!("invalid IP address {a:?} in forward {s:?}"))
         };
+        let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let (host_ip, host_port, guest, guest_port) = match parts.as_slice() {
-            [hp, gp] => (Ipv4Addr::LOCALHOST, port(hp)?, None, port(gp)?),
+            [hp, gp] => (localhost, port(hp)?, None, port(gp)?),
             [ha, hp, gp] => (addr(ha)?, port(hp)?, None, port(gp)?),
             [ha, hp, ga, gp] => {
-                let ha = if ha.is_empty() {
-                    Ipv4Addr::LOCALHOST
-                } else {
-                    addr(ha)?
-                };
+                let ha = if ha.is_empty() { localhost } else { addr(ha)? };
                 (ha, port(hp)?, Some(addr(ga)?), port(gp)?)
             }
             _ => return Err(usage()),
@@ -108,7 +142,7 @@ impl FromStr for Forward {
         }
         Ok(Forward {
             udp,
-            host: SocketAddrV4::new(host_ip, host_port),
+            host: SocketAddr::new(host_ip, host_port),
             guest,
             guest_port,
         })
@@ -119,7 +153,12 @@ impl fmt::Display for Forward {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let proto = if self.udp { "udp" } else { "tcp" };
         match self.guest {
-            Some(g) => write!(f, "{proto}:{}:{g}:{}", self.host, self.guest_port),
+            Some(g) => write!(
+                f,
+                "{proto}:{}:{}",
+                self.host,
+                SocketAddr::new(g, self.guest_port)
+            ),
             None => write!(f, "{proto}:{}:{}", self.host, self.guest_port),
         }
     }
@@ -186,6 +225,8 @@ enum Source {
         path: PathBuf,
     },
     Stop(OwnedFd),
+    /// vhost-user connections announced by their listener threads.
+    VhostListener(Arc<vhost::Incoming>),
 }
 
 /// Why [`Network::run`] returned.
@@ -309,6 +350,7 @@ impl Network {
             Source::FdHandshake(s) => s.as_raw_fd(),
             Source::DgramListener { socket, .. } => socket.as_raw_fd(),
             Source::Stop(fd) => fd.as_raw_fd(),
+            Source::VhostListener(incoming) => incoming.fd(),
         };
         let shared =
             matches!(&source, Source::Port { port, .. } if matches!(port.io, Io::Peer { .. }));
@@ -331,6 +373,7 @@ impl Network {
             Source::FdHandshake(s) => Some(s.as_raw_fd()),
             Source::DgramListener { socket, .. } => Some(socket.as_raw_fd()),
             Source::Stop(fd) => Some(fd.as_raw_fd()),
+            Source::VhostListener(incoming) => Some(incoming.fd()),
         };
         if let Some(fd) = fd {
             let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
@@ -342,10 +385,12 @@ impl Network {
     fn add_port(&mut self, io: Io, name: String, vnet_hdr: bool) -> Result<usize, NetworkError> {
         let id = self.stack.add_port();
         info!(port = id, %name, offloads = vnet_hdr, "guest connected");
+        // A vhost-user guest's offloads are known once its driver acks features.
+        let offloads_now = vnet_hdr && !matches!(io, Io::Vhost(_));
         let mut port = Port::with_budget(io, name, Rc::clone(&self.queue_budget));
         if vnet_hdr {
             port.set_vnet_hdr();
-            self.stack.set_port_offloads(id, true);
+            self.stack.set_port_offloads(id, offloads_now);
         }
         // A stream client may negotiate offloads with its first frame (`limanet attach`).
         port.offer_offloads();
@@ -395,6 +440,13 @@ impl Network {
                     Source::FdListener(l)
                 };
                 (source, bound)
+            }
+            Listen::VhostUser(_) => {
+                let (l, bound) = files::bind_socket(&path, 0o600, None, |p| UnixListener::bind(p))?;
+                let incoming = vhost::Incoming::new().map_err(io_err(what()))?;
+                vhost::spawn_listener(l, path.clone(), Arc::clone(&incoming))
+                    .map_err(io_err(what()))?;
+                (Source::VhostListener(incoming), bound)
             }
             Listen::Dgram(_) => {
                 let (s, bound) = files::bind_socket(&path, 0o600, None, |p| UnixDatagram::bind(p))?;
@@ -570,6 +622,11 @@ impl Network {
                 match sys::accept(entry.fd.as_raw_fd()) {
                     Ok(fd) => match self.host.insert_tcp(fd, false) {
                         Ok(sock) => {
+                            let Some(guest) = self.forward_target(guest) else {
+                                warn!(?guest, "no IPv6 address of the forward's guest known yet, refusing connection");
+                                limanet_netstack::Host::tcp_close(&mut self.host, sock, true);
+                                continue;
+                            };
                             if let Err(e) =
                                 self.stack
                                     .open_tcp_forward(&mut self.host, now, sock, guest)
@@ -620,9 +677,22 @@ impl Network {
                     } else {
                         data
                     };
-                    self.stack.on_icmp_message(id, *from.ip(), message);
+                    self.stack.on_icmp_message(id, from.ip(), message);
                 }
                 Kind::UdpForward { guest } => {
+                    let guest = match guest {
+                        ForwardGuest::Addr(a) => Some(a),
+                        ForwardGuest::Ipv6Of(v4) => self
+                            .stack
+                            .guest_ipv6_of(*v4.ip())
+                            .map(|ip| SocketAddr::new(IpAddr::V6(ip), v4.port())),
+                    };
+                    let Some(guest) = guest else {
+                        debug!(
+                            "no IPv6 address of the forward's guest known yet, dropping datagram"
+                        );
+                        continue;
+                    };
                     if let Err(e) = self.stack.udp_forward(now, id, from, guest, data) {
                         debug!(error = %e, "cannot forward datagram");
                     }
@@ -639,12 +709,21 @@ impl Network {
                 let n = self.stop_fds.iter().position(|&i| i == idx).unwrap_or(0);
                 return Some(Exit::Stop(n));
             }
-            Source::Port { .. } => {
-                if event.is_writable() {
+            Source::Port { port, .. } => {
+                // A vhost-user port's one eventfd also says "room for more output".
+                if event.is_writable() || matches!(port.io, Io::Vhost(_)) {
                     self.flush_port(idx);
                 }
                 if event.is_readable() || event.is_read_closed() || event.is_error() {
                     self.read_port(now, idx);
+                }
+            }
+            Source::VhostListener(incoming) => {
+                for vhost in incoming.take() {
+                    let name = vhost.name.clone();
+                    if let Err(e) = self.add_port(Io::Vhost(vhost), name, true) {
+                        warn!(error = %e, "cannot add port");
+                    }
                 }
             }
             Source::StreamListener(l) => {
@@ -816,6 +895,12 @@ impl Network {
             return;
         };
         let id = *id;
+        if let Io::Vhost(vhost) = &port.io {
+            if let Some(on) = vhost.take_offload_change() {
+                info!(port = id, name = %port.name, offloads = on, "guest negotiated its features");
+                self.stack.set_port_offloads(id, on);
+            }
+        }
         let stack = &mut self.stack;
         let host = &mut self.host;
         let pcap = &mut self.pcap;
@@ -910,6 +995,20 @@ impl Network {
     }
 }
 
+impl Network {
+    /// The guest address a forward leads to now (an IPv6 one is learned from the guest's
+    /// frames, so it may not be known yet).
+    fn forward_target(&mut self, guest: ForwardGuest) -> Option<SocketAddr> {
+        match guest {
+            ForwardGuest::Addr(a) => Some(a),
+            ForwardGuest::Ipv6Of(v4) => {
+                let ip = self.stack.guest_ipv6_of(*v4.ip())?;
+                Some(SocketAddr::new(IpAddr::V6(ip), v4.port()))
+            }
+        }
+    }
+}
+
 /// Accepts every pending connection (the listener is edge-triggered).
 fn accept_all(listener: &UnixListener) -> Vec<std::os::unix::net::UnixStream> {
     let mut accepted = Vec::new();
@@ -947,9 +1046,19 @@ mod tests {
         assert!(f.udp);
         assert_eq!(f.host, "127.0.0.1:5353".parse().unwrap());
         let f: Forward = "tcp:0.0.0.0:80:192.168.5.16:8080".parse().unwrap();
-        assert_eq!(f.guest, Some(Ipv4Addr::new(192, 168, 5, 16)));
+        assert_eq!(f.guest, Some(Ipv4Addr::new(192, 168, 5, 16).into()));
         let f: Forward = "tcp::80:192.168.5.16:8080".parse().unwrap();
-        assert_eq!(*f.host.ip(), Ipv4Addr::LOCALHOST);
+        assert_eq!(f.host.ip(), Ipv4Addr::LOCALHOST);
+        // IPv6 on either side, in brackets.
+        let f: Forward = "tcp:[::1]:8080:80".parse().unwrap();
+        assert_eq!(f.host, "[::1]:8080".parse().unwrap());
+        assert_eq!((f.guest, f.guest_port), (None, 80));
+        assert_eq!(f.to_string(), "tcp:[::1]:8080:80");
+        let f: Forward = "udp:[::]:53:[fd00:192:168:5::15]:5353".parse().unwrap();
+        assert_eq!(f.guest, Some("fd00:192:168:5::15".parse().unwrap()));
+        assert_eq!(f.to_string(), "udp:[::]:53:[fd00:192:168:5::15]:5353");
+        let f: Forward = "tcp:[::1]:8080:192.168.5.16:80".parse().unwrap();
+        assert_eq!(f.guest, Some(Ipv4Addr::new(192, 168, 5, 16).into()));
         for bad in [
             "",
             "tcp",
@@ -959,6 +1068,9 @@ mod tests {
             "tcp:1:0",
             "tcp:a.b:1:2",
             "tcp:1:2:3:4:5",
+            "tcp:[::1:8080:80",
+            "tcp:[::1]8080:80",
+            "tcp:::1:8080:80",
         ] {
             assert!(bad.parse::<Forward>().is_err(), "{bad} should be rejected");
         }

@@ -6,7 +6,7 @@ use limanet_netstack::{Host, SockId};
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use tracing::{debug, warn};
 
@@ -30,12 +30,23 @@ pub enum Kind {
     },
     /// A TCP port-forward listener and the guest address it leads to.
     TcpForward {
-        guest: SocketAddrV4,
+        guest: ForwardGuest,
     },
     /// A UDP port-forward socket and the guest address it leads to.
     UdpForward {
-        guest: SocketAddrV4,
+        guest: ForwardGuest,
     },
+}
+
+/// Where a port forward leads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardGuest {
+    /// A fixed guest address and port.
+    Addr(SocketAddr),
+    /// The IPv6 address (learned from its frames, e.g. by SLAAC) of the guest holding this
+    /// IPv4 address, and the port: a forward whose host side is IPv6 and which names no guest
+    /// address reaches the guest over IPv6.
+    Ipv6Of(SocketAddrV4),
 }
 
 #[derive(Debug)]
@@ -187,7 +198,7 @@ impl HostSockets {
 }
 
 impl Host for HostSockets {
-    fn tcp_connect(&mut self, dst: SocketAddrV4) -> io::Result<SockId> {
+    fn tcp_connect(&mut self, dst: SocketAddr) -> io::Result<SockId> {
         let fd = sys::tcp_connect_nonblocking(dst)?;
         self.insert_tcp(fd, true)
     }
@@ -277,21 +288,22 @@ impl Host for HostSockets {
         }
     }
 
-    fn udp_open(&mut self) -> io::Result<SockId> {
-        let fd = sys::udp_socket()?;
+    fn udp_open(&mut self, ipv6: bool) -> io::Result<SockId> {
+        let fd = sys::udp_socket(ipv6)?;
         self.insert(fd, Kind::Udp)
     }
 
-    fn udp_send_to(&mut self, id: SockId, dst: SocketAddrV4, data: &[u8]) -> io::Result<()> {
-        sys::send_to(self.fd(id)?, data, SocketAddr::V4(dst)).map(|_| ())
+    fn udp_send_to(&mut self, id: SockId, dst: SocketAddr, data: &[u8]) -> io::Result<()> {
+        sys::send_to(self.fd(id)?, data, dst).map(|_| ())
     }
 
-    fn icmp_open(&mut self) -> io::Result<SockId> {
+    fn icmp_open(&mut self, ipv6: bool) -> io::Result<SockId> {
         let raw = match self.icmp_raw {
             Some(raw) => raw,
             None => {
                 // Decide once: unprivileged ping sockets, else raw sockets (root).
-                let raw = match sys::icmp_socket(false) {
+                // (One sysctl, net.ipv4.ping_group_range, admits ping sockets of both families.)
+                let raw = match sys::icmp_socket(false, ipv6) {
                     Ok(fd) => {
                         drop(fd);
                         false
@@ -305,17 +317,14 @@ impl Host for HostSockets {
                 raw
             }
         };
-        let fd = sys::icmp_socket(raw)?;
-        self.insert(fd, Kind::Icmp { raw })
+        let fd = sys::icmp_socket(raw, ipv6)?;
+        // Raw ICMPv6 sockets, unlike raw ICMP ones, deliver no IP header.
+        let raw_ipv4 = raw && !ipv6;
+        self.insert(fd, Kind::Icmp { raw: raw_ipv4 })
     }
 
-    fn icmp_send_to(&mut self, id: SockId, dst: Ipv4Addr, packet: &[u8]) -> io::Result<()> {
-        sys::send_to(
-            self.fd(id)?,
-            packet,
-            SocketAddr::V4(SocketAddrV4::new(dst, 0)),
-        )
-        .map(|_| ())
+    fn icmp_send_to(&mut self, id: SockId, dst: IpAddr, packet: &[u8]) -> io::Result<()> {
+        sys::send_to(self.fd(id)?, packet, SocketAddr::new(dst, 0)).map(|_| ())
     }
 
     fn close(&mut self, id: SockId) {

@@ -31,15 +31,6 @@ fn socket(domain: libc::c_int, ty: libc::c_int, proto: libc::c_int) -> io::Resul
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
-    // SAFETY: all-zero is a valid sockaddr_in.
-    let mut sin: libc::sockaddr_in = unsafe { zeroed() };
-    sin.sin_family = libc::AF_INET as libc::sa_family_t;
-    sin.sin_port = addr.port().to_be();
-    sin.sin_addr.s_addr = u32::from(*addr.ip()).to_be();
-    sin
-}
-
 fn setsockopt_int(
     fd: RawFd,
     level: libc::c_int,
@@ -92,16 +83,16 @@ pub fn set_tcp_send_buffer(fd: RawFd, force: bool) -> io::Result<()> {
 }
 
 /// Starts a non-blocking TCP connect; `EINPROGRESS` is success.
-pub fn tcp_connect_nonblocking(dst: SocketAddrV4) -> io::Result<OwnedFd> {
-    let fd = socket(libc::AF_INET, libc::SOCK_STREAM, 0)?;
+pub fn tcp_connect_nonblocking(dst: SocketAddr) -> io::Result<OwnedFd> {
+    let fd = socket(family_of(&dst), libc::SOCK_STREAM, 0)?;
     let _ = setsockopt_int(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
-    let sin = sockaddr_in(dst);
-    // SAFETY: sin is a valid sockaddr_in for the call's duration.
+    let addr = socket2::SockAddr::from(dst);
+    // SAFETY: addr is a valid socket address of `addr.len()` bytes for the call's duration.
     let ret = unsafe {
         libc::connect(
             fd.as_raw_fd(),
-            &sin as *const _ as *const libc::sockaddr,
-            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            addr.as_ptr() as *const libc::sockaddr,
+            addr.len(),
         )
     };
     if ret < 0 {
@@ -223,55 +214,103 @@ pub fn set_linger_zero(fd: RawFd) {
     };
 }
 
-pub fn udp_socket() -> io::Result<OwnedFd> {
-    socket(libc::AF_INET, libc::SOCK_DGRAM, 0)
+fn family_of(addr: &SocketAddr) -> libc::c_int {
+    match addr {
+        SocketAddr::V4(_) => libc::AF_INET,
+        SocketAddr::V6(_) => libc::AF_INET6,
+    }
 }
 
-/// An ICMP echo socket: a ping socket, or a raw one.
-pub fn icmp_socket(raw: bool) -> io::Result<OwnedFd> {
+/// An unconnected UDP socket; with `ipv6`, an IPv6 one that reaches IPv4 destinations too
+/// (as mapped addresses).
+pub fn udp_socket(ipv6: bool) -> io::Result<OwnedFd> {
+    if ipv6 {
+        let fd = socket(libc::AF_INET6, libc::SOCK_DGRAM, 0)?;
+        setsockopt_int(fd.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)?;
+        Ok(fd)
+    } else {
+        socket(libc::AF_INET, libc::SOCK_DGRAM, 0)
+    }
+}
+
+/// An ICMP (or ICMPv6) echo socket: a ping socket, or a raw one. The kernel computes the
+/// ICMPv6 checksum of both kinds.
+pub fn icmp_socket(raw: bool, ipv6: bool) -> io::Result<OwnedFd> {
     let ty = if raw {
         libc::SOCK_RAW
     } else {
         libc::SOCK_DGRAM
     };
-    socket(libc::AF_INET, ty, libc::IPPROTO_ICMP)
+    if ipv6 {
+        socket(libc::AF_INET6, ty, libc::IPPROTO_ICMPV6)
+    } else {
+        socket(libc::AF_INET, ty, libc::IPPROTO_ICMP)
+    }
 }
 
+/// Sends a datagram to `dst`. An IPv4 destination through an IPv6 socket goes as a mapped
+/// address.
 pub fn send_to(fd: RawFd, data: &[u8], dst: SocketAddr) -> io::Result<usize> {
-    let SocketAddr::V4(dst) = dst else {
-        return Err(io::Error::from(io::ErrorKind::Unsupported));
+    let dst = match dst {
+        SocketAddr::V4(v4) if socket_family(fd)? == libc::AF_INET6 => SocketAddr::V6(
+            std::net::SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0),
+        ),
+        other => other,
     };
-    let sin = sockaddr_in(dst);
-    // SAFETY: data and sin are live for the call.
+    let addr = socket2::SockAddr::from(dst);
+    // SAFETY: data and addr are live for the call.
     cvt_size(unsafe {
         libc::sendto(
             fd,
             data.as_ptr() as *const libc::c_void,
             data.len(),
             libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-            &sin as *const _ as *const libc::sockaddr,
-            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            addr.as_ptr() as *const libc::sockaddr,
+            addr.len(),
         )
     })
 }
 
-/// Receives one datagram and its IPv4 source.
-pub fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAddrV4)> {
-    // SAFETY: zeroed sockaddr_in is valid; buffers are live.
-    let mut sin: libc::sockaddr_in = unsafe { zeroed() };
-    let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+/// The address family of a socket.
+fn socket_family(fd: RawFd) -> io::Result<libc::c_int> {
+    getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)
+}
+
+/// Receives one datagram and its source (IPv4 peers of a dual-stack socket come as mapped
+/// IPv6 addresses; the stack unmaps them).
+pub fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+    // SAFETY: zeroed sockaddr_storage is valid; buffers are live.
+    let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     let n = cvt_size(unsafe {
         libc::recvfrom(
             fd,
             buf.as_mut_ptr() as *mut libc::c_void,
             buf.len(),
             libc::MSG_DONTWAIT,
-            &mut sin as *mut _ as *mut libc::sockaddr,
+            &mut ss as *mut _ as *mut libc::sockaddr,
             &mut len,
         )
     })?;
-    let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-    Ok((n, SocketAddrV4::new(ip, u16::from_be(sin.sin_port))))
+    let from = match libc::c_int::from(ss.ss_family) {
+        libc::AF_INET6 => {
+            // SAFETY: the kernel wrote a sockaddr_in6 (family AF_INET6) into the storage.
+            let sin6 = unsafe { &*(&ss as *const _ as *const libc::sockaddr_in6) };
+            SocketAddr::V6(std::net::SocketAddrV6::new(
+                std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                u16::from_be(sin6.sin6_port),
+                0,
+                0,
+            ))
+        }
+        _ => {
+            // SAFETY: the kernel wrote a sockaddr_in (family AF_INET) into the storage.
+            let sin = unsafe { &*(&ss as *const _ as *const libc::sockaddr_in) };
+            let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(sin.sin_port)))
+        }
+    };
+    Ok((n, from))
 }
 
 /// Accepts one connection, non-blocking, and returns it with its peer.
@@ -292,8 +331,8 @@ pub fn accept(fd: RawFd) -> io::Result<OwnedFd> {
 }
 
 /// A listening TCP socket (port-forward), `SO_REUSEADDR` set.
-pub fn tcp_listen(addr: SocketAddrV4) -> io::Result<OwnedFd> {
-    let fd = socket(libc::AF_INET, libc::SOCK_STREAM, 0)?;
+pub fn tcp_listen(addr: SocketAddr) -> io::Result<OwnedFd> {
+    let fd = socket(family_of(&addr), libc::SOCK_STREAM, 0)?;
     setsockopt_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
     bind(&fd, addr)?;
     // SAFETY: plain syscall.
@@ -302,20 +341,25 @@ pub fn tcp_listen(addr: SocketAddrV4) -> io::Result<OwnedFd> {
 }
 
 /// A bound UDP socket (port-forward).
-pub fn udp_bind(addr: SocketAddrV4) -> io::Result<OwnedFd> {
-    let fd = udp_socket()?;
+pub fn udp_bind(addr: SocketAddr) -> io::Result<OwnedFd> {
+    let fd = socket(family_of(&addr), libc::SOCK_DGRAM, 0)?;
     bind(&fd, addr)?;
     Ok(fd)
 }
 
-fn bind(fd: &OwnedFd, addr: SocketAddrV4) -> io::Result<()> {
-    let sin = sockaddr_in(addr);
-    // SAFETY: sin is live for the call.
+/// Binds a socket; an IPv6 one to its IPv6 address only (`[::]:P` does not take IPv4's port
+/// P too: a forward says which family it listens on).
+fn bind(fd: &OwnedFd, addr: SocketAddr) -> io::Result<()> {
+    if addr.is_ipv6() {
+        setsockopt_int(fd.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+    }
+    let sa = socket2::SockAddr::from(addr);
+    // SAFETY: sa is a valid socket address of `sa.len()` bytes, live for the call.
     cvt(unsafe {
         libc::bind(
             fd.as_raw_fd(),
-            &sin as *const _ as *const libc::sockaddr,
-            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            sa.as_ptr() as *const libc::sockaddr,
+            sa.len(),
         )
     })
     .map(|_| ())

@@ -7,10 +7,13 @@
 //! - `Peer`: one frame per datagram on a shared, bound datagram socket (QEMU `-netdev dgram`,
 //!   vfkit), addressed to the peer's own socket path.
 //!
+//! - `Vhost`: a QEMU vhost-user-net connection; frames come from and go to the guest's
+//!   virtqueues through the bridge in [`crate::vhost`], each with its virtio-net header.
+//!
 //! A `Packet` port on a TAP opened with a virtio-net header (`Port::set_vnet_hdr`) reads and
-//! writes that header before every frame; only such ports get offload state. A `Stream` port
-//! whose server side offers it (`Port::offer_offloads`) gets the same once its client
-//! negotiated the offload extension of the stream protocol
+//! writes that header before every frame, as a `Vhost` port always does; only such ports get
+//! offload state. A `Stream` port whose server side offers it (`Port::offer_offloads`) gets the
+//! same once its client negotiated the offload extension of the stream protocol
 //! (`limanet_netstack::stream_offload`): a hello as the connection's first frame is answered
 //! with an ack, and every later record carries a `virtio_net_hdr_v1`.
 //!
@@ -18,6 +21,7 @@
 //! MTU allows closes that connection with a logged error; nothing else is affected.
 
 use crate::sys;
+use crate::vhost::{GuestFrame, VhostPort};
 use limanet_netstack::stream_offload::{self, WIRE_HDR_LEN};
 use limanet_netstack::vnet::{self, VnetHeader, VNET_HDR_LEN};
 use std::cell::Cell;
@@ -27,6 +31,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 use tracing::{debug, info, warn};
 
 /// Largest amount of queued output per port before new frames are dropped. TCP flows recover
@@ -92,6 +97,8 @@ pub enum Io {
         socket: Rc<UnixDatagram>,
         peer: PathBuf,
     },
+    /// A vhost-user connection (see [`crate::vhost`]); polled through its bridge eventfd.
+    Vhost(Arc<VhostPort>),
 }
 
 /// Outcome of reading from a port.
@@ -186,7 +193,7 @@ impl Port {
     /// Marks a packet port (a TAP opened with `IFF_VNET_HDR`) as carrying a virtio-net header
     /// before every frame.
     pub fn set_vnet_hdr(&mut self) {
-        if matches!(self.io, Io::Packet(_)) {
+        if matches!(self.io, Io::Packet(_) | Io::Vhost(_)) {
             self.vnet_hdr = true;
         }
     }
@@ -213,6 +220,7 @@ impl Port {
         match &self.io {
             Io::Stream(fd) | Io::Packet(fd) => fd.as_raw_fd(),
             Io::Peer { socket, .. } => socket.as_raw_fd(),
+            Io::Vhost(v) => v.loop_fd(),
         }
     }
 
@@ -338,6 +346,31 @@ impl Port {
             }
             // Shared datagram sockets are read by their listener.
             Io::Peer { .. } => Ok(ReadStatus::Drained),
+            Io::Vhost(vhost) => {
+                let mut frames: Vec<GuestFrame> = Vec::new();
+                let Some(more) = vhost.take_frames(&mut frames) else {
+                    return Ok(ReadStatus::Closed);
+                };
+                for f in &frames {
+                    // Only super-segments may exceed the MTU.
+                    let limit = if f.vnet.gso() == vnet::GSO_NONE {
+                        max_frame
+                    } else {
+                        MAX_OFFLOAD_FRAME
+                    };
+                    if f.frame.is_empty() || f.frame.len() > limit {
+                        self.dropped += 1;
+                        debug!(port = %self.name, len = f.frame.len(), max = limit, "dropping frame of invalid size");
+                        continue;
+                    }
+                    on_frame(&f.frame, Some(&f.vnet));
+                }
+                Ok(if more {
+                    ReadStatus::More
+                } else {
+                    ReadStatus::Drained
+                })
+            }
         }
     }
 
@@ -534,8 +567,13 @@ impl Port {
                     },
                 }
             }
-            Io::Peer { .. } => WriteNow::Later,
+            _ => WriteNow::Later,
         }
+    }
+
+    /// Bytes of output queued and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued
     }
 
     pub fn has_output(&self) -> bool {
@@ -545,6 +583,12 @@ impl Port {
     /// Writes queued frames until done or the socket is full. Written buffers go to `recycle`.
     pub fn flush(&mut self, mut recycle: impl FnMut(Vec<u8>)) -> io::Result<()> {
         match &self.io {
+            Io::Vhost(vhost) => {
+                let moved = vhost.send_from(&mut self.wq, &mut self.wq_vnet);
+                self.queued -= moved;
+                self.budget.sub(moved);
+                Ok(())
+            }
             Io::Stream(fd) => {
                 let fd = fd.as_raw_fd();
                 while !self.wq.is_empty() {

@@ -91,6 +91,9 @@ pub struct QemuOptions {
     pub netns: Option<String>,
     /// Extra kernel command line.
     pub append: String,
+    /// Back guest RAM with a shared memfd (`memory-backend-memfd,share=on`), as vhost-user
+    /// backends need to reach the virtqueues (default false).
+    pub shared_memory: bool,
 }
 
 impl Default for QemuOptions {
@@ -103,6 +106,7 @@ impl Default for QemuOptions {
             dhcp: true,
             netns: None,
             append: String::new(),
+            shared_memory: false,
         }
     }
 }
@@ -111,12 +115,31 @@ impl QemuOptions {
     /// Adds a virtio-net NIC backed by `-netdev <backend>,id=nN` (N counts the NICs added so
     /// far), e.g. `with_nic("stream,addr.type=unix,addr.path=/run/x.sock", Some("52:55:55:12:34:56"))`
     /// or `with_nic("user,net=10.0.2.0/24", None)`. The first NIC is eth0 in the guest.
-    pub fn with_nic(mut self, backend: &str, mac: Option<&str>) -> Self {
+    pub fn with_nic(self, backend: &str, mac: Option<&str>) -> Self {
+        self.with_nic_args(&[], backend, "", mac)
+    }
+
+    /// [`QemuOptions::with_nic`] with arguments the backend needs before its `-netdev` (e.g. a
+    /// vhost-user chardev) and extra `virtio-net-pci` properties (e.g. `vectors=0`):
+    /// `with_nic_args(&["-chardev", "socket,id=c0,path=/run/x.sock"], "vhost-user,chardev=c0",
+    /// "vectors=0", None)` (with [`QemuOptions::shared_memory`]).
+    pub fn with_nic_args(
+        mut self,
+        before: &[&str],
+        backend: &str,
+        device_props: &str,
+        mac: Option<&str>,
+    ) -> Self {
+        self.netdevs.extend(before.iter().map(|a| a.to_string()));
         let id = format!(
             "n{}",
             self.netdevs.iter().filter(|a| *a == "-netdev").count()
         );
         let mut device = format!("virtio-net-pci,netdev={id}");
+        if !device_props.is_empty() {
+            device.push(',');
+            device.push_str(device_props);
+        }
         if let Some(mac) = mac {
             device.push_str(",mac=");
             device.push_str(mac);
@@ -398,6 +421,17 @@ impl QemuGuest {
             ]
             .map(String::from),
         );
+        if opts.shared_memory {
+            argv.extend([
+                "-object".to_string(),
+                format!(
+                    "memory-backend-memfd,id=mem,size={}M,share=on",
+                    opts.memory_mb
+                ),
+                "-machine".to_string(),
+                "memory-backend=mem".to_string(),
+            ]);
+        }
         argv.extend(opts.netdevs.iter().cloned());
         Ok(GuestCommand { argv, initrd: path })
     }
@@ -426,6 +460,16 @@ impl QemuGuest {
         let mut s = self.child.stdout();
         s.retain(|c| c != '\r');
         s
+    }
+
+    /// Whether QEMU has exited (powered off, or crashed).
+    pub fn has_exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// QEMU's standard error so far.
+    pub fn stderr(&self) -> String {
+        self.child.stderr()
     }
 
     /// Waits until the console contains `needle` (e.g. a marker the script echoes).

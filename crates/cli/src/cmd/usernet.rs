@@ -23,9 +23,17 @@ pub struct NetworkArgs {
     /// First address handed out by DHCP (default: .15, or .1 in user-v2 mode).
     #[arg(long)]
     pub dhcp_start: Option<Ipv4Addr>,
-    /// Link MTU announced by DHCP, 576 to 65520.
+    /// Link MTU announced by DHCP and Router Advertisements, 576 to 65520 (at least 1280, IPv6's
+    /// minimum, unless `--no-ipv6`).
     #[arg(long, default_value_t = 1500)]
     pub mtu: u16,
+    /// The network's IPv6 /64 prefix (default: a ULA derived from the IPv4 subnet, e.g.
+    /// fd00:192:168:5::/64 for 192.168.5.0/24; gateway ::2, DNS ::3).
+    #[arg(long, value_name = "PREFIX/64", conflicts_with = "no_ipv6")]
+    pub subnet6: Option<String>,
+    /// IPv4 only: no IPv6 prefix, Router Advertisements, DHCPv6 or IPv6 translation.
+    #[arg(long)]
+    pub no_ipv6: bool,
     /// Static DHCP lease (repeatable).
     #[arg(long = "lease", value_name = "IP=MAC")]
     pub leases: Vec<String>,
@@ -33,8 +41,9 @@ pub struct NetworkArgs {
     #[arg(long = "leases", value_name = "IP=MAC,...", value_delimiter = ',')]
     pub leases_list: Vec<String>,
     /// Port forward from the host into the guest (repeatable), like QEMU's hostfwd:
-    /// `tcp|udp:[HOSTADDR:]HOSTPORT:[GUESTADDR:]GUESTPORT`. Binds 127.0.0.1 unless an address
-    /// is given; the guest address defaults to the first DHCP address.
+    /// `tcp|udp:[HOSTADDR:]HOSTPORT:[GUESTADDR:]GUESTPORT`, IPv6 addresses in brackets
+    /// (`tcp:[::1]:8080:80`). Binds 127.0.0.1 unless an address is given; the guest address
+    /// defaults to the first DHCP address (its IPv6 address when the host side is IPv6).
     #[arg(long = "forward", value_name = "SPEC")]
     pub forwards: Vec<Forward>,
     /// Do not map the gateway address to the host's 127.0.0.1.
@@ -65,7 +74,7 @@ pub struct NetworkArgs {
     /// sending them to 8.8.8.8 and 1.1.1.1 (Lima's fallback).
     #[arg(long)]
     pub no_fallback_dns: bool,
-    /// Answer AAAA queries in the embedded DNS.
+    /// Answer AAAA queries in the embedded DNS (the default when the network has IPv6).
     #[arg(long)]
     pub dns_ipv6: bool,
     /// Do not run the embedded DNS server.
@@ -112,6 +121,11 @@ pub struct Args {
     /// Serve QEMU `-netdev dgram` and vfkit clients on this unix datagram socket (repeatable).
     #[arg(long = "listen-dgram", value_name = "PATH")]
     pub listen_dgram: Vec<PathBuf>,
+    /// Serve a QEMU vhost-user-net client on this unix socket (repeatable; one QEMU at a time
+    /// per socket, again after it exits). QEMU needs shared guest memory:
+    /// `-object memory-backend-memfd,id=mem,size=<RAM>,share=on -machine memory-backend=mem`.
+    #[arg(long = "listen-vhost-user", value_name = "PATH")]
+    pub listen_vhost_user: Vec<PathBuf>,
     /// Serve Lima's fd-passing clients on this unix socket (repeatable).
     #[arg(long = "listen-fd", alias = "listen", value_name = "PATH")]
     pub listen_fd: Vec<PathBuf>,
@@ -148,6 +162,23 @@ pub fn parse_subnet(s: &str) -> Result<(Ipv4Addr, u8)> {
         .parse()
         .with_context(|| format!("invalid prefix length in {s:?}"))?;
     Ok((ip, prefix))
+}
+
+/// Parses `--subnet6`: an IPv6 prefix of length 64 (SLAAC needs /64).
+pub fn parse_subnet6(s: &str) -> Result<std::net::Ipv6Addr> {
+    let (ip, len) = s
+        .split_once('/')
+        .with_context(|| format!("invalid --subnet6 {s:?}: expected PREFIX/64"))?;
+    let ip: std::net::Ipv6Addr = ip
+        .parse()
+        .with_context(|| format!("invalid --subnet6 {s:?}: not an IPv6 address"))?;
+    if len != "64" {
+        bail!("invalid --subnet6 {s:?}: the prefix length must be 64 (SLAAC needs /64)");
+    }
+    if u128::from(ip) & u128::from(u64::MAX) != 0 {
+        bail!("invalid --subnet6 {s:?}: host bits are set");
+    }
+    Ok(ip)
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
@@ -192,6 +223,20 @@ impl NetworkArgs {
         }
         cfg.mtu = self.mtu;
         cfg.host_loopback = !self.no_host_loopback;
+        if self.no_ipv6 {
+            cfg.ipv6 = None;
+        } else if let Some(prefix) = &self.subnet6 {
+            let v6 = parse_subnet6(prefix)?;
+            let user_v2_dns = cfg
+                .ipv6
+                .as_ref()
+                .is_some_and(|d| d.dns_addrs == [d.gateway]);
+            let mut net = limanet_netstack::config::Ipv6Net::for_prefix(v6);
+            if user_v2_dns {
+                net.dns_addrs = vec![net.gateway];
+            }
+            cfg.ipv6 = Some(net);
+        }
         if let Some(n) = self.max_flows_per_guest {
             cfg.max_tcp_flows_per_port = n.max(1);
             cfg.max_tcp_table_percent_per_port = 100;
@@ -269,7 +314,7 @@ impl NetworkArgs {
             .instance
             .as_deref()
             .map(|n| (n, IpAddr::V4(first_guest)));
-        let hosts = match (self.mode.unwrap_or(Mode::Default), instance) {
+        let mut hosts = match (self.mode.unwrap_or(Mode::Default), instance) {
             // user-v2 names instances `lima-<NAME>.internal`, as Lima's usernet client does.
             (Mode::UserV2, Some((name, ip))) => {
                 let mut hosts = limanet_dns::lima_hosts(&user_hosts, IpAddr::V4(cfg.gateway), None);
@@ -281,6 +326,13 @@ impl NetworkArgs {
             }
             _ => limanet_dns::lima_hosts(&user_hosts, IpAddr::V4(cfg.gateway), instance),
         };
+        // host.lima.internal is dual stack: its AAAA is the gateway's IPv6 address.
+        if let Some(v6) = &cfg.ipv6 {
+            hosts.push((
+                limanet_dns::HOST_LIMA_INTERNAL.to_string(),
+                v6.gateway.to_string(),
+            ));
+        }
         let upstreams = self
             .dns_upstreams
             .iter()
@@ -295,7 +347,7 @@ impl NetworkArgs {
             udp_port: port,
             tcp_port: port,
             hosts,
-            ipv6: self.dns_ipv6,
+            ipv6: self.dns_ipv6 || cfg.ipv6.is_some(),
             upstreams,
             resolv_conf: self.resolv_conf.clone(),
             fallback_servers: !self.no_fallback_dns,
@@ -422,6 +474,7 @@ pub fn run(mut args: Args) -> Result<u8> {
     let no_transport = args.listen_qemu.is_empty()
         && args.listen_dgram.is_empty()
         && args.listen_fd.is_empty()
+        && args.listen_vhost_user.is_empty()
         && args.netns.is_empty();
     if no_transport {
         args.listen_qemu.push(default_socket()?);
@@ -430,6 +483,12 @@ pub fn run(mut args: Args) -> Result<u8> {
     listen.extend(args.listen_qemu.iter().cloned().map(Listen::Qemu));
     listen.extend(args.listen_dgram.iter().cloned().map(Listen::Dgram));
     listen.extend(args.listen_fd.iter().cloned().map(Listen::Fd));
+    listen.extend(
+        args.listen_vhost_user
+            .iter()
+            .cloned()
+            .map(Listen::VhostUser),
+    );
 
     let mut cfg = cfg;
     let packet_ports = attach_namespaces(
@@ -450,8 +509,15 @@ pub fn run(mut args: Args) -> Result<u8> {
         persistent: true,
         busy_poll: args.net.busy_poll(),
     };
+    let ipv6 = match &cfg.ipv6 {
+        Some(v6) => format!(
+            "; IPv6 {}/64 gateway {} dns {:?} (SLAAC)",
+            v6.prefix, v6.gateway, v6.dns_addrs
+        ),
+        None => "; IPv6 off".to_string(),
+    };
     let summary = format!(
-        "subnet {}/{} gateway {} ({}) dns {:?} first guest {} mtu {}",
+        "subnet {}/{} gateway {} ({}) dns {:?} first guest {} mtu {}{ipv6}",
         cfg.network,
         cfg.prefix_len,
         cfg.gateway,
@@ -498,11 +564,16 @@ pub fn run(mut args: Args) -> Result<u8> {
     args.net.confine_syscalls()?;
     info!("user-mode network ready: {summary}");
     for l in &listen {
-        if let Listen::Qemu(p) = l {
-            info!(
+        match l {
+            Listen::Qemu(p) => info!(
                 "QEMU: -netdev stream,id=net0,server=off,addr.type=unix,addr.path={} -device virtio-net-pci,netdev=net0",
                 p.display()
-            );
+            ),
+            Listen::VhostUser(p) => info!(
+                "QEMU: -object memory-backend-memfd,id=mem,size=<RAM>,share=on -machine memory-backend=mem -chardev socket,id=c0,path={} -netdev vhost-user,id=net0,chardev=c0 -device virtio-net-pci,netdev=net0",
+                p.display()
+            ),
+            _ => {}
         }
     }
     match net.run()? {

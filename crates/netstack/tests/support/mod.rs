@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod ipv6;
+
 use limanet_netstack::wire::MacAddr;
 use limanet_netstack::{Host, SockId, Stack};
 use smoltcp::wire::{
@@ -12,7 +14,7 @@ use smoltcp::wire::{
 };
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Instant;
 
 pub const GUEST_MAC: MacAddr = [0x52, 0x55, 0x55, 0x00, 0x00, 0x0f];
@@ -33,7 +35,7 @@ pub const REMOTE_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
 #[derive(Debug, Default)]
 pub struct FakeTcp {
     /// Where it connects to (None for adopted port-forward sockets).
-    pub dst: Option<SocketAddrV4>,
+    pub dst: Option<SocketAddr>,
     /// Send buffer capacity; `tcp_send` accepts at most `capacity - send_buf.len()` bytes.
     pub capacity: usize,
     /// Bytes accepted by `tcp_send` and not yet taken by the remote peer.
@@ -57,7 +59,7 @@ pub struct FakeTcp {
 /// One fake UDP or ICMP socket.
 #[derive(Debug, Default)]
 pub struct FakeDgram {
-    pub sent: Vec<(SocketAddrV4, Vec<u8>)>,
+    pub sent: Vec<(SocketAddr, Vec<u8>)>,
     pub closed: bool,
 }
 
@@ -71,12 +73,14 @@ pub struct FakeHost {
     pub udp: BTreeMap<SockId, FakeDgram>,
     pub icmp: BTreeMap<SockId, FakeDgram>,
     /// Connects, in order.
-    pub connects: Vec<(SockId, SocketAddrV4)>,
+    pub connects: Vec<(SockId, SocketAddr)>,
     /// Send buffer capacity of new TCP sockets.
     pub tcp_capacity: usize,
     /// Make the next `tcp_connect` calls fail at once with this error.
     pub fail_connect: Option<io::ErrorKind>,
     pub fail_udp_open: bool,
+    /// Make `udp_send_to` fail with this error (no route, say).
+    pub fail_udp_send: Option<io::ErrorKind>,
     pub fail_icmp_open: bool,
     pub violations: Vec<String>,
     /// Receive-side calls (`tcp_peek`, `tcp_consume`): each is a system call in the runtime.
@@ -94,6 +98,7 @@ impl Default for FakeHost {
             tcp_capacity: 1 << 20,
             fail_connect: None,
             fail_udp_open: false,
+            fail_udp_send: None,
             fail_icmp_open: false,
             violations: Vec::new(),
             receive_calls: 0,
@@ -165,7 +170,7 @@ impl FakeHost {
 }
 
 impl Host for FakeHost {
-    fn tcp_connect(&mut self, dst: SocketAddrV4) -> io::Result<SockId> {
+    fn tcp_connect(&mut self, dst: SocketAddr) -> io::Result<SockId> {
         if let Some(kind) = self.fail_connect {
             return Err(io::Error::from(kind));
         }
@@ -269,7 +274,7 @@ impl Host for FakeHost {
         }
     }
 
-    fn udp_open(&mut self) -> io::Result<SockId> {
+    fn udp_open(&mut self, _ipv6: bool) -> io::Result<SockId> {
         if self.fail_udp_open {
             return Err(io::ErrorKind::Other.into());
         }
@@ -278,7 +283,10 @@ impl Host for FakeHost {
         Ok(id)
     }
 
-    fn udp_send_to(&mut self, id: SockId, dst: SocketAddrV4, data: &[u8]) -> io::Result<()> {
+    fn udp_send_to(&mut self, id: SockId, dst: SocketAddr, data: &[u8]) -> io::Result<()> {
+        if let Some(kind) = self.fail_udp_send {
+            return Err(kind.into());
+        }
         match self.udp.get_mut(&id) {
             Some(s) if !s.closed => {
                 s.sent.push((dst, data.to_vec()));
@@ -291,7 +299,7 @@ impl Host for FakeHost {
         }
     }
 
-    fn icmp_open(&mut self) -> io::Result<SockId> {
+    fn icmp_open(&mut self, _ipv6: bool) -> io::Result<SockId> {
         if self.fail_icmp_open {
             return Err(io::ErrorKind::PermissionDenied.into());
         }
@@ -300,10 +308,10 @@ impl Host for FakeHost {
         Ok(id)
     }
 
-    fn icmp_send_to(&mut self, id: SockId, dst: Ipv4Addr, packet: &[u8]) -> io::Result<()> {
+    fn icmp_send_to(&mut self, id: SockId, dst: IpAddr, packet: &[u8]) -> io::Result<()> {
         match self.icmp.get_mut(&id) {
             Some(s) if !s.closed => {
-                s.sent.push((SocketAddrV4::new(dst, 0), packet.to_vec()));
+                s.sent.push((SocketAddr::new(dst, 0), packet.to_vec()));
                 Ok(())
             }
             _ => {

@@ -7,12 +7,14 @@
 //! (one dial from inside the network, for `wait_port`).
 
 use super::{Forward, Network, Source};
-use crate::sockets::Kind;
+use crate::sockets::{ForwardGuest, Kind};
 use crate::sys;
+use crate::transport::Io;
 use limanet_netstack::{CamEntry, FlowInfo, InboundState, PortId, SockId};
 use mio::{Token, Waker};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::Instant;
@@ -33,12 +35,12 @@ pub enum Command {
     /// picks one). A failure leaves nothing behind.
     Expose {
         forward: Forward,
-        reply: Reply<Result<SocketAddrV4, String>>,
+        reply: Reply<Result<SocketAddr, String>>,
     },
     /// Close the listener of a forward. Connections already forwarded keep working.
     Unexpose {
         udp: bool,
-        host: SocketAddrV4,
+        host: SocketAddr,
         reply: Reply<Result<(), String>>,
     },
     /// Every forward, with the guest address resolved.
@@ -184,8 +186,11 @@ impl Network {
     }
 
     /// Listens for one forward and records it.
-    pub(super) fn expose(&mut self, forward: Forward) -> Result<SocketAddrV4, String> {
-        let guest_ip = forward.guest.unwrap_or(self.first_guest);
+    pub(super) fn expose(&mut self, forward: Forward) -> Result<SocketAddr, String> {
+        // Without a guest address, an IPv6 host side leads to the first guest's IPv6 address
+        // (resolved per connection), an IPv4 one to its IPv4 address.
+        let by_ipv6 = forward.guest.is_none() && forward.host.is_ipv6();
+        let guest_ip = forward.guest.unwrap_or(IpAddr::V4(self.first_guest));
         let forward = Forward {
             guest: Some(guest_ip),
             ..forward
@@ -208,7 +213,12 @@ impl Network {
                 forward.host
             ));
         }
-        let guest = SocketAddrV4::new(guest_ip, forward.guest_port);
+        let guest = match guest_ip {
+            IpAddr::V4(v4) if by_ipv6 => {
+                ForwardGuest::Ipv6Of(SocketAddrV4::new(v4, forward.guest_port))
+            }
+            ip => ForwardGuest::Addr(SocketAddr::new(ip, forward.guest_port)),
+        };
         let (fd, kind) = if forward.udp {
             (sys::udp_bind(forward.host), Kind::UdpForward { guest })
         } else {
@@ -229,7 +239,7 @@ impl Network {
         Ok(bound)
     }
 
-    fn unexpose(&mut self, udp: bool, host: SocketAddrV4) -> Result<(), String> {
+    fn unexpose(&mut self, udp: bool, host: SocketAddr) -> Result<(), String> {
         let Some(i) = self
             .control
             .exposed
@@ -307,10 +317,17 @@ impl Network {
                 .filter(|e| e.port == *id)
                 .map(|e| e.mac)
                 .collect();
+            let mut counters = *counters;
+            if let Io::Vhost(vhost) = &port.io {
+                // Counted on the backend's thread: malformed descriptor chains from the guest,
+                // and frames its receive queue could not take.
+                counters.drops_in += vhost.counters.bad_chains.load(Ordering::Relaxed);
+                counters.drops_out += vhost.counters.rx_dropped.load(Ordering::Relaxed);
+            }
             stats.ports.push(PortStats {
                 id: *id,
                 name: port.name.clone(),
-                counters: *counters,
+                counters,
                 ips: leases
                     .iter()
                     .filter(|l| macs.contains(&l.mac))
@@ -384,14 +401,16 @@ impl Network {
         let probes = std::mem::take(&mut self.control.probes);
         for probe in probes {
             match self.stack.inbound_state(probe.sock) {
-                Some((g, InboundState::Established)) if g == probe.guest => {
+                Some((g, InboundState::Established)) if g == SocketAddr::V4(probe.guest) => {
                     debug!(guest = %probe.guest, "guest port open");
                     (probe.reply)(Ok(()));
                 }
-                Some((g, InboundState::Opening)) if g == probe.guest && now < probe.deadline => {
+                Some((g, InboundState::Opening))
+                    if g == SocketAddr::V4(probe.guest) && now < probe.deadline =>
+                {
                     self.control.probes.push(probe);
                 }
-                Some((g, _)) if g == probe.guest => {
+                Some((g, _)) if g == SocketAddr::V4(probe.guest) => {
                     // No answer in time: drop the half-open connection.
                     self.stack.on_tcp_error(&mut self.host, probe.sock);
                     (probe.reply)(Err(format!("dial tcp {}: i/o timeout", probe.guest)));
@@ -412,9 +431,6 @@ fn loopback_pair() -> std::io::Result<(TcpStream, OwnedFd)> {
 }
 
 /// The address a socket is bound to.
-fn local_addr(fd: &OwnedFd) -> Option<SocketAddrV4> {
-    match socket2::SockRef::from(fd).local_addr().ok()?.as_socket() {
-        Some(std::net::SocketAddr::V4(a)) => Some(a),
-        _ => None,
-    }
+fn local_addr(fd: &OwnedFd) -> Option<SocketAddr> {
+    socket2::SockRef::from(fd).local_addr().ok()?.as_socket()
 }

@@ -66,7 +66,8 @@ iperf() {
 
 vm_ns() { echo "${TAG}v$1"; }
 
-# limanet vmnet (host mode) with N VMs attached.
+# limanet vmnet (host mode) with N VMs attached; extra `limanet attach` flags in ATTACH_FLAGS
+# (--no-offload: plain clients, as QEMU and socket_vmnet clients are).
 run_vmnet() {
   local n=$1 sock="$WORK/vmnet.sock"
   ip netns exec "$HOST" "$LIMANET" vmnet --vmnet-mode=host --vmnet-gateway=192.168.106.1 \
@@ -78,7 +79,8 @@ run_vmnet() {
   for i in $(seq "$n"); do
     local ns; ns=$(vm_ns "$i")
     ip netns add "$ns"; NSS+=("$ns"); ip -n "$ns" link set lo up
-    "$LIMANET" attach --netns "/run/netns/$ns" --tap-name eth0 \
+    # shellcheck disable=SC2086
+    "$LIMANET" attach ${ATTACH_FLAGS:-} --netns "/run/netns/$ns" --tap-name eth0 \
       --address "192.168.106.$((9 + i))/24" --gateway 192.168.106.1 "$sock" 2>/dev/null &
     PIDS+=($!); apids+=($!)
   done
@@ -141,14 +143,19 @@ run_usernet() {
 }
 
 declare -A VM KB
+# The reference twice, before and after the vmnet cells: on a shared machine the load moves.
+echo "usernet..." >&2
+USERNET_BEFORE=$(run_usernet)
 for n in $CLIENTS; do
   echo "vmnet with $n VMs..." >&2
   VM[$n]=$(run_vmnet "$n")
   echo "kernel bridge with $n VMs..." >&2
   KB[$n]=$(run_bridge "$n")
 done
+echo "vmnet with 2 plain VMs (attach --no-offload)..." >&2
+PLAIN=$(ATTACH_FLAGS=--no-offload run_vmnet 2)
 echo "usernet..." >&2
-USERNET=$(run_usernet)
+USERNET_AFTER=$(run_usernet)
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b == 0) print "-"; else printf "%.2f", a / b }'; }
 
@@ -172,5 +179,7 @@ last=${CLIENTS##* }
   read -r vh1 _ <<<"${VM[$first]}"
   read -r vhn _ <<<"${VM[$last]}"
   echo "host→VM with $last VMs attached / with $first: $(ratio "$vhn" "$vh1") (socket_vmnet: 0.23 at 4, lima-vm/socket_vmnet#58)."
-  echo "limanet usernet guest→host at MTU 1500 in the same run: $USERNET Gbit/s (VM→VM through the switch should not be below it)."
+  read -r ph pv <<<"$PLAIN"
+  echo "With 2 plain clients (\`attach --no-offload\`, frames as QEMU and socket_vmnet clients send them): host→VM $ph, VM→VM $pv Gbit/s."
+  echo "limanet usernet guest→host at MTU 1500 in the same run: $USERNET_BEFORE Gbit/s before the vmnet cells, $USERNET_AFTER after (VM→VM through the switch should not be below it)."
 } | tee "$OUT"

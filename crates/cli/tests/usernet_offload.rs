@@ -99,10 +99,11 @@ fn offloads_on_by_default_and_64_mib_each_way() {
     both_ways(u.guest(), server, 21, "guest <-> host", || u.daemon.logs());
 }
 
-/// One user-v2 network, two namespace guests: A on a TAP with offloads (limanet's own), B on
-/// a TAP without, relayed by `limanet attach` through the QEMU stream socket (as a VM's
-/// frames arrive). TCP both ways between them, 64 MiB each way in each direction, checked by
-/// SHA-256: A's super-segments and partial checksums reach B as ordinary packets.
+/// One user-v2 network, three namespace guests: A on a TAP with offloads (limanet's own), B on
+/// a TAP without, relayed by `limanet attach --no-offload` through the QEMU stream socket (as a
+/// VM's frames arrive), C relayed by `limanet attach` with the stream protocol's offload
+/// extension. TCP both ways, 64 MiB each way in each direction, checked by SHA-256: A's and C's
+/// super-segments and partial checksums reach B as ordinary packets, and pass whole from C to A.
 #[test]
 fn guests_with_and_without_offloads_on_one_switch() {
     let env = Env::new("offmix");
@@ -136,6 +137,7 @@ fn guests_with_and_without_offloads_on_one_switch() {
         .args(["attach", "--netns"])
         .arg(b.path())
         .args([
+            "--no-offload",
             "--address",
             "192.168.104.20/24",
             "--gateway",
@@ -146,9 +148,35 @@ fn guests_with_and_without_offloads_on_one_switch() {
     let relay = ChildGuard::spawn("limanet-attach", &mut attach).expect("spawn attach");
     b.wait_for_addr(b_ip, Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("tap0 in B not configured: {e}\n{}", relay.logs()));
+    // C joins through the stream socket too, and negotiates the offload extension.
+    let c = Netns::new("lnoc").expect("netns c");
+    let c_ip = std::net::IpAddr::from([192, 168, 104, 30]);
+    let mut attach_c = env.th.host.command(LIMANET);
+    attach_c
+        .args(["attach", "--netns"])
+        .arg(c.path())
+        .args([
+            "--address",
+            "192.168.104.30/24",
+            "--gateway",
+            "192.168.104.2",
+        ])
+        .arg(&sock)
+        .env("LIMANET_LOG", "debug");
+    let relay_c = ChildGuard::spawn("limanet-attach", &mut attach_c).expect("spawn attach");
+    c.wait_for_addr(c_ip, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("tap0 in C not configured: {e}\n{}", relay_c.logs()));
     assert_eq!(feature(&a, "tcp-segmentation-offload"), "on");
     assert_eq!(feature(&b, "tcp-segmentation-offload"), "off");
-    let logs = || format!("{}\n--- attach ---\n{}", daemon.logs(), relay.logs());
+    assert_eq!(feature(&c, "tcp-segmentation-offload"), "on");
+    let logs = || {
+        format!(
+            "{}\n--- attach B ---\n{}\n--- attach C ---\n{}",
+            daemon.logs(),
+            relay.logs(),
+            relay_c.logs()
+        )
+    };
 
     let http_a = HttpServer::start(&a, SocketAddr::new(a_ip, 0), None).expect("http in A");
     let http_b = HttpServer::start(&b, SocketAddr::new(b_ip, 0), None).expect("http in B");
@@ -156,6 +184,12 @@ fn guests_with_and_without_offloads_on_one_switch() {
     both_ways(&b, http_a.addr(), 31, "B <-> A", logs);
     // A downloads from B and uploads to B (A's super-segments again, the other way round).
     both_ways(&a, http_b.addr(), 41, "A <-> B", logs);
+    // C (offloads over the stream socket) with B (none): the switch cuts C's super-segments.
+    let http_c = HttpServer::start(&c, SocketAddr::new(c_ip, 0), None).expect("http in C");
+    both_ways(&b, http_c.addr(), 51, "B <-> C", logs);
+    // C with A: offloads on both ports, super-segments pass whole.
+    both_ways(&c, http_a.addr(), 61, "C <-> A", logs);
+    drop(relay_c);
     drop(relay);
     drop(daemon);
 }

@@ -76,10 +76,15 @@ struct Vm {
 }
 
 fn attach(sock: &Path, address: Option<(&str, &str)>) -> Vm {
+    attach_with(sock, address, &[])
+}
+
+fn attach_with(sock: &Path, address: Option<(&str, &str)>, flags: &[&str]) -> Vm {
     let ns = Netns::new("vm").expect("vm netns");
     let path = ns.path().display().to_string();
     let sock = sock.display().to_string();
     let mut args = vec!["attach", "--netns", &path, "--tap-name", "eth0"];
+    args.extend(flags);
     if let Some((a, gw)) = &address {
         args.extend(["--address", a, "--gateway", gw]);
     }
@@ -946,4 +951,214 @@ fn vmnet_client_runs_the_command_with_the_connection_on_fd_3() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("Failed to connect to \""), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+const BIG: u64 = 64 << 20;
+
+/// What `ethtool -k eth0` in `ns` says about `feature` ("on" or "off").
+fn eth0_feature(ns: &Netns, feature: &str) -> String {
+    let text = ns.run("ethtool", &["-k", "eth0"]).expect("ethtool");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{feature}: ")))
+        .map(|v| v.split_whitespace().next().unwrap_or("").to_string())
+        .unwrap_or_else(|| panic!("no {feature} in ethtool output: {text}"))
+}
+
+fn skip_http_headers(r: &mut impl std::io::BufRead) -> std::io::Result<()> {
+    let mut status = String::new();
+    r.read_line(&mut status)?;
+    if !status.contains(" 200 ") {
+        return Err(std::io::Error::other(format!("HTTP status {status:?}")));
+    }
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 || line.trim().is_empty() {
+            return Ok(());
+        }
+    }
+}
+
+/// Downloads `BIG` bytes of pattern `seed` from `server` and uploads `BIG` bytes of pattern
+/// `seed + 1` to it, from inside `ns`; both checked by SHA-256.
+fn big_both_ways(ns: &Netns, server: SocketAddr, seed: u64, what: &str, logs: &dyn Fn() -> String) {
+    use limanet_testkit::checksum::{sha256_reader, PatternReader};
+    use std::io::BufReader;
+    let got = ns
+        .run_in(move || -> std::io::Result<(String, u64, String)> {
+            let mut s = TcpStream::connect_timeout(&server, Duration::from_secs(10))?;
+            s.set_read_timeout(Some(Duration::from_secs(60)))?;
+            write!(s, "GET /bytes/{BIG}?seed={seed} HTTP/1.0\r\n\r\n")?;
+            let mut r = BufReader::new(s);
+            skip_http_headers(&mut r)?;
+            let (down, len) = sha256_reader(r)?;
+            let mut s = TcpStream::connect_timeout(&server, Duration::from_secs(10))?;
+            s.set_read_timeout(Some(Duration::from_secs(60)))?;
+            write!(s, "POST /upload HTTP/1.0\r\nContent-Length: {BIG}\r\n\r\n")?;
+            std::io::copy(&mut PatternReader::new(seed + 1, BIG), &mut s)?;
+            s.shutdown(std::net::Shutdown::Write)?;
+            let mut r = BufReader::new(s);
+            skip_http_headers(&mut r)?;
+            let mut up = String::new();
+            r.read_to_string(&mut up)?;
+            Ok((down, len, up.trim().to_string()))
+        })
+        .expect("run_in");
+    let (down, len, up) = got.unwrap_or_else(|e| panic!("{what}: {e}\n{}", logs()));
+    assert_eq!(len, BIG, "{what}: download length");
+    assert_eq!(
+        down,
+        PatternReader::new(seed, BIG).sha256(),
+        "{what}: download"
+    );
+    assert_eq!(
+        up,
+        PatternReader::new(seed + 1, BIG).sha256(),
+        "{what}: upload"
+    );
+}
+
+/// One network, a VM whose `limanet attach` negotiated the stream protocol's offload
+/// extension (TSO on its TAP) and one attached with `--no-offload` (as a QEMU or socket_vmnet
+/// client is): 64 MiB each way between them and between each and the host (whose TAP into the
+/// bridge has offloads), checked by SHA-256. The switch passes super-segments to the offload
+/// VM and the host, and cuts and checksums them for the plain VM.
+#[test]
+fn offload_and_plain_vms_share_a_network() {
+    use limanet_testkit::servers::HttpServer;
+    require_root();
+    let th = TestHost::new().expect("test host");
+    let dir = Dir::new("offload");
+    let d = start_daemon(
+        &th.host,
+        &dir,
+        &[
+            "--vmnet-mode=host",
+            "--vmnet-gateway=192.168.108.1",
+            "--vmnet-dhcp-end=192.168.108.254",
+            "--vmnet-mask=255.255.255.0",
+        ],
+    );
+    let fast = attach(&dir.sock(), Some(("192.168.108.10/24", "192.168.108.1")));
+    let plain = attach_with(
+        &dir.sock(),
+        Some(("192.168.108.11/24", "192.168.108.1")),
+        &["--no-offload"],
+    );
+    assert_eq!(eth0_feature(&fast.ns, "tcp-segmentation-offload"), "on");
+    assert_eq!(eth0_feature(&plain.ns, "tcp-segmentation-offload"), "off");
+    let logs = || d.logs();
+    let ip = |last: u8| Ipv4Addr::new(192, 168, 108, last);
+    let http_fast = HttpServer::start(&fast.ns, SocketAddr::from((ip(10), 0)), None).expect("http");
+    let http_plain =
+        HttpServer::start(&plain.ns, SocketAddr::from((ip(11), 0)), None).expect("http");
+    let http_host = HttpServer::start(&th.host, SocketAddr::from((ip(1), 0)), None).expect("http");
+    big_both_ways(
+        &plain.ns,
+        http_fast.addr(),
+        11,
+        "plain <-> offload VM",
+        &logs,
+    );
+    big_both_ways(
+        &fast.ns,
+        http_plain.addr(),
+        21,
+        "offload <-> plain VM",
+        &logs,
+    );
+    big_both_ways(&plain.ns, http_host.addr(), 31, "plain VM <-> host", &logs);
+    big_both_ways(&fast.ns, http_host.addr(), 41, "offload VM <-> host", &logs);
+    let out = stop_and_check_clean(&th, d, &dir);
+    assert!(out.contains("client negotiated offloads"), "{out}");
+}
+
+fn record(payload: &[u8]) -> Vec<u8> {
+    let mut r = (payload.len() as u32).to_be_bytes().to_vec();
+    r.extend_from_slice(payload);
+    r
+}
+
+/// A client that negotiates offloads and then lies in its virtio-net headers: headers that
+/// make no sense are dropped and counted, a super-segment that cannot be cut for a plain VM is
+/// dropped and counted; nobody is disconnected and the network keeps working.
+#[test]
+fn lying_offload_headers_are_dropped_and_counted() {
+    use limanet_netstack::stream_offload::{self as so, Kind};
+    use limanet_netstack::vnet::{VnetHeader, F_NEEDS_CSUM, GSO_TCPV4};
+    require_root();
+    let th = TestHost::new().expect("test host");
+    let dir = Dir::new("liar");
+    let d = start_daemon(
+        &th.host,
+        &dir,
+        &["--vmnet-mode=host", "--vmnet-gateway=192.168.109.1"],
+    );
+    let plain = attach_with(
+        &dir.sock(),
+        Some(("192.168.109.11/24", "192.168.109.1")),
+        &["--no-offload"],
+    );
+    let mac = [0x02, 0x42, 0, 0, 0, 0x99];
+    let mut s = UnixStream::connect(dir.sock()).expect("connect");
+    s.write_all(&record(&so::build(
+        Kind::Hello,
+        mac,
+        so::FEATURE_VNET_HDR_V1,
+    )))
+    .expect("hello");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // Frames flooded before the ack are plain; the ack comes back for our MAC.
+    loop {
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).expect("a record before the ack");
+        let mut f = vec![0u8; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut f).expect("record");
+        if so::parse(&f).is_some_and(|c| c.kind == Kind::Ack && c.mac == mac) {
+            break;
+        }
+    }
+    // A broadcast "super-segment" whose frame is no TCP/IPv4 packet at all: flooded, and the
+    // switch cannot cut it for the plain VM.
+    let mut frame = vec![0xffu8; 6];
+    frame.extend_from_slice(&mac);
+    frame.extend_from_slice(&[0x08, 0x00]);
+    frame.extend_from_slice(&[0x45; 200]);
+    let gso = VnetHeader {
+        flags: F_NEEDS_CSUM,
+        gso_type: GSO_TCPV4,
+        hdr_len: 54,
+        gso_size: 1000,
+        csum_start: 34,
+        csum_offset: 16,
+    };
+    let mut bytes = Vec::new();
+    let mut r = so::header_bytes(&gso).to_vec();
+    r.extend_from_slice(&frame);
+    bytes.extend(record(&r));
+    // Headers that lie outright: unknown GSO type, checksum field past the end, no frame.
+    for lie in [
+        VnetHeader { gso_type: 9, ..gso },
+        VnetHeader {
+            csum_offset: 5000,
+            ..gso
+        },
+    ] {
+        let mut r = so::header_bytes(&lie).to_vec();
+        r.extend_from_slice(&frame);
+        bytes.extend(record(&r));
+    }
+    bytes.extend(record(&so::header_bytes(&VnetHeader::default())));
+    s.write_all(&bytes).expect("lies");
+    // The network still works for everyone, the liar included.
+    ping_ok(&plain.ns, "192.168.109.1");
+    std::thread::sleep(Duration::from_millis(200));
+    let mut probe = [0u8; 1];
+    s.set_nonblocking(true).unwrap();
+    let closed = matches!(s.read(&mut probe), Ok(0));
+    assert!(!closed, "the daemon disconnected the client\n{}", d.logs());
+    drop(s);
+    let logs = stop_and_check_clean(&th, d, &dir);
+    assert!(logs.contains("bad virtio-net header"), "{logs}");
+    assert!(logs.contains("bad_offload=1"), "{logs}");
+    assert!(!logs.contains("disconnecting client"), "{logs}");
 }

@@ -27,6 +27,7 @@ pub mod limits;
 pub mod ndp;
 pub mod output;
 pub mod stack;
+pub mod stream_offload;
 pub mod tcp;
 pub mod udp;
 pub mod vnet;

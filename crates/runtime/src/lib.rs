@@ -20,4 +20,4 @@ pub use network::{
     Command, Control, ControlClosed, Exit, Forward, Listen, Network, NetworkError, NetworkStats,
     Options, PacketPort, PortCounters, PortStats, Reply,
 };
-pub use tap::{create_tap_in, open_netns, Tap, TapConfig};
+pub use tap::{create_tap_in, open_netns, set_vnet_hdr_len, Tap, TapConfig};

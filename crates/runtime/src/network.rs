@@ -392,6 +392,8 @@ impl Network {
             port.set_vnet_hdr();
             self.stack.set_port_offloads(id, offloads_now);
         }
+        // A stream client may negotiate offloads with its first frame (`limanet attach`).
+        port.offer_offloads();
         let idx = self.add_source(
             Source::Port {
                 port,
@@ -918,6 +920,12 @@ impl Network {
             }
         });
         counters.drops_in += stack.frames_dropped() - dropped;
+        if port.take_negotiated() {
+            info!(port = id, name = %port.name, "guest negotiated offloads");
+            self.stack.set_port_offloads(id, true);
+            // The ack is queued in the port.
+            self.flush_port(idx);
+        }
         match result {
             Ok(ReadStatus::Drained) => {}
             Ok(ReadStatus::More) => {

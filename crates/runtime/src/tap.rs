@@ -24,8 +24,10 @@ pub struct TapConfig {
     /// interface unconfigured (for guests that run their own DHCP client).
     pub address: Option<(Ipv4Addr, u8, Ipv4Addr)>,
     /// Open with a virtio-net header and enable offloads (only for a reader that speaks the
-    /// header: limanet's own data plane, not a relay to a socket).
+    /// header: limanet's data planes, or a relay to a peer that negotiated offloads).
     pub offload: bool,
+    /// Ethernet address to give the device; `None` keeps the kernel's random one.
+    pub mac: Option<[u8; 6]>,
 }
 
 /// Opens a namespace given as a path (`/run/netns/NAME`, `/proc/PID/ns/net`) or a PID.
@@ -87,6 +89,19 @@ pub fn create_tap_in(netns: &File, cfg: &TapConfig) -> io::Result<Tap> {
         .join()
         .unwrap_or_else(|_| Err(io::Error::other("TAP setup thread panicked")))
     })
+}
+
+/// Sets the length of the virtio-net header of a TAP opened with one (`TUNSETVNETHDRSZ`): 12
+/// for `virtio_net_hdr_v1`, the form the stream protocol's offload extension carries, so a
+/// relay passes headers through unchanged.
+pub fn set_vnet_hdr_len(tap: &OwnedFd, len: usize) -> io::Result<()> {
+    let len = libc::c_int::try_from(len).map_err(io::Error::other)?;
+    // SAFETY: TUNSETVNETHDRSZ reads an int through the pointer.
+    if unsafe { libc::ioctl(tap.as_raw_fd(), libc::TUNSETVNETHDRSZ as _, &len) } < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("TUNSETVNETHDRSZ: {e}")));
+    }
+    Ok(())
 }
 
 fn ifreq(name: &str) -> io::Result<libc::ifreq> {
@@ -207,6 +222,17 @@ fn configure(cfg: &TapConfig) -> io::Result<[u8; 6]> {
     let mut req = ifreq(&cfg.name)?;
     req.ifr_ifru.ifru_mtu = libc::c_int::from(cfg.mtu);
     ioctl(fd, libc::SIOCSIFMTU, &mut req, "set MTU")?;
+    if let Some(mac) = cfg.mac {
+        let mut req = ifreq(&cfg.name)?;
+        // SAFETY: all-zero sockaddr is valid; it becomes the union's active member.
+        let mut hw: libc::sockaddr = unsafe { zeroed() };
+        hw.sa_family = libc::ARPHRD_ETHER;
+        for (dst, src) in hw.sa_data.iter_mut().zip(mac) {
+            *dst = src as libc::c_char;
+        }
+        req.ifr_ifru.ifru_hwaddr = hw;
+        ioctl(fd, libc::SIOCSIFHWADDR, &mut req, "set MAC address")?;
+    }
     if let Some((addr, prefix, gateway)) = cfg.address {
         let mut req = ifreq(&cfg.name)?;
         req.ifr_ifru.ifru_addr = sockaddr_in(addr);

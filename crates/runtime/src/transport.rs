@@ -12,13 +12,17 @@
 //!
 //! A `Packet` port on a TAP opened with a virtio-net header (`Port::set_vnet_hdr`) reads and
 //! writes that header before every frame, as a `Vhost` port always does; only such ports get
-//! offload state.
+//! offload state. A `Stream` port whose server side offers it (`Port::offer_offloads`) gets the
+//! same once its client negotiated the offload extension of the stream protocol
+//! (`limanet_netstack::stream_offload`): a hello as the connection's first frame is answered
+//! with an ack, and every later record carries a `virtio_net_hdr_v1`.
 //!
 //! Lengths from the other side are never trusted: a header larger than the largest frame the
 //! MTU allows closes that connection with a logged error; nothing else is affected.
 
 use crate::sys;
 use crate::vhost::{GuestFrame, VhostPort};
+use limanet_netstack::stream_offload::{self, WIRE_HDR_LEN};
 use limanet_netstack::vnet::{self, VnetHeader, VNET_HDR_LEN};
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -73,6 +77,9 @@ impl QueueBudget {
 /// Reads per readiness event before yielding to other ports.
 pub const READS_PER_EVENT: usize = 16;
 const STREAM_READ_BUFFER: usize = 256 << 10;
+/// Unparsed bytes move to the front of a stream port's read buffer once less than this is
+/// free behind them: room for the largest record.
+const MIN_READ_ROOM: usize = 4 + WIRE_HDR_LEN + MAX_OFFLOAD_FRAME;
 /// Frames per `sendmsg` on stream ports.
 const FRAMES_PER_WRITE: usize = 128;
 /// Largest frame a port with a virtio-net header may pass: a 64 KiB IP super-segment in an
@@ -124,10 +131,19 @@ pub struct Port {
     pub name: String,
     rbuf: Vec<u8>,
     rlen: usize,
+    /// Start of the unparsed bytes in `rbuf` (a partial record); moved to the front only when
+    /// the room after `rlen` gets short, not after every read.
+    rstart: usize,
     wq: VecDeque<Vec<u8>>,
-    /// With a virtio-net header: the header of each queued frame, in step with `wq`.
-    wq_vnet: VecDeque<[u8; VNET_HDR_LEN]>,
+    /// The virtio-net header each queued frame goes out with (`None`: none), in step with `wq`.
+    wq_vnet: VecDeque<Option<VnetHeader>>,
     vnet_hdr: bool,
+    /// A stream port whose first frame is still to come, and that answers a hello.
+    hello_awaited: bool,
+    /// The offload extension was negotiated and nobody asked yet ([`Port::take_negotiated`]).
+    negotiated: bool,
+    /// Frames dropped because their virtio-net header from the peer was refused.
+    pub bad_headers: u64,
     /// Bytes of the first queued frame (counting its stream header) already written.
     whead: usize,
     queued: usize,
@@ -157,9 +173,13 @@ impl Port {
             name,
             rbuf,
             rlen: 0,
+            rstart: 0,
             wq: VecDeque::new(),
             wq_vnet: VecDeque::new(),
             vnet_hdr: false,
+            hello_awaited: false,
+            negotiated: false,
+            bad_headers: 0,
             whead: 0,
             queued: 0,
             max_queued: MAX_QUEUED_BYTES,
@@ -176,6 +196,19 @@ impl Port {
         if matches!(self.io, Io::Packet(_) | Io::Vhost(_)) {
             self.vnet_hdr = true;
         }
+    }
+
+    /// Lets the client of a stream port (server side) negotiate the offload extension with a
+    /// hello as its first frame. Call before the first read.
+    pub fn offer_offloads(&mut self) {
+        if matches!(self.io, Io::Stream(_)) {
+            self.hello_awaited = true;
+        }
+    }
+
+    /// True once after the client negotiated offloads (the ack is queued: flush the port).
+    pub fn take_negotiated(&mut self) -> bool {
+        std::mem::take(&mut self.negotiated)
     }
 
     /// Whether frames on this port carry a virtio-net header.
@@ -215,6 +248,11 @@ impl Port {
             Io::Stream(fd) => {
                 let fd = fd.as_raw_fd();
                 for _ in 0..READS_PER_EVENT {
+                    if self.rbuf.len() - self.rlen < MIN_READ_ROOM && self.rstart > 0 {
+                        self.rbuf.copy_within(self.rstart..self.rlen, 0);
+                        self.rlen -= self.rstart;
+                        self.rstart = 0;
+                    }
                     if self.rlen == self.rbuf.len() {
                         // A frame larger than the buffer cannot be valid: `parse` rejects it first.
                         return Err(PortError::Oversize {
@@ -244,13 +282,13 @@ impl Port {
                         };
                     }
                     if n == 0 {
-                        if self.rlen > 0 {
-                            return Err(PortError::Truncated(self.rlen));
+                        if self.rlen > self.rstart {
+                            return Err(PortError::Truncated(self.rlen - self.rstart));
                         }
                         return Ok(ReadStatus::Closed);
                     }
                     self.rlen += n as usize;
-                    self.parse_stream(max_frame, &mut |f| on_frame(f, None))?;
+                    self.parse_stream(max_frame, &mut on_frame)?;
                 }
                 Ok(ReadStatus::More)
             }
@@ -339,9 +377,9 @@ impl Port {
     fn parse_stream(
         &mut self,
         max_frame: usize,
-        on_frame: &mut impl FnMut(&[u8]),
+        on_frame: &mut impl FnMut(&[u8], Option<&VnetHeader>),
     ) -> Result<(), PortError> {
-        let mut pos = 0;
+        let mut pos = self.rstart;
         while self.rlen - pos >= 4 {
             let b = &self.rbuf[pos..pos + 4];
             let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
@@ -353,20 +391,57 @@ impl Port {
                 pos += 4;
                 continue;
             }
-            if len > max_frame {
-                return Err(PortError::Oversize {
-                    len,
-                    max: max_frame,
-                });
+            // Super-segments may exceed the MTU once offloads are on.
+            let limit = if self.vnet_hdr {
+                WIRE_HDR_LEN + MAX_OFFLOAD_FRAME
+            } else {
+                max_frame
+            };
+            if len > limit {
+                return Err(PortError::Oversize { len, max: limit });
             }
             if self.rlen - pos - 4 < len {
                 break;
             }
-            on_frame(&self.rbuf[pos + 4..pos + 4 + len]);
+            let record = &self.rbuf[pos + 4..pos + 4 + len];
             pos += 4 + len;
+            if self.vnet_hdr {
+                match stream_offload::parse_record(record) {
+                    Ok((hdr, frame)) if hdr.gso() != vnet::GSO_NONE || frame.len() <= max_frame => {
+                        on_frame(frame, Some(&hdr))
+                    }
+                    Ok(_) => self.dropped += 1,
+                    Err(e) => {
+                        self.dropped += 1;
+                        self.bad_headers += 1;
+                        if self.bad_headers.is_power_of_two() {
+                            warn!(port = %self.name, error = %e, count = self.bad_headers, "dropping frames with a bad virtio-net header");
+                        }
+                    }
+                }
+                continue;
+            }
+            if std::mem::take(&mut self.hello_awaited) {
+                let ack = stream_offload::answer(record, stream_offload::FEATURE_VNET_HDR_V1);
+                if let Some(ack) = ack {
+                    info!(port = %self.name, "offloads negotiated");
+                    // Plain, and the last plain frame: everything queued after carries a header.
+                    if self.queue(ack).is_some() {
+                        debug!(port = %self.name, "offload ack dropped: output queue full");
+                    }
+                    self.vnet_hdr = true;
+                    self.negotiated = true;
+                    continue;
+                }
+            }
+            on_frame(record, None);
         }
-        self.rbuf.copy_within(pos..self.rlen, 0);
-        self.rlen -= pos;
+        if pos == self.rlen {
+            self.rstart = 0;
+            self.rlen = 0;
+        } else {
+            self.rstart = pos;
+        }
         Ok(())
     }
 
@@ -407,10 +482,93 @@ impl Port {
         self.queued += frame.len();
         self.budget.add(frame.len());
         self.wq.push_back(frame);
-        if self.vnet_hdr {
-            self.wq_vnet.push_back(vnet.unwrap_or_default().to_bytes());
-        }
+        self.wq_vnet
+            .push_back(self.vnet_hdr.then(|| vnet.unwrap_or_default()));
         None
+    }
+
+    /// Sends `frame` (with offload state as [`Port::queue_with`]) right away when nothing is
+    /// queued before it, without copying it; what cannot go out now is copied into a buffer
+    /// from `buffer` and queued. Returns a buffer the queue refused (the caller recycles it).
+    pub fn send(
+        &mut self,
+        frame: &[u8],
+        vnet: Option<VnetHeader>,
+        buffer: impl FnOnce() -> Vec<u8>,
+    ) -> Option<Vec<u8>> {
+        if self.wq.is_empty() && (self.vnet_hdr || vnet.is_none_or(|v| v.is_plain())) {
+            let hdr = self.vnet_hdr.then(|| vnet.unwrap_or_default());
+            match self.write_now(frame, hdr.as_ref()) {
+                WriteNow::All => return None,
+                WriteNow::Part(n) => {
+                    // The rest must follow before anything else: queued whatever the budget.
+                    let b = copied(frame, buffer());
+                    self.queued += b.len();
+                    self.budget.add(b.len());
+                    self.wq.push_back(b);
+                    self.wq_vnet.push_back(hdr);
+                    self.whead = n;
+                    return None;
+                }
+                WriteNow::Later => {}
+            }
+        }
+        self.queue_with(copied(frame, buffer()), vnet)
+    }
+
+    /// One attempt to write a frame on an idle port.
+    fn write_now(&mut self, frame: &[u8], hdr: Option<&VnetHeader>) -> WriteNow {
+        match &self.io {
+            Io::Stream(fd) => {
+                let prefix = StreamPrefix::new(frame.len(), hdr);
+                match sys::writev(fd.as_raw_fd(), &[prefix.bytes(), frame]) {
+                    Ok(n) if n == prefix.bytes().len() + frame.len() => WriteNow::All,
+                    Ok(0) | Err(_) => WriteNow::Later,
+                    Ok(n) => WriteNow::Part(n),
+                }
+            }
+            Io::Packet(fd) => {
+                let bytes = hdr.map(|h| h.to_bytes());
+                let head: &[u8] = bytes.as_ref().map_or(&[], |h| h.as_slice());
+                let iov = [
+                    libc::iovec {
+                        iov_base: head.as_ptr() as *mut libc::c_void,
+                        iov_len: head.len(),
+                    },
+                    libc::iovec {
+                        iov_base: frame.as_ptr() as *mut libc::c_void,
+                        iov_len: frame.len(),
+                    },
+                ];
+                // SAFETY: both iovecs point at live buffers of their length (a TAP or datagram
+                // socket takes one frame per writev).
+                let n = unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), 2) };
+                let n = if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n)
+                };
+                match n {
+                    Ok(_) => {
+                        if self.link_down {
+                            self.link_down = false;
+                            info!(port = %self.name, dropped = self.dropped, "link up again");
+                        }
+                        WriteNow::All
+                    }
+                    Err(e) => match e.raw_os_error() {
+                        // Refused by the kernel: dropped, as `flush` does.
+                        Some(libc::EMSGSIZE) | Some(libc::ENOBUFS) | Some(libc::EINVAL) => {
+                            self.dropped += 1;
+                            WriteNow::All
+                        }
+                        // Full, or an error `flush` reports (link down, closed).
+                        _ => WriteNow::Later,
+                    },
+                }
+            }
+            _ => WriteNow::Later,
+        }
     }
 
     /// Bytes of output queued and not yet written.
@@ -435,24 +593,22 @@ impl Port {
                 let fd = fd.as_raw_fd();
                 while !self.wq.is_empty() {
                     let count = self.wq.len().min(FRAMES_PER_WRITE);
-                    let headers: Vec<[u8; 4]> = self
+                    let prefixes: Vec<StreamPrefix> = self
                         .wq
                         .iter()
+                        .zip(&self.wq_vnet)
                         .take(count)
-                        .map(|f| (f.len() as u32).to_be_bytes())
+                        .map(|(f, h)| StreamPrefix::new(f.len(), h.as_ref()))
                         .collect();
                     let mut bufs: Vec<&[u8]> = Vec::with_capacity(count * 2);
-                    for (i, (frame, header)) in self.wq.iter().zip(&headers).enumerate() {
-                        if i == 0 && self.whead > 0 {
-                            if self.whead < 4 {
-                                bufs.push(&header[self.whead..]);
-                                bufs.push(frame);
-                            } else {
-                                bufs.push(&frame[self.whead - 4..]);
-                            }
-                        } else {
-                            bufs.push(header);
+                    for (i, (frame, prefix)) in self.wq.iter().zip(&prefixes).enumerate() {
+                        let prefix = prefix.bytes();
+                        let skip = if i == 0 { self.whead } else { 0 };
+                        if skip < prefix.len() {
+                            bufs.push(&prefix[skip..]);
                             bufs.push(frame);
+                        } else {
+                            bufs.push(&frame[skip - prefix.len()..]);
                         }
                     }
                     let mut written = match sys::writev(fd, &bufs) {
@@ -464,10 +620,13 @@ impl Port {
                     drop(bufs);
                     while written > 0 {
                         let Some(front) = self.wq.front() else { break };
-                        let left = front.len() + 4 - self.whead;
+                        let prefix_len =
+                            StreamPrefix::len(self.wq_vnet.front().and_then(Option::as_ref));
+                        let left = front.len() + prefix_len - self.whead;
                         if written >= left {
                             written -= left;
                             self.whead = 0;
+                            self.wq_vnet.pop_front();
                             if let Some(f) = self.wq.pop_front() {
                                 self.queued -= f.len();
                                 self.budget.sub(f.len());
@@ -484,8 +643,14 @@ impl Port {
             Io::Packet(fd) => {
                 let fd = fd.as_raw_fd();
                 while let Some(front) = self.wq.front() {
-                    let n = match self.wq_vnet.front() {
-                        Some(hdr) if self.vnet_hdr => {
+                    let hdr = self
+                        .wq_vnet
+                        .front()
+                        .copied()
+                        .flatten()
+                        .map(|h| h.to_bytes());
+                    let n = match &hdr {
+                        Some(hdr) => {
                             let iov = [
                                 libc::iovec {
                                     iov_base: hdr.as_ptr() as *mut libc::c_void,
@@ -540,6 +705,7 @@ impl Port {
             }
             Io::Peer { socket, peer } => {
                 while let Some(front) = self.wq.front() {
+                    self.wq_vnet.pop_front();
                     match socket.send_to(front, peer) {
                         Ok(_) => {}
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
@@ -570,12 +736,59 @@ impl Port {
     }
 }
 
+fn copied(frame: &[u8], mut b: Vec<u8>) -> Vec<u8> {
+    b.clear();
+    b.extend_from_slice(frame);
+    b
+}
+
+/// How far [`Port::write_now`] got.
+enum WriteNow {
+    All,
+    /// This many bytes (prefix included) went out.
+    Part(usize),
+    /// Nothing: queue the frame.
+    Later,
+}
+
+/// What goes before a frame on a stream: its length, and the virtio-net header once offloads
+/// were negotiated (the length then counts the header).
+struct StreamPrefix {
+    buf: [u8; 4 + WIRE_HDR_LEN],
+    len: usize,
+}
+
+impl StreamPrefix {
+    fn new(frame_len: usize, hdr: Option<&VnetHeader>) -> Self {
+        let mut buf = [0u8; 4 + WIRE_HDR_LEN];
+        let len = Self::len(hdr);
+        buf[..4].copy_from_slice(&((frame_len + len - 4) as u32).to_be_bytes());
+        if let Some(h) = hdr {
+            buf[4..].copy_from_slice(&stream_offload::header_bytes(h));
+        }
+        StreamPrefix { buf, len }
+    }
+
+    fn len(hdr: Option<&VnetHeader>) -> usize {
+        if hdr.is_some() {
+            4 + WIRE_HDR_LEN
+        } else {
+            4
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
     use std::rc::Rc;
+    use std::time::Duration;
 
     fn stream_pair() -> (Port, UnixStream) {
         let (a, b) = UnixStream::pair().unwrap();
@@ -671,5 +884,125 @@ mod tests {
         let mut got = [0u8; 12];
         peer.read_exact(&mut got).unwrap();
         assert_eq!(got, [0, 0, 0, 3, 1, 2, 3, 0, 0, 0, 1, 4]);
+    }
+
+    fn record(payload: &[u8]) -> Vec<u8> {
+        let mut r = (payload.len() as u32).to_be_bytes().to_vec();
+        r.extend_from_slice(payload);
+        r
+    }
+
+    fn read_record(peer: &mut UnixStream) -> Vec<u8> {
+        let mut len = [0u8; 4];
+        peer.read_exact(&mut len).unwrap();
+        let mut buf = vec![0u8; u32::from_be_bytes(len) as usize];
+        peer.read_exact(&mut buf).unwrap();
+        buf
+    }
+
+    #[test]
+    fn a_hello_switches_the_stream_to_offload_records() {
+        use limanet_netstack::stream_offload::{self as so, Kind};
+        let (mut port, mut peer) = stream_pair();
+        port.offer_offloads();
+        // The server sends a plain frame before the hello arrives (a broadcast, say).
+        assert!(port.queue(vec![9u8; 60]).is_none());
+        let mac = [2, 0, 0, 0, 0, 7];
+        peer.write_all(&record(&so::build(
+            Kind::Hello,
+            mac,
+            so::FEATURE_VNET_HDR_V1,
+        )))
+        .unwrap();
+        let mut got = Vec::new();
+        let mut scratch = [];
+        port.read_frames_with(1514, &mut scratch, |f, h| {
+            got.push((f.to_vec(), h.copied()))
+        })
+        .unwrap();
+        assert!(got.is_empty(), "the hello is not a frame");
+        assert!(port.take_negotiated());
+        assert!(!port.take_negotiated());
+        assert!(port.vnet_hdr());
+        // A super-segment to the client, with its header.
+        let hdr = VnetHeader::tcpv4(54, 3000, 1448);
+        assert!(port.queue_with(vec![1u8; 3054], Some(hdr)).is_none());
+        port.flush(drop).unwrap();
+        assert_eq!(read_record(&mut peer), vec![9u8; 60]);
+        let ack = read_record(&mut peer);
+        assert_eq!(
+            so::parse(&ack).map(|c| (c.kind, c.mac)),
+            Some((Kind::Ack, mac))
+        );
+        let r = read_record(&mut peer);
+        let (back, frame) = so::parse_record(&r).unwrap();
+        assert_eq!((back, frame.len()), (hdr, 3054));
+        // From the client: a super-segment over the MTU, a lying header (dropped, counted,
+        // the connection stays), a plain frame.
+        let mut bytes = record(&r);
+        let mut lie = so::header_bytes(&VnetHeader { gso_size: 0, ..hdr }).to_vec();
+        lie.extend_from_slice(&[1u8; 3054]);
+        bytes.extend(record(&lie));
+        let mut plain = so::header_bytes(&VnetHeader::default()).to_vec();
+        plain.extend_from_slice(&[3u8; 60]);
+        bytes.extend(record(&plain));
+        peer.write_all(&bytes).unwrap();
+        port.read_frames_with(1514, &mut scratch, |f, h| {
+            got.push((f.to_vec(), h.copied()))
+        })
+        .unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[0].0.len(), got[0].1), (3054, Some(hdr)));
+        assert_eq!(got[1], (vec![3u8; 60], Some(VnetHeader::default())));
+        assert_eq!((port.bad_headers, port.dropped), (1, 1));
+    }
+
+    #[test]
+    fn a_client_that_starts_with_frames_stays_plain() {
+        use limanet_netstack::stream_offload::{self as so, Kind};
+        let (mut port, mut peer) = stream_pair();
+        port.offer_offloads();
+        let hello = so::build(Kind::Hello, [2, 0, 0, 0, 0, 8], so::FEATURE_VNET_HDR_V1);
+        let mut bytes = record(&[5u8; 60]);
+        bytes.extend(record(&hello));
+        peer.write_all(&bytes).unwrap();
+        let mut got = Vec::new();
+        port.read_frames(1514, &mut [], |f| got.push(f.to_vec()))
+            .unwrap();
+        // A hello that is not the first frame is just a frame.
+        assert_eq!(got, vec![vec![5u8; 60], hello]);
+        assert!(!port.take_negotiated() && !port.vnet_hdr());
+        // Without the offer (QEMU listeners elsewhere), a first hello is a frame too.
+        let (mut port, mut peer) = stream_pair();
+        peer.write_all(&record(&so::build(Kind::Hello, [2; 6], 1)))
+            .unwrap();
+        let mut n = 0;
+        port.read_frames(1514, &mut [], |_| n += 1).unwrap();
+        assert_eq!(n, 1);
+        assert!(!port.vnet_hdr());
+        // Plain offload-state frames never go to a plain port.
+        let hdr = VnetHeader::tcpv4(54, 3000, 1448);
+        assert!(port.queue_with(vec![0u8; 3054], Some(hdr)).is_some());
+    }
+
+    #[test]
+    fn direct_sends_that_block_midway_keep_records_whole_and_in_order() {
+        let (mut port, mut peer) = stream_pair();
+        sys::set_buffer_sizes(port.raw_fd(), 8 << 10, 8 << 10);
+        // Far more than the socket holds: some go out whole, one in part, the rest queued.
+        let frames: Vec<Vec<u8>> = (0..64u8)
+            .map(|i| vec![i; 1000 + usize::from(i) * 37])
+            .collect();
+        for f in &frames {
+            assert!(port.send(f, None, Vec::new).is_none());
+        }
+        assert!(port.has_output(), "the socket filled up");
+        let reader =
+            std::thread::spawn(move || frames.iter().all(|f| read_record(&mut peer) == *f));
+        while port.has_output() {
+            port.flush(drop).unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(reader.join().unwrap(), "records differ");
     }
 }

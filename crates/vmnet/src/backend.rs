@@ -2,9 +2,10 @@
 //!
 //! - host/shared: a bridge owned by limanet (name and marker derived from the socket path) with
 //!   the gateway address, and one TAP, enslaved to it, whose descriptor is the switch's host
-//!   port. shared adds NAT ([`crate::nft`]) and IPv4 forwarding on the bridge and on the uplinks
-//!   the return traffic arrives on (shared with other shared networks: [`crate::uplinks`]);
-//!   host turns forwarding off on the bridge.
+//!   port. The TAP carries a virtio-net header with offloads (TSO, checksum), so the bridge
+//!   and the daemon pass TCP super-segments. shared adds NAT ([`crate::nft`]) and IPv4
+//!   forwarding on the bridge and on the uplinks the return traffic arrives on (shared with
+//!   other shared networks: [`crate::uplinks`]); host turns forwarding off on the bridge.
 //! - bridged: the interface named by `--vmnet-interface`. A bridge gets our TAP as a new port
 //!   (the host's own addresses stay where they are). A plain NIC is reached through an AF_PACKET
 //!   socket in promiscuous mode: nothing on the NIC changes, and the promiscuous flag goes with
@@ -112,6 +113,9 @@ pub struct Backend {
     uplinks_joined: bool,
     /// The host port: TAP or packet socket descriptor, taken by the daemon.
     host_port: Option<OwnedFd>,
+    /// The host port is a TAP with a virtio-net header and offloads: the kernel bridge hands
+    /// over and takes TCP super-segments.
+    pub host_vnet_hdr: bool,
     /// The gateway's MAC (host/shared).
     pub gateway_mac: Option<MacAddr>,
     pub description: String,
@@ -176,6 +180,7 @@ impl Backend {
             nat: false,
             uplinks_joined: false,
             host_port: None,
+            host_vnet_hdr: false,
             gateway_mac: None,
             description: String::new(),
             armed: true,
@@ -254,10 +259,12 @@ impl Backend {
                 name: self.names.tap.clone(),
                 mtu: MTU,
                 address: None,
-                // Frames go to vmnet clients, which have no virtio-net header.
-                offload: false,
+                // The daemon cuts super-segments for clients without offloads.
+                offload: true,
+                mac: None,
             },
         )?;
+        self.host_vnet_hdr = tap.vnet_hdr;
         self.host_port = Some(tap.fd);
         let link = self
             .nl

@@ -6,10 +6,17 @@
 //! [`MAX_CLIENT_FRAME`], zero length, or a connection closed mid-frame) is disconnected with one
 //! log line; the others carry on. A client that stops reading fills its own queue and loses its
 //! own frames (counted), without slowing anyone else.
+//!
+//! Offloads: a client may negotiate the stream protocol's offload extension
+//! (`limanet_netstack::stream_offload`; `limanet attach` does) and the host TAP carries a
+//! virtio-net header, so TCP super-segments and partial checksums travel between them whole.
+//! Frames carry their offload state to ports that have offloads; ports without them (QEMU,
+//! socket_vmnet-style clients) get them cut into packets with complete checksums, in software.
 
 use crate::gateway::{dhcp_request, Gateway};
 use crate::switch::{MacTable, Route, TableLimits, Verdict};
-use limanet_runtime::transport::{Io, Port, PortError, QueueBudget, ReadStatus};
+use limanet_netstack::vnet::{self, VnetHeader};
+use limanet_runtime::transport::{Io, Port, PortError, QueueBudget, ReadStatus, MAX_OFFLOAD_READ};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use std::collections::HashSet;
@@ -32,8 +39,23 @@ const HOST: usize = 0;
 /// Output queue per client: with 4 MiB socket buffers, enough for bursts at full speed; a
 /// stalled client costs at most this much (times [`MAX_CLIENTS`] in the very worst case).
 const CLIENT_QUEUE_BYTES: usize = 4 << 20;
-/// Recycled frame buffers kept.
+/// Recycled frame buffers kept ...
 const POOL_MAX: usize = 4096;
+/// ... of which this many may be large (super-segments: up to 64 KiB each).
+const POOL_MAX_LARGE: usize = 64;
+const LARGE_BUFFER: usize = 4096;
+
+/// Puts a written or dropped buffer back into the pool, within its bounds.
+fn keep(pool: &mut Vec<Vec<u8>>, b: Vec<u8>) {
+    let limit = if b.capacity() > LARGE_BUFFER {
+        POOL_MAX_LARGE
+    } else {
+        POOL_MAX
+    };
+    if pool.len() < limit && b.capacity() <= 2 * MAX_OFFLOAD_READ {
+        pool.push(b);
+    }
+}
 
 struct Slot {
     port: Port,
@@ -46,6 +68,8 @@ pub struct Stats {
     pub clients_rejected: u64,
     pub frames: u64,
     pub runts: u64,
+    /// Offloaded frames that could not be cut or checksummed for a port without offloads.
+    pub bad_offload: u64,
 }
 
 /// A running switch.
@@ -59,7 +83,10 @@ pub struct Daemon {
     pending: HashSet<usize>,
     dirty: Vec<usize>,
     scratch: Vec<u8>,
-    inbound: Vec<Vec<u8>>,
+    /// Frames for the port being read (DHCP replies), queued once its read is done.
+    replies: Vec<Vec<u8>>,
+    /// Segments of one frame on their way to ports without offloads.
+    cut: Vec<Vec<u8>>,
     pool: Vec<Vec<u8>>,
     next_client: u64,
     /// Output queued to all ports together is bounded too (runtime's network-wide budget).
@@ -69,11 +96,12 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// `host` is the TAP or packet socket; `stop` a descriptor (signalfd) that ends the loop
-    /// when readable.
+    /// `host` is the TAP or packet socket (`host_vnet_hdr`: a TAP opened with a virtio-net
+    /// header and offloads); `stop` a descriptor (signalfd) that ends the loop when readable.
     pub fn new(
         listener: UnixListener,
         host: OwnedFd,
+        host_vnet_hdr: bool,
         host_name: String,
         stop: OwnedFd,
         gateway: Option<Gateway>,
@@ -101,8 +129,9 @@ impl Daemon {
             gateway,
             pending: HashSet::new(),
             dirty: Vec::new(),
-            scratch: vec![0; MAX_HOST_FRAME.max(MAX_CLIENT_FRAME) + 4],
-            inbound: Vec::new(),
+            scratch: vec![0; MAX_HOST_FRAME.max(MAX_CLIENT_FRAME).max(MAX_OFFLOAD_READ) + 4],
+            replies: Vec::new(),
+            cut: Vec::new(),
             pool: Vec::new(),
             next_client: 0,
             budget: QueueBudget::new(),
@@ -111,6 +140,11 @@ impl Daemon {
         };
         let idx = d.add_port(Io::Packet(host), host_name)?;
         debug_assert_eq!(idx, HOST);
+        if host_vnet_hdr {
+            if let Some(Some(slot)) = d.ports.get_mut(HOST) {
+                slot.port.set_vnet_hdr();
+            }
+        }
         Ok(d)
     }
 
@@ -124,6 +158,7 @@ impl Daemon {
         };
         let mut port = Port::with_budget(io, name, std::rc::Rc::clone(&self.budget));
         port.set_queue_limit(CLIENT_QUEUE_BYTES);
+        port.offer_offloads();
         self.poll.registry().register(
             &mut SourceFd(&port.raw_fd()),
             Token(FIRST_PORT + idx),
@@ -195,6 +230,7 @@ impl Daemon {
             rejected = self.stats.clients_rejected,
             frames = self.stats.frames,
             runts = self.stats.runts,
+            bad_offload = self.stats.bad_offload,
             macs = self.table.len(),
             unlearnt = self.table.unlearnt,
             bad_source = self.table.drops.bad_source,
@@ -243,7 +279,9 @@ impl Daemon {
     }
 
     fn read(&mut self, idx: usize, now: Instant) {
-        let Some(Some(slot)) = self.ports.get_mut(idx) else {
+        // Out of the table while it is read, so its frames are switched straight from its
+        // read buffer (see `send`); whatever is sent back to it meanwhile waits in `replies`.
+        let Some(mut slot) = self.ports.get_mut(idx).and_then(Option::take) else {
             return;
         };
         let max = if idx == HOST {
@@ -251,20 +289,23 @@ impl Daemon {
         } else {
             MAX_CLIENT_FRAME
         };
-        let inbound = &mut self.inbound;
-        let pool = &mut self.pool;
-        let result = slot.port.read_frames(max, &mut self.scratch, |frame| {
-            let mut b = pool.pop().unwrap_or_default();
-            b.clear();
-            b.extend_from_slice(frame);
-            inbound.push(b);
-        });
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let result = slot
+            .port
+            .read_frames_with(max, &mut scratch, |frame, vnet| {
+                self.switch_frame(idx, frame, vnet.copied(), now)
+            });
+        self.scratch = scratch;
         let zero_length = idx != HOST && slot.port.zero_length_frames > 0;
-        let mut frames = std::mem::take(&mut self.inbound);
-        for frame in frames.drain(..) {
-            self.switch_frame(idx, frame, now);
+        if slot.port.take_negotiated() {
+            info!(port = %slot.port.name, "client negotiated offloads");
+            // The ack waits in the port's queue.
+            self.dirty.push(idx);
         }
-        self.inbound = frames;
+        self.ports[idx] = Some(slot);
+        for reply in std::mem::take(&mut self.replies) {
+            self.queue(idx, reply);
+        }
         if zero_length {
             return self.remove(idx, Some("zero-length frame".to_string()));
         }
@@ -282,16 +323,14 @@ impl Daemon {
     }
 
     fn recycle(&mut self, b: Vec<u8>) {
-        if self.pool.len() < POOL_MAX && b.capacity() <= 2 * MAX_CLIENT_FRAME {
-            self.pool.push(b);
-        }
+        keep(&mut self.pool, b);
     }
 
-    fn switch_frame(&mut self, from: usize, frame: Vec<u8>, now: Instant) {
+    fn switch_frame(&mut self, from: usize, frame: &[u8], vnet: Option<VnetHeader>, now: Instant) {
         self.stats.frames += 1;
         if frame.len() < 14 {
             self.stats.runts += 1;
-            return self.recycle(frame);
+            return;
         }
         let mut dst = [0u8; 6];
         dst.copy_from_slice(&frame[0..6]);
@@ -307,7 +346,7 @@ impl Daemon {
                         port = from,
                         "client uses too many source MAC addresses; frames from more are dropped"
                     );
-                    return self.recycle(frame);
+                    return;
                 }
                 verdict => {
                     debug!(
@@ -315,51 +354,108 @@ impl Daemon {
                         ?verdict,
                         "frame with a refused source MAC dropped"
                     );
-                    return self.recycle(frame);
+                    return;
                 }
             }
         }
         if from != HOST {
             if let Some(gw) = &mut self.gateway {
-                if let Some((mac, payload)) = dhcp_request(&frame) {
+                if let Some((mac, payload)) = dhcp_request(frame) {
                     let table = &self.table;
                     let on_port = |m: &[u8; 6]| table.port_of(m) == Some(from);
                     if let Some(reply) = gw.handle(now, from, &on_port, mac, payload) {
-                        self.queue(from, reply);
+                        self.replies.push(reply);
                     }
-                    return self.recycle(frame);
+                    return;
                 }
             }
         }
+        // Offload state matters only where it is not plain.
+        let vnet = vnet.filter(|v| !v.is_plain());
         match self.table.route(dst, from, now) {
-            Route::Port(to) => self.queue(to, frame),
-            Route::Drop => self.recycle(frame),
+            Route::Port(to) => self.deliver(to, frame, vnet),
+            Route::Drop => {}
             Route::Flood => {
                 let targets: Vec<usize> = (0..self.ports.len())
                     .filter(|&i| i != from && self.ports[i].is_some())
                     .collect();
                 let Some((&last, rest)) = targets.split_last() else {
-                    return self.recycle(frame);
+                    return;
                 };
                 for &to in rest {
-                    let mut copy = self.pool.pop().unwrap_or_default();
-                    copy.clear();
-                    copy.extend_from_slice(&frame);
-                    self.queue(to, copy);
+                    self.deliver(to, frame, vnet);
                 }
-                self.queue(last, frame);
+                self.deliver(last, frame, vnet);
             }
         }
     }
 
+    /// Queues a frame with its offload state to a port with offloads, or as ordinary packets
+    /// (cut, checksums completed) to a port without.
+    fn deliver(&mut self, to: usize, frame: &[u8], vnet: Option<VnetHeader>) {
+        let Some(hdr) = vnet else {
+            return self.send(to, frame, None);
+        };
+        let Some(Some(slot)) = self.ports.get(to) else {
+            return;
+        };
+        if slot.port.vnet_hdr() {
+            return self.send(to, frame, Some(hdr));
+        }
+        let mut cut = std::mem::take(&mut self.cut);
+        let pool = &mut self.pool;
+        let result = vnet::to_plain(
+            frame,
+            &hdr,
+            || pool.pop().unwrap_or_default(),
+            |f| cut.push(f),
+        );
+        if let Err(e) = result {
+            self.stats.bad_offload += 1;
+            if self.stats.bad_offload.is_power_of_two() {
+                warn!(error = %e, count = self.stats.bad_offload, "dropping an offloaded frame that cannot be cut into packets");
+            }
+        }
+        for f in cut.drain(..) {
+            if result.is_ok() {
+                self.queue(to, f);
+            } else {
+                self.recycle(f);
+            }
+        }
+        self.cut = cut;
+    }
+
+    /// Sends a frame to a port now if its queue is empty (no copy), or queues a copy.
+    fn send(&mut self, to: usize, frame: &[u8], vnet: Option<VnetHeader>) {
+        let Some(Some(slot)) = self.ports.get_mut(to) else {
+            return;
+        };
+        let idle = !slot.port.has_output();
+        let pool = &mut self.pool;
+        if let Some(refused) = slot
+            .port
+            .send(frame, vnet, || pool.pop().unwrap_or_default())
+        {
+            keep(pool, refused);
+        }
+        if idle && slot.port.has_output() {
+            self.dirty.push(to);
+        }
+    }
+
     fn queue(&mut self, to: usize, frame: Vec<u8>) {
+        self.queue_with(to, frame, None)
+    }
+
+    fn queue_with(&mut self, to: usize, frame: Vec<u8>, vnet: Option<VnetHeader>) {
         let Some(Some(slot)) = self.ports.get_mut(to) else {
             return self.recycle(frame);
         };
         if !slot.port.has_output() {
             self.dirty.push(to);
         }
-        if let Some(f) = slot.port.queue(frame) {
+        if let Some(f) = slot.port.queue_with(frame, vnet) {
             self.recycle(f);
         }
     }
@@ -369,11 +465,7 @@ impl Daemon {
             return;
         };
         let pool = &mut self.pool;
-        let result = slot.port.flush(|b| {
-            if pool.len() < POOL_MAX {
-                pool.push(b);
-            }
-        });
+        let result = slot.port.flush(|b| keep(pool, b));
         if let Err(e) = result {
             debug!(error = %e, port = idx, "write failed");
             let reason = match e.raw_os_error() {
@@ -396,11 +488,7 @@ impl Daemon {
         self.pending.remove(&idx);
         self.table.forget_port(idx);
         let pool = &mut self.pool;
-        slot.port.drain(|b| {
-            if pool.len() < POOL_MAX {
-                pool.push(b);
-            }
-        });
+        slot.port.drain(|b| keep(pool, b));
         let name = slot.port.name.clone();
         let dropped = slot.port.dropped;
         if idx == HOST {

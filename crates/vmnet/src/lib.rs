@@ -2,7 +2,9 @@
 //! networks on Linux.
 //!
 //! One daemon per network. VMs connect to its unix socket with QEMU's stream framing (4-byte
-//! big-endian length, then the Ethernet frame), as they do to socket_vmnet. Inside, a learning
+//! big-endian length, then the Ethernet frame), as they do to socket_vmnet; `limanet attach`
+//! clients may negotiate the protocol's offload extension (`limanet_netstack::stream_offload`)
+//! and exchange TCP super-segments with the daemon. Inside, a learning
 //! switch ([`switch`]) connects them with each other and, through one TAP device or packet socket
 //! ([`backend`]), with the host kernel: a bridge of limanet's own with the gateway address
 //! (host, shared; shared adds NAT, [`nft`]) or the host interface named by `--vmnet-interface`

@@ -96,6 +96,7 @@ pub fn run(opts: &VmnetOptions) -> Result<(), ServiceError> {
     let mut daemon = Daemon::new(
         listener.listener.try_clone()?,
         host_port,
+        backend.host_vnet_hdr,
         backend.names().tap.clone(),
         signals,
         gateway,

@@ -664,6 +664,7 @@ pub fn attach_namespaces(
             mtu: cfg.mtu,
             address: configure.then_some((address, cfg.prefix_len, cfg.gateway)),
             offload,
+            mac: None,
         };
         let file = limanet_runtime::open_netns(ns)?;
         let tap = limanet_runtime::create_tap_in(&file, &tap_cfg)

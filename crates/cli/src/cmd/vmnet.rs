@@ -3,13 +3,17 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
+use limanet_netstack::stream_offload::{self, Kind, WIRE_HDR_LEN};
+use limanet_netstack::wire::MacAddr;
 use limanet_vmnet::Parsed;
 use std::ffi::OsString;
 use std::os::fd::IntoRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use tracing::info;
+use std::time::{Duration, Instant};
+use tracing::{debug, info};
 
 /// Runs the daemon with socket_vmnet's command line (`args` without argv[0]). Usage errors print
 /// the message and the usage and exit 1, as socket_vmnet does.
@@ -102,6 +106,11 @@ pub struct AttachArgs {
     /// `-listen-qemu` connection; further guests join this way.
     #[arg(long)]
     pub gvproxy_connect: bool,
+    /// Do not offer the stream protocol's offload extension: plain MTU-sized frames only.
+    /// Without this flag, offloads are used when the server is a limanet one (vmnet,
+    /// usernet) and answers the offer; other servers see one ignored frame.
+    #[arg(long)]
+    pub no_offload: bool,
     /// A stream socket (QEMU framing): a vmnet socket, `limanet usernet --listen-qemu`, ...
     pub socket: PathBuf,
 }
@@ -122,14 +131,18 @@ pub fn attach(args: AttachArgs) -> Result<u8> {
         request_gvproxy_connection(&stream)?;
     }
     let netns = limanet_runtime::open_netns(&args.netns)?;
+    let mac = random_mac()?;
+    let offload = !args.no_offload
+        && negotiate_offloads(&stream, mac, OFFLOAD_ACK_WAIT).context("offload negotiation")?;
     let tap = limanet_runtime::create_tap_in(
         &netns,
         &limanet_runtime::TapConfig {
             name: args.tap_name.clone(),
             mtu: args.mtu,
             address,
-            // The relay copies frames to a socket peer that has no virtio-net header.
-            offload: false,
+            // Only with a peer that speaks the virtio-net header too.
+            offload,
+            mac: Some(mac),
         },
     )
     .with_context(|| {
@@ -143,11 +156,109 @@ pub fn attach(args: AttachArgs) -> Result<u8> {
         tap = %args.tap_name,
         mac = %limanet_netstack::MacDisplay(tap.mac),
         socket = %args.socket.display(),
+        offload,
         "attached"
     );
-    let why = limanet_vmnet::relay::relay(tap.fd, stream.into(), signals)?;
+    if offload {
+        limanet_runtime::set_vnet_hdr_len(&tap.fd, WIRE_HDR_LEN)?;
+    }
+    let why = limanet_vmnet::relay::relay(tap.fd, stream.into(), signals, offload)?;
     info!(reason = %why, "detached");
     Ok(0)
+}
+
+/// How long `attach` waits for a server to answer its offload hello before going on plain.
+const OFFLOAD_ACK_WAIT: Duration = Duration::from_secs(1);
+/// How long a record the server started before the wait ran out may take to complete.
+const MID_RECORD_GRACE: Duration = Duration::from_secs(5);
+/// Largest record accepted while waiting (socket_vmnet's limit).
+const MAX_WAIT_RECORD: usize = 64 * 1024;
+
+/// A random locally administered unicast MAC for the TAP (the hello's source).
+fn random_mac() -> Result<MacAddr> {
+    let mut mac = [0u8; 6];
+    // SAFETY: getrandom(2) writes at most mac.len() bytes into the buffer.
+    let n = unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
+    if n != mac.len() as isize {
+        return Err(std::io::Error::last_os_error()).context("getrandom");
+    }
+    mac[0] = (mac[0] & 0xfc) | 0x02;
+    Ok(mac)
+}
+
+/// Offers the stream protocol's offload extension (a hello as the first frame) and waits up to
+/// `wait` for the ack. Frames the server sends before the ack are plain and dropped (nothing is
+/// attached yet). Reads exactly one record at a time, so whatever follows the ack stays in the
+/// socket for the relay. False: no ack in time (socket_vmnet, QEMU-style peers), stay plain.
+fn negotiate_offloads(stream: &UnixStream, mac: MacAddr, wait: Duration) -> Result<bool> {
+    use std::io::{Read, Write};
+    let hello = stream_offload::build(Kind::Hello, mac, stream_offload::FEATURE_VNET_HDR_V1);
+    let mut record = (hello.len() as u32).to_be_bytes().to_vec();
+    record.extend_from_slice(&hello);
+    let mut s = stream;
+    s.write_all(&record)
+        .context("cannot send the offload hello")?;
+    let deadline = Instant::now() + wait;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut need = 4;
+    let mut chunk = vec![0u8; MAX_WAIT_RECORD + 4];
+    let acked = loop {
+        let now = Instant::now();
+        let timeout = if now < deadline {
+            deadline - now
+        } else if pending.is_empty() {
+            break false;
+        } else {
+            MID_RECORD_GRACE
+        };
+        stream.set_read_timeout(Some(timeout))?;
+        let n = match s.read(&mut chunk[..need - pending.len()]) {
+            Ok(0) => bail!("the server closed the connection"),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if !pending.is_empty() && Instant::now() >= deadline {
+                    bail!("the server stalled in the middle of a frame");
+                }
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        pending.extend_from_slice(&chunk[..n]);
+        if pending.len() < need {
+            continue;
+        }
+        if need == 4 {
+            let len = u32::from_be_bytes([pending[0], pending[1], pending[2], pending[3]]) as usize;
+            if len > MAX_WAIT_RECORD {
+                bail!("the server sent a frame length of {len}");
+            }
+            if len == 0 {
+                pending.clear();
+            } else {
+                need = 4 + len;
+            }
+            continue;
+        }
+        let ack = stream_offload::parse(&pending[4..])
+            .is_some_and(|c| c.kind == Kind::Ack && c.mac == mac);
+        pending.clear();
+        need = 4;
+        if ack {
+            break true;
+        }
+        debug!("frame before the offload ack dropped");
+    };
+    stream.set_read_timeout(None)?;
+    if !acked {
+        info!("the server did not answer the offload offer: plain frames");
+    }
+    Ok(acked)
 }
 
 /// Turns a connection to a gvproxy endpoint into a frame stream: gvproxy hijacks the HTTP

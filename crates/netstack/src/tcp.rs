@@ -30,7 +30,9 @@ use crate::inspect::{FlowInfo, FlowProtocol, InboundState};
 use crate::limits::{Limit, LimitLog};
 use crate::output::{ip_header_len, write_link_and_ip, Link, Output, PortId};
 use crate::vnet::VnetHeader;
-use crate::wire::{self, tcp_flags as F, Tcp, ETH_HEADER_LEN, IPV4_HEADER_LEN, TCP_HEADER_LEN};
+use crate::wire::{
+    self, tcp_flags as F, SeqNumber, Tcp, ETH_HEADER_LEN, IPV4_HEADER_LEN, TCP_HEADER_LEN,
+};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io;
@@ -104,22 +106,22 @@ struct Flow {
     sock: SockId,
     state: State,
     // Our sending side (host → guest).
-    iss: u32,
-    snd_una: u32,
-    snd_nxt: u32,
+    iss: SeqNumber,
+    snd_una: SeqNumber,
+    snd_nxt: SeqNumber,
     /// Guest's receive window in bytes.
     snd_wnd: u32,
     snd_wscale: u8,
     guest_mss: u16,
     // Our receiving side (guest → host).
-    rcv_nxt: u32,
+    rcv_nxt: SeqNumber,
     rcv_wscale: u8,
     /// Window last advertised, in bytes.
     rcv_wnd: u32,
     /// Free send space the kernel reported at the last query (0: no estimate) and the sequence
     /// number it extends to; see `refresh_window`.
     rcv_space: u32,
-    rcv_edge: u32,
+    rcv_edge: SeqNumber,
     /// The host socket's send buffer is full: advertise a zero window until it drains.
     send_blocked: bool,
     /// Guest sent FIN (and we shut down the host socket's write side).
@@ -141,7 +143,7 @@ struct Flow {
     /// its whole allocation charged to the socket, which can close the peer's window.
     unconsumed: u32,
     /// Guest segments that arrived after a gap, in sequence order: (sequence number, payload).
-    held: Vec<(u32, Vec<u8>)>,
+    held: Vec<(SeqNumber, Vec<u8>)>,
     /// In `batch` already.
     batched: bool,
     dup_acks: u8,
@@ -149,7 +151,7 @@ struct Flow {
     /// it is resent after the data). Duplicate ACKs for data sent before it are echoes of that
     /// loss and must not start another go-back (the NewReno recovery point, RFC 6582), and
     /// ACKs up to it are valid even when they pass `snd_nxt`.
-    recover: u32,
+    recover: SeqNumber,
     retries: u8,
     rto: Duration,
     deadline: Option<Instant>,
@@ -164,7 +166,7 @@ struct Flow {
 
 impl Flow {
     fn in_flight(&self) -> u32 {
-        self.snd_nxt.wrapping_sub(self.snd_una)
+        self.snd_nxt - self.snd_una
     }
 
     /// A segment carrying our ACK of everything received went out.
@@ -242,11 +244,6 @@ pub struct TcpTable {
     per_port: HashMap<PortId, PortFlows>,
     log: LimitLog,
     pub stats: TcpStats,
-}
-
-/// Sequence-space comparison: `a < b` modulo 2^32.
-fn seq_lt(a: u32, b: u32) -> bool {
-    (a.wrapping_sub(b) as i32) < 0
 }
 
 impl TcpTable {
@@ -340,7 +337,7 @@ impl TcpTable {
         state: State,
         now: Instant,
     ) -> Flow {
-        let iss = self.random() as u32;
+        let iss = SeqNumber(self.random() as u32);
         self.next_generation += 1;
         Flow {
             key,
@@ -353,11 +350,11 @@ impl TcpTable {
             snd_wnd: 0,
             snd_wscale: 0,
             guest_mss: 536,
-            rcv_nxt: 0,
+            rcv_nxt: SeqNumber(0),
             rcv_wscale: 0,
             rcv_wnd: 0,
             rcv_space: 0,
-            rcv_edge: 0,
+            rcv_edge: SeqNumber(0),
             send_blocked: false,
             fin_from_guest: false,
             maybe_unsent: false,
@@ -416,7 +413,7 @@ impl TcpTable {
                     send_syn(out, cfg, flow, F::SYN | F::ACK);
                     return;
                 }
-                if seg.has(F::ACK) && seg.ack == flow.iss.wrapping_add(1) {
+                if seg.has(F::ACK) && seg.ack == flow.iss + 1 {
                     flow.state = State::Established;
                     if let Some(counts) = self.per_port.get_mut(&flow.link.port) {
                         counts.half_open -= 1;
@@ -429,10 +426,10 @@ impl TcpTable {
                 }
             }
             State::SynSent => {
-                if seg.has(F::SYN) && seg.has(F::ACK) && seg.ack == flow.iss.wrapping_add(1) {
+                if seg.has(F::SYN) && seg.has(F::ACK) && seg.ack == flow.iss + 1 {
                     flow.state = State::Established;
                     flow.snd_una = seg.ack;
-                    flow.rcv_nxt = seg.seq.wrapping_add(1);
+                    flow.rcv_nxt = seg.seq + 1;
                     flow.guest_mss = seg
                         .mss
                         .unwrap_or(536)
@@ -470,12 +467,12 @@ impl TcpTable {
         let mut ack_now = false;
 
         if seg.has(F::ACK) {
-            let acked = seg.ack.wrapping_sub(flow.snd_una);
+            let acked = seg.ack - flow.snd_una;
             let in_flight = flow.in_flight();
             let window = u32::from(seg.window) << flow.snd_wscale;
             // After a go-back the guest may acknowledge data sent before it, past snd_nxt.
-            let sent = if seq_lt(flow.snd_nxt, flow.recover) {
-                flow.recover.wrapping_sub(flow.snd_una)
+            let sent = if flow.snd_nxt < flow.recover {
+                flow.recover - flow.snd_una
             } else {
                 in_flight
             };
@@ -485,9 +482,7 @@ impl TcpTable {
                 let bytes = acked - u32::from(fin_acked);
                 flow.unconsumed += bytes;
                 flow.snd_una = seg.ack;
-                if seq_lt(flow.snd_nxt, seg.ack) {
-                    flow.snd_nxt = seg.ack;
-                }
+                flow.snd_nxt = flow.snd_nxt.max(seg.ack);
                 flow.dup_acks = 0;
                 flow.retries = 0;
                 flow.rto = RTO_INITIAL;
@@ -499,7 +494,7 @@ impl TcpTable {
                 && window == flow.snd_wnd
             {
                 flow.dup_acks = flow.dup_acks.saturating_add(1);
-                if flow.dup_acks == 3 && !seq_lt(flow.snd_una, flow.recover) {
+                if flow.dup_acks == 3 && flow.snd_una >= flow.recover {
                     // Fast retransmit: go back to the first unacknowledged byte.
                     go_back(flow);
                     self.stats.retransmits += 1;
@@ -509,8 +504,8 @@ impl TcpTable {
         }
 
         if !seg.payload.is_empty() && !flow.fin_from_guest {
-            let offset = flow.rcv_nxt.wrapping_sub(seg.seq);
-            if seq_lt(flow.rcv_nxt, seg.seq) {
+            let offset = flow.rcv_nxt - seg.seq;
+            if flow.rcv_nxt < seg.seq {
                 // A gap: keep the segment for when it is filled; the duplicate ACK tells the
                 // guest what is missing.
                 self.stats.guest_out_of_order += 1;
@@ -554,9 +549,9 @@ impl TcpTable {
         }
 
         if seg.has(F::FIN) && !flow.fin_from_guest {
-            let fin_seq = seg.seq.wrapping_add(seg.payload.len() as u32);
+            let fin_seq = seg.seq + seg.payload.len() as u32;
             if fin_seq == flow.rcv_nxt {
-                flow.rcv_nxt = flow.rcv_nxt.wrapping_add(1);
+                flow.rcv_nxt += 1;
                 flow.fin_from_guest = true;
                 host.tcp_shutdown(flow.sock);
                 // A delayed ACK: the host end usually closes in turn at once, and our FIN then
@@ -661,7 +656,7 @@ impl TcpTable {
         };
         if flow.host_fin && !flow.maybe_unsent && !flow.fin_sent {
             send_flags(out, cfg, flow, F::FIN | F::ACK);
-            flow.snd_nxt = flow.snd_nxt.wrapping_add(1);
+            flow.snd_nxt += 1;
             flow.fin_sent = true;
             flow.ack_sent();
             if flow.deadline.is_none() {
@@ -818,7 +813,7 @@ impl TcpTable {
         match host.tcp_connect(target) {
             Ok(sock) => {
                 let mut flow = self.new_flow(key, link, sock, State::HostConnecting, now);
-                flow.rcv_nxt = seg.seq.wrapping_add(1);
+                flow.rcv_nxt = seg.seq + 1;
                 flow.guest_mss = seg
                     .mss
                     .unwrap_or(536)
@@ -871,7 +866,7 @@ impl TcpTable {
             Ok(()) => {
                 refresh_window(host, flow);
                 send_syn(out, cfg, flow, F::SYN | F::ACK);
-                flow.snd_nxt = flow.iss.wrapping_add(1);
+                flow.snd_nxt = flow.iss + 1;
                 flow.deadline = Some(now + flow.rto);
                 self.schedule(idx);
             }
@@ -981,7 +976,7 @@ impl TcpTable {
         flow.rcv_wscale = OUR_WSCALE;
         refresh_window(host, &mut flow);
         send_syn(out, cfg, &flow, F::SYN);
-        flow.snd_nxt = flow.iss.wrapping_add(1);
+        flow.snd_nxt = flow.iss + 1;
         flow.deadline = Some(now + flow.rto);
         self.stats.opened += 1;
         let idx = self.insert(flow);
@@ -1154,7 +1149,7 @@ impl TcpTable {
                         // Window probe: an old sequence number makes the guest re-announce its window.
                         let mut f = out.buffer();
                         f.resize(flow.key.headers_len(), 0);
-                        write_segment(cfg, flow, &mut f, F::ACK, flow.snd_una.wrapping_sub(1), &[]);
+                        write_segment(cfg, flow, &mut f, F::ACK, flow.snd_una - 1, &[]);
                         out.push(flow.link.port, f);
                         flow.deadline = Some(now + flow.rto);
                     }
@@ -1225,7 +1220,7 @@ fn emit_data(
         write_segment(cfg, flow, &mut f, flags, flow.snd_nxt, &[]);
         out.push(flow.link.port, f);
     }
-    flow.snd_nxt = flow.snd_nxt.wrapping_add(len as u32);
+    flow.snd_nxt += len as u32;
     flow.ack_sent();
     if flow.deadline.is_none() {
         flow.deadline = Some(now + flow.rto);
@@ -1240,7 +1235,7 @@ fn send_in_order(host: &mut impl Host, flow: &mut Flow, data: &[u8]) -> io::Resu
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
         Err(e) => return Err(e),
     };
-    flow.rcv_nxt = flow.rcv_nxt.wrapping_add(n as u32);
+    flow.rcv_nxt += n as u32;
     flow.ack_pending |= n > 0;
     flow.unacked = flow.unacked.saturating_add(n as u32);
     if n < data.len() {
@@ -1253,12 +1248,12 @@ fn send_in_order(host: &mut impl Host, flow: &mut Flow, data: &[u8]) -> io::Resu
 /// lies within the window we offered and the budgets allow; true if it is held (now or
 /// before). Data that continues the last held segment is appended to it, so a window's worth
 /// of in-order segments held while the socket is full costs one entry, not one per segment.
-fn hold(held_bytes: &mut usize, flow: &mut Flow, seq: u32, payload: &[u8]) -> bool {
-    let ahead = seq.wrapping_sub(flow.rcv_nxt) as usize;
+fn hold(held_bytes: &mut usize, flow: &mut Flow, seq: SeqNumber, payload: &[u8]) -> bool {
+    let ahead = (seq - flow.rcv_nxt) as usize;
     // The right edge we advertised last; `rcv_wnd` is zero while the socket is full, but
     // the guest may still be sending into the window it saw before.
-    let edge = if seq_lt(flow.rcv_nxt, flow.rcv_edge) {
-        flow.rcv_edge.wrapping_sub(flow.rcv_nxt) as usize
+    let edge = if flow.rcv_nxt < flow.rcv_edge {
+        (flow.rcv_edge - flow.rcv_nxt) as usize
     } else {
         0
     };
@@ -1267,7 +1262,7 @@ fn hold(held_bytes: &mut usize, flow: &mut Flow, seq: u32, payload: &[u8]) -> bo
     {
         return false;
     }
-    let at = flow.held.partition_point(|(s, _)| seq_lt(*s, seq));
+    let at = flow.held.partition_point(|(s, _)| *s < seq);
     if flow
         .held
         .get(at)
@@ -1277,8 +1272,7 @@ fn hold(held_bytes: &mut usize, flow: &mut Flow, seq: u32, payload: &[u8]) -> bo
     }
     if at == flow.held.len() {
         if let Some((last_seq, last)) = flow.held.last_mut() {
-            if last_seq.wrapping_add(last.len() as u32) == seq
-                && last.len() + payload.len() <= HELD_CHUNK_MAX
+            if *last_seq + last.len() as u32 == seq && last.len() + payload.len() <= HELD_CHUNK_MAX
             {
                 *held_bytes += payload.len();
                 last.extend_from_slice(payload);
@@ -1298,18 +1292,18 @@ fn hold(held_bytes: &mut usize, flow: &mut Flow, seq: u32, payload: &[u8]) -> bo
 /// the rest as a held segment for when the socket drains, within the held budgets: with
 /// 64 KiB super-segments from a port with offloads, making the guest resend it would cost a
 /// loss recovery each time the send buffer fills.
-fn keep_unsent(held_bytes: &mut usize, flow: &mut Flow, before: u32, data: &[u8]) {
+fn keep_unsent(held_bytes: &mut usize, flow: &mut Flow, before: SeqNumber, data: &[u8]) {
     if !flow.send_blocked {
         return;
     }
-    let taken = flow.rcv_nxt.wrapping_sub(before) as usize;
+    let taken = (flow.rcv_nxt - before) as usize;
     let Some(rest) = data.get(taken..).filter(|r| !r.is_empty()) else {
         return;
     };
     if flow.held.len() >= HELD_SEGMENTS_MAX || *held_bytes + rest.len() > HELD_BYTES_MAX {
         return;
     }
-    let at = flow.held.partition_point(|(s, _)| seq_lt(*s, flow.rcv_nxt));
+    let at = flow.held.partition_point(|(s, _)| *s < flow.rcv_nxt);
     *held_bytes += rest.len();
     flow.held.insert(at, (flow.rcv_nxt, rest.to_vec()));
 }
@@ -1318,12 +1312,12 @@ fn keep_unsent(held_bytes: &mut usize, flow: &mut Flow, before: u32, data: &[u8]
 fn release_held(host: &mut impl Host, held_bytes: &mut usize, flow: &mut Flow) -> io::Result<bool> {
     let mut moved = false;
     while let Some(&(seq, _)) = flow.held.first() {
-        if flow.send_blocked || seq_lt(flow.rcv_nxt, seq) {
+        if flow.send_blocked || flow.rcv_nxt < seq {
             break;
         }
         let (seq, data) = flow.held.remove(0);
         *held_bytes -= data.len();
-        let skip = flow.rcv_nxt.wrapping_sub(seq) as usize;
+        let skip = (flow.rcv_nxt - seq) as usize;
         if skip >= data.len() {
             continue; // Covered by later in-order data.
         }
@@ -1332,7 +1326,7 @@ fn release_held(host: &mut impl Host, held_bytes: &mut usize, flow: &mut Flow) -
         moved |= flow.rcv_nxt != before;
         if flow.send_blocked {
             // Keep the rest for when the socket drains.
-            let taken = skip + flow.rcv_nxt.wrapping_sub(before) as usize;
+            let taken = skip + (flow.rcv_nxt - before) as usize;
             *held_bytes += data.len() - taken;
             flow.held.insert(0, (flow.rcv_nxt, data[taken..].to_vec()));
         }
@@ -1342,10 +1336,8 @@ fn release_held(host: &mut impl Host, held_bytes: &mut usize, flow: &mut Flow) -
 
 /// Retransmit from the first unacknowledged byte.
 fn go_back(flow: &mut Flow) {
-    let sent = flow.snd_nxt.wrapping_sub(u32::from(flow.fin_sent));
-    if seq_lt(flow.recover, sent) {
-        flow.recover = sent;
-    }
+    let sent = flow.snd_nxt - u32::from(flow.fin_sent);
+    flow.recover = flow.recover.max(sent);
     flow.snd_nxt = flow.snd_una;
     flow.dup_acks = 0;
     // The data goes out again, then the FIN if it had been sent.
@@ -1364,7 +1356,7 @@ fn refresh_window(host: &mut impl Host, flow: &mut Flow) {
         flow.rcv_space = 0;
         return;
     }
-    let left = flow.rcv_edge.wrapping_sub(flow.rcv_nxt);
+    let left = flow.rcv_edge - flow.rcv_nxt;
     if left <= flow.rcv_space && left >= flow.rcv_space / 2 && left > 0 {
         flow.rcv_wnd = left;
         return;
@@ -1372,7 +1364,7 @@ fn refresh_window(host: &mut impl Host, flow: &mut Flow) {
     let space = host.tcp_send_space(flow.sock).min(MAX_WINDOW) as u32;
     flow.rcv_wnd = space;
     flow.rcv_space = space;
-    flow.rcv_edge = flow.rcv_nxt.wrapping_add(space);
+    flow.rcv_edge = flow.rcv_nxt + space;
 }
 
 /// The window field for the next segment, scaled.
@@ -1415,13 +1407,20 @@ fn send_syn(out: &mut Output, cfg: &NetConfig, flow: &Flow, flags: u8) {
 
 /// Fills in the Ethernet, IPv4 and TCP headers of `f`, whose payload follows the headers and
 /// `options`. The segment goes from the flow's remote end to the guest.
-fn write_segment(cfg: &NetConfig, flow: &Flow, f: &mut [u8], flags: u8, seq: u32, options: &[u8]) {
+fn write_segment(
+    cfg: &NetConfig,
+    flow: &Flow,
+    f: &mut [u8],
+    flags: u8,
+    seq: SeqNumber,
+    options: &[u8],
+) {
     write_headers(cfg, flow, f, flags, seq, options, false);
 }
 
 /// [`write_segment`] without options, and with only the pseudo-header sum in the TCP checksum
 /// field, for a receiver that completes it (virtio-net `NEEDS_CSUM`).
-fn write_segment_partial(cfg: &NetConfig, flow: &Flow, f: &mut [u8], flags: u8, seq: u32) {
+fn write_segment_partial(cfg: &NetConfig, flow: &Flow, f: &mut [u8], flags: u8, seq: SeqNumber) {
     write_headers(cfg, flow, f, flags, seq, &[], true);
 }
 
@@ -1430,7 +1429,7 @@ fn write_headers(
     flow: &Flow,
     f: &mut [u8],
     flags: u8,
-    seq: u32,
+    seq: SeqNumber,
     options: &[u8],
     partial: bool,
 ) {
@@ -1447,12 +1446,16 @@ fn write_headers(
         wire::PROTO_TCP,
         tcp_len,
     );
-    let ack = if flags & F::ACK != 0 { flow.rcv_nxt } else { 0 };
+    let ack = if flags & F::ACK != 0 {
+        flow.rcv_nxt
+    } else {
+        SeqNumber(0)
+    };
     let t = &mut f[l4..];
     t[0..2].copy_from_slice(&src.port().to_be_bytes());
     t[2..4].copy_from_slice(&dst.port().to_be_bytes());
-    t[4..8].copy_from_slice(&seq.to_be_bytes());
-    t[8..12].copy_from_slice(&ack.to_be_bytes());
+    t[4..8].copy_from_slice(&seq.0.to_be_bytes());
+    t[8..12].copy_from_slice(&ack.0.to_be_bytes());
     t[12] = (((TCP_HEADER_LEN + options.len()) / 4) as u8) << 4;
     t[13] = flags;
     let window = if flags & F::SYN != 0 {
@@ -1476,15 +1479,15 @@ fn write_headers(
 /// RST for a segment that belongs to no connection (RFC 793, "reset generation").
 fn send_reset_for(out: &mut Output, link: Link, key: FlowKey, seg: &Tcp) {
     let (seq, ack, flags) = if seg.has(F::ACK) {
-        (seg.ack, 0, F::RST)
+        (seg.ack, SeqNumber(0), F::RST)
     } else {
-        (0, seg.seq.wrapping_add(seg.seq_len()), F::RST | F::ACK)
+        (SeqNumber(0), seg.seq + seg.seq_len(), F::RST | F::ACK)
     };
     let mut t = [0u8; TCP_HEADER_LEN];
     t[0..2].copy_from_slice(&key.remote.port().to_be_bytes());
     t[2..4].copy_from_slice(&key.guest.port().to_be_bytes());
-    t[4..8].copy_from_slice(&seq.to_be_bytes());
-    t[8..12].copy_from_slice(&ack.to_be_bytes());
+    t[4..8].copy_from_slice(&seq.0.to_be_bytes());
+    t[8..12].copy_from_slice(&ack.0.to_be_bytes());
     t[12] = 5 << 4;
     t[13] = flags;
     let seed = wire::ip_pseudo_header_sum(

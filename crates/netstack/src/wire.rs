@@ -2,7 +2,9 @@
 //! emits. Parsing never panics: every accessor is behind a length check done in `parse`.
 //! IPv6 and ICMPv6 live in [`crate::wire6`].
 
+use std::cmp::Ordering;
 use std::net::{IpAddr, Ipv4Addr};
+use std::ops::{Add, AddAssign, Sub};
 
 /// A 48-bit Ethernet address.
 pub type MacAddr = [u8; 6];
@@ -156,13 +158,78 @@ pub mod tcp_flags {
     pub const ACK: u8 = 0x10;
 }
 
+/// A TCP sequence (or acknowledgment) number: arithmetic modulo 2^32, and an order that
+/// respects wraparound (RFC 793 section 3.3, the serial-number comparison of RFC 1982).
+///
+/// `a < b` means `b` lies less than 2^31 ahead of `a`. That order is only meaningful between
+/// numbers of one window (a connection never has 2^31 bytes in flight), which is why the type
+/// is `PartialOrd` and not `Ord`: it is not transitive over the whole space, so it must not
+/// key a sorted collection across more than half of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct SeqNumber(pub u32);
+
+impl SeqNumber {
+    /// The later of two numbers of one window.
+    pub fn max(self, other: SeqNumber) -> SeqNumber {
+        if self < other {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+impl std::fmt::Display for SeqNumber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// `seq + n`: `n` bytes further on, wrapping.
+impl Add<u32> for SeqNumber {
+    type Output = SeqNumber;
+    fn add(self, n: u32) -> SeqNumber {
+        SeqNumber(self.0.wrapping_add(n))
+    }
+}
+
+impl AddAssign<u32> for SeqNumber {
+    fn add_assign(&mut self, n: u32) {
+        *self = *self + n;
+    }
+}
+
+/// `seq - n`: `n` bytes back, wrapping.
+impl Sub<u32> for SeqNumber {
+    type Output = SeqNumber;
+    fn sub(self, n: u32) -> SeqNumber {
+        SeqNumber(self.0.wrapping_sub(n))
+    }
+}
+
+/// `a - b`: how far `a` lies ahead of `b`, modulo 2^32. When `a` is in fact behind `b` this
+/// is a huge number (2^32 minus the distance), which callers check for with the order first
+/// or by bounding the result.
+impl Sub<SeqNumber> for SeqNumber {
+    type Output = u32;
+    fn sub(self, earlier: SeqNumber) -> u32 {
+        self.0.wrapping_sub(earlier.0)
+    }
+}
+
+impl PartialOrd for SeqNumber {
+    fn partial_cmp(&self, other: &SeqNumber) -> Option<Ordering> {
+        Some((self.0.wrapping_sub(other.0) as i32).cmp(&0))
+    }
+}
+
 /// A TCP segment with the options the translator cares about.
 #[derive(Debug, Clone, Copy)]
 pub struct Tcp<'a> {
     pub src_port: u16,
     pub dst_port: u16,
-    pub seq: u32,
-    pub ack: u32,
+    pub seq: SeqNumber,
+    pub ack: SeqNumber,
     pub flags: u8,
     pub window: u16,
     /// Maximum segment size option (SYN only).
@@ -187,8 +254,8 @@ impl<'a> Tcp<'a> {
         let mut seg = Tcp {
             src_port: be16(p, 0),
             dst_port: be16(p, 2),
-            seq: be32(p, 4),
-            ack: be32(p, 8),
+            seq: SeqNumber(be32(p, 4)),
+            ack: SeqNumber(be32(p, 8)),
             flags: p[13],
             window: be16(p, 14),
             mss: None,
@@ -366,6 +433,24 @@ mod tests {
         assert_eq!(Tcp::parse(&seg).unwrap_err(), WireError::Malformed);
         seg[28..32].copy_from_slice(&[8, 0, 0, 0]);
         assert_eq!(Tcp::parse(&seg).unwrap_err(), WireError::Malformed);
+    }
+
+    #[test]
+    fn sequence_numbers_wrap_and_compare_across_the_wrap() {
+        let near_end = SeqNumber(0xffff_fff0);
+        let wrapped = near_end + 0x20;
+        assert_eq!(wrapped, SeqNumber(0x10));
+        assert!(near_end < wrapped);
+        assert!(wrapped > near_end);
+        assert!(near_end >= near_end - 1);
+        assert_eq!(wrapped - near_end, 0x20);
+        assert_eq!(near_end - wrapped, 0u32.wrapping_sub(0x20));
+        assert_eq!(wrapped - 0x20u32, near_end);
+        assert_eq!(near_end.max(wrapped), wrapped);
+        assert_eq!(wrapped.max(near_end), wrapped);
+        let mut s = near_end;
+        s += 0x10;
+        assert_eq!(s, SeqNumber(0));
     }
 
     #[test]

@@ -23,7 +23,6 @@
 //! - The guest's urgent pointer is ignored; urgent data is delivered inline.
 //! - TIME_WAIT is kept by the guest (and the host kernel), not by the translator.
 
-use crate::checksum;
 use crate::config::NetConfig;
 use crate::host::{Host, SockId};
 use crate::inspect::{FlowInfo, FlowProtocol, InboundState};
@@ -31,7 +30,8 @@ use crate::limits::{Limit, LimitLog};
 use crate::output::{ip_header_len, write_link_and_ip, Link, Output, PortId};
 use crate::vnet::VnetHeader;
 use crate::wire::{
-    self, tcp_flags as F, SeqNumber, Tcp, ETH_HEADER_LEN, IPV4_HEADER_LEN, TCP_HEADER_LEN,
+    self, tcp_flags as F, SeqNumber, Tcp, TcpChecksum, TcpRepr, ETH_HEADER_LEN, IPV4_HEADER_LEN,
+    TCP_HEADER_LEN,
 };
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -1149,7 +1149,8 @@ impl TcpTable {
                         // Window probe: an old sequence number makes the guest re-announce its window.
                         let mut f = out.buffer();
                         f.resize(flow.key.headers_len(), 0);
-                        write_segment(cfg, flow, &mut f, F::ACK, flow.snd_una - 1, &[]);
+                        let probe = segment_header(flow, F::ACK, flow.snd_una - 1);
+                        write_segment(cfg, flow, &mut f, &probe, TcpChecksum::Full);
                         out.push(flow.link.port, f);
                         flow.deadline = Some(now + flow.rto);
                     }
@@ -1212,12 +1213,14 @@ fn emit_data(
     let flags = if last { F::ACK | F::PSH } else { F::ACK };
     if out.offloads(flow.link.port) {
         // The guest's kernel completes the checksum and cuts what exceeds its MSS.
-        write_segment_partial(cfg, flow, &mut f, flags, flow.snd_nxt);
+        let tcp = segment_header(flow, flags, flow.snd_nxt);
+        write_segment(cfg, flow, &mut f, &tcp, TcpChecksum::Partial);
         let mss = usize::from(flow.guest_mss.min(cfg.mss_for(flow.key.guest.ip())));
         let vnet = VnetHeader::tcp(headers, len, mss, flow.key.guest.is_ipv6());
         out.push_offloaded(flow.link.port, f, vnet);
     } else {
-        write_segment(cfg, flow, &mut f, flags, flow.snd_nxt, &[]);
+        let tcp = segment_header(flow, flags, flow.snd_nxt);
+        write_segment(cfg, flow, &mut f, &tcp, TcpChecksum::Full);
         out.push(flow.link.port, f);
     }
     flow.snd_nxt += len as u32;
@@ -1388,92 +1391,75 @@ fn send_flags(out: &mut Output, cfg: &NetConfig, flow: &Flow, flags: u8) {
     } else {
         flow.snd_nxt
     };
-    write_segment(cfg, flow, &mut f, flags, seq, &[]);
+    write_segment(
+        cfg,
+        flow,
+        &mut f,
+        &segment_header(flow, flags, seq),
+        TcpChecksum::Full,
+    );
     out.push(flow.link.port, f);
 }
 
 /// Emits a SYN or SYN-ACK with our MSS and window scale options.
 fn send_syn(out: &mut Output, cfg: &NetConfig, flow: &Flow, flags: u8) {
-    let mut options = vec![2, 4];
-    options.extend_from_slice(&cfg.mss_for(flow.key.guest.ip()).to_be_bytes());
+    let mut tcp = segment_header(flow, flags, flow.iss);
+    tcp.mss = Some(cfg.mss_for(flow.key.guest.ip()));
     if flow.rcv_wscale > 0 || flags == F::SYN {
-        options.extend_from_slice(&[1, 3, 3, OUR_WSCALE]);
+        tcp.window_scale = Some(OUR_WSCALE);
     }
     let mut f = out.buffer();
-    f.resize(flow.key.headers_len() + options.len(), 0);
-    write_segment(cfg, flow, &mut f, flags, flow.iss, &options);
+    f.resize(
+        flow.key.headers_len() - TCP_HEADER_LEN + tcp.header_len(),
+        0,
+    );
+    write_segment(cfg, flow, &mut f, &tcp, TcpChecksum::Full);
     out.push(flow.link.port, f);
 }
 
-/// Fills in the Ethernet, IPv4 and TCP headers of `f`, whose payload follows the headers and
-/// `options`. The segment goes from the flow's remote end to the guest.
-fn write_segment(
-    cfg: &NetConfig,
-    flow: &Flow,
-    f: &mut [u8],
-    flags: u8,
-    seq: SeqNumber,
-    options: &[u8],
-) {
-    write_headers(cfg, flow, f, flags, seq, options, false);
-}
-
-/// [`write_segment`] without options, and with only the pseudo-header sum in the TCP checksum
-/// field, for a receiver that completes it (virtio-net `NEEDS_CSUM`).
-fn write_segment_partial(cfg: &NetConfig, flow: &Flow, f: &mut [u8], flags: u8, seq: SeqNumber) {
-    write_headers(cfg, flow, f, flags, seq, &[], true);
-}
-
-fn write_headers(
-    cfg: &NetConfig,
-    flow: &Flow,
-    f: &mut [u8],
-    flags: u8,
-    seq: SeqNumber,
-    options: &[u8],
-    partial: bool,
-) {
-    let src = flow.key.remote;
-    let dst = flow.key.guest;
-    let l4 = ETH_HEADER_LEN + ip_header_len(dst.ip());
-    let tcp_len = f.len() - l4;
-    write_link_and_ip(
-        f,
-        flow.link.mac,
-        cfg.gateway_mac,
-        src.ip(),
-        dst.ip(),
-        wire::PROTO_TCP,
-        tcp_len,
-    );
-    let ack = if flags & F::ACK != 0 {
-        flow.rcv_nxt
-    } else {
-        SeqNumber(0)
-    };
-    let t = &mut f[l4..];
-    t[0..2].copy_from_slice(&src.port().to_be_bytes());
-    t[2..4].copy_from_slice(&dst.port().to_be_bytes());
-    t[4..8].copy_from_slice(&seq.0.to_be_bytes());
-    t[8..12].copy_from_slice(&ack.0.to_be_bytes());
-    t[12] = (((TCP_HEADER_LEN + options.len()) / 4) as u8) << 4;
-    t[13] = flags;
+/// The option-less TCP header of a segment from the flow's remote end to the guest, at `seq`:
+/// it acknowledges everything received when `flags` has ACK, and offers the current window.
+fn segment_header(flow: &Flow, flags: u8, seq: SeqNumber) -> TcpRepr {
     let window = if flags & F::SYN != 0 {
         // The window in a SYN is never scaled.
         flow.rcv_wnd.min(u32::from(u16::MAX)) as u16
     } else {
         window_field(flow)
     };
-    t[14..16].copy_from_slice(&window.to_be_bytes());
-    t[16..20].copy_from_slice(&[0, 0, 0, 0]);
-    t[TCP_HEADER_LEN..TCP_HEADER_LEN + options.len()].copy_from_slice(options);
-    let seed = wire::ip_pseudo_header_sum(src.ip(), dst.ip(), wire::PROTO_TCP, tcp_len);
-    let sum = if partial {
-        !checksum::finish(seed)
-    } else {
-        checksum::finish(checksum::sum(t, seed))
-    };
-    t[16..18].copy_from_slice(&sum.to_be_bytes());
+    TcpRepr {
+        src_port: flow.key.remote.port(),
+        dst_port: flow.key.guest.port(),
+        seq,
+        ack: if flags & F::ACK != 0 {
+            flow.rcv_nxt
+        } else {
+            SeqNumber(0)
+        },
+        flags,
+        window,
+        mss: None,
+        window_scale: None,
+        sack_permitted: false,
+    }
+}
+
+/// Fills in the Ethernet and IP headers of `f` and writes `tcp` after them; the payload
+/// follows `tcp`'s header in `f`. The segment goes from the flow's remote end to the guest.
+fn write_segment(cfg: &NetConfig, flow: &Flow, f: &mut [u8], tcp: &TcpRepr, sum: TcpChecksum) {
+    let src = flow.key.remote.ip();
+    let dst = flow.key.guest.ip();
+    let l4 = ETH_HEADER_LEN + ip_header_len(dst);
+    let tcp_len = f.len() - l4;
+    write_link_and_ip(
+        f,
+        flow.link.mac,
+        cfg.gateway_mac,
+        src,
+        dst,
+        wire::PROTO_TCP,
+        tcp_len,
+    );
+    tcp.emit(&mut f[l4..], src, dst, sum);
 }
 
 /// RST for a segment that belongs to no connection (RFC 793, "reset generation").
@@ -1483,20 +1469,18 @@ fn send_reset_for(out: &mut Output, link: Link, key: FlowKey, seg: &Tcp) {
     } else {
         (SeqNumber(0), seg.seq + seg.seq_len(), F::RST | F::ACK)
     };
+    let rst = TcpRepr {
+        src_port: key.remote.port(),
+        dst_port: key.guest.port(),
+        seq,
+        ack,
+        flags,
+        window: 0,
+        mss: None,
+        window_scale: None,
+        sack_permitted: false,
+    };
     let mut t = [0u8; TCP_HEADER_LEN];
-    t[0..2].copy_from_slice(&key.remote.port().to_be_bytes());
-    t[2..4].copy_from_slice(&key.guest.port().to_be_bytes());
-    t[4..8].copy_from_slice(&seq.0.to_be_bytes());
-    t[8..12].copy_from_slice(&ack.0.to_be_bytes());
-    t[12] = 5 << 4;
-    t[13] = flags;
-    let seed = wire::ip_pseudo_header_sum(
-        key.remote.ip(),
-        key.guest.ip(),
-        wire::PROTO_TCP,
-        TCP_HEADER_LEN,
-    );
-    let sum = checksum::finish(checksum::sum(&t, seed));
-    t[16..18].copy_from_slice(&sum.to_be_bytes());
+    rst.emit(&mut t, key.remote.ip(), key.guest.ip(), TcpChecksum::Full);
     out.ip(link, key.remote.ip(), key.guest.ip(), wire::PROTO_TCP, &t);
 }

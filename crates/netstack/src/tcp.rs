@@ -99,88 +99,137 @@ enum State {
     Established,
 }
 
+/// One translated connection: a guest TCP connection and the host socket it is mirrored onto.
+///
+/// Its two directions are independent halves: [`SendHalf`] carries host data to the guest,
+/// [`RecvHalf`] guest data to the host. What they share is here: addressing, the handshake
+/// state, and the one timer (SYN expiry, retransmission or window probe, by state).
 #[derive(Debug)]
 struct Flow {
     key: FlowKey,
     link: Link,
     sock: SockId,
     state: State,
-    // Our sending side (host → guest).
-    iss: SeqNumber,
-    snd_una: SeqNumber,
-    snd_nxt: SeqNumber,
-    /// Guest's receive window in bytes.
-    snd_wnd: u32,
-    snd_wscale: u8,
-    guest_mss: u16,
-    // Our receiving side (guest → host).
-    rcv_nxt: SeqNumber,
-    rcv_wscale: u8,
-    /// Window last advertised, in bytes.
-    rcv_wnd: u32,
-    /// Free send space the kernel reported at the last query (0: no estimate) and the sequence
-    /// number it extends to; see `refresh_window`.
-    rcv_space: u32,
-    rcv_edge: SeqNumber,
-    /// The host socket's send buffer is full: advertise a zero window until it drains.
-    send_blocked: bool,
-    /// Guest sent FIN (and we shut down the host socket's write side).
-    fin_from_guest: bool,
-    /// The host socket may hold bytes never sent to the guest: a readable event came, or a
-    /// go-back rewound `snd_nxt`. Cleared once everything received has been sent, so ACK-only
-    /// flushes cost no system call; new data brings a new (edge-triggered) event.
-    maybe_unsent: bool,
-    /// The host peer's FIN is in the socket's receive queue, after all of its data.
-    host_fin: bool,
-    /// Our FIN is in `snd_nxt` (sent, maybe not acknowledged).
-    fin_sent: bool,
-    /// Guest data accepted since our last ACK: bytes, and when the ACK is due at the latest.
-    ack_pending: bool,
-    unacked: u32,
-    ack_deadline: Option<Instant>,
-    /// Bytes the guest acknowledged that are still in the host socket; discarded in one call
-    /// at the next flush rather than one call per ACK. Not later: a partly read buffer keeps
-    /// its whole allocation charged to the socket, which can close the peer's window.
-    unconsumed: u32,
-    /// Guest segments that arrived after a gap, in sequence order: (sequence number, payload).
-    held: Vec<(SeqNumber, Vec<u8>)>,
-    /// In `batch` already.
-    batched: bool,
-    dup_acks: u8,
-    /// Highest sequence number of data sent when the last go-back started (our FIN excluded:
-    /// it is resent after the data). Duplicate ACKs for data sent before it are echoes of that
-    /// loss and must not start another go-back (the NewReno recovery point, RFC 6582), and
-    /// ACKs up to it are valid even when they pass `snd_nxt`.
-    recover: SeqNumber,
-    retries: u8,
-    rto: Duration,
+    /// Host → guest.
+    snd: SendHalf,
+    /// Guest → host.
+    rcv: RecvHalf,
+    /// When the flow's timer fires: in a handshake state, to retransmit our SYN(-ACK) or
+    /// give up; when established, to retransmit from `snd.una` or probe a zero window.
     deadline: Option<Instant>,
     /// Deadline already in the timer heap (to avoid pushing duplicates).
     scheduled: Option<Instant>,
     /// A guest-opened connection not established by then is reset.
     syn_expires: Instant,
+    /// Tells this flow's timer entries from those of an earlier flow in the same slot.
     generation: u64,
+    /// In the table's `batch` already (its ACK and data go out at the end of the batch).
+    batched: bool,
     /// Opened by the host (port forward or probe), not by the guest.
     inbound: bool,
 }
 
+/// The sending half (host → guest): data peeked from the host socket, segmented to the guest.
+///
+/// Invariants: `iss <= una <= nxt` in sequence order; the data in flight (`nxt - una`, less
+/// one for a sent FIN) was sent within the guest's window `wnd` of its time; the host socket's
+/// receive queue starts at sequence number `una - unconsumed` (acknowledged bytes leave it
+/// only at the next flush), so the next new byte is `peeked()` bytes into it. There is no
+/// send buffer: a retransmission re-peeks the socket.
+#[derive(Debug)]
+struct SendHalf {
+    /// Our initial sequence number (the SYN's).
+    iss: SeqNumber,
+    /// Oldest byte the guest has not acknowledged.
+    una: SeqNumber,
+    /// Next sequence number to send; rewound to `una` by a go-back.
+    nxt: SeqNumber,
+    /// Guest's receive window in bytes (scaled already).
+    wnd: u32,
+    /// Shift the guest applies to its window field (0 without the option).
+    wscale: u8,
+    /// Largest segment the guest takes (its MSS option, clamped to ours).
+    guest_mss: u16,
+    /// Highest sequence number of data sent when the last go-back started (our FIN excluded:
+    /// it is resent after the data). Duplicate ACKs for data sent before it are echoes of that
+    /// loss and must not start another go-back (the NewReno recovery point, RFC 6582), and
+    /// ACKs up to it are valid even when they pass `nxt`.
+    recover: SeqNumber,
+    /// Duplicate ACKs in a row; the third starts a fast retransmit.
+    dup_acks: u8,
+    /// Timer expiries without progress (SYN or data); `MAX_RETRIES` resets the connection.
+    retries: u8,
+    /// Retransmission timeout, doubled per expiry up to `RTO_MAX`, reset by progress.
+    rto: Duration,
+    /// The host socket may hold bytes never sent to the guest: a readable event came, or a
+    /// go-back rewound `nxt`. Cleared once everything received has been sent, so ACK-only
+    /// flushes cost no system call; new data brings a new (edge-triggered) event.
+    maybe_unsent: bool,
+    /// The host peer's FIN is in the socket's receive queue, after all of its data.
+    host_fin: bool,
+    /// Our FIN is in `nxt` (sent, maybe not acknowledged): it takes a sequence number but no
+    /// byte of the socket.
+    fin_sent: bool,
+    /// Bytes the guest acknowledged that are still in the host socket; discarded in one call
+    /// at the next flush rather than one call per ACK. Not later: a partly read buffer keeps
+    /// its whole allocation charged to the socket, which can close the peer's window.
+    unconsumed: u32,
+}
+
+/// The receiving half (guest → host): guest data sent straight to the host socket.
+///
+/// Invariants: everything before `nxt` was taken by the host socket (so it may be
+/// acknowledged), nothing after it was. `edge` (`nxt` at the last window query plus `space`)
+/// is the right edge last promised: `refresh_window` never offers a window past it, and
+/// offers none while `send_blocked` or after the guest's FIN. `held` is sorted by sequence
+/// number, each entry was within the window offered when it came (entries that in-order data
+/// overtook are dropped when released), and its bytes count in the table's `held_bytes`.
+#[derive(Debug)]
+struct RecvHalf {
+    /// Next sequence number expected from the guest (our ACK number).
+    nxt: SeqNumber,
+    /// Shift we apply to our window field (0 unless both sides sent the option).
+    wscale: u8,
+    /// Window last advertised, in bytes.
+    wnd: u32,
+    /// Free send space the kernel reported at the last query (0: no estimate) and the sequence
+    /// number it extends to; see `refresh_window`.
+    space: u32,
+    edge: SeqNumber,
+    /// The host socket's send buffer is full: advertise a zero window until it drains
+    /// (`on_writable`).
+    send_blocked: bool,
+    /// Guest sent FIN (and we shut down the host socket's write side).
+    fin_from_guest: bool,
+    /// Guest data (or FIN) accepted since our last ACK: whether an ACK is owed, how many
+    /// bytes it covers, and when it is due at the latest (delayed ACK).
+    ack_pending: bool,
+    unacked: u32,
+    ack_deadline: Option<Instant>,
+    /// Guest segments that arrived after a gap, or while the host socket was full, in
+    /// sequence order: (sequence number, payload).
+    held: Vec<(SeqNumber, Vec<u8>)>,
+}
+
 impl Flow {
     fn in_flight(&self) -> u32 {
-        self.snd_nxt - self.snd_una
+        self.snd.nxt - self.snd.una
     }
 
     /// A segment carrying our ACK of everything received went out.
     fn ack_sent(&mut self) {
-        self.ack_pending = false;
-        self.unacked = 0;
-        self.ack_deadline = None;
+        self.rcv.ack_pending = false;
+        self.rcv.unacked = 0;
+        self.rcv.ack_deadline = None;
     }
 
     /// Bytes of the host socket's receive queue the guest has seen: acknowledged but not yet
     /// consumed, or in flight (our FIN takes a sequence number but no byte).
     fn peeked(&self) -> usize {
-        self.unconsumed as usize
-            + self.in_flight().saturating_sub(u32::from(self.fin_sent)) as usize
+        self.snd.unconsumed as usize
+            + self
+                .in_flight()
+                .saturating_sub(u32::from(self.snd.fin_sent)) as usize
     }
 }
 
@@ -234,7 +283,7 @@ pub struct TcpTable {
     /// Time of the current batch.
     batch_now: Option<Instant>,
     connecting: usize,
-    /// Payload bytes in all flows' `held` segments.
+    /// Payload bytes in all flows' `rcv.held` segments.
     held_bytes: usize,
     /// Where host data is first peeked (see `send_data`).
     probe: Vec<u8>,
@@ -312,7 +361,7 @@ impl TcpTable {
 
     fn remove(&mut self, idx: usize) -> Option<Flow> {
         let flow = self.flows.get_mut(idx)?.take()?;
-        self.held_bytes -= flow.held.iter().map(|(_, d)| d.len()).sum::<usize>();
+        self.held_bytes -= flow.rcv.held.iter().map(|(_, d)| d.len()).sum::<usize>();
         self.by_key.remove(&flow.key);
         self.by_sock.remove(&flow.sock);
         if flow.state == State::HostConnecting {
@@ -344,36 +393,40 @@ impl TcpTable {
             link,
             sock,
             state,
-            iss,
-            snd_una: iss,
-            snd_nxt: iss,
-            snd_wnd: 0,
-            snd_wscale: 0,
-            guest_mss: 536,
-            rcv_nxt: SeqNumber(0),
-            rcv_wscale: 0,
-            rcv_wnd: 0,
-            rcv_space: 0,
-            rcv_edge: SeqNumber(0),
-            send_blocked: false,
-            fin_from_guest: false,
-            maybe_unsent: false,
-            host_fin: false,
-            fin_sent: false,
-            ack_pending: false,
-            unacked: 0,
-            ack_deadline: None,
-            unconsumed: 0,
-            held: Vec::new(),
-            batched: false,
-            dup_acks: 0,
-            recover: iss,
-            retries: 0,
-            rto: RTO_INITIAL,
+            snd: SendHalf {
+                iss,
+                una: iss,
+                nxt: iss,
+                wnd: 0,
+                wscale: 0,
+                guest_mss: 536,
+                recover: iss,
+                dup_acks: 0,
+                retries: 0,
+                rto: RTO_INITIAL,
+                maybe_unsent: false,
+                host_fin: false,
+                fin_sent: false,
+                unconsumed: 0,
+            },
+            rcv: RecvHalf {
+                nxt: SeqNumber(0),
+                wscale: 0,
+                wnd: 0,
+                space: 0,
+                edge: SeqNumber(0),
+                send_blocked: false,
+                fin_from_guest: false,
+                ack_pending: false,
+                unacked: 0,
+                ack_deadline: None,
+                held: Vec::new(),
+            },
             deadline: None,
             scheduled: None,
             syn_expires: now,
             generation: self.next_generation,
+            batched: false,
             inbound: state == State::SynSent,
         }
     }
@@ -413,36 +466,36 @@ impl TcpTable {
                     send_syn(out, cfg, flow, F::SYN | F::ACK);
                     return;
                 }
-                if seg.has(F::ACK) && seg.ack == flow.iss + 1 {
+                if seg.has(F::ACK) && seg.ack == flow.snd.iss + 1 {
                     flow.state = State::Established;
                     if let Some(counts) = self.per_port.get_mut(&flow.link.port) {
                         counts.half_open -= 1;
                     }
-                    flow.snd_una = seg.ack;
-                    flow.retries = 0;
-                    flow.rto = RTO_INITIAL;
+                    flow.snd.una = seg.ack;
+                    flow.snd.retries = 0;
+                    flow.snd.rto = RTO_INITIAL;
                     flow.deadline = None;
                     self.established(host, out, cfg, now, idx, seg);
                 }
             }
             State::SynSent => {
-                if seg.has(F::SYN) && seg.has(F::ACK) && seg.ack == flow.iss + 1 {
+                if seg.has(F::SYN) && seg.has(F::ACK) && seg.ack == flow.snd.iss + 1 {
                     flow.state = State::Established;
-                    flow.snd_una = seg.ack;
-                    flow.rcv_nxt = seg.seq + 1;
-                    flow.guest_mss = seg
+                    flow.snd.una = seg.ack;
+                    flow.rcv.nxt = seg.seq + 1;
+                    flow.snd.guest_mss = seg
                         .mss
                         .unwrap_or(536)
                         .clamp(64, cfg.mss_for(key.guest.ip()));
                     match seg.window_scale {
-                        Some(ws) => flow.snd_wscale = ws,
-                        None => flow.rcv_wscale = 0,
+                        Some(ws) => flow.snd.wscale = ws,
+                        None => flow.rcv.wscale = 0,
                     }
                     // The window in a SYN is never scaled.
-                    flow.snd_wnd = u32::from(seg.window);
+                    flow.snd.wnd = u32::from(seg.window);
                     flow.deadline = None;
-                    flow.retries = 0;
-                    flow.rto = RTO_INITIAL;
+                    flow.snd.retries = 0;
+                    flow.snd.rto = RTO_INITIAL;
                     send_ack(host, out, cfg, flow);
                     debug!(guest = %key.guest, "forwarded connection established");
                     self.flush(host, out, cfg, now, idx);
@@ -467,45 +520,45 @@ impl TcpTable {
         let mut ack_now = false;
 
         if seg.has(F::ACK) {
-            let acked = seg.ack - flow.snd_una;
+            let acked = seg.ack - flow.snd.una;
             let in_flight = flow.in_flight();
-            let window = u32::from(seg.window) << flow.snd_wscale;
-            // After a go-back the guest may acknowledge data sent before it, past snd_nxt.
-            let sent = if flow.snd_nxt < flow.recover {
-                flow.recover - flow.snd_una
+            let window = u32::from(seg.window) << flow.snd.wscale;
+            // After a go-back the guest may acknowledge data sent before it, past `snd.nxt`.
+            let sent = if flow.snd.nxt < flow.snd.recover {
+                flow.snd.recover - flow.snd.una
             } else {
                 in_flight
             };
             if acked > 0 && acked <= sent {
                 // Our FIN takes one sequence number but no byte in the socket.
-                let fin_acked = flow.fin_sent && seg.ack == flow.snd_nxt;
+                let fin_acked = flow.snd.fin_sent && seg.ack == flow.snd.nxt;
                 let bytes = acked - u32::from(fin_acked);
-                flow.unconsumed += bytes;
-                flow.snd_una = seg.ack;
-                flow.snd_nxt = flow.snd_nxt.max(seg.ack);
-                flow.dup_acks = 0;
-                flow.retries = 0;
-                flow.rto = RTO_INITIAL;
-                flow.deadline = (flow.in_flight() > 0).then(|| now + flow.rto);
+                flow.snd.unconsumed += bytes;
+                flow.snd.una = seg.ack;
+                flow.snd.nxt = flow.snd.nxt.max(seg.ack);
+                flow.snd.dup_acks = 0;
+                flow.snd.retries = 0;
+                flow.snd.rto = RTO_INITIAL;
+                flow.deadline = (flow.in_flight() > 0).then(|| now + flow.snd.rto);
             } else if acked == 0
                 && in_flight > 0
                 && seg.payload.is_empty()
                 && !seg.has(F::FIN)
-                && window == flow.snd_wnd
+                && window == flow.snd.wnd
             {
-                flow.dup_acks = flow.dup_acks.saturating_add(1);
-                if flow.dup_acks == 3 && flow.snd_una >= flow.recover {
+                flow.snd.dup_acks = flow.snd.dup_acks.saturating_add(1);
+                if flow.snd.dup_acks == 3 && flow.snd.una >= flow.snd.recover {
                     // Fast retransmit: go back to the first unacknowledged byte.
                     go_back(flow);
                     self.stats.retransmits += 1;
                 }
             }
-            flow.snd_wnd = window;
+            flow.snd.wnd = window;
         }
 
-        if !seg.payload.is_empty() && !flow.fin_from_guest {
-            let offset = flow.rcv_nxt - seg.seq;
-            if flow.rcv_nxt < seg.seq {
+        if !seg.payload.is_empty() && !flow.rcv.fin_from_guest {
+            let offset = flow.rcv.nxt - seg.seq;
+            if flow.rcv.nxt < seg.seq {
                 // A gap: keep the segment for when it is filled; the duplicate ACK tells the
                 // guest what is missing.
                 self.stats.guest_out_of_order += 1;
@@ -515,19 +568,19 @@ impl TcpTable {
                 // Entirely old: the guest did not see our ACK.
                 self.stats.guest_duplicate += 1;
                 ack_now = true;
-            } else if flow.send_blocked {
+            } else if flow.rcv.send_blocked {
                 // The guest sent this within the window we offered before the host socket
                 // filled: keep it for when the socket drains rather than make the guest
                 // recover a loss. Only what does not fit is dropped (and then acknowledged, so
                 // the guest learns the window is closed).
                 let data = &seg.payload[offset as usize..];
-                if !hold(&mut self.held_bytes, flow, flow.rcv_nxt, data) {
+                if !hold(&mut self.held_bytes, flow, flow.rcv.nxt, data) {
                     self.stats.guest_blocked += 1;
                     ack_now = true;
                 }
             } else {
                 let data = &seg.payload[offset as usize..];
-                let before = flow.rcv_nxt;
+                let before = flow.rcv.nxt;
                 let sent = send_in_order(host, flow, data).and_then(|()| {
                     keep_unsent(&mut self.held_bytes, flow, before, data);
                     release_held(host, &mut self.held_bytes, flow)
@@ -541,22 +594,22 @@ impl TcpTable {
                         return;
                     }
                 }
-                if flow.send_blocked {
+                if flow.rcv.send_blocked {
                     self.stats.partial_sends += 1;
                     ack_now = true;
                 }
             }
         }
 
-        if seg.has(F::FIN) && !flow.fin_from_guest {
+        if seg.has(F::FIN) && !flow.rcv.fin_from_guest {
             let fin_seq = seg.seq + seg.payload.len() as u32;
-            if fin_seq == flow.rcv_nxt {
-                flow.rcv_nxt += 1;
-                flow.fin_from_guest = true;
+            if fin_seq == flow.rcv.nxt {
+                flow.rcv.nxt += 1;
+                flow.rcv.fin_from_guest = true;
                 host.tcp_shutdown(flow.sock);
                 // A delayed ACK: the host end usually closes in turn at once, and our FIN then
                 // carries it (one frame instead of two per connection).
-                flow.ack_pending = true;
+                flow.rcv.ack_pending = true;
             }
         }
 
@@ -576,11 +629,11 @@ impl TcpTable {
         let Some(flow) = self.flows[idx].as_ref() else {
             return true;
         };
-        if flow.fin_from_guest && flow.fin_sent && flow.in_flight() == 0 {
+        if flow.rcv.fin_from_guest && flow.snd.fin_sent && flow.in_flight() == 0 {
             debug!(guest = %flow.key.guest, remote = %flow.key.remote, "connection closed");
             // Unread data would turn the close into a RST.
-            if flow.unconsumed > 0 {
-                let _ = host.tcp_consume(flow.sock, flow.unconsumed as usize);
+            if flow.snd.unconsumed > 0 {
+                let _ = host.tcp_consume(flow.sock, flow.snd.unconsumed as usize);
             }
             host.tcp_close(flow.sock, false);
             self.remove(idx);
@@ -605,15 +658,15 @@ impl TcpTable {
             let Some(flow) = self.flows.get_mut(idx).and_then(Option::as_mut) else {
                 continue;
             };
-            if !flow.ack_pending {
+            if !flow.rcv.ack_pending {
                 continue;
             }
             // RFC 1122: a stream of full-sized segments gets an ACK at least every second one.
-            if flow.unacked >= 2 * u32::from(cfg.mss()) || flow.send_blocked {
+            if flow.rcv.unacked >= 2 * u32::from(cfg.mss()) || flow.rcv.send_blocked {
                 send_ack(host, out, cfg, flow);
-            } else if flow.ack_deadline.is_none() {
+            } else if flow.rcv.ack_deadline.is_none() {
                 let due = now + ACK_DELAY;
-                flow.ack_deadline = Some(due);
+                flow.rcv.ack_deadline = Some(due);
                 self.acks_due.push_back((due, idx, flow.generation));
             }
         }
@@ -636,14 +689,14 @@ impl TcpTable {
         if flow.state != State::Established {
             return;
         }
-        if flow.unconsumed > 0 {
+        if flow.snd.unconsumed > 0 {
             // Acknowledged data leaves the socket before anything is peeked past it.
-            if let Err(e) = host.tcp_consume(flow.sock, flow.unconsumed as usize) {
+            if let Err(e) = host.tcp_consume(flow.sock, flow.snd.unconsumed as usize) {
                 warn!(error = %e, "discarding acknowledged data failed");
             }
-            flow.unconsumed = 0;
+            flow.snd.unconsumed = 0;
         }
-        if flow.maybe_unsent {
+        if flow.snd.maybe_unsent {
             let remote = flow.key.remote;
             if let Err(e) = self.send_data(host, out, cfg, now, idx) {
                 debug!(error = %e, %remote, "host receive failed, resetting");
@@ -654,13 +707,13 @@ impl TcpTable {
         let Some(flow) = self.flows[idx].as_mut() else {
             return;
         };
-        if flow.host_fin && !flow.maybe_unsent && !flow.fin_sent {
+        if flow.snd.host_fin && !flow.snd.maybe_unsent && !flow.snd.fin_sent {
             send_flags(out, cfg, flow, F::FIN | F::ACK);
-            flow.snd_nxt += 1;
-            flow.fin_sent = true;
+            flow.snd.nxt += 1;
+            flow.snd.fin_sent = true;
             flow.ack_sent();
             if flow.deadline.is_none() {
-                flow.deadline = Some(now + flow.rto);
+                flow.deadline = Some(now + flow.snd.rto);
             }
         }
         self.schedule(idx);
@@ -682,14 +735,14 @@ impl TcpTable {
         let Some(flow) = self.flows[idx].as_mut() else {
             return Ok(());
         };
-        let mss = usize::from(flow.guest_mss.min(cfg.mss_for(flow.key.guest.ip())));
+        let mss = usize::from(flow.snd.guest_mss.min(cfg.mss_for(flow.key.guest.ip())));
         let mut first = true;
         loop {
-            let room = (flow.snd_wnd as usize).saturating_sub(flow.in_flight() as usize);
+            let room = (flow.snd.wnd as usize).saturating_sub(flow.in_flight() as usize);
             if room == 0 {
-                if flow.snd_wnd == 0 && flow.deadline.is_none() {
+                if flow.snd.wnd == 0 && flow.deadline.is_none() {
                     // Zero window: probe it later in case the window update is lost.
-                    flow.deadline = Some(now + flow.rto);
+                    flow.deadline = Some(now + flow.snd.rto);
                 }
                 return Ok(()); // Data may be left: `maybe_unsent` stays.
             }
@@ -714,7 +767,7 @@ impl TcpTable {
             first = false;
             match got {
                 Ok(0) => {
-                    flow.host_fin = true; // End of stream.
+                    flow.snd.host_fin = true; // End of stream.
                     break;
                 }
                 Ok(n) if n < want => break, // Drained; new data brings a new event.
@@ -723,7 +776,7 @@ impl TcpTable {
                 Err(e) => return Err(e),
             }
         }
-        flow.maybe_unsent = false;
+        flow.snd.maybe_unsent = false;
         Ok(())
     }
 
@@ -813,16 +866,16 @@ impl TcpTable {
         match host.tcp_connect(target) {
             Ok(sock) => {
                 let mut flow = self.new_flow(key, link, sock, State::HostConnecting, now);
-                flow.rcv_nxt = seg.seq + 1;
-                flow.guest_mss = seg
+                flow.rcv.nxt = seg.seq + 1;
+                flow.snd.guest_mss = seg
                     .mss
                     .unwrap_or(536)
                     .clamp(64, cfg.mss_for(key.guest.ip()));
                 if let Some(ws) = seg.window_scale {
-                    flow.snd_wscale = ws;
-                    flow.rcv_wscale = OUR_WSCALE;
+                    flow.snd.wscale = ws;
+                    flow.rcv.wscale = OUR_WSCALE;
                 }
-                flow.snd_wnd = u32::from(seg.window);
+                flow.snd.wnd = u32::from(seg.window);
                 // The host connect gets the SYN timeout; the SYN-ACK's retransmissions after
                 // it are bounded by the same instant (`syn_expires`).
                 flow.syn_expires = now + cfg.tcp_syn_timeout;
@@ -866,8 +919,8 @@ impl TcpTable {
             Ok(()) => {
                 refresh_window(host, flow);
                 send_syn(out, cfg, flow, F::SYN | F::ACK);
-                flow.snd_nxt = flow.iss + 1;
-                flow.deadline = Some(now + flow.rto);
+                flow.snd.nxt = flow.snd.iss + 1;
+                flow.deadline = Some(now + flow.snd.rto);
                 self.schedule(idx);
             }
             Err(e) => {
@@ -896,8 +949,8 @@ impl TcpTable {
             return;
         };
         if let Some(flow) = self.flows[idx].as_mut() {
-            flow.maybe_unsent = true;
-            flow.host_fin |= peer_closed;
+            flow.snd.maybe_unsent = true;
+            flow.snd.host_fin |= peer_closed;
         }
         self.flush(host, out, cfg, now, idx);
     }
@@ -916,8 +969,8 @@ impl TcpTable {
         let Some(flow) = self.flows[idx].as_mut() else {
             return;
         };
-        if flow.send_blocked && flow.state == State::Established {
-            flow.send_blocked = false;
+        if flow.rcv.send_blocked && flow.state == State::Established {
+            flow.rcv.send_blocked = false;
             if let Err(e) = release_held(host, &mut self.held_bytes, flow) {
                 debug!(error = %e, remote = %flow.key.remote, "host send failed, resetting");
                 self.reset(host, out, cfg, idx);
@@ -973,11 +1026,11 @@ impl TcpTable {
         };
         let key = FlowKey { guest, remote };
         let mut flow = self.new_flow(key, link, sock, State::SynSent, now);
-        flow.rcv_wscale = OUR_WSCALE;
+        flow.rcv.wscale = OUR_WSCALE;
         refresh_window(host, &mut flow);
         send_syn(out, cfg, &flow, F::SYN);
-        flow.snd_nxt = flow.iss + 1;
-        flow.deadline = Some(now + flow.rto);
+        flow.snd.nxt = flow.snd.iss + 1;
+        flow.deadline = Some(now + flow.snd.rto);
         self.stats.opened += 1;
         let idx = self.insert(flow);
         self.schedule(idx);
@@ -1044,7 +1097,7 @@ impl TcpTable {
     fn prune_timers(&mut self) {
         while let Some(&(due, idx, generation)) = self.acks_due.front() {
             let flow = self.flows.get(idx).and_then(Option::as_ref);
-            if flow.is_some_and(|f| f.generation == generation && f.ack_deadline == Some(due)) {
+            if flow.is_some_and(|f| f.generation == generation && f.rcv.ack_deadline == Some(due)) {
                 break;
             }
             self.acks_due.pop_front();
@@ -1084,9 +1137,9 @@ impl TcpTable {
             let Some(flow) = self.flows.get_mut(idx).and_then(Option::as_mut) else {
                 continue;
             };
-            if flow.generation == generation && flow.ack_deadline == Some(due) {
-                flow.ack_deadline = None;
-                if flow.ack_pending {
+            if flow.generation == generation && flow.rcv.ack_deadline == Some(due) {
+                flow.rcv.ack_deadline = None;
+                if flow.rcv.ack_pending {
                     send_ack(host, out, cfg, flow);
                 }
             }
@@ -1124,35 +1177,35 @@ impl TcpTable {
                 self.reset(host, out, cfg, idx);
                 continue;
             }
-            if flow.retries >= MAX_RETRIES {
+            if flow.snd.retries >= MAX_RETRIES {
                 info!(guest = %flow.key.guest, remote = %flow.key.remote, "guest stopped answering, resetting connection");
                 self.reset(host, out, cfg, idx);
                 continue;
             }
-            flow.retries += 1;
-            flow.rto = (flow.rto * 2).min(RTO_MAX);
+            flow.snd.retries += 1;
+            flow.snd.rto = (flow.snd.rto * 2).min(RTO_MAX);
             match flow.state {
                 State::HostConnecting => {}
                 State::SynReceived => {
                     send_syn(out, cfg, flow, F::SYN | F::ACK);
-                    flow.deadline = Some(now + flow.rto);
+                    flow.deadline = Some(now + flow.snd.rto);
                 }
                 State::SynSent => {
                     send_syn(out, cfg, flow, F::SYN);
-                    flow.deadline = Some(now + flow.rto);
+                    flow.deadline = Some(now + flow.snd.rto);
                 }
                 State::Established => {
                     if flow.in_flight() > 0 {
                         self.stats.retransmits += 1;
                         go_back(flow);
-                    } else if flow.snd_wnd == 0 {
+                    } else if flow.snd.wnd == 0 {
                         // Window probe: an old sequence number makes the guest re-announce its window.
                         let mut f = out.buffer();
                         f.resize(flow.key.headers_len(), 0);
-                        let probe = segment_header(flow, F::ACK, flow.snd_una - 1);
+                        let probe = segment_header(flow, F::ACK, flow.snd.una - 1);
                         write_segment(cfg, flow, &mut f, &probe, TcpChecksum::Full);
                         out.push(flow.link.port, f);
-                        flow.deadline = Some(now + flow.rto);
+                        flow.deadline = Some(now + flow.snd.rto);
                     }
                     self.schedule(idx);
                     self.flush(host, out, cfg, now, idx);
@@ -1198,7 +1251,7 @@ fn peek_segments(
     got
 }
 
-/// Sends one data segment (payload after the headers in `f`) at `snd_nxt`; `last` marks the
+/// Sends one data segment (payload after the headers in `f`) at `snd.nxt`; `last` marks the
 /// end of what the socket held (PSH).
 fn emit_data(
     out: &mut Output,
@@ -1213,36 +1266,36 @@ fn emit_data(
     let flags = if last { F::ACK | F::PSH } else { F::ACK };
     if out.offloads(flow.link.port) {
         // The guest's kernel completes the checksum and cuts what exceeds its MSS.
-        let tcp = segment_header(flow, flags, flow.snd_nxt);
+        let tcp = segment_header(flow, flags, flow.snd.nxt);
         write_segment(cfg, flow, &mut f, &tcp, TcpChecksum::Partial);
-        let mss = usize::from(flow.guest_mss.min(cfg.mss_for(flow.key.guest.ip())));
+        let mss = usize::from(flow.snd.guest_mss.min(cfg.mss_for(flow.key.guest.ip())));
         let vnet = VnetHeader::tcp(headers, len, mss, flow.key.guest.is_ipv6());
         out.push_offloaded(flow.link.port, f, vnet);
     } else {
-        let tcp = segment_header(flow, flags, flow.snd_nxt);
+        let tcp = segment_header(flow, flags, flow.snd.nxt);
         write_segment(cfg, flow, &mut f, &tcp, TcpChecksum::Full);
         out.push(flow.link.port, f);
     }
-    flow.snd_nxt += len as u32;
+    flow.snd.nxt += len as u32;
     flow.ack_sent();
     if flow.deadline.is_none() {
-        flow.deadline = Some(now + flow.rto);
+        flow.deadline = Some(now + flow.snd.rto);
     }
 }
 
 /// Sends in-order guest data to the host socket; what the kernel does not take is left for the
-/// guest to send again once the window reopens (`send_blocked`).
+/// guest to send again once the window reopens (`rcv.send_blocked`).
 fn send_in_order(host: &mut impl Host, flow: &mut Flow, data: &[u8]) -> io::Result<()> {
     let n = match host.tcp_send(flow.sock, data) {
         Ok(n) => n,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
         Err(e) => return Err(e),
     };
-    flow.rcv_nxt += n as u32;
-    flow.ack_pending |= n > 0;
-    flow.unacked = flow.unacked.saturating_add(n as u32);
+    flow.rcv.nxt += n as u32;
+    flow.rcv.ack_pending |= n > 0;
+    flow.rcv.unacked = flow.rcv.unacked.saturating_add(n as u32);
     if n < data.len() {
-        flow.send_blocked = true;
+        flow.rcv.send_blocked = true;
     }
     Ok(())
 }
@@ -1252,29 +1305,30 @@ fn send_in_order(host: &mut impl Host, flow: &mut Flow, data: &[u8]) -> io::Resu
 /// before). Data that continues the last held segment is appended to it, so a window's worth
 /// of in-order segments held while the socket is full costs one entry, not one per segment.
 fn hold(held_bytes: &mut usize, flow: &mut Flow, seq: SeqNumber, payload: &[u8]) -> bool {
-    let ahead = (seq - flow.rcv_nxt) as usize;
-    // The right edge we advertised last; `rcv_wnd` is zero while the socket is full, but
+    let ahead = (seq - flow.rcv.nxt) as usize;
+    // The right edge we advertised last; `rcv.wnd` is zero while the socket is full, but
     // the guest may still be sending into the window it saw before.
-    let edge = if flow.rcv_nxt < flow.rcv_edge {
-        (flow.rcv_edge - flow.rcv_nxt) as usize
+    let edge = if flow.rcv.nxt < flow.rcv.edge {
+        (flow.rcv.edge - flow.rcv.nxt) as usize
     } else {
         0
     };
-    if ahead + payload.len() > edge.max(flow.rcv_wnd as usize)
+    if ahead + payload.len() > edge.max(flow.rcv.wnd as usize)
         || *held_bytes + payload.len() > HELD_BYTES_MAX
     {
         return false;
     }
-    let at = flow.held.partition_point(|(s, _)| *s < seq);
+    let at = flow.rcv.held.partition_point(|(s, _)| *s < seq);
     if flow
+        .rcv
         .held
         .get(at)
         .is_some_and(|(s, d)| *s == seq && d.len() >= payload.len())
     {
         return true; // A retransmission of what is held already.
     }
-    if at == flow.held.len() {
-        if let Some((last_seq, last)) = flow.held.last_mut() {
+    if at == flow.rcv.held.len() {
+        if let Some((last_seq, last)) = flow.rcv.held.last_mut() {
             if *last_seq + last.len() as u32 == seq && last.len() + payload.len() <= HELD_CHUNK_MAX
             {
                 *held_bytes += payload.len();
@@ -1283,11 +1337,11 @@ fn hold(held_bytes: &mut usize, flow: &mut Flow, seq: SeqNumber, payload: &[u8])
             }
         }
     }
-    if flow.held.len() >= HELD_SEGMENTS_MAX {
+    if flow.rcv.held.len() >= HELD_SEGMENTS_MAX {
         return false;
     }
     *held_bytes += payload.len();
-    flow.held.insert(at, (seq, payload.to_vec()));
+    flow.rcv.held.insert(at, (seq, payload.to_vec()));
     true
 }
 
@@ -1296,42 +1350,44 @@ fn hold(held_bytes: &mut usize, flow: &mut Flow, seq: SeqNumber, payload: &[u8])
 /// 64 KiB super-segments from a port with offloads, making the guest resend it would cost a
 /// loss recovery each time the send buffer fills.
 fn keep_unsent(held_bytes: &mut usize, flow: &mut Flow, before: SeqNumber, data: &[u8]) {
-    if !flow.send_blocked {
+    if !flow.rcv.send_blocked {
         return;
     }
-    let taken = (flow.rcv_nxt - before) as usize;
+    let taken = (flow.rcv.nxt - before) as usize;
     let Some(rest) = data.get(taken..).filter(|r| !r.is_empty()) else {
         return;
     };
-    if flow.held.len() >= HELD_SEGMENTS_MAX || *held_bytes + rest.len() > HELD_BYTES_MAX {
+    if flow.rcv.held.len() >= HELD_SEGMENTS_MAX || *held_bytes + rest.len() > HELD_BYTES_MAX {
         return;
     }
-    let at = flow.held.partition_point(|(s, _)| *s < flow.rcv_nxt);
+    let at = flow.rcv.held.partition_point(|(s, _)| *s < flow.rcv.nxt);
     *held_bytes += rest.len();
-    flow.held.insert(at, (flow.rcv_nxt, rest.to_vec()));
+    flow.rcv.held.insert(at, (flow.rcv.nxt, rest.to_vec()));
 }
 
 /// Sends the held segments that the in-order stream has now reached; true if any data moved.
 fn release_held(host: &mut impl Host, held_bytes: &mut usize, flow: &mut Flow) -> io::Result<bool> {
     let mut moved = false;
-    while let Some(&(seq, _)) = flow.held.first() {
-        if flow.send_blocked || flow.rcv_nxt < seq {
+    while let Some(&(seq, _)) = flow.rcv.held.first() {
+        if flow.rcv.send_blocked || flow.rcv.nxt < seq {
             break;
         }
-        let (seq, data) = flow.held.remove(0);
+        let (seq, data) = flow.rcv.held.remove(0);
         *held_bytes -= data.len();
-        let skip = (flow.rcv_nxt - seq) as usize;
+        let skip = (flow.rcv.nxt - seq) as usize;
         if skip >= data.len() {
             continue; // Covered by later in-order data.
         }
-        let before = flow.rcv_nxt;
+        let before = flow.rcv.nxt;
         send_in_order(host, flow, &data[skip..])?;
-        moved |= flow.rcv_nxt != before;
-        if flow.send_blocked {
+        moved |= flow.rcv.nxt != before;
+        if flow.rcv.send_blocked {
             // Keep the rest for when the socket drains.
-            let taken = skip + (flow.rcv_nxt - before) as usize;
+            let taken = skip + (flow.rcv.nxt - before) as usize;
             *held_bytes += data.len() - taken;
-            flow.held.insert(0, (flow.rcv_nxt, data[taken..].to_vec()));
+            flow.rcv
+                .held
+                .insert(0, (flow.rcv.nxt, data[taken..].to_vec()));
         }
     }
     Ok(moved)
@@ -1339,13 +1395,13 @@ fn release_held(host: &mut impl Host, held_bytes: &mut usize, flow: &mut Flow) -
 
 /// Retransmit from the first unacknowledged byte.
 fn go_back(flow: &mut Flow) {
-    let sent = flow.snd_nxt - u32::from(flow.fin_sent);
-    flow.recover = flow.recover.max(sent);
-    flow.snd_nxt = flow.snd_una;
-    flow.dup_acks = 0;
+    let sent = flow.snd.nxt - u32::from(flow.snd.fin_sent);
+    flow.snd.recover = flow.snd.recover.max(sent);
+    flow.snd.nxt = flow.snd.una;
+    flow.snd.dup_acks = 0;
     // The data goes out again, then the FIN if it had been sent.
-    flow.fin_sent = false;
-    flow.maybe_unsent = true;
+    flow.snd.fin_sent = false;
+    flow.snd.maybe_unsent = true;
 }
 
 /// Recomputes the window we offer the guest from the host socket's free send space.
@@ -1354,25 +1410,25 @@ fn go_back(flow: &mut Flow) {
 /// reached is still a promise the kernel keeps: while at least half of it is left, the window
 /// is what remains up to that edge and the kernel is not asked (one system call less per ACK).
 fn refresh_window(host: &mut impl Host, flow: &mut Flow) {
-    if flow.send_blocked || flow.fin_from_guest {
-        flow.rcv_wnd = 0;
-        flow.rcv_space = 0;
+    if flow.rcv.send_blocked || flow.rcv.fin_from_guest {
+        flow.rcv.wnd = 0;
+        flow.rcv.space = 0;
         return;
     }
-    let left = flow.rcv_edge - flow.rcv_nxt;
-    if left <= flow.rcv_space && left >= flow.rcv_space / 2 && left > 0 {
-        flow.rcv_wnd = left;
+    let left = flow.rcv.edge - flow.rcv.nxt;
+    if left <= flow.rcv.space && left >= flow.rcv.space / 2 && left > 0 {
+        flow.rcv.wnd = left;
         return;
     }
     let space = host.tcp_send_space(flow.sock).min(MAX_WINDOW) as u32;
-    flow.rcv_wnd = space;
-    flow.rcv_space = space;
-    flow.rcv_edge = flow.rcv_nxt + space;
+    flow.rcv.wnd = space;
+    flow.rcv.space = space;
+    flow.rcv.edge = flow.rcv.nxt + space;
 }
 
 /// The window field for the next segment, scaled.
 fn window_field(flow: &Flow) -> u16 {
-    (flow.rcv_wnd >> flow.rcv_wscale).min(u32::from(u16::MAX)) as u16
+    (flow.rcv.wnd >> flow.rcv.wscale).min(u32::from(u16::MAX)) as u16
 }
 
 /// Acknowledges everything received, with a fresh window.
@@ -1387,9 +1443,9 @@ fn send_flags(out: &mut Output, cfg: &NetConfig, flow: &Flow, flags: u8) {
     let mut f = out.buffer();
     f.resize(flow.key.headers_len(), 0);
     let seq = if flags & F::RST != 0 && flags & F::ACK == 0 {
-        flow.snd_una
+        flow.snd.una
     } else {
-        flow.snd_nxt
+        flow.snd.nxt
     };
     write_segment(
         cfg,
@@ -1403,9 +1459,9 @@ fn send_flags(out: &mut Output, cfg: &NetConfig, flow: &Flow, flags: u8) {
 
 /// Emits a SYN or SYN-ACK with our MSS and window scale options.
 fn send_syn(out: &mut Output, cfg: &NetConfig, flow: &Flow, flags: u8) {
-    let mut tcp = segment_header(flow, flags, flow.iss);
+    let mut tcp = segment_header(flow, flags, flow.snd.iss);
     tcp.mss = Some(cfg.mss_for(flow.key.guest.ip()));
-    if flow.rcv_wscale > 0 || flags == F::SYN {
+    if flow.rcv.wscale > 0 || flags == F::SYN {
         tcp.window_scale = Some(OUR_WSCALE);
     }
     let mut f = out.buffer();
@@ -1422,7 +1478,7 @@ fn send_syn(out: &mut Output, cfg: &NetConfig, flow: &Flow, flags: u8) {
 fn segment_header(flow: &Flow, flags: u8, seq: SeqNumber) -> TcpRepr {
     let window = if flags & F::SYN != 0 {
         // The window in a SYN is never scaled.
-        flow.rcv_wnd.min(u32::from(u16::MAX)) as u16
+        flow.rcv.wnd.min(u32::from(u16::MAX)) as u16
     } else {
         window_field(flow)
     };
@@ -1431,7 +1487,7 @@ fn segment_header(flow: &Flow, flags: u8, seq: SeqNumber) -> TcpRepr {
         dst_port: flow.key.guest.port(),
         seq,
         ack: if flags & F::ACK != 0 {
-            flow.rcv_nxt
+            flow.rcv.nxt
         } else {
             SeqNumber(0)
         },

@@ -265,6 +265,16 @@ fn half_open(state: State) -> bool {
     matches!(state, State::HostConnecting | State::SynReceived)
 }
 
+/// What the handlers work with besides the table: the host's sockets, the frames going out
+/// and the network's configuration. The public entry points take them apart (as the stack
+/// holds them) and bundle them here once; the time of the event, where it matters, is passed
+/// next to it.
+struct Ctx<'a, H: Host> {
+    host: &'a mut H,
+    out: &'a mut Output,
+    cfg: &'a NetConfig,
+}
+
 /// All TCP flows of one network.
 #[derive(Debug)]
 pub struct TcpTable {
@@ -443,8 +453,9 @@ impl TcpTable {
         key: FlowKey,
         seg: &Tcp,
     ) {
+        let cx = &mut Ctx { host, out, cfg };
         let Some(&idx) = self.by_key.get(&key) else {
-            self.on_unknown_flow(host, out, cfg, now, link, key, seg);
+            self.on_unknown_flow(cx, now, link, key, seg);
             return;
         };
         let Some(flow) = self.flows[idx].as_mut() else {
@@ -452,7 +463,7 @@ impl TcpTable {
         };
         if seg.has(F::RST) {
             debug!(guest = %key.guest, remote = %key.remote, "guest reset the connection");
-            host.tcp_close(flow.sock, true);
+            cx.host.tcp_close(flow.sock, true);
             self.remove(idx);
             return;
         }
@@ -463,7 +474,7 @@ impl TcpTable {
             State::SynReceived => {
                 if seg.has(F::SYN) && !seg.has(F::ACK) {
                     // Our SYN-ACK was lost: send it again.
-                    send_syn(out, cfg, flow, F::SYN | F::ACK);
+                    send_syn(cx, flow, F::SYN | F::ACK);
                     return;
                 }
                 if seg.has(F::ACK) && seg.ack == flow.snd.iss + 1 {
@@ -475,7 +486,7 @@ impl TcpTable {
                     flow.snd.retries = 0;
                     flow.snd.rto = RTO_INITIAL;
                     flow.deadline = None;
-                    self.established(host, out, cfg, now, idx, seg);
+                    self.established(cx, now, idx, seg);
                 }
             }
             State::SynSent => {
@@ -486,7 +497,7 @@ impl TcpTable {
                     flow.snd.guest_mss = seg
                         .mss
                         .unwrap_or(536)
-                        .clamp(64, cfg.mss_for(key.guest.ip()));
+                        .clamp(64, cx.cfg.mss_for(key.guest.ip()));
                     match seg.window_scale {
                         Some(ws) => flow.snd.wscale = ws,
                         None => flow.rcv.wscale = 0,
@@ -496,24 +507,16 @@ impl TcpTable {
                     flow.deadline = None;
                     flow.snd.retries = 0;
                     flow.snd.rto = RTO_INITIAL;
-                    send_ack(host, out, cfg, flow);
+                    send_ack(cx, flow);
                     debug!(guest = %key.guest, "forwarded connection established");
-                    self.flush(host, out, cfg, now, idx);
+                    self.flush(cx, now, idx);
                 }
             }
-            State::Established => self.established(host, out, cfg, now, idx, seg),
+            State::Established => self.established(cx, now, idx, seg),
         }
     }
 
-    fn established(
-        &mut self,
-        host: &mut impl Host,
-        out: &mut Output,
-        cfg: &NetConfig,
-        now: Instant,
-        idx: usize,
-        seg: &Tcp,
-    ) {
+    fn established(&mut self, cx: &mut Ctx<'_, impl Host>, now: Instant, idx: usize, seg: &Tcp) {
         let Some(flow) = self.flows[idx].as_mut() else {
             return;
         };
@@ -581,16 +584,16 @@ impl TcpTable {
             } else {
                 let data = &seg.payload[offset as usize..];
                 let before = flow.rcv.nxt;
-                let sent = send_in_order(host, flow, data).and_then(|()| {
+                let sent = send_in_order(cx.host, flow, data).and_then(|()| {
                     keep_unsent(&mut self.held_bytes, flow, before, data);
-                    release_held(host, &mut self.held_bytes, flow)
+                    release_held(cx.host, &mut self.held_bytes, flow)
                 });
                 match sent {
                     // A filled gap is acknowledged at once (RFC 5681, 4.2).
                     Ok(filled) => ack_now |= filled,
                     Err(e) => {
                         debug!(error = %e, remote = %flow.key.remote, "host send failed, resetting");
-                        self.reset(host, out, cfg, idx);
+                        self.reset(cx, idx);
                         return;
                     }
                 }
@@ -606,7 +609,7 @@ impl TcpTable {
             if fin_seq == flow.rcv.nxt {
                 flow.rcv.nxt += 1;
                 flow.rcv.fin_from_guest = true;
-                host.tcp_shutdown(flow.sock);
+                cx.host.tcp_shutdown(flow.sock);
                 // A delayed ACK: the host end usually closes in turn at once, and our FIN then
                 // carries it (one frame instead of two per connection).
                 flow.rcv.ack_pending = true;
@@ -614,14 +617,14 @@ impl TcpTable {
         }
 
         if ack_now {
-            send_ack(host, out, cfg, flow);
+            send_ack(cx, flow);
         }
         if !flow.batched {
             flow.batched = true;
             self.batch.push(idx);
         }
         self.batch_now = Some(now);
-        self.finished(host, idx);
+        self.finished(cx.host, idx);
     }
 
     /// Removes a flow whose both directions are closed and acknowledged.
@@ -645,6 +648,7 @@ impl TcpTable {
     /// Ends a batch of guest frames: each flow it touched sends what its window now allows and
     /// the ACK it earned (piggybacked on data when there is any).
     pub fn flush_acks(&mut self, host: &mut impl Host, out: &mut Output, cfg: &NetConfig) {
+        let cx = &mut Ctx { host, out, cfg };
         let Some(now) = self.batch_now.take() else {
             return;
         };
@@ -654,7 +658,7 @@ impl TcpTable {
                 Some(flow) => flow.batched = false,
                 None => continue,
             }
-            self.flush(host, out, cfg, now, idx);
+            self.flush(cx, now, idx);
             let Some(flow) = self.flows.get_mut(idx).and_then(Option::as_mut) else {
                 continue;
             };
@@ -662,8 +666,8 @@ impl TcpTable {
                 continue;
             }
             // RFC 1122: a stream of full-sized segments gets an ACK at least every second one.
-            if flow.rcv.unacked >= 2 * u32::from(cfg.mss()) || flow.rcv.send_blocked {
-                send_ack(host, out, cfg, flow);
+            if flow.rcv.unacked >= 2 * u32::from(cx.cfg.mss()) || flow.rcv.send_blocked {
+                send_ack(cx, flow);
             } else if flow.rcv.ack_deadline.is_none() {
                 let due = now + ACK_DELAY;
                 flow.rcv.ack_deadline = Some(due);
@@ -675,14 +679,7 @@ impl TcpTable {
     }
 
     /// Sends host data (and FIN) to the guest as far as its window allows.
-    fn flush(
-        &mut self,
-        host: &mut impl Host,
-        out: &mut Output,
-        cfg: &NetConfig,
-        now: Instant,
-        idx: usize,
-    ) {
+    fn flush(&mut self, cx: &mut Ctx<'_, impl Host>, now: Instant, idx: usize) {
         let Some(flow) = self.flows[idx].as_mut() else {
             return;
         };
@@ -691,16 +688,16 @@ impl TcpTable {
         }
         if flow.snd.unconsumed > 0 {
             // Acknowledged data leaves the socket before anything is peeked past it.
-            if let Err(e) = host.tcp_consume(flow.sock, flow.snd.unconsumed as usize) {
+            if let Err(e) = cx.host.tcp_consume(flow.sock, flow.snd.unconsumed as usize) {
                 warn!(error = %e, "discarding acknowledged data failed");
             }
             flow.snd.unconsumed = 0;
         }
         if flow.snd.maybe_unsent {
             let remote = flow.key.remote;
-            if let Err(e) = self.send_data(host, out, cfg, now, idx) {
+            if let Err(e) = self.send_data(cx, now, idx) {
                 debug!(error = %e, %remote, "host receive failed, resetting");
-                self.reset(host, out, cfg, idx);
+                self.reset(cx, idx);
                 return;
             }
         }
@@ -708,7 +705,7 @@ impl TcpTable {
             return;
         };
         if flow.snd.host_fin && !flow.snd.maybe_unsent && !flow.snd.fin_sent {
-            send_flags(out, cfg, flow, F::FIN | F::ACK);
+            send_flags(cx, flow, F::FIN | F::ACK);
             flow.snd.nxt += 1;
             flow.snd.fin_sent = true;
             flow.ack_sent();
@@ -717,7 +714,7 @@ impl TcpTable {
             }
         }
         self.schedule(idx);
-        self.finished(host, idx);
+        self.finished(cx.host, idx);
     }
 
     /// Peeks new host data into segments, as far as the guest's window allows, until the
@@ -726,16 +723,14 @@ impl TcpTable {
     /// and then there is neither a size query nor a window's worth of frames to zero.
     fn send_data(
         &mut self,
-        host: &mut impl Host,
-        out: &mut Output,
-        cfg: &NetConfig,
+        cx: &mut Ctx<'_, impl Host>,
         now: Instant,
         idx: usize,
     ) -> io::Result<()> {
         let Some(flow) = self.flows[idx].as_mut() else {
             return Ok(());
         };
-        let mss = usize::from(flow.snd.guest_mss.min(cfg.mss_for(flow.key.guest.ip())));
+        let mss = usize::from(flow.snd.guest_mss.min(cx.cfg.mss_for(flow.key.guest.ip())));
         let mut first = true;
         loop {
             let room = (flow.snd.wnd as usize).saturating_sub(flow.in_flight() as usize);
@@ -751,18 +746,19 @@ impl TcpTable {
                 if self.probe.len() < want {
                     self.probe.resize(want, 0);
                 }
-                let got = host.tcp_peek(flow.sock, flow.peeked(), &mut [&mut self.probe[..want]]);
+                let probe = &mut self.probe[..want];
+                let got = cx.host.tcp_peek(flow.sock, flow.peeked(), &mut [probe]);
                 if let Ok(n @ 1..) = got {
-                    let mut f = out.buffer();
+                    let mut f = cx.out.buffer();
                     f.resize(flow.key.headers_len(), 0);
                     f.extend_from_slice(&self.probe[..n]);
-                    emit_data(out, cfg, now, flow, f, n < want);
+                    emit_data(cx, now, flow, f, n < want);
                 }
                 (want, got)
             } else {
-                let seg = segment_size(out, flow.link.port, mss);
+                let seg = segment_size(cx.out, flow.link.port, mss);
                 let want = room.min(seg * SEGMENTS_PER_ROUND).min(MAX_WINDOW);
-                (want, peek_segments(host, out, cfg, now, flow, seg, want))
+                (want, peek_segments(cx, now, flow, seg, want))
             };
             first = false;
             match got {
@@ -793,23 +789,20 @@ impl TcpTable {
     }
 
     /// Resets the connection on both sides and forgets it.
-    fn reset(&mut self, host: &mut impl Host, out: &mut Output, cfg: &NetConfig, idx: usize) {
+    fn reset(&mut self, cx: &mut Ctx<'_, impl Host>, idx: usize) {
         if let Some(flow) = self.remove(idx) {
-            host.tcp_close(flow.sock, true);
+            cx.host.tcp_close(flow.sock, true);
             if flow.state != State::HostConnecting {
-                send_flags(out, cfg, &flow, F::RST | F::ACK);
+                send_flags(cx, &flow, F::RST | F::ACK);
                 self.stats.resets_sent += 1;
             }
         }
     }
 
     /// A segment for a connection we do not know: a new one if it is a SYN, else a RST.
-    #[allow(clippy::too_many_arguments)]
     fn on_unknown_flow(
         &mut self,
-        host: &mut impl Host,
-        out: &mut Output,
-        cfg: &NetConfig,
+        cx: &mut Ctx<'_, impl Host>,
         now: Instant,
         link: Link,
         key: FlowKey,
@@ -821,16 +814,17 @@ impl TcpTable {
         if !seg.has(F::SYN) || seg.has(F::ACK) {
             debug!(guest = %key.guest, remote = %key.remote, "segment for unknown connection, sending RST");
             self.stats.resets_sent += 1;
-            send_reset_for(out, link, key, seg);
+            send_reset_for(cx.out, link, key, seg);
             return;
         }
-        let Some(target) = cfg.outbound_ip(key.remote, true) else {
+        let Some(target) = cx.cfg.outbound_ip(key.remote, true) else {
             debug!(remote = %key.remote, "no route for TCP destination, refusing");
             self.stats.refused += 1;
-            send_reset_for(out, link, key, seg);
+            send_reset_for(cx.out, link, key, seg);
             return;
         };
-        if self.by_key.len() >= cfg.max_tcp_flows || self.connecting >= cfg.max_tcp_connecting {
+        if self.by_key.len() >= cx.cfg.max_tcp_flows || self.connecting >= cx.cfg.max_tcp_connecting
+        {
             self.stats.table_full += 1;
             if self.stats.table_full.is_power_of_two() {
                 warn!(
@@ -839,15 +833,15 @@ impl TcpTable {
                     "TCP flow table full, refusing new connections (logged at powers of two)"
                 );
             }
-            send_reset_for(out, link, key, seg);
+            send_reset_for(cx.out, link, key, seg);
             return;
         }
         let counts = self.per_port.get(&link.port).copied().unwrap_or_default();
-        if counts.flows >= cfg.max_tcp_flows_per_port
-            || counts.half_open >= cfg.max_tcp_half_open_per_port
+        if counts.flows >= cx.cfg.max_tcp_flows_per_port
+            || counts.half_open >= cx.cfg.max_tcp_half_open_per_port
         {
             self.stats.port_limit += 1;
-            let (limit, what) = if counts.flows >= cfg.max_tcp_flows_per_port {
+            let (limit, what) = if counts.flows >= cx.cfg.max_tcp_flows_per_port {
                 (Limit::TcpPerPort, "connections")
             } else {
                 (Limit::TcpHalfOpenPerPort, "half-open connections")
@@ -860,17 +854,17 @@ impl TcpTable {
                     "a guest has as many {what} as it may: refusing its new connections (logged once)"
                 );
             }
-            send_reset_for(out, link, key, seg);
+            send_reset_for(cx.out, link, key, seg);
             return;
         }
-        match host.tcp_connect(target) {
+        match cx.host.tcp_connect(target) {
             Ok(sock) => {
                 let mut flow = self.new_flow(key, link, sock, State::HostConnecting, now);
                 flow.rcv.nxt = seg.seq + 1;
                 flow.snd.guest_mss = seg
                     .mss
                     .unwrap_or(536)
-                    .clamp(64, cfg.mss_for(key.guest.ip()));
+                    .clamp(64, cx.cfg.mss_for(key.guest.ip()));
                 if let Some(ws) = seg.window_scale {
                     flow.snd.wscale = ws;
                     flow.rcv.wscale = OUR_WSCALE;
@@ -878,7 +872,7 @@ impl TcpTable {
                 flow.snd.wnd = u32::from(seg.window);
                 // The host connect gets the SYN timeout; the SYN-ACK's retransmissions after
                 // it are bounded by the same instant (`syn_expires`).
-                flow.syn_expires = now + cfg.tcp_syn_timeout;
+                flow.syn_expires = now + cx.cfg.tcp_syn_timeout;
                 flow.deadline = Some(flow.syn_expires);
                 self.connecting += 1;
                 self.stats.opened += 1;
@@ -889,7 +883,7 @@ impl TcpTable {
             Err(e) => {
                 debug!(error = %e, %target, "host connect failed at once, sending RST");
                 self.stats.refused += 1;
-                send_reset_for(out, link, key, seg);
+                send_reset_for(cx.out, link, key, seg);
             }
         }
     }
@@ -904,6 +898,7 @@ impl TcpTable {
         sock: SockId,
         result: io::Result<()>,
     ) {
+        let cx = &mut Ctx { host, out, cfg };
         let Some(&idx) = self.by_sock.get(&sock) else {
             return;
         };
@@ -917,8 +912,8 @@ impl TcpTable {
         self.connecting -= 1;
         match result {
             Ok(()) => {
-                refresh_window(host, flow);
-                send_syn(out, cfg, flow, F::SYN | F::ACK);
+                refresh_window(cx.host, flow);
+                send_syn(cx, flow, F::SYN | F::ACK);
                 flow.snd.nxt = flow.snd.iss + 1;
                 flow.deadline = Some(now + flow.snd.rto);
                 self.schedule(idx);
@@ -927,8 +922,8 @@ impl TcpTable {
                 debug!(error = %e, remote = %flow.key.remote, "host connect failed, sending RST");
                 self.stats.refused += 1;
                 // Answer the guest's SYN: RST with ACK of its sequence number.
-                send_flags(out, cfg, flow, F::RST | F::ACK);
-                host.tcp_close(flow.sock, false);
+                send_flags(cx, flow, F::RST | F::ACK);
+                cx.host.tcp_close(flow.sock, false);
                 self.remove(idx);
             }
         }
@@ -945,6 +940,7 @@ impl TcpTable {
         sock: SockId,
         peer_closed: bool,
     ) {
+        let cx = &mut Ctx { host, out, cfg };
         let Some(&idx) = self.by_sock.get(&sock) else {
             return;
         };
@@ -952,7 +948,7 @@ impl TcpTable {
             flow.snd.maybe_unsent = true;
             flow.snd.host_fin |= peer_closed;
         }
-        self.flush(host, out, cfg, now, idx);
+        self.flush(cx, now, idx);
     }
 
     /// The host socket's send buffer has room again: reopen the window.
@@ -963,6 +959,7 @@ impl TcpTable {
         sock: SockId,
         cfg: &NetConfig,
     ) {
+        let cx = &mut Ctx { host, out, cfg };
         let Some(&idx) = self.by_sock.get(&sock) else {
             return;
         };
@@ -971,12 +968,12 @@ impl TcpTable {
         };
         if flow.rcv.send_blocked && flow.state == State::Established {
             flow.rcv.send_blocked = false;
-            if let Err(e) = release_held(host, &mut self.held_bytes, flow) {
+            if let Err(e) = release_held(cx.host, &mut self.held_bytes, flow) {
                 debug!(error = %e, remote = %flow.key.remote, "host send failed, resetting");
-                self.reset(host, out, cfg, idx);
+                self.reset(cx, idx);
                 return;
             }
-            send_ack(host, out, cfg, flow);
+            send_ack(cx, flow);
         }
     }
 
@@ -988,8 +985,9 @@ impl TcpTable {
         cfg: &NetConfig,
         sock: SockId,
     ) {
+        let cx = &mut Ctx { host, out, cfg };
         if let Some(&idx) = self.by_sock.get(&sock) {
-            self.reset(host, out, cfg, idx);
+            self.reset(cx, idx);
         }
     }
 
@@ -1005,14 +1003,15 @@ impl TcpTable {
         link: Link,
         guest: SocketAddr,
     ) {
-        let Some(gateway) = cfg.gateway_for(guest.ip()) else {
-            host.tcp_close(sock, true);
+        let cx = &mut Ctx { host, out, cfg };
+        let Some(gateway) = cx.cfg.gateway_for(guest.ip()) else {
+            cx.host.tcp_close(sock, true);
             return;
         };
-        if self.by_key.len() >= cfg.max_tcp_flows {
+        if self.by_key.len() >= cx.cfg.max_tcp_flows {
             self.stats.table_full += 1;
             warn!(%guest, "TCP flow table full, dropping forwarded connection");
-            host.tcp_close(sock, true);
+            cx.host.tcp_close(sock, true);
             return;
         }
         // Forwarded connections come from the gateway, from a port of our choosing.
@@ -1027,8 +1026,8 @@ impl TcpTable {
         let key = FlowKey { guest, remote };
         let mut flow = self.new_flow(key, link, sock, State::SynSent, now);
         flow.rcv.wscale = OUR_WSCALE;
-        refresh_window(host, &mut flow);
-        send_syn(out, cfg, &flow, F::SYN);
+        refresh_window(cx.host, &mut flow);
+        send_syn(cx, &flow, F::SYN);
         flow.snd.nxt = flow.snd.iss + 1;
         flow.deadline = Some(now + flow.snd.rto);
         self.stats.opened += 1;
@@ -1129,6 +1128,7 @@ impl TcpTable {
         cfg: &NetConfig,
         now: Instant,
     ) {
+        let cx = &mut Ctx { host, out, cfg };
         while let Some(&(due, idx, generation)) = self.acks_due.front() {
             if due > now {
                 break;
@@ -1140,7 +1140,7 @@ impl TcpTable {
             if flow.generation == generation && flow.rcv.ack_deadline == Some(due) {
                 flow.rcv.ack_deadline = None;
                 if flow.rcv.ack_pending {
-                    send_ack(host, out, cfg, flow);
+                    send_ack(cx, flow);
                 }
             }
         }
@@ -1172,14 +1172,14 @@ impl TcpTable {
                 }
                 if flow.state == State::HostConnecting {
                     // Answer the guest's SYN as a refused connect would.
-                    send_flags(out, cfg, flow, F::RST | F::ACK);
+                    send_flags(cx, flow, F::RST | F::ACK);
                 }
-                self.reset(host, out, cfg, idx);
+                self.reset(cx, idx);
                 continue;
             }
             if flow.snd.retries >= MAX_RETRIES {
                 info!(guest = %flow.key.guest, remote = %flow.key.remote, "guest stopped answering, resetting connection");
-                self.reset(host, out, cfg, idx);
+                self.reset(cx, idx);
                 continue;
             }
             flow.snd.retries += 1;
@@ -1187,11 +1187,11 @@ impl TcpTable {
             match flow.state {
                 State::HostConnecting => {}
                 State::SynReceived => {
-                    send_syn(out, cfg, flow, F::SYN | F::ACK);
+                    send_syn(cx, flow, F::SYN | F::ACK);
                     flow.deadline = Some(now + flow.snd.rto);
                 }
                 State::SynSent => {
-                    send_syn(out, cfg, flow, F::SYN);
+                    send_syn(cx, flow, F::SYN);
                     flow.deadline = Some(now + flow.snd.rto);
                 }
                 State::Established => {
@@ -1200,15 +1200,15 @@ impl TcpTable {
                         go_back(flow);
                     } else if flow.snd.wnd == 0 {
                         // Window probe: an old sequence number makes the guest re-announce its window.
-                        let mut f = out.buffer();
+                        let mut f = cx.out.buffer();
                         f.resize(flow.key.headers_len(), 0);
                         let probe = segment_header(flow, F::ACK, flow.snd.una - 1);
-                        write_segment(cfg, flow, &mut f, &probe, TcpChecksum::Full);
-                        out.push(flow.link.port, f);
+                        write_segment(cx.cfg, flow, &mut f, &probe, TcpChecksum::Full);
+                        cx.out.push(flow.link.port, f);
                         flow.deadline = Some(now + flow.snd.rto);
                     }
                     self.schedule(idx);
-                    self.flush(host, out, cfg, now, idx);
+                    self.flush(cx, now, idx);
                     continue;
                 }
             }
@@ -1220,9 +1220,7 @@ impl TcpTable {
 /// Peeks up to `want` bytes into segments of `mss` bytes (super-segments for a port with
 /// offloads) and sends them; returns the peek's result.
 fn peek_segments(
-    host: &mut impl Host,
-    out: &mut Output,
-    cfg: &NetConfig,
+    cx: &mut Ctx<'_, impl Host>,
     now: Instant,
     flow: &mut Flow,
     mss: usize,
@@ -1230,23 +1228,23 @@ fn peek_segments(
 ) -> io::Result<usize> {
     let headers = flow.key.headers_len();
     let mut frames: Vec<Vec<u8>> = (0..want.div_ceil(mss))
-        .map(|i| out.buffer_with_len(headers + mss.min(want - i * mss)))
+        .map(|i| cx.out.buffer_with_len(headers + mss.min(want - i * mss)))
         .collect();
     let got = {
         let mut bufs: Vec<&mut [u8]> = frames.iter_mut().map(|f| &mut f[headers..]).collect();
-        host.tcp_peek(flow.sock, flow.peeked(), &mut bufs)
+        cx.host.tcp_peek(flow.sock, flow.peeked(), &mut bufs)
     };
     let mut left = *got.as_ref().unwrap_or(&0);
     let drained = left < want;
     for mut f in frames {
         if left == 0 {
-            out.recycle(f);
+            cx.out.recycle(f);
             continue;
         }
         let len = (f.len() - headers).min(left);
         f.truncate(headers + len);
         left -= len;
-        emit_data(out, cfg, now, flow, f, left == 0 && drained);
+        emit_data(cx, now, flow, f, left == 0 && drained);
     }
     got
 }
@@ -1254,8 +1252,7 @@ fn peek_segments(
 /// Sends one data segment (payload after the headers in `f`) at `snd.nxt`; `last` marks the
 /// end of what the socket held (PSH).
 fn emit_data(
-    out: &mut Output,
-    cfg: &NetConfig,
+    cx: &mut Ctx<'_, impl Host>,
     now: Instant,
     flow: &mut Flow,
     mut f: Vec<u8>,
@@ -1264,17 +1261,17 @@ fn emit_data(
     let headers = flow.key.headers_len();
     let len = f.len() - headers;
     let flags = if last { F::ACK | F::PSH } else { F::ACK };
-    if out.offloads(flow.link.port) {
+    if cx.out.offloads(flow.link.port) {
         // The guest's kernel completes the checksum and cuts what exceeds its MSS.
         let tcp = segment_header(flow, flags, flow.snd.nxt);
-        write_segment(cfg, flow, &mut f, &tcp, TcpChecksum::Partial);
-        let mss = usize::from(flow.snd.guest_mss.min(cfg.mss_for(flow.key.guest.ip())));
+        write_segment(cx.cfg, flow, &mut f, &tcp, TcpChecksum::Partial);
+        let mss = usize::from(flow.snd.guest_mss.min(cx.cfg.mss_for(flow.key.guest.ip())));
         let vnet = VnetHeader::tcp(headers, len, mss, flow.key.guest.is_ipv6());
-        out.push_offloaded(flow.link.port, f, vnet);
+        cx.out.push_offloaded(flow.link.port, f, vnet);
     } else {
         let tcp = segment_header(flow, flags, flow.snd.nxt);
-        write_segment(cfg, flow, &mut f, &tcp, TcpChecksum::Full);
-        out.push(flow.link.port, f);
+        write_segment(cx.cfg, flow, &mut f, &tcp, TcpChecksum::Full);
+        cx.out.push(flow.link.port, f);
     }
     flow.snd.nxt += len as u32;
     flow.ack_sent();
@@ -1432,15 +1429,15 @@ fn window_field(flow: &Flow) -> u16 {
 }
 
 /// Acknowledges everything received, with a fresh window.
-fn send_ack(host: &mut impl Host, out: &mut Output, cfg: &NetConfig, flow: &mut Flow) {
-    refresh_window(host, flow);
-    send_flags(out, cfg, flow, F::ACK);
+fn send_ack(cx: &mut Ctx<'_, impl Host>, flow: &mut Flow) {
+    refresh_window(cx.host, flow);
+    send_flags(cx, flow, F::ACK);
     flow.ack_sent();
 }
 
 /// Emits a segment with no payload.
-fn send_flags(out: &mut Output, cfg: &NetConfig, flow: &Flow, flags: u8) {
-    let mut f = out.buffer();
+fn send_flags(cx: &mut Ctx<'_, impl Host>, flow: &Flow, flags: u8) {
+    let mut f = cx.out.buffer();
     f.resize(flow.key.headers_len(), 0);
     let seq = if flags & F::RST != 0 && flags & F::ACK == 0 {
         flow.snd.una
@@ -1448,29 +1445,29 @@ fn send_flags(out: &mut Output, cfg: &NetConfig, flow: &Flow, flags: u8) {
         flow.snd.nxt
     };
     write_segment(
-        cfg,
+        cx.cfg,
         flow,
         &mut f,
         &segment_header(flow, flags, seq),
         TcpChecksum::Full,
     );
-    out.push(flow.link.port, f);
+    cx.out.push(flow.link.port, f);
 }
 
 /// Emits a SYN or SYN-ACK with our MSS and window scale options.
-fn send_syn(out: &mut Output, cfg: &NetConfig, flow: &Flow, flags: u8) {
+fn send_syn(cx: &mut Ctx<'_, impl Host>, flow: &Flow, flags: u8) {
     let mut tcp = segment_header(flow, flags, flow.snd.iss);
-    tcp.mss = Some(cfg.mss_for(flow.key.guest.ip()));
+    tcp.mss = Some(cx.cfg.mss_for(flow.key.guest.ip()));
     if flow.rcv.wscale > 0 || flags == F::SYN {
         tcp.window_scale = Some(OUR_WSCALE);
     }
-    let mut f = out.buffer();
+    let mut f = cx.out.buffer();
     f.resize(
         flow.key.headers_len() - TCP_HEADER_LEN + tcp.header_len(),
         0,
     );
-    write_segment(cfg, flow, &mut f, &tcp, TcpChecksum::Full);
-    out.push(flow.link.port, f);
+    write_segment(cx.cfg, flow, &mut f, &tcp, TcpChecksum::Full);
+    cx.out.push(flow.link.port, f);
 }
 
 /// The option-less TCP header of a segment from the flow's remote end to the guest, at `seq`:

@@ -2,7 +2,7 @@
 //! room on TCP sockets, accepted forward connections, and datagrams (UDP, ICMP, UDP forwards).
 
 use super::Network;
-use crate::sockets::{ForwardGuest, Kind};
+use crate::sockets::{ForwardGuest, Kind, TcpStatus};
 use crate::sys;
 use mio::event::Event;
 use std::io;
@@ -17,38 +17,7 @@ impl Network {
             return;
         };
         match entry.kind {
-            Kind::Tcp {
-                connecting: true, ..
-            } => {
-                if event.is_writable()
-                    || event.is_error()
-                    || event.is_write_closed()
-                    || event.is_read_closed()
-                {
-                    let failure = event.is_error() || event.is_write_closed();
-                    if let Some(result) = self.host.finish_connect(id, failure) {
-                        let ok = result.is_ok();
-                        self.stack.on_tcp_connected(&mut self.host, now, id, result);
-                        if ok && event.is_readable() {
-                            let closed = event.is_read_closed();
-                            self.stack.on_tcp_readable(&mut self.host, now, id, closed);
-                        }
-                    }
-                }
-            }
-            Kind::Tcp { .. } => {
-                if event.is_error() && sys::take_socket_error(entry.fd.as_raw_fd()).is_err() {
-                    self.stack.on_tcp_error(&mut self.host, id);
-                    return;
-                }
-                if event.is_writable() {
-                    self.stack.on_tcp_writable(&mut self.host, id);
-                }
-                if event.is_readable() || event.is_read_closed() {
-                    let closed = event.is_read_closed();
-                    self.stack.on_tcp_readable(&mut self.host, now, id, closed);
-                }
-            }
+            Kind::Tcp { .. } => self.tcp_event(now, id, event),
             Kind::Udp | Kind::Icmp { .. } | Kind::UdpForward { .. } => {
                 self.drain_datagrams(now, id)
             }
@@ -80,6 +49,31 @@ impl Network {
                     }
                 }
             },
+        }
+    }
+
+    /// An event on a translated TCP connection's host socket.
+    fn tcp_event(&mut self, now: Instant, id: usize, event: &Event) {
+        match self.host.tcp_status(id, event) {
+            None | Some(TcpStatus::Connecting) => {}
+            Some(TcpStatus::ConnectDone(result)) => {
+                let ok = result.is_ok();
+                self.stack.on_tcp_connected(&mut self.host, now, id, result);
+                if ok && event.is_readable() {
+                    let closed = event.is_read_closed();
+                    self.stack.on_tcp_readable(&mut self.host, now, id, closed);
+                }
+            }
+            Some(TcpStatus::Failed) => self.stack.on_tcp_error(&mut self.host, id),
+            Some(TcpStatus::Up) => {
+                if event.is_writable() {
+                    self.stack.on_tcp_writable(&mut self.host, id);
+                }
+                if event.is_readable() || event.is_read_closed() {
+                    let closed = event.is_read_closed();
+                    self.stack.on_tcp_readable(&mut self.host, now, id, closed);
+                }
+            }
         }
     }
 

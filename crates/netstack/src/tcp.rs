@@ -23,14 +23,16 @@
 //! - The guest's urgent pointer is ignored; urgent data is delivered inline.
 //! - TIME_WAIT is kept by the guest (and the host kernel), not by the translator.
 
-use crate::checksum;
 use crate::config::NetConfig;
 use crate::host::{Host, SockId};
 use crate::inspect::{FlowInfo, FlowProtocol, InboundState};
 use crate::limits::{Limit, LimitLog};
 use crate::output::{ip_header_len, write_link_and_ip, Link, Output, PortId};
 use crate::vnet::VnetHeader;
-use crate::wire::{self, tcp_flags as F, Tcp, ETH_HEADER_LEN, IPV4_HEADER_LEN, TCP_HEADER_LEN};
+use crate::wire::{
+    self, tcp_flags as F, SeqNumber, Tcp, TcpChecksum, TcpRepr, ETH_HEADER_LEN, IPV4_HEADER_LEN,
+    TCP_HEADER_LEN,
+};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io;
@@ -97,88 +99,137 @@ enum State {
     Established,
 }
 
+/// One translated connection: a guest TCP connection and the host socket it is mirrored onto.
+///
+/// Its two directions are independent halves: [`SendHalf`] carries host data to the guest,
+/// [`RecvHalf`] guest data to the host. What they share is here: addressing, the handshake
+/// state, and the one timer (SYN expiry, retransmission or window probe, by state).
 #[derive(Debug)]
 struct Flow {
     key: FlowKey,
     link: Link,
     sock: SockId,
     state: State,
-    // Our sending side (host → guest).
-    iss: u32,
-    snd_una: u32,
-    snd_nxt: u32,
-    /// Guest's receive window in bytes.
-    snd_wnd: u32,
-    snd_wscale: u8,
-    guest_mss: u16,
-    // Our receiving side (guest → host).
-    rcv_nxt: u32,
-    rcv_wscale: u8,
-    /// Window last advertised, in bytes.
-    rcv_wnd: u32,
-    /// Free send space the kernel reported at the last query (0: no estimate) and the sequence
-    /// number it extends to; see `refresh_window`.
-    rcv_space: u32,
-    rcv_edge: u32,
-    /// The host socket's send buffer is full: advertise a zero window until it drains.
-    send_blocked: bool,
-    /// Guest sent FIN (and we shut down the host socket's write side).
-    fin_from_guest: bool,
-    /// The host socket may hold bytes never sent to the guest: a readable event came, or a
-    /// go-back rewound `snd_nxt`. Cleared once everything received has been sent, so ACK-only
-    /// flushes cost no system call; new data brings a new (edge-triggered) event.
-    maybe_unsent: bool,
-    /// The host peer's FIN is in the socket's receive queue, after all of its data.
-    host_fin: bool,
-    /// Our FIN is in `snd_nxt` (sent, maybe not acknowledged).
-    fin_sent: bool,
-    /// Guest data accepted since our last ACK: bytes, and when the ACK is due at the latest.
-    ack_pending: bool,
-    unacked: u32,
-    ack_deadline: Option<Instant>,
-    /// Bytes the guest acknowledged that are still in the host socket; discarded in one call
-    /// at the next flush rather than one call per ACK. Not later: a partly read buffer keeps
-    /// its whole allocation charged to the socket, which can close the peer's window.
-    unconsumed: u32,
-    /// Guest segments that arrived after a gap, in sequence order: (sequence number, payload).
-    held: Vec<(u32, Vec<u8>)>,
-    /// In `batch` already.
-    batched: bool,
-    dup_acks: u8,
-    /// Highest sequence number of data sent when the last go-back started (our FIN excluded:
-    /// it is resent after the data). Duplicate ACKs for data sent before it are echoes of that
-    /// loss and must not start another go-back (the NewReno recovery point, RFC 6582), and
-    /// ACKs up to it are valid even when they pass `snd_nxt`.
-    recover: u32,
-    retries: u8,
-    rto: Duration,
+    /// Host → guest.
+    snd: SendHalf,
+    /// Guest → host.
+    rcv: RecvHalf,
+    /// When the flow's timer fires: in a handshake state, to retransmit our SYN(-ACK) or
+    /// give up; when established, to retransmit from `snd.una` or probe a zero window.
     deadline: Option<Instant>,
     /// Deadline already in the timer heap (to avoid pushing duplicates).
     scheduled: Option<Instant>,
     /// A guest-opened connection not established by then is reset.
     syn_expires: Instant,
+    /// Tells this flow's timer entries from those of an earlier flow in the same slot.
     generation: u64,
+    /// In the table's `batch` already (its ACK and data go out at the end of the batch).
+    batched: bool,
     /// Opened by the host (port forward or probe), not by the guest.
     inbound: bool,
 }
 
+/// The sending half (host → guest): data peeked from the host socket, segmented to the guest.
+///
+/// Invariants: `iss <= una <= nxt` in sequence order; the data in flight (`nxt - una`, less
+/// one for a sent FIN) was sent within the guest's window `wnd` of its time; the host socket's
+/// receive queue starts at sequence number `una - unconsumed` (acknowledged bytes leave it
+/// only at the next flush), so the next new byte is `peeked()` bytes into it. There is no
+/// send buffer: a retransmission re-peeks the socket.
+#[derive(Debug)]
+struct SendHalf {
+    /// Our initial sequence number (the SYN's).
+    iss: SeqNumber,
+    /// Oldest byte the guest has not acknowledged.
+    una: SeqNumber,
+    /// Next sequence number to send; rewound to `una` by a go-back.
+    nxt: SeqNumber,
+    /// Guest's receive window in bytes (scaled already).
+    wnd: u32,
+    /// Shift the guest applies to its window field (0 without the option).
+    wscale: u8,
+    /// Largest segment the guest takes (its MSS option, clamped to ours).
+    guest_mss: u16,
+    /// Highest sequence number of data sent when the last go-back started (our FIN excluded:
+    /// it is resent after the data). Duplicate ACKs for data sent before it are echoes of that
+    /// loss and must not start another go-back (the NewReno recovery point, RFC 6582), and
+    /// ACKs up to it are valid even when they pass `nxt`.
+    recover: SeqNumber,
+    /// Duplicate ACKs in a row; the third starts a fast retransmit.
+    dup_acks: u8,
+    /// Timer expiries without progress (SYN or data); `MAX_RETRIES` resets the connection.
+    retries: u8,
+    /// Retransmission timeout, doubled per expiry up to `RTO_MAX`, reset by progress.
+    rto: Duration,
+    /// The host socket may hold bytes never sent to the guest: a readable event came, or a
+    /// go-back rewound `nxt`. Cleared once everything received has been sent, so ACK-only
+    /// flushes cost no system call; new data brings a new (edge-triggered) event.
+    maybe_unsent: bool,
+    /// The host peer's FIN is in the socket's receive queue, after all of its data.
+    host_fin: bool,
+    /// Our FIN is in `nxt` (sent, maybe not acknowledged): it takes a sequence number but no
+    /// byte of the socket.
+    fin_sent: bool,
+    /// Bytes the guest acknowledged that are still in the host socket; discarded in one call
+    /// at the next flush rather than one call per ACK. Not later: a partly read buffer keeps
+    /// its whole allocation charged to the socket, which can close the peer's window.
+    unconsumed: u32,
+}
+
+/// The receiving half (guest → host): guest data sent straight to the host socket.
+///
+/// Invariants: everything before `nxt` was taken by the host socket (so it may be
+/// acknowledged), nothing after it was. `edge` (`nxt` at the last window query plus `space`)
+/// is the right edge last promised: `refresh_window` never offers a window past it, and
+/// offers none while `send_blocked` or after the guest's FIN. `held` is sorted by sequence
+/// number, each entry was within the window offered when it came (entries that in-order data
+/// overtook are dropped when released), and its bytes count in the table's `held_bytes`.
+#[derive(Debug)]
+struct RecvHalf {
+    /// Next sequence number expected from the guest (our ACK number).
+    nxt: SeqNumber,
+    /// Shift we apply to our window field (0 unless both sides sent the option).
+    wscale: u8,
+    /// Window last advertised, in bytes.
+    wnd: u32,
+    /// Free send space the kernel reported at the last query (0: no estimate) and the sequence
+    /// number it extends to; see `refresh_window`.
+    space: u32,
+    edge: SeqNumber,
+    /// The host socket's send buffer is full: advertise a zero window until it drains
+    /// (`on_writable`).
+    send_blocked: bool,
+    /// Guest sent FIN (and we shut down the host socket's write side).
+    fin_from_guest: bool,
+    /// Guest data (or FIN) accepted since our last ACK: whether an ACK is owed, how many
+    /// bytes it covers, and when it is due at the latest (delayed ACK).
+    ack_pending: bool,
+    unacked: u32,
+    ack_deadline: Option<Instant>,
+    /// Guest segments that arrived after a gap, or while the host socket was full, in
+    /// sequence order: (sequence number, payload).
+    held: Vec<(SeqNumber, Vec<u8>)>,
+}
+
 impl Flow {
     fn in_flight(&self) -> u32 {
-        self.snd_nxt.wrapping_sub(self.snd_una)
+        self.snd.nxt - self.snd.una
     }
 
     /// A segment carrying our ACK of everything received went out.
     fn ack_sent(&mut self) {
-        self.ack_pending = false;
-        self.unacked = 0;
-        self.ack_deadline = None;
+        self.rcv.ack_pending = false;
+        self.rcv.unacked = 0;
+        self.rcv.ack_deadline = None;
     }
 
     /// Bytes of the host socket's receive queue the guest has seen: acknowledged but not yet
     /// consumed, or in flight (our FIN takes a sequence number but no byte).
     fn peeked(&self) -> usize {
-        self.unconsumed as usize
-            + self.in_flight().saturating_sub(u32::from(self.fin_sent)) as usize
+        self.snd.unconsumed as usize
+            + self
+                .in_flight()
+                .saturating_sub(u32::from(self.snd.fin_sent)) as usize
     }
 }
 
@@ -214,6 +265,16 @@ fn half_open(state: State) -> bool {
     matches!(state, State::HostConnecting | State::SynReceived)
 }
 
+/// What the handlers work with besides the table: the host's sockets, the frames going out
+/// and the network's configuration. The public entry points take them apart (as the stack
+/// holds them) and bundle them here once; the time of the event, where it matters, is passed
+/// next to it.
+struct Ctx<'a, H: Host> {
+    host: &'a mut H,
+    out: &'a mut Output,
+    cfg: &'a NetConfig,
+}
+
 /// All TCP flows of one network.
 #[derive(Debug)]
 pub struct TcpTable {
@@ -232,7 +293,7 @@ pub struct TcpTable {
     /// Time of the current batch.
     batch_now: Option<Instant>,
     connecting: usize,
-    /// Payload bytes in all flows' `held` segments.
+    /// Payload bytes in all flows' `rcv.held` segments.
     held_bytes: usize,
     /// Where host data is first peeked (see `send_data`).
     probe: Vec<u8>,
@@ -242,11 +303,6 @@ pub struct TcpTable {
     per_port: HashMap<PortId, PortFlows>,
     log: LimitLog,
     pub stats: TcpStats,
-}
-
-/// Sequence-space comparison: `a < b` modulo 2^32.
-fn seq_lt(a: u32, b: u32) -> bool {
-    (a.wrapping_sub(b) as i32) < 0
 }
 
 impl TcpTable {
@@ -315,7 +371,7 @@ impl TcpTable {
 
     fn remove(&mut self, idx: usize) -> Option<Flow> {
         let flow = self.flows.get_mut(idx)?.take()?;
-        self.held_bytes -= flow.held.iter().map(|(_, d)| d.len()).sum::<usize>();
+        self.held_bytes -= flow.rcv.held.iter().map(|(_, d)| d.len()).sum::<usize>();
         self.by_key.remove(&flow.key);
         self.by_sock.remove(&flow.sock);
         if flow.state == State::HostConnecting {
@@ -340,43 +396,47 @@ impl TcpTable {
         state: State,
         now: Instant,
     ) -> Flow {
-        let iss = self.random() as u32;
+        let iss = SeqNumber(self.random() as u32);
         self.next_generation += 1;
         Flow {
             key,
             link,
             sock,
             state,
-            iss,
-            snd_una: iss,
-            snd_nxt: iss,
-            snd_wnd: 0,
-            snd_wscale: 0,
-            guest_mss: 536,
-            rcv_nxt: 0,
-            rcv_wscale: 0,
-            rcv_wnd: 0,
-            rcv_space: 0,
-            rcv_edge: 0,
-            send_blocked: false,
-            fin_from_guest: false,
-            maybe_unsent: false,
-            host_fin: false,
-            fin_sent: false,
-            ack_pending: false,
-            unacked: 0,
-            ack_deadline: None,
-            unconsumed: 0,
-            held: Vec::new(),
-            batched: false,
-            dup_acks: 0,
-            recover: iss,
-            retries: 0,
-            rto: RTO_INITIAL,
+            snd: SendHalf {
+                iss,
+                una: iss,
+                nxt: iss,
+                wnd: 0,
+                wscale: 0,
+                guest_mss: 536,
+                recover: iss,
+                dup_acks: 0,
+                retries: 0,
+                rto: RTO_INITIAL,
+                maybe_unsent: false,
+                host_fin: false,
+                fin_sent: false,
+                unconsumed: 0,
+            },
+            rcv: RecvHalf {
+                nxt: SeqNumber(0),
+                wscale: 0,
+                wnd: 0,
+                space: 0,
+                edge: SeqNumber(0),
+                send_blocked: false,
+                fin_from_guest: false,
+                ack_pending: false,
+                unacked: 0,
+                ack_deadline: None,
+                held: Vec::new(),
+            },
             deadline: None,
             scheduled: None,
             syn_expires: now,
             generation: self.next_generation,
+            batched: false,
             inbound: state == State::SynSent,
         }
     }
@@ -393,8 +453,9 @@ impl TcpTable {
         key: FlowKey,
         seg: &Tcp,
     ) {
+        let cx = &mut Ctx { host, out, cfg };
         let Some(&idx) = self.by_key.get(&key) else {
-            self.on_unknown_flow(host, out, cfg, now, link, key, seg);
+            self.on_unknown_flow(cx, now, link, key, seg);
             return;
         };
         let Some(flow) = self.flows[idx].as_mut() else {
@@ -402,7 +463,7 @@ impl TcpTable {
         };
         if seg.has(F::RST) {
             debug!(guest = %key.guest, remote = %key.remote, "guest reset the connection");
-            host.tcp_close(flow.sock, true);
+            cx.host.tcp_close(flow.sock, true);
             self.remove(idx);
             return;
         }
@@ -413,104 +474,94 @@ impl TcpTable {
             State::SynReceived => {
                 if seg.has(F::SYN) && !seg.has(F::ACK) {
                     // Our SYN-ACK was lost: send it again.
-                    send_syn(out, cfg, flow, F::SYN | F::ACK);
+                    send_syn(cx, flow, F::SYN | F::ACK);
                     return;
                 }
-                if seg.has(F::ACK) && seg.ack == flow.iss.wrapping_add(1) {
+                if seg.has(F::ACK) && seg.ack == flow.snd.iss + 1 {
                     flow.state = State::Established;
                     if let Some(counts) = self.per_port.get_mut(&flow.link.port) {
                         counts.half_open -= 1;
                     }
-                    flow.snd_una = seg.ack;
-                    flow.retries = 0;
-                    flow.rto = RTO_INITIAL;
+                    flow.snd.una = seg.ack;
+                    flow.snd.retries = 0;
+                    flow.snd.rto = RTO_INITIAL;
                     flow.deadline = None;
-                    self.established(host, out, cfg, now, idx, seg);
+                    self.established(cx, now, idx, seg);
                 }
             }
             State::SynSent => {
-                if seg.has(F::SYN) && seg.has(F::ACK) && seg.ack == flow.iss.wrapping_add(1) {
+                if seg.has(F::SYN) && seg.has(F::ACK) && seg.ack == flow.snd.iss + 1 {
                     flow.state = State::Established;
-                    flow.snd_una = seg.ack;
-                    flow.rcv_nxt = seg.seq.wrapping_add(1);
-                    flow.guest_mss = seg
+                    flow.snd.una = seg.ack;
+                    flow.rcv.nxt = seg.seq + 1;
+                    flow.snd.guest_mss = seg
                         .mss
                         .unwrap_or(536)
-                        .clamp(64, cfg.mss_for(key.guest.ip()));
+                        .clamp(64, cx.cfg.mss_for(key.guest.ip()));
                     match seg.window_scale {
-                        Some(ws) => flow.snd_wscale = ws,
-                        None => flow.rcv_wscale = 0,
+                        Some(ws) => flow.snd.wscale = ws,
+                        None => flow.rcv.wscale = 0,
                     }
                     // The window in a SYN is never scaled.
-                    flow.snd_wnd = u32::from(seg.window);
+                    flow.snd.wnd = u32::from(seg.window);
                     flow.deadline = None;
-                    flow.retries = 0;
-                    flow.rto = RTO_INITIAL;
-                    send_ack(host, out, cfg, flow);
+                    flow.snd.retries = 0;
+                    flow.snd.rto = RTO_INITIAL;
+                    send_ack(cx, flow);
                     debug!(guest = %key.guest, "forwarded connection established");
-                    self.flush(host, out, cfg, now, idx);
+                    self.flush(cx, now, idx);
                 }
             }
-            State::Established => self.established(host, out, cfg, now, idx, seg),
+            State::Established => self.established(cx, now, idx, seg),
         }
     }
 
-    fn established(
-        &mut self,
-        host: &mut impl Host,
-        out: &mut Output,
-        cfg: &NetConfig,
-        now: Instant,
-        idx: usize,
-        seg: &Tcp,
-    ) {
+    fn established(&mut self, cx: &mut Ctx<'_, impl Host>, now: Instant, idx: usize, seg: &Tcp) {
         let Some(flow) = self.flows[idx].as_mut() else {
             return;
         };
         let mut ack_now = false;
 
         if seg.has(F::ACK) {
-            let acked = seg.ack.wrapping_sub(flow.snd_una);
+            let acked = seg.ack - flow.snd.una;
             let in_flight = flow.in_flight();
-            let window = u32::from(seg.window) << flow.snd_wscale;
-            // After a go-back the guest may acknowledge data sent before it, past snd_nxt.
-            let sent = if seq_lt(flow.snd_nxt, flow.recover) {
-                flow.recover.wrapping_sub(flow.snd_una)
+            let window = u32::from(seg.window) << flow.snd.wscale;
+            // After a go-back the guest may acknowledge data sent before it, past `snd.nxt`.
+            let sent = if flow.snd.nxt < flow.snd.recover {
+                flow.snd.recover - flow.snd.una
             } else {
                 in_flight
             };
             if acked > 0 && acked <= sent {
                 // Our FIN takes one sequence number but no byte in the socket.
-                let fin_acked = flow.fin_sent && seg.ack == flow.snd_nxt;
+                let fin_acked = flow.snd.fin_sent && seg.ack == flow.snd.nxt;
                 let bytes = acked - u32::from(fin_acked);
-                flow.unconsumed += bytes;
-                flow.snd_una = seg.ack;
-                if seq_lt(flow.snd_nxt, seg.ack) {
-                    flow.snd_nxt = seg.ack;
-                }
-                flow.dup_acks = 0;
-                flow.retries = 0;
-                flow.rto = RTO_INITIAL;
-                flow.deadline = (flow.in_flight() > 0).then(|| now + flow.rto);
+                flow.snd.unconsumed += bytes;
+                flow.snd.una = seg.ack;
+                flow.snd.nxt = flow.snd.nxt.max(seg.ack);
+                flow.snd.dup_acks = 0;
+                flow.snd.retries = 0;
+                flow.snd.rto = RTO_INITIAL;
+                flow.deadline = (flow.in_flight() > 0).then(|| now + flow.snd.rto);
             } else if acked == 0
                 && in_flight > 0
                 && seg.payload.is_empty()
                 && !seg.has(F::FIN)
-                && window == flow.snd_wnd
+                && window == flow.snd.wnd
             {
-                flow.dup_acks = flow.dup_acks.saturating_add(1);
-                if flow.dup_acks == 3 && !seq_lt(flow.snd_una, flow.recover) {
+                flow.snd.dup_acks = flow.snd.dup_acks.saturating_add(1);
+                if flow.snd.dup_acks == 3 && flow.snd.una >= flow.snd.recover {
                     // Fast retransmit: go back to the first unacknowledged byte.
                     go_back(flow);
                     self.stats.retransmits += 1;
                 }
             }
-            flow.snd_wnd = window;
+            flow.snd.wnd = window;
         }
 
-        if !seg.payload.is_empty() && !flow.fin_from_guest {
-            let offset = flow.rcv_nxt.wrapping_sub(seg.seq);
-            if seq_lt(flow.rcv_nxt, seg.seq) {
+        if !seg.payload.is_empty() && !flow.rcv.fin_from_guest {
+            let offset = flow.rcv.nxt - seg.seq;
+            if flow.rcv.nxt < seg.seq {
                 // A gap: keep the segment for when it is filled; the duplicate ACK tells the
                 // guest what is missing.
                 self.stats.guest_out_of_order += 1;
@@ -520,60 +571,60 @@ impl TcpTable {
                 // Entirely old: the guest did not see our ACK.
                 self.stats.guest_duplicate += 1;
                 ack_now = true;
-            } else if flow.send_blocked {
+            } else if flow.rcv.send_blocked {
                 // The guest sent this within the window we offered before the host socket
                 // filled: keep it for when the socket drains rather than make the guest
                 // recover a loss. Only what does not fit is dropped (and then acknowledged, so
                 // the guest learns the window is closed).
                 let data = &seg.payload[offset as usize..];
-                if !hold(&mut self.held_bytes, flow, flow.rcv_nxt, data) {
+                if !hold(&mut self.held_bytes, flow, flow.rcv.nxt, data) {
                     self.stats.guest_blocked += 1;
                     ack_now = true;
                 }
             } else {
                 let data = &seg.payload[offset as usize..];
-                let before = flow.rcv_nxt;
-                let sent = send_in_order(host, flow, data).and_then(|()| {
+                let before = flow.rcv.nxt;
+                let sent = send_in_order(cx.host, flow, data).and_then(|()| {
                     keep_unsent(&mut self.held_bytes, flow, before, data);
-                    release_held(host, &mut self.held_bytes, flow)
+                    release_held(cx.host, &mut self.held_bytes, flow)
                 });
                 match sent {
                     // A filled gap is acknowledged at once (RFC 5681, 4.2).
                     Ok(filled) => ack_now |= filled,
                     Err(e) => {
                         debug!(error = %e, remote = %flow.key.remote, "host send failed, resetting");
-                        self.reset(host, out, cfg, idx);
+                        self.reset(cx, idx);
                         return;
                     }
                 }
-                if flow.send_blocked {
+                if flow.rcv.send_blocked {
                     self.stats.partial_sends += 1;
                     ack_now = true;
                 }
             }
         }
 
-        if seg.has(F::FIN) && !flow.fin_from_guest {
-            let fin_seq = seg.seq.wrapping_add(seg.payload.len() as u32);
-            if fin_seq == flow.rcv_nxt {
-                flow.rcv_nxt = flow.rcv_nxt.wrapping_add(1);
-                flow.fin_from_guest = true;
-                host.tcp_shutdown(flow.sock);
+        if seg.has(F::FIN) && !flow.rcv.fin_from_guest {
+            let fin_seq = seg.seq + seg.payload.len() as u32;
+            if fin_seq == flow.rcv.nxt {
+                flow.rcv.nxt += 1;
+                flow.rcv.fin_from_guest = true;
+                cx.host.tcp_shutdown(flow.sock);
                 // A delayed ACK: the host end usually closes in turn at once, and our FIN then
                 // carries it (one frame instead of two per connection).
-                flow.ack_pending = true;
+                flow.rcv.ack_pending = true;
             }
         }
 
         if ack_now {
-            send_ack(host, out, cfg, flow);
+            send_ack(cx, flow);
         }
         if !flow.batched {
             flow.batched = true;
             self.batch.push(idx);
         }
         self.batch_now = Some(now);
-        self.finished(host, idx);
+        self.finished(cx.host, idx);
     }
 
     /// Removes a flow whose both directions are closed and acknowledged.
@@ -581,11 +632,11 @@ impl TcpTable {
         let Some(flow) = self.flows[idx].as_ref() else {
             return true;
         };
-        if flow.fin_from_guest && flow.fin_sent && flow.in_flight() == 0 {
+        if flow.rcv.fin_from_guest && flow.snd.fin_sent && flow.in_flight() == 0 {
             debug!(guest = %flow.key.guest, remote = %flow.key.remote, "connection closed");
             // Unread data would turn the close into a RST.
-            if flow.unconsumed > 0 {
-                let _ = host.tcp_consume(flow.sock, flow.unconsumed as usize);
+            if flow.snd.unconsumed > 0 {
+                let _ = host.tcp_consume(flow.sock, flow.snd.unconsumed as usize);
             }
             host.tcp_close(flow.sock, false);
             self.remove(idx);
@@ -597,6 +648,7 @@ impl TcpTable {
     /// Ends a batch of guest frames: each flow it touched sends what its window now allows and
     /// the ACK it earned (piggybacked on data when there is any).
     pub fn flush_acks(&mut self, host: &mut impl Host, out: &mut Output, cfg: &NetConfig) {
+        let cx = &mut Ctx { host, out, cfg };
         let Some(now) = self.batch_now.take() else {
             return;
         };
@@ -606,19 +658,19 @@ impl TcpTable {
                 Some(flow) => flow.batched = false,
                 None => continue,
             }
-            self.flush(host, out, cfg, now, idx);
+            self.flush(cx, now, idx);
             let Some(flow) = self.flows.get_mut(idx).and_then(Option::as_mut) else {
                 continue;
             };
-            if !flow.ack_pending {
+            if !flow.rcv.ack_pending {
                 continue;
             }
             // RFC 1122: a stream of full-sized segments gets an ACK at least every second one.
-            if flow.unacked >= 2 * u32::from(cfg.mss()) || flow.send_blocked {
-                send_ack(host, out, cfg, flow);
-            } else if flow.ack_deadline.is_none() {
+            if flow.rcv.unacked >= 2 * u32::from(cx.cfg.mss()) || flow.rcv.send_blocked {
+                send_ack(cx, flow);
+            } else if flow.rcv.ack_deadline.is_none() {
                 let due = now + ACK_DELAY;
-                flow.ack_deadline = Some(due);
+                flow.rcv.ack_deadline = Some(due);
                 self.acks_due.push_back((due, idx, flow.generation));
             }
         }
@@ -627,49 +679,42 @@ impl TcpTable {
     }
 
     /// Sends host data (and FIN) to the guest as far as its window allows.
-    fn flush(
-        &mut self,
-        host: &mut impl Host,
-        out: &mut Output,
-        cfg: &NetConfig,
-        now: Instant,
-        idx: usize,
-    ) {
+    fn flush(&mut self, cx: &mut Ctx<'_, impl Host>, now: Instant, idx: usize) {
         let Some(flow) = self.flows[idx].as_mut() else {
             return;
         };
         if flow.state != State::Established {
             return;
         }
-        if flow.unconsumed > 0 {
+        if flow.snd.unconsumed > 0 {
             // Acknowledged data leaves the socket before anything is peeked past it.
-            if let Err(e) = host.tcp_consume(flow.sock, flow.unconsumed as usize) {
+            if let Err(e) = cx.host.tcp_consume(flow.sock, flow.snd.unconsumed as usize) {
                 warn!(error = %e, "discarding acknowledged data failed");
             }
-            flow.unconsumed = 0;
+            flow.snd.unconsumed = 0;
         }
-        if flow.maybe_unsent {
+        if flow.snd.maybe_unsent {
             let remote = flow.key.remote;
-            if let Err(e) = self.send_data(host, out, cfg, now, idx) {
+            if let Err(e) = self.send_data(cx, now, idx) {
                 debug!(error = %e, %remote, "host receive failed, resetting");
-                self.reset(host, out, cfg, idx);
+                self.reset(cx, idx);
                 return;
             }
         }
         let Some(flow) = self.flows[idx].as_mut() else {
             return;
         };
-        if flow.host_fin && !flow.maybe_unsent && !flow.fin_sent {
-            send_flags(out, cfg, flow, F::FIN | F::ACK);
-            flow.snd_nxt = flow.snd_nxt.wrapping_add(1);
-            flow.fin_sent = true;
+        if flow.snd.host_fin && !flow.snd.maybe_unsent && !flow.snd.fin_sent {
+            send_flags(cx, flow, F::FIN | F::ACK);
+            flow.snd.nxt += 1;
+            flow.snd.fin_sent = true;
             flow.ack_sent();
             if flow.deadline.is_none() {
-                flow.deadline = Some(now + flow.rto);
+                flow.deadline = Some(now + flow.snd.rto);
             }
         }
         self.schedule(idx);
-        self.finished(host, idx);
+        self.finished(cx.host, idx);
     }
 
     /// Peeks new host data into segments, as far as the guest's window allows, until the
@@ -678,23 +723,21 @@ impl TcpTable {
     /// and then there is neither a size query nor a window's worth of frames to zero.
     fn send_data(
         &mut self,
-        host: &mut impl Host,
-        out: &mut Output,
-        cfg: &NetConfig,
+        cx: &mut Ctx<'_, impl Host>,
         now: Instant,
         idx: usize,
     ) -> io::Result<()> {
         let Some(flow) = self.flows[idx].as_mut() else {
             return Ok(());
         };
-        let mss = usize::from(flow.guest_mss.min(cfg.mss_for(flow.key.guest.ip())));
+        let mss = usize::from(flow.snd.guest_mss.min(cx.cfg.mss_for(flow.key.guest.ip())));
         let mut first = true;
         loop {
-            let room = (flow.snd_wnd as usize).saturating_sub(flow.in_flight() as usize);
+            let room = (flow.snd.wnd as usize).saturating_sub(flow.in_flight() as usize);
             if room == 0 {
-                if flow.snd_wnd == 0 && flow.deadline.is_none() {
+                if flow.snd.wnd == 0 && flow.deadline.is_none() {
                     // Zero window: probe it later in case the window update is lost.
-                    flow.deadline = Some(now + flow.rto);
+                    flow.deadline = Some(now + flow.snd.rto);
                 }
                 return Ok(()); // Data may be left: `maybe_unsent` stays.
             }
@@ -703,23 +746,24 @@ impl TcpTable {
                 if self.probe.len() < want {
                     self.probe.resize(want, 0);
                 }
-                let got = host.tcp_peek(flow.sock, flow.peeked(), &mut [&mut self.probe[..want]]);
+                let probe = &mut self.probe[..want];
+                let got = cx.host.tcp_peek(flow.sock, flow.peeked(), &mut [probe]);
                 if let Ok(n @ 1..) = got {
-                    let mut f = out.buffer();
+                    let mut f = cx.out.buffer();
                     f.resize(flow.key.headers_len(), 0);
                     f.extend_from_slice(&self.probe[..n]);
-                    emit_data(out, cfg, now, flow, f, n < want);
+                    emit_data(cx, now, flow, f, n < want);
                 }
                 (want, got)
             } else {
-                let seg = segment_size(out, flow.link.port, mss);
+                let seg = segment_size(cx.out, flow.link.port, mss);
                 let want = room.min(seg * SEGMENTS_PER_ROUND).min(MAX_WINDOW);
-                (want, peek_segments(host, out, cfg, now, flow, seg, want))
+                (want, peek_segments(cx, now, flow, seg, want))
             };
             first = false;
             match got {
                 Ok(0) => {
-                    flow.host_fin = true; // End of stream.
+                    flow.snd.host_fin = true; // End of stream.
                     break;
                 }
                 Ok(n) if n < want => break, // Drained; new data brings a new event.
@@ -728,7 +772,7 @@ impl TcpTable {
                 Err(e) => return Err(e),
             }
         }
-        flow.maybe_unsent = false;
+        flow.snd.maybe_unsent = false;
         Ok(())
     }
 
@@ -745,23 +789,20 @@ impl TcpTable {
     }
 
     /// Resets the connection on both sides and forgets it.
-    fn reset(&mut self, host: &mut impl Host, out: &mut Output, cfg: &NetConfig, idx: usize) {
+    fn reset(&mut self, cx: &mut Ctx<'_, impl Host>, idx: usize) {
         if let Some(flow) = self.remove(idx) {
-            host.tcp_close(flow.sock, true);
+            cx.host.tcp_close(flow.sock, true);
             if flow.state != State::HostConnecting {
-                send_flags(out, cfg, &flow, F::RST | F::ACK);
+                send_flags(cx, &flow, F::RST | F::ACK);
                 self.stats.resets_sent += 1;
             }
         }
     }
 
     /// A segment for a connection we do not know: a new one if it is a SYN, else a RST.
-    #[allow(clippy::too_many_arguments)]
     fn on_unknown_flow(
         &mut self,
-        host: &mut impl Host,
-        out: &mut Output,
-        cfg: &NetConfig,
+        cx: &mut Ctx<'_, impl Host>,
         now: Instant,
         link: Link,
         key: FlowKey,
@@ -773,16 +814,17 @@ impl TcpTable {
         if !seg.has(F::SYN) || seg.has(F::ACK) {
             debug!(guest = %key.guest, remote = %key.remote, "segment for unknown connection, sending RST");
             self.stats.resets_sent += 1;
-            send_reset_for(out, link, key, seg);
+            send_reset_for(cx.out, link, key, seg);
             return;
         }
-        let Some(target) = cfg.outbound_ip(key.remote, true) else {
+        let Some(target) = cx.cfg.outbound_ip(key.remote, true) else {
             debug!(remote = %key.remote, "no route for TCP destination, refusing");
             self.stats.refused += 1;
-            send_reset_for(out, link, key, seg);
+            send_reset_for(cx.out, link, key, seg);
             return;
         };
-        if self.by_key.len() >= cfg.max_tcp_flows || self.connecting >= cfg.max_tcp_connecting {
+        if self.by_key.len() >= cx.cfg.max_tcp_flows || self.connecting >= cx.cfg.max_tcp_connecting
+        {
             self.stats.table_full += 1;
             if self.stats.table_full.is_power_of_two() {
                 warn!(
@@ -791,15 +833,15 @@ impl TcpTable {
                     "TCP flow table full, refusing new connections (logged at powers of two)"
                 );
             }
-            send_reset_for(out, link, key, seg);
+            send_reset_for(cx.out, link, key, seg);
             return;
         }
         let counts = self.per_port.get(&link.port).copied().unwrap_or_default();
-        if counts.flows >= cfg.max_tcp_flows_per_port
-            || counts.half_open >= cfg.max_tcp_half_open_per_port
+        if counts.flows >= cx.cfg.max_tcp_flows_per_port
+            || counts.half_open >= cx.cfg.max_tcp_half_open_per_port
         {
             self.stats.port_limit += 1;
-            let (limit, what) = if counts.flows >= cfg.max_tcp_flows_per_port {
+            let (limit, what) = if counts.flows >= cx.cfg.max_tcp_flows_per_port {
                 (Limit::TcpPerPort, "connections")
             } else {
                 (Limit::TcpHalfOpenPerPort, "half-open connections")
@@ -812,25 +854,25 @@ impl TcpTable {
                     "a guest has as many {what} as it may: refusing its new connections (logged once)"
                 );
             }
-            send_reset_for(out, link, key, seg);
+            send_reset_for(cx.out, link, key, seg);
             return;
         }
-        match host.tcp_connect(target) {
+        match cx.host.tcp_connect(target) {
             Ok(sock) => {
                 let mut flow = self.new_flow(key, link, sock, State::HostConnecting, now);
-                flow.rcv_nxt = seg.seq.wrapping_add(1);
-                flow.guest_mss = seg
+                flow.rcv.nxt = seg.seq + 1;
+                flow.snd.guest_mss = seg
                     .mss
                     .unwrap_or(536)
-                    .clamp(64, cfg.mss_for(key.guest.ip()));
+                    .clamp(64, cx.cfg.mss_for(key.guest.ip()));
                 if let Some(ws) = seg.window_scale {
-                    flow.snd_wscale = ws;
-                    flow.rcv_wscale = OUR_WSCALE;
+                    flow.snd.wscale = ws;
+                    flow.rcv.wscale = OUR_WSCALE;
                 }
-                flow.snd_wnd = u32::from(seg.window);
+                flow.snd.wnd = u32::from(seg.window);
                 // The host connect gets the SYN timeout; the SYN-ACK's retransmissions after
                 // it are bounded by the same instant (`syn_expires`).
-                flow.syn_expires = now + cfg.tcp_syn_timeout;
+                flow.syn_expires = now + cx.cfg.tcp_syn_timeout;
                 flow.deadline = Some(flow.syn_expires);
                 self.connecting += 1;
                 self.stats.opened += 1;
@@ -841,7 +883,7 @@ impl TcpTable {
             Err(e) => {
                 debug!(error = %e, %target, "host connect failed at once, sending RST");
                 self.stats.refused += 1;
-                send_reset_for(out, link, key, seg);
+                send_reset_for(cx.out, link, key, seg);
             }
         }
     }
@@ -856,6 +898,7 @@ impl TcpTable {
         sock: SockId,
         result: io::Result<()>,
     ) {
+        let cx = &mut Ctx { host, out, cfg };
         let Some(&idx) = self.by_sock.get(&sock) else {
             return;
         };
@@ -869,18 +912,18 @@ impl TcpTable {
         self.connecting -= 1;
         match result {
             Ok(()) => {
-                refresh_window(host, flow);
-                send_syn(out, cfg, flow, F::SYN | F::ACK);
-                flow.snd_nxt = flow.iss.wrapping_add(1);
-                flow.deadline = Some(now + flow.rto);
+                refresh_window(cx.host, flow);
+                send_syn(cx, flow, F::SYN | F::ACK);
+                flow.snd.nxt = flow.snd.iss + 1;
+                flow.deadline = Some(now + flow.snd.rto);
                 self.schedule(idx);
             }
             Err(e) => {
                 debug!(error = %e, remote = %flow.key.remote, "host connect failed, sending RST");
                 self.stats.refused += 1;
                 // Answer the guest's SYN: RST with ACK of its sequence number.
-                send_flags(out, cfg, flow, F::RST | F::ACK);
-                host.tcp_close(flow.sock, false);
+                send_flags(cx, flow, F::RST | F::ACK);
+                cx.host.tcp_close(flow.sock, false);
                 self.remove(idx);
             }
         }
@@ -897,14 +940,15 @@ impl TcpTable {
         sock: SockId,
         peer_closed: bool,
     ) {
+        let cx = &mut Ctx { host, out, cfg };
         let Some(&idx) = self.by_sock.get(&sock) else {
             return;
         };
         if let Some(flow) = self.flows[idx].as_mut() {
-            flow.maybe_unsent = true;
-            flow.host_fin |= peer_closed;
+            flow.snd.maybe_unsent = true;
+            flow.snd.host_fin |= peer_closed;
         }
-        self.flush(host, out, cfg, now, idx);
+        self.flush(cx, now, idx);
     }
 
     /// The host socket's send buffer has room again: reopen the window.
@@ -915,20 +959,21 @@ impl TcpTable {
         sock: SockId,
         cfg: &NetConfig,
     ) {
+        let cx = &mut Ctx { host, out, cfg };
         let Some(&idx) = self.by_sock.get(&sock) else {
             return;
         };
         let Some(flow) = self.flows[idx].as_mut() else {
             return;
         };
-        if flow.send_blocked && flow.state == State::Established {
-            flow.send_blocked = false;
-            if let Err(e) = release_held(host, &mut self.held_bytes, flow) {
+        if flow.rcv.send_blocked && flow.state == State::Established {
+            flow.rcv.send_blocked = false;
+            if let Err(e) = release_held(cx.host, &mut self.held_bytes, flow) {
                 debug!(error = %e, remote = %flow.key.remote, "host send failed, resetting");
-                self.reset(host, out, cfg, idx);
+                self.reset(cx, idx);
                 return;
             }
-            send_ack(host, out, cfg, flow);
+            send_ack(cx, flow);
         }
     }
 
@@ -940,8 +985,9 @@ impl TcpTable {
         cfg: &NetConfig,
         sock: SockId,
     ) {
+        let cx = &mut Ctx { host, out, cfg };
         if let Some(&idx) = self.by_sock.get(&sock) {
-            self.reset(host, out, cfg, idx);
+            self.reset(cx, idx);
         }
     }
 
@@ -957,14 +1003,15 @@ impl TcpTable {
         link: Link,
         guest: SocketAddr,
     ) {
-        let Some(gateway) = cfg.gateway_for(guest.ip()) else {
-            host.tcp_close(sock, true);
+        let cx = &mut Ctx { host, out, cfg };
+        let Some(gateway) = cx.cfg.gateway_for(guest.ip()) else {
+            cx.host.tcp_close(sock, true);
             return;
         };
-        if self.by_key.len() >= cfg.max_tcp_flows {
+        if self.by_key.len() >= cx.cfg.max_tcp_flows {
             self.stats.table_full += 1;
             warn!(%guest, "TCP flow table full, dropping forwarded connection");
-            host.tcp_close(sock, true);
+            cx.host.tcp_close(sock, true);
             return;
         }
         // Forwarded connections come from the gateway, from a port of our choosing.
@@ -978,11 +1025,11 @@ impl TcpTable {
         };
         let key = FlowKey { guest, remote };
         let mut flow = self.new_flow(key, link, sock, State::SynSent, now);
-        flow.rcv_wscale = OUR_WSCALE;
-        refresh_window(host, &mut flow);
-        send_syn(out, cfg, &flow, F::SYN);
-        flow.snd_nxt = flow.iss.wrapping_add(1);
-        flow.deadline = Some(now + flow.rto);
+        flow.rcv.wscale = OUR_WSCALE;
+        refresh_window(cx.host, &mut flow);
+        send_syn(cx, &flow, F::SYN);
+        flow.snd.nxt = flow.snd.iss + 1;
+        flow.deadline = Some(now + flow.snd.rto);
         self.stats.opened += 1;
         let idx = self.insert(flow);
         self.schedule(idx);
@@ -1049,7 +1096,7 @@ impl TcpTable {
     fn prune_timers(&mut self) {
         while let Some(&(due, idx, generation)) = self.acks_due.front() {
             let flow = self.flows.get(idx).and_then(Option::as_ref);
-            if flow.is_some_and(|f| f.generation == generation && f.ack_deadline == Some(due)) {
+            if flow.is_some_and(|f| f.generation == generation && f.rcv.ack_deadline == Some(due)) {
                 break;
             }
             self.acks_due.pop_front();
@@ -1081,6 +1128,7 @@ impl TcpTable {
         cfg: &NetConfig,
         now: Instant,
     ) {
+        let cx = &mut Ctx { host, out, cfg };
         while let Some(&(due, idx, generation)) = self.acks_due.front() {
             if due > now {
                 break;
@@ -1089,10 +1137,10 @@ impl TcpTable {
             let Some(flow) = self.flows.get_mut(idx).and_then(Option::as_mut) else {
                 continue;
             };
-            if flow.generation == generation && flow.ack_deadline == Some(due) {
-                flow.ack_deadline = None;
-                if flow.ack_pending {
-                    send_ack(host, out, cfg, flow);
+            if flow.generation == generation && flow.rcv.ack_deadline == Some(due) {
+                flow.rcv.ack_deadline = None;
+                if flow.rcv.ack_pending {
+                    send_ack(cx, flow);
                 }
             }
         }
@@ -1124,42 +1172,43 @@ impl TcpTable {
                 }
                 if flow.state == State::HostConnecting {
                     // Answer the guest's SYN as a refused connect would.
-                    send_flags(out, cfg, flow, F::RST | F::ACK);
+                    send_flags(cx, flow, F::RST | F::ACK);
                 }
-                self.reset(host, out, cfg, idx);
+                self.reset(cx, idx);
                 continue;
             }
-            if flow.retries >= MAX_RETRIES {
+            if flow.snd.retries >= MAX_RETRIES {
                 info!(guest = %flow.key.guest, remote = %flow.key.remote, "guest stopped answering, resetting connection");
-                self.reset(host, out, cfg, idx);
+                self.reset(cx, idx);
                 continue;
             }
-            flow.retries += 1;
-            flow.rto = (flow.rto * 2).min(RTO_MAX);
+            flow.snd.retries += 1;
+            flow.snd.rto = (flow.snd.rto * 2).min(RTO_MAX);
             match flow.state {
                 State::HostConnecting => {}
                 State::SynReceived => {
-                    send_syn(out, cfg, flow, F::SYN | F::ACK);
-                    flow.deadline = Some(now + flow.rto);
+                    send_syn(cx, flow, F::SYN | F::ACK);
+                    flow.deadline = Some(now + flow.snd.rto);
                 }
                 State::SynSent => {
-                    send_syn(out, cfg, flow, F::SYN);
-                    flow.deadline = Some(now + flow.rto);
+                    send_syn(cx, flow, F::SYN);
+                    flow.deadline = Some(now + flow.snd.rto);
                 }
                 State::Established => {
                     if flow.in_flight() > 0 {
                         self.stats.retransmits += 1;
                         go_back(flow);
-                    } else if flow.snd_wnd == 0 {
+                    } else if flow.snd.wnd == 0 {
                         // Window probe: an old sequence number makes the guest re-announce its window.
-                        let mut f = out.buffer();
+                        let mut f = cx.out.buffer();
                         f.resize(flow.key.headers_len(), 0);
-                        write_segment(cfg, flow, &mut f, F::ACK, flow.snd_una.wrapping_sub(1), &[]);
-                        out.push(flow.link.port, f);
-                        flow.deadline = Some(now + flow.rto);
+                        let probe = segment_header(flow, F::ACK, flow.snd.una - 1);
+                        write_segment(cx.cfg, flow, &mut f, &probe, TcpChecksum::Full);
+                        cx.out.push(flow.link.port, f);
+                        flow.deadline = Some(now + flow.snd.rto);
                     }
                     self.schedule(idx);
-                    self.flush(host, out, cfg, now, idx);
+                    self.flush(cx, now, idx);
                     continue;
                 }
             }
@@ -1171,9 +1220,7 @@ impl TcpTable {
 /// Peeks up to `want` bytes into segments of `mss` bytes (super-segments for a port with
 /// offloads) and sends them; returns the peek's result.
 fn peek_segments(
-    host: &mut impl Host,
-    out: &mut Output,
-    cfg: &NetConfig,
+    cx: &mut Ctx<'_, impl Host>,
     now: Instant,
     flow: &mut Flow,
     mss: usize,
@@ -1181,32 +1228,31 @@ fn peek_segments(
 ) -> io::Result<usize> {
     let headers = flow.key.headers_len();
     let mut frames: Vec<Vec<u8>> = (0..want.div_ceil(mss))
-        .map(|i| out.buffer_with_len(headers + mss.min(want - i * mss)))
+        .map(|i| cx.out.buffer_with_len(headers + mss.min(want - i * mss)))
         .collect();
     let got = {
         let mut bufs: Vec<&mut [u8]> = frames.iter_mut().map(|f| &mut f[headers..]).collect();
-        host.tcp_peek(flow.sock, flow.peeked(), &mut bufs)
+        cx.host.tcp_peek(flow.sock, flow.peeked(), &mut bufs)
     };
     let mut left = *got.as_ref().unwrap_or(&0);
     let drained = left < want;
     for mut f in frames {
         if left == 0 {
-            out.recycle(f);
+            cx.out.recycle(f);
             continue;
         }
         let len = (f.len() - headers).min(left);
         f.truncate(headers + len);
         left -= len;
-        emit_data(out, cfg, now, flow, f, left == 0 && drained);
+        emit_data(cx, now, flow, f, left == 0 && drained);
     }
     got
 }
 
-/// Sends one data segment (payload after the headers in `f`) at `snd_nxt`; `last` marks the
+/// Sends one data segment (payload after the headers in `f`) at `snd.nxt`; `last` marks the
 /// end of what the socket held (PSH).
 fn emit_data(
-    out: &mut Output,
-    cfg: &NetConfig,
+    cx: &mut Ctx<'_, impl Host>,
     now: Instant,
     flow: &mut Flow,
     mut f: Vec<u8>,
@@ -1215,36 +1261,38 @@ fn emit_data(
     let headers = flow.key.headers_len();
     let len = f.len() - headers;
     let flags = if last { F::ACK | F::PSH } else { F::ACK };
-    if out.offloads(flow.link.port) {
+    if cx.out.offloads(flow.link.port) {
         // The guest's kernel completes the checksum and cuts what exceeds its MSS.
-        write_segment_partial(cfg, flow, &mut f, flags, flow.snd_nxt);
-        let mss = usize::from(flow.guest_mss.min(cfg.mss_for(flow.key.guest.ip())));
+        let tcp = segment_header(flow, flags, flow.snd.nxt);
+        write_segment(cx.cfg, flow, &mut f, &tcp, TcpChecksum::Partial);
+        let mss = usize::from(flow.snd.guest_mss.min(cx.cfg.mss_for(flow.key.guest.ip())));
         let vnet = VnetHeader::tcp(headers, len, mss, flow.key.guest.is_ipv6());
-        out.push_offloaded(flow.link.port, f, vnet);
+        cx.out.push_offloaded(flow.link.port, f, vnet);
     } else {
-        write_segment(cfg, flow, &mut f, flags, flow.snd_nxt, &[]);
-        out.push(flow.link.port, f);
+        let tcp = segment_header(flow, flags, flow.snd.nxt);
+        write_segment(cx.cfg, flow, &mut f, &tcp, TcpChecksum::Full);
+        cx.out.push(flow.link.port, f);
     }
-    flow.snd_nxt = flow.snd_nxt.wrapping_add(len as u32);
+    flow.snd.nxt += len as u32;
     flow.ack_sent();
     if flow.deadline.is_none() {
-        flow.deadline = Some(now + flow.rto);
+        flow.deadline = Some(now + flow.snd.rto);
     }
 }
 
 /// Sends in-order guest data to the host socket; what the kernel does not take is left for the
-/// guest to send again once the window reopens (`send_blocked`).
+/// guest to send again once the window reopens (`rcv.send_blocked`).
 fn send_in_order(host: &mut impl Host, flow: &mut Flow, data: &[u8]) -> io::Result<()> {
     let n = match host.tcp_send(flow.sock, data) {
         Ok(n) => n,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
         Err(e) => return Err(e),
     };
-    flow.rcv_nxt = flow.rcv_nxt.wrapping_add(n as u32);
-    flow.ack_pending |= n > 0;
-    flow.unacked = flow.unacked.saturating_add(n as u32);
+    flow.rcv.nxt += n as u32;
+    flow.rcv.ack_pending |= n > 0;
+    flow.rcv.unacked = flow.rcv.unacked.saturating_add(n as u32);
     if n < data.len() {
-        flow.send_blocked = true;
+        flow.rcv.send_blocked = true;
     }
     Ok(())
 }
@@ -1253,32 +1301,32 @@ fn send_in_order(host: &mut impl Host, flow: &mut Flow, data: &[u8]) -> io::Resu
 /// lies within the window we offered and the budgets allow; true if it is held (now or
 /// before). Data that continues the last held segment is appended to it, so a window's worth
 /// of in-order segments held while the socket is full costs one entry, not one per segment.
-fn hold(held_bytes: &mut usize, flow: &mut Flow, seq: u32, payload: &[u8]) -> bool {
-    let ahead = seq.wrapping_sub(flow.rcv_nxt) as usize;
-    // The right edge we advertised last; `rcv_wnd` is zero while the socket is full, but
+fn hold(held_bytes: &mut usize, flow: &mut Flow, seq: SeqNumber, payload: &[u8]) -> bool {
+    let ahead = (seq - flow.rcv.nxt) as usize;
+    // The right edge we advertised last; `rcv.wnd` is zero while the socket is full, but
     // the guest may still be sending into the window it saw before.
-    let edge = if seq_lt(flow.rcv_nxt, flow.rcv_edge) {
-        flow.rcv_edge.wrapping_sub(flow.rcv_nxt) as usize
+    let edge = if flow.rcv.nxt < flow.rcv.edge {
+        (flow.rcv.edge - flow.rcv.nxt) as usize
     } else {
         0
     };
-    if ahead + payload.len() > edge.max(flow.rcv_wnd as usize)
+    if ahead + payload.len() > edge.max(flow.rcv.wnd as usize)
         || *held_bytes + payload.len() > HELD_BYTES_MAX
     {
         return false;
     }
-    let at = flow.held.partition_point(|(s, _)| seq_lt(*s, seq));
+    let at = flow.rcv.held.partition_point(|(s, _)| *s < seq);
     if flow
+        .rcv
         .held
         .get(at)
         .is_some_and(|(s, d)| *s == seq && d.len() >= payload.len())
     {
         return true; // A retransmission of what is held already.
     }
-    if at == flow.held.len() {
-        if let Some((last_seq, last)) = flow.held.last_mut() {
-            if last_seq.wrapping_add(last.len() as u32) == seq
-                && last.len() + payload.len() <= HELD_CHUNK_MAX
+    if at == flow.rcv.held.len() {
+        if let Some((last_seq, last)) = flow.rcv.held.last_mut() {
+            if *last_seq + last.len() as u32 == seq && last.len() + payload.len() <= HELD_CHUNK_MAX
             {
                 *held_bytes += payload.len();
                 last.extend_from_slice(payload);
@@ -1286,11 +1334,11 @@ fn hold(held_bytes: &mut usize, flow: &mut Flow, seq: u32, payload: &[u8]) -> bo
             }
         }
     }
-    if flow.held.len() >= HELD_SEGMENTS_MAX {
+    if flow.rcv.held.len() >= HELD_SEGMENTS_MAX {
         return false;
     }
     *held_bytes += payload.len();
-    flow.held.insert(at, (seq, payload.to_vec()));
+    flow.rcv.held.insert(at, (seq, payload.to_vec()));
     true
 }
 
@@ -1298,43 +1346,45 @@ fn hold(held_bytes: &mut usize, flow: &mut Flow, seq: u32, payload: &[u8]) -> bo
 /// the rest as a held segment for when the socket drains, within the held budgets: with
 /// 64 KiB super-segments from a port with offloads, making the guest resend it would cost a
 /// loss recovery each time the send buffer fills.
-fn keep_unsent(held_bytes: &mut usize, flow: &mut Flow, before: u32, data: &[u8]) {
-    if !flow.send_blocked {
+fn keep_unsent(held_bytes: &mut usize, flow: &mut Flow, before: SeqNumber, data: &[u8]) {
+    if !flow.rcv.send_blocked {
         return;
     }
-    let taken = flow.rcv_nxt.wrapping_sub(before) as usize;
+    let taken = (flow.rcv.nxt - before) as usize;
     let Some(rest) = data.get(taken..).filter(|r| !r.is_empty()) else {
         return;
     };
-    if flow.held.len() >= HELD_SEGMENTS_MAX || *held_bytes + rest.len() > HELD_BYTES_MAX {
+    if flow.rcv.held.len() >= HELD_SEGMENTS_MAX || *held_bytes + rest.len() > HELD_BYTES_MAX {
         return;
     }
-    let at = flow.held.partition_point(|(s, _)| seq_lt(*s, flow.rcv_nxt));
+    let at = flow.rcv.held.partition_point(|(s, _)| *s < flow.rcv.nxt);
     *held_bytes += rest.len();
-    flow.held.insert(at, (flow.rcv_nxt, rest.to_vec()));
+    flow.rcv.held.insert(at, (flow.rcv.nxt, rest.to_vec()));
 }
 
 /// Sends the held segments that the in-order stream has now reached; true if any data moved.
 fn release_held(host: &mut impl Host, held_bytes: &mut usize, flow: &mut Flow) -> io::Result<bool> {
     let mut moved = false;
-    while let Some(&(seq, _)) = flow.held.first() {
-        if flow.send_blocked || seq_lt(flow.rcv_nxt, seq) {
+    while let Some(&(seq, _)) = flow.rcv.held.first() {
+        if flow.rcv.send_blocked || flow.rcv.nxt < seq {
             break;
         }
-        let (seq, data) = flow.held.remove(0);
+        let (seq, data) = flow.rcv.held.remove(0);
         *held_bytes -= data.len();
-        let skip = flow.rcv_nxt.wrapping_sub(seq) as usize;
+        let skip = (flow.rcv.nxt - seq) as usize;
         if skip >= data.len() {
             continue; // Covered by later in-order data.
         }
-        let before = flow.rcv_nxt;
+        let before = flow.rcv.nxt;
         send_in_order(host, flow, &data[skip..])?;
-        moved |= flow.rcv_nxt != before;
-        if flow.send_blocked {
+        moved |= flow.rcv.nxt != before;
+        if flow.rcv.send_blocked {
             // Keep the rest for when the socket drains.
-            let taken = skip + flow.rcv_nxt.wrapping_sub(before) as usize;
+            let taken = skip + (flow.rcv.nxt - before) as usize;
             *held_bytes += data.len() - taken;
-            flow.held.insert(0, (flow.rcv_nxt, data[taken..].to_vec()));
+            flow.rcv
+                .held
+                .insert(0, (flow.rcv.nxt, data[taken..].to_vec()));
         }
     }
     Ok(moved)
@@ -1342,15 +1392,13 @@ fn release_held(host: &mut impl Host, held_bytes: &mut usize, flow: &mut Flow) -
 
 /// Retransmit from the first unacknowledged byte.
 fn go_back(flow: &mut Flow) {
-    let sent = flow.snd_nxt.wrapping_sub(u32::from(flow.fin_sent));
-    if seq_lt(flow.recover, sent) {
-        flow.recover = sent;
-    }
-    flow.snd_nxt = flow.snd_una;
-    flow.dup_acks = 0;
+    let sent = flow.snd.nxt - u32::from(flow.snd.fin_sent);
+    flow.snd.recover = flow.snd.recover.max(sent);
+    flow.snd.nxt = flow.snd.una;
+    flow.snd.dup_acks = 0;
     // The data goes out again, then the FIN if it had been sent.
-    flow.fin_sent = false;
-    flow.maybe_unsent = true;
+    flow.snd.fin_sent = false;
+    flow.snd.maybe_unsent = true;
 }
 
 /// Recomputes the window we offer the guest from the host socket's free send space.
@@ -1359,141 +1407,133 @@ fn go_back(flow: &mut Flow) {
 /// reached is still a promise the kernel keeps: while at least half of it is left, the window
 /// is what remains up to that edge and the kernel is not asked (one system call less per ACK).
 fn refresh_window(host: &mut impl Host, flow: &mut Flow) {
-    if flow.send_blocked || flow.fin_from_guest {
-        flow.rcv_wnd = 0;
-        flow.rcv_space = 0;
+    if flow.rcv.send_blocked || flow.rcv.fin_from_guest {
+        flow.rcv.wnd = 0;
+        flow.rcv.space = 0;
         return;
     }
-    let left = flow.rcv_edge.wrapping_sub(flow.rcv_nxt);
-    if left <= flow.rcv_space && left >= flow.rcv_space / 2 && left > 0 {
-        flow.rcv_wnd = left;
+    let left = flow.rcv.edge - flow.rcv.nxt;
+    if left <= flow.rcv.space && left >= flow.rcv.space / 2 && left > 0 {
+        flow.rcv.wnd = left;
         return;
     }
     let space = host.tcp_send_space(flow.sock).min(MAX_WINDOW) as u32;
-    flow.rcv_wnd = space;
-    flow.rcv_space = space;
-    flow.rcv_edge = flow.rcv_nxt.wrapping_add(space);
+    flow.rcv.wnd = space;
+    flow.rcv.space = space;
+    flow.rcv.edge = flow.rcv.nxt + space;
 }
 
 /// The window field for the next segment, scaled.
 fn window_field(flow: &Flow) -> u16 {
-    (flow.rcv_wnd >> flow.rcv_wscale).min(u32::from(u16::MAX)) as u16
+    (flow.rcv.wnd >> flow.rcv.wscale).min(u32::from(u16::MAX)) as u16
 }
 
 /// Acknowledges everything received, with a fresh window.
-fn send_ack(host: &mut impl Host, out: &mut Output, cfg: &NetConfig, flow: &mut Flow) {
-    refresh_window(host, flow);
-    send_flags(out, cfg, flow, F::ACK);
+fn send_ack(cx: &mut Ctx<'_, impl Host>, flow: &mut Flow) {
+    refresh_window(cx.host, flow);
+    send_flags(cx, flow, F::ACK);
     flow.ack_sent();
 }
 
 /// Emits a segment with no payload.
-fn send_flags(out: &mut Output, cfg: &NetConfig, flow: &Flow, flags: u8) {
-    let mut f = out.buffer();
+fn send_flags(cx: &mut Ctx<'_, impl Host>, flow: &Flow, flags: u8) {
+    let mut f = cx.out.buffer();
     f.resize(flow.key.headers_len(), 0);
     let seq = if flags & F::RST != 0 && flags & F::ACK == 0 {
-        flow.snd_una
+        flow.snd.una
     } else {
-        flow.snd_nxt
+        flow.snd.nxt
     };
-    write_segment(cfg, flow, &mut f, flags, seq, &[]);
-    out.push(flow.link.port, f);
+    write_segment(
+        cx.cfg,
+        flow,
+        &mut f,
+        &segment_header(flow, flags, seq),
+        TcpChecksum::Full,
+    );
+    cx.out.push(flow.link.port, f);
 }
 
 /// Emits a SYN or SYN-ACK with our MSS and window scale options.
-fn send_syn(out: &mut Output, cfg: &NetConfig, flow: &Flow, flags: u8) {
-    let mut options = vec![2, 4];
-    options.extend_from_slice(&cfg.mss_for(flow.key.guest.ip()).to_be_bytes());
-    if flow.rcv_wscale > 0 || flags == F::SYN {
-        options.extend_from_slice(&[1, 3, 3, OUR_WSCALE]);
+fn send_syn(cx: &mut Ctx<'_, impl Host>, flow: &Flow, flags: u8) {
+    let mut tcp = segment_header(flow, flags, flow.snd.iss);
+    tcp.mss = Some(cx.cfg.mss_for(flow.key.guest.ip()));
+    if flow.rcv.wscale > 0 || flags == F::SYN {
+        tcp.window_scale = Some(OUR_WSCALE);
     }
-    let mut f = out.buffer();
-    f.resize(flow.key.headers_len() + options.len(), 0);
-    write_segment(cfg, flow, &mut f, flags, flow.iss, &options);
-    out.push(flow.link.port, f);
+    let mut f = cx.out.buffer();
+    f.resize(
+        flow.key.headers_len() - TCP_HEADER_LEN + tcp.header_len(),
+        0,
+    );
+    write_segment(cx.cfg, flow, &mut f, &tcp, TcpChecksum::Full);
+    cx.out.push(flow.link.port, f);
 }
 
-/// Fills in the Ethernet, IPv4 and TCP headers of `f`, whose payload follows the headers and
-/// `options`. The segment goes from the flow's remote end to the guest.
-fn write_segment(cfg: &NetConfig, flow: &Flow, f: &mut [u8], flags: u8, seq: u32, options: &[u8]) {
-    write_headers(cfg, flow, f, flags, seq, options, false);
+/// The option-less TCP header of a segment from the flow's remote end to the guest, at `seq`:
+/// it acknowledges everything received when `flags` has ACK, and offers the current window.
+fn segment_header(flow: &Flow, flags: u8, seq: SeqNumber) -> TcpRepr {
+    let window = if flags & F::SYN != 0 {
+        // The window in a SYN is never scaled.
+        flow.rcv.wnd.min(u32::from(u16::MAX)) as u16
+    } else {
+        window_field(flow)
+    };
+    TcpRepr {
+        src_port: flow.key.remote.port(),
+        dst_port: flow.key.guest.port(),
+        seq,
+        ack: if flags & F::ACK != 0 {
+            flow.rcv.nxt
+        } else {
+            SeqNumber(0)
+        },
+        flags,
+        window,
+        mss: None,
+        window_scale: None,
+        sack_permitted: false,
+    }
 }
 
-/// [`write_segment`] without options, and with only the pseudo-header sum in the TCP checksum
-/// field, for a receiver that completes it (virtio-net `NEEDS_CSUM`).
-fn write_segment_partial(cfg: &NetConfig, flow: &Flow, f: &mut [u8], flags: u8, seq: u32) {
-    write_headers(cfg, flow, f, flags, seq, &[], true);
-}
-
-fn write_headers(
-    cfg: &NetConfig,
-    flow: &Flow,
-    f: &mut [u8],
-    flags: u8,
-    seq: u32,
-    options: &[u8],
-    partial: bool,
-) {
-    let src = flow.key.remote;
-    let dst = flow.key.guest;
-    let l4 = ETH_HEADER_LEN + ip_header_len(dst.ip());
+/// Fills in the Ethernet and IP headers of `f` and writes `tcp` after them; the payload
+/// follows `tcp`'s header in `f`. The segment goes from the flow's remote end to the guest.
+fn write_segment(cfg: &NetConfig, flow: &Flow, f: &mut [u8], tcp: &TcpRepr, sum: TcpChecksum) {
+    let src = flow.key.remote.ip();
+    let dst = flow.key.guest.ip();
+    let l4 = ETH_HEADER_LEN + ip_header_len(dst);
     let tcp_len = f.len() - l4;
     write_link_and_ip(
         f,
         flow.link.mac,
         cfg.gateway_mac,
-        src.ip(),
-        dst.ip(),
+        src,
+        dst,
         wire::PROTO_TCP,
         tcp_len,
     );
-    let ack = if flags & F::ACK != 0 { flow.rcv_nxt } else { 0 };
-    let t = &mut f[l4..];
-    t[0..2].copy_from_slice(&src.port().to_be_bytes());
-    t[2..4].copy_from_slice(&dst.port().to_be_bytes());
-    t[4..8].copy_from_slice(&seq.to_be_bytes());
-    t[8..12].copy_from_slice(&ack.to_be_bytes());
-    t[12] = (((TCP_HEADER_LEN + options.len()) / 4) as u8) << 4;
-    t[13] = flags;
-    let window = if flags & F::SYN != 0 {
-        // The window in a SYN is never scaled.
-        flow.rcv_wnd.min(u32::from(u16::MAX)) as u16
-    } else {
-        window_field(flow)
-    };
-    t[14..16].copy_from_slice(&window.to_be_bytes());
-    t[16..20].copy_from_slice(&[0, 0, 0, 0]);
-    t[TCP_HEADER_LEN..TCP_HEADER_LEN + options.len()].copy_from_slice(options);
-    let seed = wire::ip_pseudo_header_sum(src.ip(), dst.ip(), wire::PROTO_TCP, tcp_len);
-    let sum = if partial {
-        !checksum::finish(seed)
-    } else {
-        checksum::finish(checksum::sum(t, seed))
-    };
-    t[16..18].copy_from_slice(&sum.to_be_bytes());
+    tcp.emit(&mut f[l4..], src, dst, sum);
 }
 
 /// RST for a segment that belongs to no connection (RFC 793, "reset generation").
 fn send_reset_for(out: &mut Output, link: Link, key: FlowKey, seg: &Tcp) {
     let (seq, ack, flags) = if seg.has(F::ACK) {
-        (seg.ack, 0, F::RST)
+        (seg.ack, SeqNumber(0), F::RST)
     } else {
-        (0, seg.seq.wrapping_add(seg.seq_len()), F::RST | F::ACK)
+        (SeqNumber(0), seg.seq + seg.seq_len(), F::RST | F::ACK)
+    };
+    let rst = TcpRepr {
+        src_port: key.remote.port(),
+        dst_port: key.guest.port(),
+        seq,
+        ack,
+        flags,
+        window: 0,
+        mss: None,
+        window_scale: None,
+        sack_permitted: false,
     };
     let mut t = [0u8; TCP_HEADER_LEN];
-    t[0..2].copy_from_slice(&key.remote.port().to_be_bytes());
-    t[2..4].copy_from_slice(&key.guest.port().to_be_bytes());
-    t[4..8].copy_from_slice(&seq.to_be_bytes());
-    t[8..12].copy_from_slice(&ack.to_be_bytes());
-    t[12] = 5 << 4;
-    t[13] = flags;
-    let seed = wire::ip_pseudo_header_sum(
-        key.remote.ip(),
-        key.guest.ip(),
-        wire::PROTO_TCP,
-        TCP_HEADER_LEN,
-    );
-    let sum = checksum::finish(checksum::sum(&t, seed));
-    t[16..18].copy_from_slice(&sum.to_be_bytes());
+    rst.emit(&mut t, key.remote.ip(), key.guest.ip(), TcpChecksum::Full);
     out.ip(link, key.remote.ip(), key.guest.ip(), wire::PROTO_TCP, &t);
 }

@@ -402,7 +402,7 @@ mod tests {
             let ip = Ipv4::parse(&f[14..]).unwrap();
             assert!(valid(&ip), "segment {i} checksums");
             let tcp = Tcp::parse(ip.payload).unwrap();
-            assert_eq!(tcp.seq, 0xffff_ff00u32.wrapping_add(i as u32 * 1460));
+            assert_eq!(tcp.seq.0, 0xffff_ff00u32.wrapping_add(i as u32 * 1460));
             let last = i == out.len() - 1;
             assert_eq!(tcp.has(wire::tcp_flags::FIN), last);
             assert_eq!(tcp.has(wire::tcp_flags::PSH), last);

@@ -2,7 +2,9 @@
 //! emits. Parsing never panics: every accessor is behind a length check done in `parse`.
 //! IPv6 and ICMPv6 live in [`crate::wire6`].
 
+use std::cmp::Ordering;
 use std::net::{IpAddr, Ipv4Addr};
+use std::ops::{Add, AddAssign, Sub};
 
 /// A 48-bit Ethernet address.
 pub type MacAddr = [u8; 6];
@@ -156,24 +158,106 @@ pub mod tcp_flags {
     pub const ACK: u8 = 0x10;
 }
 
-/// A TCP segment with the options the translator cares about.
-#[derive(Debug, Clone, Copy)]
-pub struct Tcp<'a> {
+/// A TCP sequence (or acknowledgment) number: arithmetic modulo 2^32, and an order that
+/// respects wraparound (RFC 793 section 3.3, the serial-number comparison of RFC 1982).
+///
+/// `a < b` means `b` lies less than 2^31 ahead of `a`. That order is only meaningful between
+/// numbers of one window (a connection never has 2^31 bytes in flight), which is why the type
+/// is `PartialOrd` and not `Ord`: it is not transitive over the whole space, so it must not
+/// key a sorted collection across more than half of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct SeqNumber(pub u32);
+
+impl SeqNumber {
+    /// The later of two numbers of one window.
+    pub fn max(self, other: SeqNumber) -> SeqNumber {
+        if self < other {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+impl std::fmt::Display for SeqNumber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// `seq + n`: `n` bytes further on, wrapping.
+impl Add<u32> for SeqNumber {
+    type Output = SeqNumber;
+    fn add(self, n: u32) -> SeqNumber {
+        SeqNumber(self.0.wrapping_add(n))
+    }
+}
+
+impl AddAssign<u32> for SeqNumber {
+    fn add_assign(&mut self, n: u32) {
+        *self = *self + n;
+    }
+}
+
+/// `seq - n`: `n` bytes back, wrapping.
+impl Sub<u32> for SeqNumber {
+    type Output = SeqNumber;
+    fn sub(self, n: u32) -> SeqNumber {
+        SeqNumber(self.0.wrapping_sub(n))
+    }
+}
+
+/// `a - b`: how far `a` lies ahead of `b`, modulo 2^32. When `a` is in fact behind `b` this
+/// is a huge number (2^32 minus the distance), which callers check for with the order first
+/// or by bounding the result.
+impl Sub<SeqNumber> for SeqNumber {
+    type Output = u32;
+    fn sub(self, earlier: SeqNumber) -> u32 {
+        self.0.wrapping_sub(earlier.0)
+    }
+}
+
+impl PartialOrd for SeqNumber {
+    fn partial_cmp(&self, other: &SeqNumber) -> Option<Ordering> {
+        Some((self.0.wrapping_sub(other.0) as i32).cmp(&0))
+    }
+}
+
+/// A TCP header as fields, with the options the translator reads and writes: what
+/// [`Tcp::parse`] produces and [`TcpRepr::emit`] writes (smoltcp's `Repr` pattern). Every TCP
+/// header limanet writes goes through `emit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpRepr {
     pub src_port: u16,
     pub dst_port: u16,
-    pub seq: u32,
-    pub ack: u32,
+    pub seq: SeqNumber,
+    /// Meaningful only with the ACK flag; written as is (zero when unset, by convention).
+    pub ack: SeqNumber,
     pub flags: u8,
+    /// The window field as sent (scaled, except in a SYN).
     pub window: u16,
     /// Maximum segment size option (SYN only).
     pub mss: Option<u16>,
-    /// Window scale option (SYN only).
+    /// Window scale option (SYN only); parsed values are capped at 14 (RFC 7323 2.3).
     pub window_scale: Option<u8>,
-    pub payload: &'a [u8],
+    /// SACK-permitted option (SYN only). Parsed for completeness; the translator does not do
+    /// SACK and never sets it.
+    pub sack_permitted: bool,
 }
 
-impl<'a> Tcp<'a> {
-    pub fn parse(p: &'a [u8]) -> Result<Self, WireError> {
+/// How [`TcpRepr::emit`] fills the checksum field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpChecksum {
+    /// The complete checksum over pseudo header, header and payload.
+    Full,
+    /// Only the pseudo-header sum (not complemented), for a receiver that completes it over
+    /// the segment: virtio-net `NEEDS_CSUM` (see [`crate::vnet`]).
+    Partial,
+}
+
+impl TcpRepr {
+    /// Parses a TCP header and its options; returns it with the payload that follows.
+    pub fn parse(p: &[u8]) -> Result<(Self, &[u8]), WireError> {
         if p.len() < TCP_HEADER_LEN {
             return Err(WireError::Truncated);
         }
@@ -184,22 +268,22 @@ impl<'a> Tcp<'a> {
         if header_len > p.len() {
             return Err(WireError::Truncated);
         }
-        let mut seg = Tcp {
+        let mut repr = TcpRepr {
             src_port: be16(p, 0),
             dst_port: be16(p, 2),
-            seq: be32(p, 4),
-            ack: be32(p, 8),
+            seq: SeqNumber(be32(p, 4)),
+            ack: SeqNumber(be32(p, 8)),
             flags: p[13],
             window: be16(p, 14),
             mss: None,
             window_scale: None,
-            payload: &p[header_len..],
+            sack_permitted: false,
         };
         let mut options = &p[TCP_HEADER_LEN..header_len];
         while let Some((&kind, rest)) = options.split_first() {
             match kind {
-                0 => break,
-                1 => options = rest,
+                TCP_OPT_END => break,
+                TCP_OPT_NOP => options = rest,
                 _ => {
                     let len = usize::from(*rest.first().ok_or(WireError::Malformed)?);
                     if len < 2 || len > options.len() {
@@ -207,19 +291,103 @@ impl<'a> Tcp<'a> {
                     }
                     let value = &options[2..len];
                     match (kind, value.len()) {
-                        (2, 2) => seg.mss = Some(u16::from_be_bytes([value[0], value[1]])),
-                        (3, 1) => seg.window_scale = Some(value[0].min(14)),
+                        (TCP_OPT_MSS, 2) => {
+                            repr.mss = Some(u16::from_be_bytes([value[0], value[1]]))
+                        }
+                        (TCP_OPT_WSCALE, 1) => repr.window_scale = Some(value[0].min(14)),
+                        (TCP_OPT_SACK_PERMITTED, 0) => repr.sack_permitted = true,
                         _ => {}
                     }
                     options = &options[len..];
                 }
             }
         }
-        Ok(seg)
+        Ok((repr, &p[header_len..]))
     }
 
     pub fn has(&self, flag: u8) -> bool {
         self.flags & flag != 0
+    }
+
+    /// Length of the header `emit` writes: 20 bytes plus its options, each padded with NOPs
+    /// to a multiple of four bytes.
+    pub fn header_len(&self) -> usize {
+        TCP_HEADER_LEN
+            + if self.mss.is_some() { 4 } else { 0 }
+            + if self.window_scale.is_some() { 4 } else { 0 }
+            + if self.sack_permitted { 4 } else { 0 }
+    }
+
+    /// Writes the header at the start of `segment`, which holds the whole segment (its payload
+    /// already after [`TcpRepr::header_len`] bytes), and then the checksum for a segment from
+    /// `src` to `dst` (one family). The urgent pointer is zero.
+    pub fn emit(&self, segment: &mut [u8], src: IpAddr, dst: IpAddr, checksum: TcpChecksum) {
+        let header_len = self.header_len();
+        let t = segment;
+        t[0..2].copy_from_slice(&self.src_port.to_be_bytes());
+        t[2..4].copy_from_slice(&self.dst_port.to_be_bytes());
+        t[4..8].copy_from_slice(&self.seq.0.to_be_bytes());
+        t[8..12].copy_from_slice(&self.ack.0.to_be_bytes());
+        t[12] = ((header_len / 4) as u8) << 4;
+        t[13] = self.flags;
+        t[14..16].copy_from_slice(&self.window.to_be_bytes());
+        t[16..20].copy_from_slice(&[0, 0, 0, 0]);
+        let mut at = TCP_HEADER_LEN;
+        let mut option = |bytes: [u8; 4]| {
+            t[at..at + 4].copy_from_slice(&bytes);
+            at += 4;
+        };
+        if let Some(mss) = self.mss {
+            let [hi, lo] = mss.to_be_bytes();
+            option([TCP_OPT_MSS, 4, hi, lo]);
+        }
+        if let Some(shift) = self.window_scale {
+            option([TCP_OPT_NOP, TCP_OPT_WSCALE, 3, shift]);
+        }
+        if self.sack_permitted {
+            option([TCP_OPT_NOP, TCP_OPT_NOP, TCP_OPT_SACK_PERMITTED, 2]);
+        }
+        let seed = ip_pseudo_header_sum(src, dst, PROTO_TCP, t.len());
+        let sum = match checksum {
+            TcpChecksum::Full => crate::checksum::finish(crate::checksum::sum(t, seed)),
+            TcpChecksum::Partial => !crate::checksum::finish(seed),
+        };
+        t[16..18].copy_from_slice(&sum.to_be_bytes());
+    }
+}
+
+/// TCP option kinds (RFC 9293 3.2, RFC 7323, RFC 2018).
+const TCP_OPT_END: u8 = 0;
+const TCP_OPT_NOP: u8 = 1;
+const TCP_OPT_MSS: u8 = 2;
+const TCP_OPT_WSCALE: u8 = 3;
+const TCP_OPT_SACK_PERMITTED: u8 = 4;
+
+/// A parsed TCP segment: its header (the fields of [`TcpRepr`], reachable directly through
+/// `Deref`) and its payload.
+#[derive(Debug, Clone, Copy)]
+pub struct Tcp<'a> {
+    pub header: TcpRepr,
+    pub payload: &'a [u8],
+}
+
+impl std::ops::Deref for Tcp<'_> {
+    type Target = TcpRepr;
+    fn deref(&self) -> &TcpRepr {
+        &self.header
+    }
+}
+
+impl std::ops::DerefMut for Tcp<'_> {
+    fn deref_mut(&mut self) -> &mut TcpRepr {
+        &mut self.header
+    }
+}
+
+impl<'a> Tcp<'a> {
+    pub fn parse(p: &'a [u8]) -> Result<Self, WireError> {
+        let (header, payload) = TcpRepr::parse(p)?;
+        Ok(Tcp { header, payload })
     }
 
     /// Sequence space the segment occupies: payload plus one for SYN and one for FIN.
@@ -366,6 +534,55 @@ mod tests {
         assert_eq!(Tcp::parse(&seg).unwrap_err(), WireError::Malformed);
         seg[28..32].copy_from_slice(&[8, 0, 0, 0]);
         assert_eq!(Tcp::parse(&seg).unwrap_err(), WireError::Malformed);
+    }
+
+    #[test]
+    fn sequence_numbers_wrap_and_compare_across_the_wrap() {
+        let near_end = SeqNumber(0xffff_fff0);
+        let wrapped = near_end + 0x20;
+        assert_eq!(wrapped, SeqNumber(0x10));
+        assert!(near_end < wrapped);
+        assert!(wrapped > near_end);
+        assert!(near_end >= near_end - 1);
+        assert_eq!(wrapped - near_end, 0x20);
+        assert_eq!(near_end - wrapped, 0u32.wrapping_sub(0x20));
+        assert_eq!(wrapped - 0x20u32, near_end);
+        assert_eq!(near_end.max(wrapped), wrapped);
+        assert_eq!(wrapped.max(near_end), wrapped);
+        let mut s = near_end;
+        s += 0x10;
+        assert_eq!(s, SeqNumber(0));
+    }
+
+    #[test]
+    fn tcp_repr_emits_what_it_parses() {
+        let repr = TcpRepr {
+            src_port: 80,
+            dst_port: 40000,
+            seq: SeqNumber(0xffff_fff0),
+            ack: SeqNumber(7),
+            flags: tcp_flags::SYN | tcp_flags::ACK,
+            window: 65535,
+            mss: Some(1460),
+            window_scale: Some(7),
+            sack_permitted: true,
+        };
+        let (src, dst) = (
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+        );
+        let mut seg = vec![0u8; repr.header_len() + 5];
+        seg[repr.header_len()..].copy_from_slice(b"hello");
+        repr.emit(&mut seg, src, dst, TcpChecksum::Full);
+        let parsed = Tcp::parse(&seg).unwrap();
+        assert_eq!(parsed.header, repr);
+        assert_eq!(parsed.payload, b"hello");
+        // A correct checksum sums (with the pseudo header) to zero.
+        let seed = ip_pseudo_header_sum(src, dst, PROTO_TCP, seg.len());
+        assert_eq!(crate::checksum::finish(crate::checksum::sum(&seg, seed)), 0);
+        // A partial checksum is the pseudo-header sum alone.
+        repr.emit(&mut seg, src, dst, TcpChecksum::Partial);
+        assert_eq!(be16(&seg, 16), !crate::checksum::finish(seed));
     }
 
     #[test]

@@ -464,9 +464,9 @@ fn tcp_translates_onto_ipv6_host_sockets_and_gateway_is_host_loopback() {
     assert_eq!(out.len(), 1);
     let synack = wire::Tcp::parse(&out[0].l4).unwrap();
     assert_eq!(synack.flags, wire::tcp_flags::SYN | wire::tcp_flags::ACK);
-    assert_eq!(synack.ack, 1001);
+    assert_eq!(synack.ack.0, 1001);
     assert_eq!(synack.mss, Some(1440), "IPv6 MSS: MTU - 60");
-    let iss = synack.seq;
+    let iss = synack.seq.0;
     send(
         &mut stack,
         &mut host,

@@ -3,12 +3,27 @@
 
 use crate::sys;
 use limanet_netstack::{Host, SockId};
+use mio::event::Event;
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use std::io;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use tracing::{debug, warn};
+
+/// The state of a translated TCP connection's host socket after a poll event (see
+/// [`HostSockets::tcp_status`]).
+#[derive(Debug)]
+pub enum TcpStatus {
+    /// The connect is still in progress.
+    Connecting,
+    /// The connect finished now, with this outcome.
+    ConnectDone(io::Result<()>),
+    /// Connected, and still up.
+    Up,
+    /// Connected before; the socket has failed since (reset by the peer, ...).
+    Failed,
+}
 
 /// What a host socket is used for.
 #[derive(Debug)]
@@ -245,27 +260,42 @@ impl HostSockets {
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
     }
 
-    /// Marks a TCP socket connected; returns the connect result, from `SO_ERROR` when the event
-    /// reported a `failure`.
-    pub fn finish_connect(&mut self, id: SockId, failure: bool) -> Option<io::Result<()>> {
+    /// Whether the translated TCP connection on `id` is up, from a poll event on its socket
+    /// and `SO_ERROR`: the one place that decides it. A connect that succeeded marks the
+    /// socket connected. `None` if `id` is not a translated TCP connection.
+    pub fn tcp_status(&mut self, id: SockId, event: &Event) -> Option<TcpStatus> {
         let entry = self.get_mut(id)?;
-        match &mut entry.kind {
-            Kind::Tcp { connecting, .. } if *connecting => {
-                let result = if failure {
-                    match sys::take_socket_error(entry.fd.as_raw_fd()) {
-                        Ok(()) => Err(io::ErrorKind::ConnectionRefused.into()),
-                        error => error,
-                    }
-                } else {
-                    Ok(())
-                };
-                if result.is_ok() {
-                    *connecting = false;
-                }
-                Some(result)
-            }
-            _ => None,
+        let Kind::Tcp { connecting, .. } = &mut entry.kind else {
+            return None;
+        };
+        let fd = entry.fd.as_raw_fd();
+        if !*connecting {
+            let failed = event.is_error() && sys::take_socket_error(fd).is_err();
+            return Some(if failed {
+                TcpStatus::Failed
+            } else {
+                TcpStatus::Up
+            });
         }
+        let done = event.is_writable()
+            || event.is_error()
+            || event.is_write_closed()
+            || event.is_read_closed();
+        if !done {
+            return Some(TcpStatus::Connecting);
+        }
+        let result = if event.is_error() || event.is_write_closed() {
+            match sys::take_socket_error(fd) {
+                Ok(()) => Err(io::ErrorKind::ConnectionRefused.into()),
+                error => error,
+            }
+        } else {
+            Ok(())
+        };
+        if result.is_ok() {
+            *connecting = false;
+        }
+        Some(TcpStatus::ConnectDone(result))
     }
 }
 

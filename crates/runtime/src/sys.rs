@@ -1,7 +1,9 @@
 //! Thin, safe wrappers over the socket system calls the data plane needs and std lacks
 //! (peeking at an offset, discarding, send-buffer space, fd passing). Every function returns
-//! `io::Result` and never panics on what the kernel reports.
+//! `io::Result` and never panics on what the kernel reports. Sockets are created, bound and
+//! connected through `socket2`; the rest is what it does not cover for a borrowed descriptor.
 
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -23,12 +25,9 @@ fn cvt_size(ret: libc::ssize_t) -> io::Result<usize> {
     }
 }
 
-fn socket(domain: libc::c_int, ty: libc::c_int, proto: libc::c_int) -> io::Result<OwnedFd> {
-    // SAFETY: plain syscall; on success we own the new descriptor.
-    let fd =
-        cvt(unsafe { libc::socket(domain, ty | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, proto) })?;
-    // SAFETY: `fd` is a fresh descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+/// A new non-blocking socket (socket2 makes it close-on-exec too).
+fn socket(domain: Domain, ty: Type, protocol: Option<Protocol>) -> io::Result<Socket> {
+    Socket::new(domain, ty.nonblocking(), protocol)
 }
 
 fn setsockopt_int(
@@ -84,24 +83,12 @@ pub fn set_tcp_send_buffer(fd: RawFd, force: bool) -> io::Result<()> {
 
 /// Starts a non-blocking TCP connect; `EINPROGRESS` is success.
 pub fn tcp_connect_nonblocking(dst: SocketAddr) -> io::Result<OwnedFd> {
-    let fd = socket(family_of(&dst), libc::SOCK_STREAM, 0)?;
-    let _ = setsockopt_int(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
-    let addr = socket2::SockAddr::from(dst);
-    // SAFETY: addr is a valid socket address of `addr.len()` bytes for the call's duration.
-    let ret = unsafe {
-        libc::connect(
-            fd.as_raw_fd(),
-            addr.as_ptr() as *const libc::sockaddr,
-            addr.len(),
-        )
-    };
-    if ret < 0 {
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EINPROGRESS) {
-            return Err(err);
-        }
+    let socket = socket(Domain::for_address(dst), Type::STREAM, None)?;
+    let _ = socket.set_tcp_nodelay(true);
+    match socket.connect(&SockAddr::from(dst)) {
+        Err(e) if e.raw_os_error() != Some(libc::EINPROGRESS) => Err(e),
+        _ => Ok(socket.into()),
     }
-    Ok(fd)
 }
 
 /// Reads and clears `SO_ERROR`: the outcome of a non-blocking connect.
@@ -155,7 +142,7 @@ pub fn set_peek_offset(fd: RawFd, offset: usize) -> io::Result<()> {
 
 /// Whether `SO_PEEK_OFF` can be set on a TCP socket.
 pub fn peek_offset_supported() -> bool {
-    match socket(libc::AF_INET, libc::SOCK_STREAM, 0) {
+    match socket(Domain::IPV4, Type::STREAM, None) {
         Ok(fd) => set_peek_offset(fd.as_raw_fd(), 0).is_ok(),
         Err(_) => false,
     }
@@ -214,38 +201,28 @@ pub fn set_linger_zero(fd: RawFd) {
     };
 }
 
-fn family_of(addr: &SocketAddr) -> libc::c_int {
-    match addr {
-        SocketAddr::V4(_) => libc::AF_INET,
-        SocketAddr::V6(_) => libc::AF_INET6,
-    }
-}
-
 /// An unconnected UDP socket; with `ipv6`, an IPv6 one that reaches IPv4 destinations too
 /// (as mapped addresses).
 pub fn udp_socket(ipv6: bool) -> io::Result<OwnedFd> {
     if ipv6 {
-        let fd = socket(libc::AF_INET6, libc::SOCK_DGRAM, 0)?;
-        setsockopt_int(fd.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0)?;
-        Ok(fd)
+        let socket = socket(Domain::IPV6, Type::DGRAM, None)?;
+        socket.set_only_v6(false)?;
+        Ok(socket.into())
     } else {
-        socket(libc::AF_INET, libc::SOCK_DGRAM, 0)
+        Ok(socket(Domain::IPV4, Type::DGRAM, None)?.into())
     }
 }
 
 /// An ICMP (or ICMPv6) echo socket: a ping socket, or a raw one. The kernel computes the
 /// ICMPv6 checksum of both kinds.
 pub fn icmp_socket(raw: bool, ipv6: bool) -> io::Result<OwnedFd> {
-    let ty = if raw {
-        libc::SOCK_RAW
+    let ty = if raw { Type::RAW } else { Type::DGRAM };
+    let socket = if ipv6 {
+        socket(Domain::IPV6, ty, Some(Protocol::ICMPV6))?
     } else {
-        libc::SOCK_DGRAM
+        socket(Domain::IPV4, ty, Some(Protocol::ICMPV4))?
     };
-    if ipv6 {
-        socket(libc::AF_INET6, ty, libc::IPPROTO_ICMPV6)
-    } else {
-        socket(libc::AF_INET, ty, libc::IPPROTO_ICMP)
-    }
+    Ok(socket.into())
 }
 
 /// Sends a datagram to `dst`. An IPv4 destination through an IPv6 socket goes as a mapped
@@ -367,37 +344,27 @@ pub fn accept(fd: RawFd) -> io::Result<OwnedFd> {
 
 /// A listening TCP socket (port-forward), `SO_REUSEADDR` set.
 pub fn tcp_listen(addr: SocketAddr) -> io::Result<OwnedFd> {
-    let fd = socket(family_of(&addr), libc::SOCK_STREAM, 0)?;
-    setsockopt_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
-    bind(&fd, addr)?;
-    // SAFETY: plain syscall.
-    cvt(unsafe { libc::listen(fd.as_raw_fd(), 1024) })?;
-    Ok(fd)
+    let socket = socket(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    bind(&socket, addr)?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 /// A bound UDP socket (port-forward).
 pub fn udp_bind(addr: SocketAddr) -> io::Result<OwnedFd> {
-    let fd = socket(family_of(&addr), libc::SOCK_DGRAM, 0)?;
-    bind(&fd, addr)?;
-    Ok(fd)
+    let socket = socket(Domain::for_address(addr), Type::DGRAM, None)?;
+    bind(&socket, addr)?;
+    Ok(socket.into())
 }
 
 /// Binds a socket; an IPv6 one to its IPv6 address only (`[::]:P` does not take IPv4's port
 /// P too: a forward says which family it listens on).
-fn bind(fd: &OwnedFd, addr: SocketAddr) -> io::Result<()> {
+fn bind(socket: &Socket, addr: SocketAddr) -> io::Result<()> {
     if addr.is_ipv6() {
-        setsockopt_int(fd.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+        socket.set_only_v6(true)?;
     }
-    let sa = socket2::SockAddr::from(addr);
-    // SAFETY: sa is a valid socket address of `sa.len()` bytes, live for the call.
-    cvt(unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            sa.as_ptr() as *const libc::sockaddr,
-            sa.len(),
-        )
-    })
-    .map(|_| ())
+    socket.bind(&SockAddr::from(addr))
 }
 
 /// Sets a socket's send and receive buffer sizes (best effort).

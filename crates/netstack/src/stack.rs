@@ -847,6 +847,23 @@ impl Stack {
         })
     }
 
+    /// The in-prefix IPv6 address the guest holding IPv4 address `ip` used most recently, if
+    /// it has used one: what the DNS answers for the guest's name (unlike
+    /// [`Stack::guest_ipv6_of`], no guess, and no ARP request for an unknown guest).
+    pub fn learned_guest_ipv6_of(&self, ip: Ipv4Addr) -> Option<Ipv6Addr> {
+        let v6 = self.cfg.ipv6.as_ref()?;
+        let port = match self.guard.link_of(&ip) {
+            Some(link) => link.port,
+            None => self.guard.port_of(&self.dhcp.mac_of(ip)?)?,
+        };
+        self.guard
+            .addresses6_of(port)
+            .into_iter()
+            .filter(|(a, _)| v6.contains(*a))
+            .max_by_key(|(_, seen)| *seen)
+            .map(|(a, _)| a)
+    }
+
     fn link_of4(&mut self, ip: Ipv4Addr) -> Result<Link, StackError> {
         if let Some(link) = self.guard.link_of(&ip) {
             return Ok(link);

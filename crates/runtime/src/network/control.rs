@@ -53,6 +53,12 @@ pub enum Command {
     Cam(Reply<Vec<CamEntry>>),
     /// The TCP and UDP flow table.
     Flows(Reply<Vec<FlowInfo>>),
+    /// The IPv6 address the guest holding an IPv4 address has used most recently (for the
+    /// AAAA records of guest names).
+    GuestIpv6 {
+        ip: Ipv4Addr,
+        reply: Reply<Option<std::net::Ipv6Addr>>,
+    },
     /// One TCP dial to `guest` from inside the network: `Ok` once the guest accepts, an error
     /// when it refuses, is unknown, or has not answered by `deadline`.
     Probe {
@@ -283,6 +289,7 @@ impl Network {
                 Command::Stats(reply) => reply(self.stats()),
                 Command::Cam(reply) => reply(self.stack.cam()),
                 Command::Flows(reply) => reply(self.stack.flows()),
+                Command::GuestIpv6 { ip, reply } => reply(self.stack.learned_guest_ipv6_of(ip)),
                 Command::Probe {
                     guest,
                     deadline,

@@ -276,7 +276,8 @@ fn wait_for_slaac(ns: &Netns, logs: impl Fn() -> String) -> std::net::Ipv6Addr {
 /// Two dual-stack guests registered as Lima registers them (IPv4 records only): each name also
 /// has an AAAA record, the IPv6 address the network has seen its guest use, so the guests
 /// reach each other over IPv6 by name (`ping -6 lima-<NAME>.internal`, glibc's resolver
-/// asking the DNS at the gateway's IPv6 address).
+/// asking the DNS at the gateway's IPv6 address). The API's `/stats` and `/flows` show the
+/// IPv6 side too.
 #[test]
 fn guests_reach_each_other_over_ipv6_by_name() {
     const GATEWAY6: &str = "fd00:192:168:104::2";
@@ -344,4 +345,54 @@ fn guests_reach_each_other_over_ipv6_by_name() {
         &[&format!("@{GATEWAY6}"), "+short", "A", "lima-vm1.internal"],
     );
     assert_eq!(a.trim(), ips[1].to_string());
+
+    // The API shows both families: /stats lists each VM's IPv6 addresses after its lease, and
+    // an IPv6 flow (guest → [gateway6] → the host's [::1]) is written [address]:port.
+    let host_listener = env
+        .th
+        .host
+        .run_in(|| TcpListener::bind("[::1]:0"))
+        .expect("netns")
+        .expect("host listener");
+    let host_port = host_listener.local_addr().expect("addr").port();
+    let gateway6: std::net::Ipv6Addr = GATEWAY6.parse().expect("addr");
+    let _conn = guests[0]
+        .run_in(move || {
+            TcpStream::connect_timeout(
+                &SocketAddr::from((gateway6, host_port)),
+                Duration::from_secs(5),
+            )
+        })
+        .expect("netns")
+        .expect("guest → host over IPv6");
+    let (_accepted, _) = host_listener.accept().expect("accept");
+    let flows = api(&v2.ep, "GET", "/flows", None).json();
+    let remote = format!("[{GATEWAY6}]:{host_port}");
+    let flow = flows
+        .as_array()
+        .and_then(|l| {
+            l.iter()
+                .find(|f| f["protocol"] == "tcp" && f["remote"] == remote.as_str())
+        })
+        .unwrap_or_else(|| panic!("no {remote} flow in {flows}"));
+    assert_eq!(flow["state"], "established", "{flow}");
+    assert!(
+        flow["guest"]
+            .as_str()
+            .is_some_and(|g| g.starts_with(&format!("[{}]:", ip6s[0]))),
+        "{flow}"
+    );
+    let stats = api(&v2.ep, "GET", "/stats", None).json();
+    let vms = stats["vms"].as_array().expect("vms");
+    for ((vm, ip), ip6) in vms.iter().zip(&ips).zip(&ip6s) {
+        let listed: Vec<&str> = vm["ips"]
+            .as_array()
+            .expect("ips")
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert_eq!(listed.first(), Some(&ip.to_string().as_str()), "{stats}");
+        assert!(listed.contains(&ip6.to_string().as_str()), "{stats}");
+    }
+    assert_eq!(vms[0]["tcp_flows"], 1, "{stats}");
 }

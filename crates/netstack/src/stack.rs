@@ -847,6 +847,14 @@ impl Stack {
         })
     }
 
+    /// The IPv6 addresses guests on `port` have sent from (link-local and in-prefix), most
+    /// recently used first.
+    pub fn ipv6_addresses_of(&self, port: PortId) -> Vec<Ipv6Addr> {
+        let mut held = self.guard.addresses6_of(port);
+        held.sort_by_key(|(_, seen)| std::cmp::Reverse(*seen));
+        held.into_iter().map(|(a, _)| a).collect()
+    }
+
     /// The in-prefix IPv6 address the guest holding IPv4 address `ip` used most recently, if
     /// it has used one: what the DNS answers for the guest's name (unlike
     /// [`Stack::guest_ipv6_of`], no guess, and no ARP request for an unknown guest).

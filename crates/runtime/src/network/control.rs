@@ -113,6 +113,8 @@ pub struct PortStats {
     pub macs: Vec<[u8; 6]>,
     /// DHCP leases of those addresses.
     pub ips: Vec<Ipv4Addr>,
+    /// IPv6 addresses the port's guests have sent from, most recently used first.
+    pub ips6: Vec<std::net::Ipv6Addr>,
     pub tcp_flows: usize,
     pub udp_flows: usize,
 }
@@ -341,6 +343,7 @@ impl Network {
                     .map(|l| l.ip)
                     .collect(),
                 macs,
+                ips6: self.stack.ipv6_addresses_of(*id),
                 tcp_flows: mine(limanet_netstack::FlowProtocol::Tcp),
                 udp_flows: mine(limanet_netstack::FlowProtocol::Udp),
             });

@@ -29,8 +29,8 @@ fn text(o: &Output) -> String {
     )
 }
 
-/// Waits until the guest's tap0 has a global address from the network's prefix (SLAAC) and a
-/// default route; returns the address.
+/// Waits until the guest's tap0 has a global address from the network's prefix (SLAAC, or
+/// `::15` configured by limanet) and a default route from the RA; returns the address.
 fn wait_for_slaac(guest: &Netns, daemon_logs: impl Fn() -> String) -> Ipv6Addr {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -47,7 +47,10 @@ fn wait_for_slaac(guest: &Netns, daemon_logs: impl Fn() -> String) -> Ipv6Addr {
             .and_then(|a| a.split('/').next())
             .and_then(|a| a.parse::<Ipv6Addr>().ok());
         let tentative = out.contains("tentative");
-        if let (Some(a), false) = (addr, tentative) {
+        // A configured guest has its address before the RA: wait for the route too.
+        let route = output_in(guest, "ip", &["-6", "route", "show", "default"]);
+        let routed = String::from_utf8_lossy(&route.stdout).contains("via");
+        if let (Some(a), false, true) = (addr, tentative, routed) {
             return a;
         }
         if Instant::now() > deadline {
@@ -81,7 +84,8 @@ fn slaac_host_loopback_internet_and_dns_over_ipv6() {
         .sysctl("net.ipv6.conf.tap0.accept_ra", "2")
         .expect("accept_ra");
     let addr = wait_for_slaac(guest, || u.daemon.logs());
-    assert!(addr.to_string().starts_with(PREFIX), "{addr}");
+    // The configured guest has the predictable first address, mirroring its 192.168.5.15.
+    assert_eq!(addr.to_string(), format!("{PREFIX}:15"), "{}", u.daemon.logs());
 
     let route = output_in(guest, "ip", &["-6", "route", "show", "default"]);
     let route_text = String::from_utf8_lossy(&route.stdout).to_string();
@@ -553,10 +557,11 @@ fn ipv6_port_forwards_reach_the_guest_over_ipv6() {
     assert_eq!(udp, b"dgram6");
 }
 
-/// `limanet run`: the command's namespace gets its IPv6 address by SLAAC without any setting
-/// (the kernel's defaults accept the RA), and reaches the host's [::1] through [gateway6].
+/// `limanet run`: the command's namespace gets the predictable first guest address
+/// `<prefix>::15` (mirroring IPv4's .15, configured by limanet, no SLAAC address besides it) and
+/// its default route from the RA, and reaches the host's [::1] through [gateway6].
 #[test]
-fn run_command_gets_ipv6_by_slaac() {
+fn run_command_gets_ipv6_15_and_default_route_from_ra() {
     let env = Env::new("ipv6run");
     let http =
         HttpServer::start(&env.th.host, "[::1]:0".parse().expect("addr"), None).expect("http");
@@ -564,16 +569,25 @@ fn run_command_gets_ipv6_by_slaac() {
     let script = format!(
         "i=0\n\
          while [ $i -lt 100 ]; do\n\
-           ip -6 addr show dev tap0 scope global | grep inet6 | grep -qv tentative && break\n\
+           ip -6 addr show dev tap0 scope global | grep inet6 | grep -qv tentative && ip -6 route show default | grep -q via && break\n\
            sleep 0.1; i=$((i+1))\n\
          done\n\
-         echo ADDR6=$(ip -6 -o addr show dev tap0 scope global | awk '{{print $4}}')\n\
+         echo ADDR6=$(ip -6 -o addr show dev tap0 scope global | awk '{{print $4}}' | tr '\\n' ' ')\n\
+         echo ROUTE6=$(ip -6 route show default)\n\
          echo SHA=$(curl -g -sS --max-time 10 'http://[{GATEWAY6}]:{port}/bytes/5000?seed=8' | sha256sum | cut -d' ' -f1)\n"
     );
     let out = env.run_sh(&[], &script, Duration::from_secs(30));
     assert_eq!(out.code, Some(0), "{}", out.all());
+    assert_eq!(
+        out.value("ADDR6").as_deref(),
+        Some("fd00:192:168:5::15/64"),
+        "{}",
+        out.all()
+    );
     assert!(
-        out.value("ADDR6").unwrap_or_default().starts_with(PREFIX),
+        out.value("ROUTE6")
+            .unwrap_or_default()
+            .contains(&format!("via {GATEWAY_LL}")),
         "{}",
         out.all()
     );

@@ -254,6 +254,7 @@ impl Backend {
                 name: self.names.tap.clone(),
                 mtu: MTU,
                 address: None,
+                address6: None,
                 // Frames go to vmnet clients, which have no virtio-net header.
                 offload: false,
             },

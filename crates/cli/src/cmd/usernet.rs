@@ -702,10 +702,16 @@ pub fn attach_namespaces(
                 cfg.prefix_len
             );
         }
+        let address6 = cfg
+            .ipv6
+            .as_ref()
+            .filter(|_| configure)
+            .map(|v6| v6.mirror_of(address));
         let tap_cfg = TapConfig {
             name: tap_name.to_string(),
             mtu: cfg.mtu,
             address: configure.then_some((address, cfg.prefix_len, cfg.gateway)),
+            address6,
             offload,
         };
         let file = limanet_runtime::open_netns(ns)?;
@@ -714,7 +720,10 @@ pub fn attach_namespaces(
         let offloads = format!("{:#x}", tap.offloads);
         if configure {
             cfg.static_leases.push((address, tap.mac));
-            info!(netns = %ns, tap = %tap_name, %address, mac = %MacDisplay(tap.mac), %offloads, "attached network namespace");
+            if let (Some(v6), Some(a6)) = (cfg.ipv6.as_mut(), address6) {
+                v6.static_guests.push((address, a6));
+            }
+            info!(netns = %ns, tap = %tap_name, %address, address6 = ?address6, mac = %MacDisplay(tap.mac), %offloads, "attached network namespace");
         } else {
             info!(netns = %ns, tap = %tap_name, mac = %MacDisplay(tap.mac), %offloads, "attached network namespace (unconfigured)");
         }

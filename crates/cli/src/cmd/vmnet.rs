@@ -128,6 +128,7 @@ pub fn attach(args: AttachArgs) -> Result<u8> {
             name: args.tap_name.clone(),
             mtu: args.mtu,
             address,
+            address6: None,
             // The relay copies frames to a socket peer that has no virtio-net header.
             offload: false,
         },

@@ -85,7 +85,12 @@ fn slaac_host_loopback_internet_and_dns_over_ipv6() {
         .expect("accept_ra");
     let addr = wait_for_slaac(guest, || u.daemon.logs());
     // The configured guest has the predictable first address, mirroring its 192.168.5.15.
-    assert_eq!(addr.to_string(), format!("{PREFIX}:15"), "{}", u.daemon.logs());
+    assert_eq!(
+        addr.to_string(),
+        format!("{PREFIX}:15"),
+        "{}",
+        u.daemon.logs()
+    );
 
     let route = output_in(guest, "ip", &["-6", "route", "show", "default"]);
     let route_text = String::from_utf8_lossy(&route.stdout).to_string();
@@ -597,4 +602,90 @@ fn run_command_gets_ipv6_15_and_default_route_from_ra() {
         "{}",
         out.all()
     );
+}
+
+/// A real DHCPv6 client: ISC `dhclient -6 -S` (stateless, an Information-Request, which is
+/// what the RA's O flag asks for) gets the DNS server's IPv6 address; and glibc's resolver,
+/// pointed at that server over IPv6, gets host.lima.internal's AAAA.
+#[test]
+fn dhclient_stateless_gets_dns_and_glibc_resolves_aaaa() {
+    if std::process::Command::new("dhclient")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!("dhclient missing: install isc-dhcp-client (scripts/install-deps)");
+    }
+    let env = Env::new("ipv6dhc");
+    let u = env.usernet(&["--no-configure"]);
+    let guest = u.guest();
+    guest
+        .sysctl("net.ipv6.conf.tap0.accept_ra", "2")
+        .expect("accept_ra");
+    guest
+        .run("ip", &["link", "set", "tap0", "up"])
+        .expect("tap0 up");
+    wait_for_slaac(guest, || u.daemon.logs());
+
+    // The script dhclient runs gets the options in its environment: record them.
+    let env_out = env.dir.join("dhclient6.env");
+    let script = env.dir.join("dhclient6.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nenv | grep -E '^(reason|new_dhcp6_)' >> {}\n",
+            env_out.display()
+        ),
+    )
+    .expect("write script");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let leases = env.dir.join("dhclient6.leases");
+    let pid = env.dir.join("dhclient6.pid");
+    let mut cmd = guest.command("dhclient");
+    cmd.args(["-6", "-S", "-d", "-v", "-sf"])
+        .arg(&script)
+        .arg("-lf")
+        .arg(&leases)
+        .arg("-pf")
+        .arg(&pid)
+        .arg("tap0");
+    let dhclient = limanet_testkit::ChildGuard::spawn("dhclient", &mut cmd).expect("dhclient");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let recorded = loop {
+        let text = std::fs::read_to_string(&env_out).unwrap_or_default();
+        // ISC dhclient 4.4 reports a stateless Reply as RENEW6 (INFORM6 in some versions).
+        if text.contains("new_dhcp6_name_servers") {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no DNS servers from dhclient: {text}\n{}\n{}",
+            dhclient.logs(),
+            u.daemon.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    drop(dhclient);
+    let servers = recorded
+        .lines()
+        .find_map(|l| l.strip_prefix("new_dhcp6_name_servers="))
+        .unwrap_or_default();
+    assert_eq!(servers.trim(), DNS6, "{recorded}");
+    assert!(
+        recorded.contains("reason=RENEW6") || recorded.contains("reason=INFORM6"),
+        "{recorded}"
+    );
+
+    // glibc's resolver with a resolv.conf naming the DNS's IPv6 address only.
+    guest
+        .set_etc("resolv.conf", &format!("nameserver {DNS6}\n"))
+        .expect("resolv.conf");
+    let getent = output_in(guest, "getent", &["ahostsv6", "host.lima.internal"]);
+    let first = String::from_utf8_lossy(&getent.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(first, GATEWAY6, "{}\n{}", text(&getent), u.daemon.logs());
 }

@@ -689,3 +689,41 @@ fn dhclient_stateless_gets_dns_and_glibc_resolves_aaaa() {
         .to_string();
     assert_eq!(first, GATEWAY6, "{}\n{}", text(&getent), u.daemon.logs());
 }
+
+/// `--pcap` captures IPv6 frames both ways: the guest's ICMPv6 echo request to the gateway and
+/// the gateway's reply, next to Neighbor Discovery.
+#[test]
+fn pcap_captures_ipv6_frames() {
+    let env = Env::new("ipv6pcap");
+    let pcap = env.dir.join("ipv6.pcap");
+    let pcap_arg = pcap.to_string_lossy().to_string();
+    let mut u = env.usernet(&["--pcap", &pcap_arg]);
+    let guest = u.guest();
+    guest
+        .sysctl("net.ipv6.conf.tap0.accept_ra", "2")
+        .expect("accept_ra");
+    wait_for_slaac(guest, || u.daemon.logs());
+    let ping = output_in(guest, "ping", &["-6", "-c", "2", "-W", "5", GATEWAY6]);
+    assert!(ping.status.success(), "{}", text(&ping));
+    u.daemon.terminate();
+    let capture = std::fs::read(&pcap).expect("read pcap");
+    assert_eq!(&capture[..4], &0xa1b2_c3d4u32.to_le_bytes(), "pcap magic");
+    // ICMPv6 types seen in IPv6 frames (no extension headers in these).
+    let mut icmp6_types = std::collections::BTreeSet::new();
+    let mut at = 24;
+    while at + 16 <= capture.len() {
+        let caplen = u32::from_le_bytes(capture[at + 8..at + 12].try_into().expect("4")) as usize;
+        let frame = &capture[at + 16..(at + 16 + caplen).min(capture.len())];
+        at += 16 + caplen;
+        if frame.len() > 14 + 40 && frame[12..14] == [0x86, 0xdd] && frame[14 + 6] == 58 {
+            icmp6_types.insert(frame[14 + 40]);
+        }
+    }
+    // 128/129 echo request/reply, 135/136 neighbor solicitation/advertisement, 134 RA.
+    for t in [128u8, 129, 134] {
+        assert!(
+            icmp6_types.contains(&t),
+            "ICMPv6 type {t} missing: {icmp6_types:?}"
+        );
+    }
+}

@@ -13,6 +13,11 @@
 #   limanet      limanet usernet --mtu M --netns PATH; guest -> 192.168.5.2
 #   limanet-nooffload  the same with --no-offload (TAP without virtio-net header, offloads or
 #                super-segments): the before/after of offloads in one run; not in the default set
+#   limanet6     limanet as above over IPv6: guest (SLAAC or ::15) -> [fd00:192:168:5::2], which
+#                limanet maps to the host's [::1]; iperf3 only; not in the default set
+#   pasta6       pasta as above without --ipv4-only over IPv6: guest -> the gateway 2001:db8:2::1
+#                it copies from the bench host (mapped to the host's [::1] like IPv4's);
+#                iperf3 only; not in the default set
 #   limanet-base the binary in $LIMANET_BASE_BIN (e.g. a build of main), same command line: an
 #                old-vs-new comparison in one run; not in the default set
 #
@@ -106,6 +111,7 @@ if [[ " $peers " == *" limanet"* ]] && [ -z "$limanet_bin" ]; then
   else
     notes+=("limanet skipped: \`cargo build --release -p limanet\` failed")
     peers=${peers//limanet-nooffload/}
+    peers=${peers//limanet6/}
     peers=${peers//limanet/}
   fi
 fi
@@ -140,6 +146,9 @@ new_host() {
   hx ip link set bh1 up
   hx ip link set bh0 up
   hx ip route add default via 192.0.2.1
+  # And an IPv6 address and default route, which pasta needs to offer IPv6 (pasta6).
+  hx ip -6 addr add 2001:db8:2::10/64 dev bh0 nodad
+  hx ip -6 route add default via 2001:db8:2::1
   hx sysctl -qw net.ipv4.ping_group_range="0 2147483647"
   # iperf3 gets a fresh one-off server per measurement (a client that dies mid-test cannot
   # leave it busy for the next one); tcp-rr serves the cell. Both die with the namespace.
@@ -246,6 +255,12 @@ measure() {
   fi
 }
 
+# measure6 NAME MTU TARGET: iperf3 both ways over IPv6 (tcp-rr's server is IPv4-only).
+measure6() {
+  iperf "$1" "$2" g2h "$3"
+  iperf "$1" "$2" h2g "$3" -R
+}
+
 new_guest() {
   g=lnbg$$-$1
   ip netns add "$g"
@@ -280,6 +295,18 @@ wait_addr() {
   for i in $(seq 200); do
     kill -0 "$2" 2>/dev/null || return 1
     gx ip -4 -o addr show 2>/dev/null | grep -q " $1/" && return 0
+    sleep 0.05
+  done
+  return 1
+}
+
+# wait_addr6 PREFIX PID: like wait_addr for a global IPv6 address starting with PREFIX that has
+# finished duplicate address detection.
+wait_addr6() {
+  local i
+  for i in $(seq 200); do
+    kill -0 "$2" 2>/dev/null || return 1
+    gx ip -6 -o addr show scope global 2>/dev/null | grep -v tentative | grep -q " $1" && return 0
     sleep 0.05
   done
   return 1
@@ -324,6 +351,33 @@ run_peer() {
         helper_survived pasta "$pid" "$work/pasta.log" || true
       else
         log "pasta did not come up: $(tail -3 "$work/pasta.log")"
+      fi
+      end_guest
+      ;;
+    pasta6)
+      new_guest pasta6
+      hx pasta --runas 0 -f -q --config-net -m "$mtu" -I tap0 \
+        -t none -u none -T none -U none --netns "/run/netns/$g" >"$work/pasta.log" 2>&1 &
+      pid=$!; bg_pids+=("$pid")
+      if wait_addr6 2001:db8:2:: "$pid"; then
+        measure6 pasta6 "$mtu" 2001:db8:2::1
+        helper_survived pasta6 "$pid" "$work/pasta.log" || true
+      else
+        log "pasta6 did not come up: $(tail -3 "$work/pasta.log")"
+        notes+=("pasta6 skipped at MTU $mtu: no IPv6 address in the guest")
+      fi
+      end_guest
+      ;;
+    limanet6)
+      new_guest limanet6
+      hx "$limanet_bin" usernet --mtu "$mtu" --netns "/run/netns/$g" >"$work/limanet.log" 2>&1 &
+      pid=$!; bg_pids+=("$pid")
+      if wait_addr6 fd00:192:168:5: "$pid"; then
+        measure6 limanet6 "$mtu" fd00:192:168:5::2
+        helper_survived limanet6 "$pid" "$work/limanet.log" || true
+      else
+        log "limanet6 did not come up: $(tail -3 "$work/limanet.log")"
+        notes+=("limanet6 skipped at MTU $mtu: no IPv6 address in the guest")
       fi
       end_guest
       ;;

@@ -428,7 +428,10 @@ async fn stats(ctx: &Context) -> Result<Response, Response> {
                 "id": p.id,
                 "name": p.name,
                 "macs": p.macs.iter().map(|m| MacDisplay(*m).to_string()).collect::<Vec<_>>(),
-                "ips": p.ips.iter().map(|ip| ip.to_string()).collect::<Vec<_>>(),
+                // Both families: the DHCP leases, then the IPv6 addresses the guest used.
+                "ips": p.ips.iter().map(|ip| ip.to_string())
+                    .chain(p.ips6.iter().map(|ip| ip.to_string()))
+                    .collect::<Vec<_>>(),
                 "frames_in": p.counters.frames_in,
                 "bytes_in": p.counters.bytes_in,
                 "frames_out": p.counters.frames_out,

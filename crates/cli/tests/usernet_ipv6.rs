@@ -29,8 +29,8 @@ fn text(o: &Output) -> String {
     )
 }
 
-/// Waits until the guest's tap0 has a global address from the network's prefix (SLAAC) and a
-/// default route; returns the address.
+/// Waits until the guest's tap0 has a global address from the network's prefix (SLAAC, or
+/// `::15` configured by limanet) and a default route from the RA; returns the address.
 fn wait_for_slaac(guest: &Netns, daemon_logs: impl Fn() -> String) -> Ipv6Addr {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -47,7 +47,10 @@ fn wait_for_slaac(guest: &Netns, daemon_logs: impl Fn() -> String) -> Ipv6Addr {
             .and_then(|a| a.split('/').next())
             .and_then(|a| a.parse::<Ipv6Addr>().ok());
         let tentative = out.contains("tentative");
-        if let (Some(a), false) = (addr, tentative) {
+        // A configured guest has its address before the RA: wait for the route too.
+        let route = output_in(guest, "ip", &["-6", "route", "show", "default"]);
+        let routed = String::from_utf8_lossy(&route.stdout).contains("via");
+        if let (Some(a), false, true) = (addr, tentative, routed) {
             return a;
         }
         if Instant::now() > deadline {
@@ -81,7 +84,13 @@ fn slaac_host_loopback_internet_and_dns_over_ipv6() {
         .sysctl("net.ipv6.conf.tap0.accept_ra", "2")
         .expect("accept_ra");
     let addr = wait_for_slaac(guest, || u.daemon.logs());
-    assert!(addr.to_string().starts_with(PREFIX), "{addr}");
+    // The configured guest has the predictable first address, mirroring its 192.168.5.15.
+    assert_eq!(
+        addr.to_string(),
+        format!("{PREFIX}:15"),
+        "{}",
+        u.daemon.logs()
+    );
 
     let route = output_in(guest, "ip", &["-6", "route", "show", "default"]);
     let route_text = String::from_utf8_lossy(&route.stdout).to_string();
@@ -553,10 +562,11 @@ fn ipv6_port_forwards_reach_the_guest_over_ipv6() {
     assert_eq!(udp, b"dgram6");
 }
 
-/// `limanet run`: the command's namespace gets its IPv6 address by SLAAC without any setting
-/// (the kernel's defaults accept the RA), and reaches the host's [::1] through [gateway6].
+/// `limanet run`: the command's namespace gets the predictable first guest address
+/// `<prefix>::15` (mirroring IPv4's .15, configured by limanet, no SLAAC address besides it) and
+/// its default route from the RA, and reaches the host's [::1] through [gateway6].
 #[test]
-fn run_command_gets_ipv6_by_slaac() {
+fn run_command_gets_ipv6_15_and_default_route_from_ra() {
     let env = Env::new("ipv6run");
     let http =
         HttpServer::start(&env.th.host, "[::1]:0".parse().expect("addr"), None).expect("http");
@@ -564,16 +574,25 @@ fn run_command_gets_ipv6_by_slaac() {
     let script = format!(
         "i=0\n\
          while [ $i -lt 100 ]; do\n\
-           ip -6 addr show dev tap0 scope global | grep inet6 | grep -qv tentative && break\n\
+           ip -6 addr show dev tap0 scope global | grep inet6 | grep -qv tentative && ip -6 route show default | grep -q via && break\n\
            sleep 0.1; i=$((i+1))\n\
          done\n\
-         echo ADDR6=$(ip -6 -o addr show dev tap0 scope global | awk '{{print $4}}')\n\
+         echo ADDR6=$(ip -6 -o addr show dev tap0 scope global | awk '{{print $4}}' | tr '\\n' ' ')\n\
+         echo ROUTE6=$(ip -6 route show default)\n\
          echo SHA=$(curl -g -sS --max-time 10 'http://[{GATEWAY6}]:{port}/bytes/5000?seed=8' | sha256sum | cut -d' ' -f1)\n"
     );
     let out = env.run_sh(&[], &script, Duration::from_secs(30));
     assert_eq!(out.code, Some(0), "{}", out.all());
+    assert_eq!(
+        out.value("ADDR6").as_deref(),
+        Some("fd00:192:168:5::15/64"),
+        "{}",
+        out.all()
+    );
     assert!(
-        out.value("ADDR6").unwrap_or_default().starts_with(PREFIX),
+        out.value("ROUTE6")
+            .unwrap_or_default()
+            .contains(&format!("via {GATEWAY_LL}")),
         "{}",
         out.all()
     );
@@ -583,4 +602,128 @@ fn run_command_gets_ipv6_by_slaac() {
         "{}",
         out.all()
     );
+}
+
+/// A real DHCPv6 client: ISC `dhclient -6 -S` (stateless, an Information-Request, which is
+/// what the RA's O flag asks for) gets the DNS server's IPv6 address; and glibc's resolver,
+/// pointed at that server over IPv6, gets host.lima.internal's AAAA.
+#[test]
+fn dhclient_stateless_gets_dns_and_glibc_resolves_aaaa() {
+    if std::process::Command::new("dhclient")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!("dhclient missing: install isc-dhcp-client (scripts/install-deps)");
+    }
+    let env = Env::new("ipv6dhc");
+    let u = env.usernet(&["--no-configure"]);
+    let guest = u.guest();
+    guest
+        .sysctl("net.ipv6.conf.tap0.accept_ra", "2")
+        .expect("accept_ra");
+    guest
+        .run("ip", &["link", "set", "tap0", "up"])
+        .expect("tap0 up");
+    wait_for_slaac(guest, || u.daemon.logs());
+
+    // The script dhclient runs gets the options in its environment: record them.
+    let env_out = env.dir.join("dhclient6.env");
+    let script = env.dir.join("dhclient6.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nenv | grep -E '^(reason|new_dhcp6_)' >> {}\n",
+            env_out.display()
+        ),
+    )
+    .expect("write script");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let leases = env.dir.join("dhclient6.leases");
+    let pid = env.dir.join("dhclient6.pid");
+    let mut cmd = guest.command("dhclient");
+    cmd.args(["-6", "-S", "-d", "-v", "-sf"])
+        .arg(&script)
+        .arg("-lf")
+        .arg(&leases)
+        .arg("-pf")
+        .arg(&pid)
+        .arg("tap0");
+    let dhclient = limanet_testkit::ChildGuard::spawn("dhclient", &mut cmd).expect("dhclient");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let recorded = loop {
+        let text = std::fs::read_to_string(&env_out).unwrap_or_default();
+        // ISC dhclient 4.4 reports a stateless Reply as RENEW6 (INFORM6 in some versions).
+        if text.contains("new_dhcp6_name_servers") {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no DNS servers from dhclient: {text}\n{}\n{}",
+            dhclient.logs(),
+            u.daemon.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    drop(dhclient);
+    let servers = recorded
+        .lines()
+        .find_map(|l| l.strip_prefix("new_dhcp6_name_servers="))
+        .unwrap_or_default();
+    assert_eq!(servers.trim(), DNS6, "{recorded}");
+    assert!(
+        recorded.contains("reason=RENEW6") || recorded.contains("reason=INFORM6"),
+        "{recorded}"
+    );
+
+    // glibc's resolver with a resolv.conf naming the DNS's IPv6 address only.
+    guest
+        .set_etc("resolv.conf", &format!("nameserver {DNS6}\n"))
+        .expect("resolv.conf");
+    let getent = output_in(guest, "getent", &["ahostsv6", "host.lima.internal"]);
+    let first = String::from_utf8_lossy(&getent.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(first, GATEWAY6, "{}\n{}", text(&getent), u.daemon.logs());
+}
+
+/// `--pcap` captures IPv6 frames both ways: the guest's ICMPv6 echo request to the gateway and
+/// the gateway's reply, next to Neighbor Discovery.
+#[test]
+fn pcap_captures_ipv6_frames() {
+    let env = Env::new("ipv6pcap");
+    let pcap = env.dir.join("ipv6.pcap");
+    let pcap_arg = pcap.to_string_lossy().to_string();
+    let mut u = env.usernet(&["--pcap", &pcap_arg]);
+    let guest = u.guest();
+    guest
+        .sysctl("net.ipv6.conf.tap0.accept_ra", "2")
+        .expect("accept_ra");
+    wait_for_slaac(guest, || u.daemon.logs());
+    let ping = output_in(guest, "ping", &["-6", "-c", "2", "-W", "5", GATEWAY6]);
+    assert!(ping.status.success(), "{}", text(&ping));
+    u.daemon.terminate();
+    let capture = std::fs::read(&pcap).expect("read pcap");
+    assert_eq!(&capture[..4], &0xa1b2_c3d4u32.to_le_bytes(), "pcap magic");
+    // ICMPv6 types seen in IPv6 frames (no extension headers in these).
+    let mut icmp6_types = std::collections::BTreeSet::new();
+    let mut at = 24;
+    while at + 16 <= capture.len() {
+        let caplen = u32::from_le_bytes(capture[at + 8..at + 12].try_into().expect("4")) as usize;
+        let frame = &capture[at + 16..(at + 16 + caplen).min(capture.len())];
+        at += 16 + caplen;
+        if frame.len() > 14 + 40 && frame[12..14] == [0x86, 0xdd] && frame[14 + 6] == 58 {
+            icmp6_types.insert(frame[14 + 40]);
+        }
+    }
+    // 128/129 echo request/reply, 135/136 neighbor solicitation/advertisement, 134 RA.
+    for t in [128u8, 129, 134] {
+        assert!(
+            icmp6_types.contains(&t),
+            "ICMPv6 type {t} missing: {icmp6_types:?}"
+        );
+    }
 }

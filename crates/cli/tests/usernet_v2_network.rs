@@ -244,3 +244,155 @@ fn three_guests_leases_names_tcp_and_introspection() {
     }
     drop(conn);
 }
+
+/// The guest's global IPv6 address on tap0 once SLAAC has configured it (not tentative).
+fn wait_for_slaac(ns: &Netns, logs: impl Fn() -> String) -> std::net::Ipv6Addr {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = output_in(
+            ns,
+            "ip",
+            &["-6", "-o", "addr", "show", "dev", "tap0", "scope", "global"],
+        );
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        let addr = out
+            .split_whitespace()
+            .skip_while(|w| *w != "inet6")
+            .nth(1)
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse().ok());
+        if let (Some(a), false) = (addr, out.contains("tentative")) {
+            return a;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no SLAAC address on tap0: {out}\n{}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Two dual-stack guests registered as Lima registers them (IPv4 records only): each name also
+/// has an AAAA record, the IPv6 address the network has seen its guest use, so the guests
+/// reach each other over IPv6 by name (`ping -6 lima-<NAME>.internal`, glibc's resolver
+/// asking the DNS at the gateway's IPv6 address). The API's `/stats` and `/flows` show the
+/// IPv6 side too.
+#[test]
+fn guests_reach_each_other_over_ipv6_by_name() {
+    const GATEWAY6: &str = "fd00:192:168:104::2";
+    let env = Env::new("v2n6");
+    let guests: Vec<Netns> = (0..2).map(|_| Netns::new("v2g6").expect("netns")).collect();
+    let refs: Vec<&Netns> = guests.iter().collect();
+    let v2 = start_v2(&env, "v2n6", &refs, &[]);
+    for g in &guests {
+        g.sysctl("net.ipv6.conf.tap0.accept_ra", "2")
+            .expect("accept_ra");
+    }
+    let ips: Vec<Ipv4Addr> = guests.iter().map(|g| dhcp(g, None)).collect();
+    let ip6s: Vec<std::net::Ipv6Addr> = guests
+        .iter()
+        .map(|g| wait_for_slaac(g, || v2.daemon.logs()))
+        .collect();
+    let names = ["vm0", "vm1"];
+    for (name, ip) in names.iter().zip(&ips) {
+        register(&v2.ep, name, *ip);
+    }
+    // Before a guest has sent from its IPv6 address, its name has no AAAA record (NODATA).
+    let aaaa = dig(
+        &guests[0],
+        &[
+            &format!("@{GATEWAY6}"),
+            "+short",
+            "AAAA",
+            "lima-vm1.internal",
+        ],
+    );
+    assert_eq!(aaaa.trim(), "", "{}", v2.daemon.logs());
+    for (g, name) in guests.iter().zip(names) {
+        // The DNS over IPv6 only: the names must come back as AAAA records.
+        g.set_etc("resolv.conf", &format!("nameserver {GATEWAY6}\n"))
+            .expect("resolv.conf");
+        // Any IPv6 traffic from the guest's address teaches the network which address it uses.
+        let out = output_in(g, "ping", &["-6", "-c", "1", "-W", "5", GATEWAY6]);
+        assert!(
+            out.status.success(),
+            "{name} cannot ping the gateway over IPv6"
+        );
+    }
+    for (i, guest) in guests.iter().enumerate() {
+        let peer = (i + 1) % 2;
+        let name = format!("lima-{}.internal", names[peer]);
+        let getent = output_in(guest, "getent", &["ahostsv6", &name]);
+        let text = String::from_utf8_lossy(&getent.stdout).to_string();
+        assert!(
+            text.contains(&ip6s[peer].to_string()),
+            "getent ahostsv6 {name} in guest {i}: {text:?}\n{}",
+            v2.daemon.logs()
+        );
+        let out = output_in(guest, "ping", &["-6", "-c", "1", "-W", "5", &name]);
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success() && stdout.contains(&ip6s[peer].to_string()),
+            "guest {i} cannot ping -6 {name}: {stdout}{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            v2.daemon.logs()
+        );
+    }
+    // The A records are those Lima registered.
+    let a = dig(
+        &guests[0],
+        &[&format!("@{GATEWAY6}"), "+short", "A", "lima-vm1.internal"],
+    );
+    assert_eq!(a.trim(), ips[1].to_string());
+
+    // The API shows both families: /stats lists each VM's IPv6 addresses after its lease, and
+    // an IPv6 flow (guest → [gateway6] → the host's [::1]) is written [address]:port.
+    let host_listener = env
+        .th
+        .host
+        .run_in(|| TcpListener::bind("[::1]:0"))
+        .expect("netns")
+        .expect("host listener");
+    let host_port = host_listener.local_addr().expect("addr").port();
+    let gateway6: std::net::Ipv6Addr = GATEWAY6.parse().expect("addr");
+    let _conn = guests[0]
+        .run_in(move || {
+            TcpStream::connect_timeout(
+                &SocketAddr::from((gateway6, host_port)),
+                Duration::from_secs(5),
+            )
+        })
+        .expect("netns")
+        .expect("guest → host over IPv6");
+    let (_accepted, _) = host_listener.accept().expect("accept");
+    let flows = api(&v2.ep, "GET", "/flows", None).json();
+    let remote = format!("[{GATEWAY6}]:{host_port}");
+    let flow = flows
+        .as_array()
+        .and_then(|l| {
+            l.iter()
+                .find(|f| f["protocol"] == "tcp" && f["remote"] == remote.as_str())
+        })
+        .unwrap_or_else(|| panic!("no {remote} flow in {flows}"));
+    assert_eq!(flow["state"], "established", "{flow}");
+    assert!(
+        flow["guest"]
+            .as_str()
+            .is_some_and(|g| g.starts_with(&format!("[{}]:", ip6s[0]))),
+        "{flow}"
+    );
+    let stats = api(&v2.ep, "GET", "/stats", None).json();
+    let vms = stats["vms"].as_array().expect("vms");
+    for ((vm, ip), ip6) in vms.iter().zip(&ips).zip(&ip6s) {
+        let listed: Vec<&str> = vm["ips"]
+            .as_array()
+            .expect("ips")
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert_eq!(listed.first(), Some(&ip.to_string().as_str()), "{stats}");
+        assert!(listed.contains(&ip6.to_string().as_str()), "{stats}");
+    }
+    assert_eq!(vms[0]["tcp_flows"], 1, "{stats}");
+}

@@ -2,8 +2,9 @@
 //! look-ups go through the [`Lookup`] trait, and forwarding is left to the caller.
 
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::pin::Pin;
+use std::sync::Arc;
 
 use hickory_proto::op::{Message, OpCode};
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, NS, SRV, TXT};
@@ -51,6 +52,16 @@ pub trait Lookup: Send + Sync {
     fn canonical_name<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<String, LookupError>>;
 }
 
+/// The network's knowledge of its guests' IPv6 addresses, for the AAAA records of guest names
+/// (`lima-<NAME>`, `lima-<NAME>.internal`): static hosts and zones give those names the
+/// guest's IPv4 address only (Lima registers nothing else), and the guest picks its IPv6
+/// address itself (SLAAC), so the DNS asks the network which one the guest holding that IPv4
+/// address uses.
+pub trait GuestIpv6: Send + Sync {
+    /// The IPv6 address the guest that holds `ip` has been seen using, if any.
+    fn ipv6_of(&self, ip: Ipv4Addr) -> BoxFuture<'_, Option<Ipv6Addr>>;
+}
+
 /// What to do with a request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -66,6 +77,7 @@ pub struct Handler<L: ?Sized> {
     zones: ZonesHandle,
     ipv6: bool,
     lookup: std::sync::Arc<L>,
+    guest_ipv6: Option<Arc<dyn GuestIpv6>>,
 }
 
 impl<L: Lookup + ?Sized> Handler<L> {
@@ -76,7 +88,15 @@ impl<L: Lookup + ?Sized> Handler<L> {
             zones: ZonesHandle::default(),
             ipv6,
             lookup,
+            guest_ipv6: None,
         }
+    }
+
+    /// Answers AAAA queries for names whose static or zone address is a guest's IPv4 address
+    /// with the IPv6 address `guests` knows for that guest.
+    pub fn with_guest_ipv6(mut self, guests: Option<Arc<dyn GuestIpv6>>) -> Self {
+        self.guest_ipv6 = guests;
+        self
     }
 
     /// Answers from these run-time zones too (user-v2: gvproxy's `dns/add`).
@@ -112,6 +132,13 @@ impl<L: Lookup + ?Sized> Handler<L> {
         }
         let owner = question.name.clone();
         let mut reply = reply_to(request);
+        if question.query_type == RecordType::AAAA && self.ipv6 {
+            if let Some(ip) = self.guest_aaaa(&owner).await {
+                reply.add_answer(Record::from_rdata(owner.clone(), 0, RData::AAAA(AAAA(ip))));
+                reply.metadata.recursion_available = true;
+                return Outcome::Reply(encode(&reply));
+            }
+        }
         if let Some(bytes) = self.zone_reply(&owner, question.query_type, &mut reply) {
             return Outcome::Reply(bytes);
         }
@@ -169,6 +196,30 @@ impl<L: Lookup + ?Sized> Handler<L> {
         }
         reply.metadata.recursion_available = true;
         Some(encode(reply))
+    }
+
+    /// The IPv6 address of the guest a name leads to: a name whose static hosts entry or zone
+    /// record gives an IPv4 address only, and a guest holding that address whose IPv6 address
+    /// the network has learned (TTL 0: the guest may move to another address at any time).
+    async fn guest_aaaa(&self, owner: &Name) -> Option<Ipv6Addr> {
+        let guests = self.guest_ipv6.as_ref()?;
+        let name = owner.to_ascii();
+        let (static_v4, static_v6) = self.hosts.with(|h| {
+            let target = h.resolve_alias(&name);
+            (
+                h.address_of_family(&target, false),
+                h.address_of_family(&target, true),
+            )
+        });
+        let v4 = match (static_v4, static_v6) {
+            (_, Some(_)) => return None,
+            (Some(IpAddr::V4(v4)), None) => v4,
+            _ => match self.zones.lookup(&name, true) {
+                ZoneAnswer::Address(Some(v4)) => v4,
+                _ => return None,
+            },
+        };
+        guests.ipv6_of(v4).await
     }
 
     async fn address_answers(&self, owner: &Name, v6: bool) -> Result<Vec<RData>, LookupError> {
@@ -640,5 +691,66 @@ mod tests {
         );
         h.hosts().remove("lima-vm.internal");
         assert_eq!(ask(&h, "lima-vm.internal.", RecordType::A), None);
+    }
+
+    /// Guests known by IPv4 address, as the network would answer.
+    struct KnownGuests(Vec<(Ipv4Addr, Ipv6Addr)>);
+
+    impl GuestIpv6 for KnownGuests {
+        fn ipv6_of(&self, ip: Ipv4Addr) -> BoxFuture<'_, Option<Ipv6Addr>> {
+            let found = self.0.iter().find(|(v4, _)| *v4 == ip).map(|(_, v6)| *v6);
+            Box::pin(std::future::ready(found))
+        }
+    }
+
+    #[test]
+    fn guest_names_get_the_learned_ipv6_address() {
+        let v6: Ipv6Addr = "fd00:192:168:104::15".parse().unwrap();
+        let hosts = StaticHosts::new([
+            ("lima-a", "192.168.104.15"),
+            ("alias-a", "lima-a"),
+            ("lima-b", "192.168.104.16"),
+            ("host.lima.internal", "192.168.104.2"),
+            ("host.lima.internal", "fd00:192:168:104::2"),
+        ]);
+        let zones = ZonesHandle::default();
+        zones
+            .add(crate::Zone {
+                name: "internal.".into(),
+                records: vec![crate::ZoneRecord {
+                    name: "lima-c".into(),
+                    ip: Some(Ipv4Addr::new(192, 168, 104, 15)),
+                    regexp: None,
+                }],
+                default_ip: None,
+            })
+            .unwrap();
+        let known = KnownGuests(vec![(Ipv4Addr::new(192, 168, 104, 15), v6)]);
+        let h = Handler::new(
+            HostsHandle::new(hosts),
+            true,
+            Arc::new(TableLookup::default()),
+        )
+        .with_zones(zones)
+        .with_guest_ipv6(Some(Arc::new(known)));
+        for name in ["lima-a.", "alias-a.", "lima-c.internal."] {
+            let r = ask(&h, name, RecordType::AAAA).unwrap();
+            assert_eq!(only_answer(&r).data, RData::AAAA(AAAA(v6)), "{name}");
+        }
+        // A guest whose IPv6 address is not known yet: NODATA, as before.
+        let r = ask(&h, "lima-b.", RecordType::AAAA).unwrap();
+        assert!(r.answers.is_empty(), "{r:?}");
+        // A name with a static IPv6 address keeps it.
+        let r = ask(&h, "host.lima.internal.", RecordType::AAAA).unwrap();
+        assert_eq!(
+            only_answer(&r).data,
+            RData::AAAA(AAAA("fd00:192:168:104::2".parse().unwrap()))
+        );
+        // The A records are unchanged.
+        let r = ask(&h, "lima-c.internal.", RecordType::A).unwrap();
+        assert_eq!(
+            only_answer(&r).data,
+            RData::A(A(Ipv4Addr::new(192, 168, 104, 15)))
+        );
     }
 }

@@ -27,12 +27,13 @@ pub mod zones;
 /// The DNS message library this crate's API uses (hickory-proto), for callers and tests.
 pub use hickory_proto as proto;
 
-pub use handler::{Handler, Lookup, LookupError, Outcome, TableLookup, LOCAL_TTL};
+pub use handler::{GuestIpv6, Handler, Lookup, LookupError, Outcome, TableLookup, LOCAL_TTL};
 pub use hosts::{
     canonical, instance_host_name, lima_hosts, HostsHandle, StaticHosts, HOST_LIMA_INTERNAL,
 };
 pub use server::{
-    spawn_background, AfterBind, BackgroundDns, DnsConfig, DnsError, DnsServer, Limits,
+    spawn_background, AfterBind, BackgroundDns, DnsConfig, DnsError, DnsServer, GuestIpv6Source,
+    Limits,
 };
 pub use system::SystemLookup;
 pub use upstream::Upstreams;

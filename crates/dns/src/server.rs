@@ -91,6 +91,19 @@ pub struct DnsConfig {
     /// a vmnet network's bridge: other interfaces of the host (and the host itself, through
     /// `lo`) get no answer even though the listen address is local to all of them.
     pub bind_device: Option<String>,
+    /// Where AAAA queries for guest names learn the guest's IPv6 address (see
+    /// [`crate::GuestIpv6`]); without it, guest names have A records only.
+    pub guest_ipv6: Option<GuestIpv6Source>,
+}
+
+/// A shared [`crate::GuestIpv6`], so [`DnsConfig`] stays `Debug` and `Clone`.
+#[derive(Clone)]
+pub struct GuestIpv6Source(pub Arc<dyn crate::GuestIpv6>);
+
+impl std::fmt::Debug for GuestIpv6Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GuestIpv6Source(..)")
+    }
 }
 
 /// A hook run on the DNS thread right after its sockets are bound.
@@ -118,6 +131,7 @@ impl Default for DnsConfig {
             zones: Default::default(),
             after_bind: None,
             bind_device: None,
+            guest_ipv6: None,
         }
     }
 }
@@ -266,7 +280,9 @@ impl DnsServer {
             config.hosts.iter().map(|(n, v)| (n.as_str(), v.as_str())),
         ));
         let shared = Arc::new(Shared {
-            handler: Handler::new(hosts, config.ipv6, lookup).with_zones(config.zones.clone()),
+            handler: Handler::new(hosts, config.ipv6, lookup)
+                .with_zones(config.zones.clone())
+                .with_guest_ipv6(config.guest_ipv6.as_ref().map(|g| g.0.clone())),
             upstreams,
             limits: config.limits,
             dropped_log: RateLimit::new(),

@@ -22,6 +22,10 @@ pub struct Ipv6Net {
     /// The address that mirrors IPv4's first guest (.15): not handed out by SLAAC, kept for
     /// stateful configuration and forwards.
     pub first_guest: Ipv6Addr,
+    /// Guests whose IPv6 address limanet configured itself (namespace TAPs: the IPv4
+    /// address's mirror, see [`Ipv6Net::mirror_of`]), by IPv4 address: where forwards and the
+    /// DNS find them before they have sent anything over IPv6.
+    pub static_guests: Vec<(Ipv4Addr, Ipv6Addr)>,
 }
 
 impl Ipv6Net {
@@ -37,7 +41,17 @@ impl Ipv6Net {
             gateway: Ipv6Addr::from(base | 2),
             dns_addrs: vec![Ipv6Addr::from(base | 3)],
             first_guest: Ipv6Addr::from(base | 0x15),
+            static_guests: Vec::new(),
         }
+    }
+
+    /// The IPv6 address that mirrors a guest's IPv4 address: its last octet read as hex digits
+    /// in the host bits (192.168.5.15 → `<prefix>::15`, .16 → `::16`), as `first_guest` mirrors
+    /// .15.
+    pub fn mirror_of(&self, ip: Ipv4Addr) -> Ipv6Addr {
+        let d = u128::from(ip.octets()[3]);
+        let hexlike = (d / 100) << 8 | (d / 10 % 10) << 4 | (d % 10);
+        Ipv6Addr::from(u128::from(self.prefix) | hexlike)
     }
 
     /// The default ULA prefix for an IPv4 subnet (see the type's docs).
@@ -519,6 +533,11 @@ mod tests {
         assert_eq!(
             v6.first_guest,
             "fd00:192:168:5::15".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(v6.mirror_of(Ipv4Addr::new(192, 168, 5, 15)), v6.first_guest);
+        assert_eq!(
+            v6.mirror_of(Ipv4Addr::new(192, 168, 5, 203)),
+            "fd00:192:168:5::203".parse::<Ipv6Addr>().unwrap()
         );
         let out_of = |c: &NetConfig, s: &str| c.outbound_ip(s.parse().unwrap(), true);
         let out = |s: &str| out_of(&c, s);

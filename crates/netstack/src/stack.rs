@@ -809,20 +809,34 @@ impl Stack {
     }
 
     /// Where to reach a guest address: learned from its frames, else (IPv4) from its DHCP
-    /// lease.
+    /// lease, (IPv6) the lease of the IPv4 address of a guest limanet configured with it, or
+    /// the MAC in an EUI-64 address.
     fn link_of(&mut self, ip: IpAddr) -> Result<Link, StackError> {
         match ip {
             IpAddr::V4(v4) => self.link_of4(v4),
-            IpAddr::V6(v6) => self
-                .guard
-                .link_of6(&v6)
-                .or_else(|| {
-                    // An EUI-64 address: the MAC is in it (see `guest_ipv6_of`).
-                    let mac = wire6::mac_of_eui64(v6)?;
-                    let port = self.guard.port_of(&mac)?;
-                    Some(Link { port, mac })
-                })
-                .ok_or(StackError::UnknownGuest(ip)),
+            IpAddr::V6(v6) => {
+                if let Some(link) = self.guard.link_of6(&v6) {
+                    return Ok(link);
+                }
+                let configured = self.cfg.ipv6.as_ref().and_then(|net| {
+                    net.static_guests
+                        .iter()
+                        .find(|(_, a)| *a == v6)
+                        .map(|(v4, _)| *v4)
+                });
+                if let Some(v4) = configured {
+                    return self.link_of4(v4);
+                }
+                // An EUI-64 address: the MAC is in it (see `guest_ipv6_of`).
+                wire6::mac_of_eui64(v6)
+                    .and_then(|mac| {
+                        Some(Link {
+                            port: self.guard.port_of(&mac)?,
+                            mac,
+                        })
+                    })
+                    .ok_or(StackError::UnknownGuest(ip))
+            }
         }
     }
 
@@ -841,9 +855,51 @@ impl Stack {
             .filter(|(a, _)| v6.contains(*a))
             .max_by_key(|(_, seen)| *seen)
             .map(|(a, _)| a);
-        used.or_else(|| {
+        let configured = || {
+            v6.static_guests
+                .iter()
+                .find(|(v4, _)| *v4 == ip)
+                .map(|(_, a)| *a)
+        };
+        used.or_else(configured).or_else(|| {
             let eui = u128::from(wire6::link_local_from_mac(link.mac)) & u128::from(u64::MAX);
             Some(Ipv6Addr::from(u128::from(v6.prefix) | eui))
+        })
+    }
+
+    /// The IPv6 addresses guests on `port` have sent from (link-local and in-prefix), most
+    /// recently used first.
+    pub fn ipv6_addresses_of(&self, port: PortId) -> Vec<Ipv6Addr> {
+        let mut held = self.guard.addresses6_of(port);
+        held.sort_by_key(|(_, seen)| std::cmp::Reverse(*seen));
+        held.into_iter().map(|(a, _)| a).collect()
+    }
+
+    /// The in-prefix IPv6 address the guest holding IPv4 address `ip` used most recently, or
+    /// the one limanet configured on it: what the DNS answers for the guest's name (unlike
+    /// [`Stack::guest_ipv6_of`], no guess, and no ARP request for an unknown guest).
+    pub fn learned_guest_ipv6_of(&self, ip: Ipv4Addr) -> Option<Ipv6Addr> {
+        let v6 = self.cfg.ipv6.as_ref()?;
+        let port = match self.guard.link_of(&ip) {
+            Some(link) => Some(link.port),
+            None => self
+                .dhcp
+                .mac_of(ip)
+                .and_then(|mac| self.guard.port_of(&mac)),
+        };
+        let used = port.and_then(|port| {
+            self.guard
+                .addresses6_of(port)
+                .into_iter()
+                .filter(|(a, _)| v6.contains(*a))
+                .max_by_key(|(_, seen)| *seen)
+                .map(|(a, _)| a)
+        });
+        used.or_else(|| {
+            v6.static_guests
+                .iter()
+                .find(|(v4, _)| *v4 == ip)
+                .map(|(_, a)| *a)
         })
     }
 

@@ -11,7 +11,7 @@ use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::mem::zeroed;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
@@ -23,6 +23,10 @@ pub struct TapConfig {
     /// Address and prefix length to assign, and the default gateway; `None` leaves the
     /// interface unconfigured (for guests that run their own DHCP client).
     pub address: Option<(Ipv4Addr, u8, Ipv4Addr)>,
+    /// A static IPv6 address (/64) to assign as well (the predictable first guest address,
+    /// `<prefix>::15`), with address autoconfiguration off on the TAP so SLAAC adds no second
+    /// one; the default route still comes from the Router Advertisements.
+    pub address6: Option<Ipv6Addr>,
     /// Open with a virtio-net header and enable offloads (only for a reader that speaks the
     /// header: limanet's data planes, or a relay to a peer that negotiated offloads).
     pub offload: bool,
@@ -209,6 +213,48 @@ fn set_up(sock: RawFd, name: &str) -> io::Result<()> {
 }
 
 /// Configures the interface; returns its MAC address.
+/// Adds `addr/prefix_len` to interface `name` (SIOCSIFADDR on an IPv6 socket).
+fn add_ipv6_address(name: &str, addr: Ipv6Addr, prefix_len: u32) -> io::Result<()> {
+    let cname = CString::new(name).map_err(|_| io::Error::other("interface name with NUL"))?;
+    // SAFETY: valid NUL-terminated name.
+    let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    if index == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a socket only used as an ioctl handle.
+    let raw = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh descriptor.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    let mut req = libc::in6_ifreq {
+        ifr6_addr: libc::in6_addr {
+            s6_addr: addr.octets(),
+        },
+        ifr6_prefixlen: prefix_len,
+        ifr6_ifindex: index as libc::c_int,
+    };
+    // SAFETY: SIOCSIFADDR on an AF_INET6 socket takes a struct in6_ifreq.
+    if unsafe {
+        libc::ioctl(
+            sock.as_raw_fd(),
+            libc::SIOCSIFADDR as _,
+            &mut req as *mut libc::in6_ifreq,
+        )
+    } < 0
+    {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EEXIST) {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("set IPv6 address {addr}/{prefix_len}: {e}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn configure(cfg: &TapConfig) -> io::Result<[u8; 6]> {
     // SAFETY: a socket only used as an ioctl handle.
     let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
@@ -232,6 +278,14 @@ fn configure(cfg: &TapConfig) -> io::Result<[u8; 6]> {
         }
         req.ifr_ifru.ifru_hwaddr = hw;
         ioctl(fd, libc::SIOCSIFHWADDR, &mut req, "set MAC address")?;
+    }
+    if let Some(addr6) = cfg.address6 {
+        // Before the link is up: no Router Solicitation has gone out, so SLAAC cannot race.
+        let autoconf = format!("/proc/sys/net/ipv6/conf/{}/autoconf", cfg.name);
+        if let Err(e) = std::fs::write(&autoconf, "0") {
+            tracing::warn!(path = %autoconf, error = %e, "cannot turn IPv6 autoconfiguration off; the guest may get a SLAAC address besides its static one");
+        }
+        add_ipv6_address(&cfg.name, addr6, 64)?;
     }
     if let Some((addr, prefix, gateway)) = cfg.address {
         let mut req = ifreq(&cfg.name)?;

@@ -12,15 +12,16 @@ use crate::{ChildGuard, Error, Netns, Result};
 /// The udhcpc script: applies address, MTU, default route and resolv.conf (`$RESOLV_CONF`,
 /// default /etc/resolv.conf), and prints one `LIMANET-LEASE key=value...` line.
 pub const UDHCPC_SCRIPT: &str = r#"#!/bin/sh
-# Applies a busybox udhcpc lease: address, MTU, default route, resolv.conf.
+# Applies a busybox udhcpc lease: address, MTU, default route, resolv.conf (IPv4 only:
+# IPv6 addresses, SLAAC ones included, are left alone).
 resolv=${RESOLV_CONF:-/etc/resolv.conf}
 case "$1" in
   deconfig)
-    ip addr flush dev "$interface"
+    ip -4 addr flush dev "$interface"
     ip link set "$interface" up
     ;;
   bound|renew)
-    ip addr flush dev "$interface"
+    ip -4 addr flush dev "$interface"
     ip addr add "$ip/${mask:-24}" dev "$interface"
     [ -n "$mtu" ] && ip link set "$interface" mtu "$mtu"
     for r in $router; do

@@ -259,6 +259,7 @@ impl Backend {
                 name: self.names.tap.clone(),
                 mtu: MTU,
                 address: None,
+                address6: None,
                 // The daemon cuts super-segments for clients without offloads.
                 offload: true,
                 mac: None,

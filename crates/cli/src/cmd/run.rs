@@ -217,7 +217,7 @@ pub fn run(args: Args) -> Result<u8> {
         // The resolv.conf copy is removed at exit.
         args.net
             .confine_filesystem(parent_dirs(resolv.as_ref().map(|r| r.path())))?;
-        let dns = args.net.start_dns(&cfg)?;
+        let dns = args.net.start_dns(&cfg, &mut net)?;
         attach_dns(&mut net, &dns)?;
         args.net.confine_syscalls()?;
         Ok((net, dns))

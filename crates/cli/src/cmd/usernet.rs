@@ -2,8 +2,10 @@
 
 use anyhow::{bail, Context, Result};
 use limanet_netstack::{MacDisplay, NetConfig};
-use limanet_runtime::{privileges, Exit, Forward, Listen, Network, Options, PacketPort, TapConfig};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use limanet_runtime::{
+    privileges, Command, Control, Exit, Forward, Listen, Network, Options, PacketPort, TapConfig,
+};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -284,16 +286,26 @@ impl NetworkArgs {
         Ok(cfg)
     }
 
-    /// Starts the embedded DNS server (unless disabled), with Lima's static names.
-    pub fn start_dns(&self, cfg: &NetConfig) -> Result<Option<limanet_dns::BackgroundDns>> {
-        self.start_dns_with_zones(cfg, limanet_dns::ZonesHandle::default())
+    /// Starts the embedded DNS server (unless disabled), with Lima's static names; guest names
+    /// get AAAA records from what `net` learns of its guests' IPv6 addresses.
+    pub fn start_dns(
+        &self,
+        cfg: &NetConfig,
+        net: &mut Network,
+    ) -> Result<Option<limanet_dns::BackgroundDns>> {
+        let control = net
+            .control()
+            .context("cannot open the network's control channel")?;
+        self.start_dns_with_zones(cfg, limanet_dns::ZonesHandle::default(), Some(control))
     }
 
-    /// [`NetworkArgs::start_dns`], also answering from run-time `zones` (the API's `dns/add`).
+    /// [`NetworkArgs::start_dns`], also answering from run-time `zones` (the API's `dns/add`),
+    /// and asking the network through `control` for its guests' IPv6 addresses.
     pub fn start_dns_with_zones(
         &self,
         cfg: &NetConfig,
         zones: limanet_dns::ZonesHandle,
+        control: Option<Control>,
     ) -> Result<Option<limanet_dns::BackgroundDns>> {
         if self.no_dns {
             return Ok(None);
@@ -352,10 +364,40 @@ impl NetworkArgs {
             resolv_conf: self.resolv_conf.clone(),
             fallback_servers: !self.no_fallback_dns,
             zones,
+            guest_ipv6: control.filter(|_| cfg.ipv6.is_some()).map(|control| {
+                limanet_dns::GuestIpv6Source(std::sync::Arc::new(NetworkGuests(control)))
+            }),
             ..Default::default()
         })
         .context("cannot start the embedded DNS server")?;
         Ok(Some(dns))
+    }
+}
+
+/// Guests' IPv6 addresses as the running network has learned them (for the DNS's AAAA records
+/// of guest names).
+struct NetworkGuests(Control);
+
+/// How long a DNS query waits for the network's answer before going without the AAAA record.
+const GUEST_IPV6_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
+impl limanet_dns::GuestIpv6 for NetworkGuests {
+    fn ipv6_of(&self, ip: Ipv4Addr) -> limanet_dns::handler::BoxFuture<'_, Option<Ipv6Addr>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sent = self.0.send(Command::GuestIpv6 {
+            ip,
+            reply: Box::new(move |found| {
+                let _ = tx.send(found);
+            }),
+        });
+        Box::pin(async move {
+            sent.ok()?;
+            tokio::time::timeout(GUEST_IPV6_TIMEOUT, rx)
+                .await
+                .ok()?
+                .ok()
+                .flatten()
+        })
     }
 }
 
@@ -550,11 +592,15 @@ pub fn run(mut args: Args) -> Result<u8> {
             .chain(args.pidfile.as_deref())
             .chain(args.endpoint.as_deref()),
     ))?;
+    // One control channel for the API and the DNS (a second one would replace the first).
+    let control = net
+        .control()
+        .context("cannot open the network's control channel")?;
     let _api = match api {
-        Some(api) => Some(serve_api(&mut net, &cfg, api, zones.clone())?),
+        Some(api) => Some(serve_api(control.clone(), &cfg, api, zones.clone())?),
         None => None,
     };
-    let dns = args.net.start_dns_with_zones(&cfg, zones)?;
+    let dns = args.net.start_dns_with_zones(&cfg, zones, Some(control))?;
     attach_dns(&mut net, &dns)?;
     let _pidfile = args
         .pidfile
@@ -585,14 +631,11 @@ pub fn run(mut args: Args) -> Result<u8> {
 
 /// Serves the bound API socket of a user-v2 network.
 pub fn serve_api(
-    net: &mut Network,
+    control: Control,
     cfg: &NetConfig,
     api: limanet_api::BoundApi,
     zones: limanet_dns::ZonesHandle,
 ) -> Result<limanet_api::ApiServer> {
-    let control = net
-        .control()
-        .context("cannot open the network's control channel")?;
     let ctx = limanet_api::Context {
         control,
         zones,
@@ -659,10 +702,16 @@ pub fn attach_namespaces(
                 cfg.prefix_len
             );
         }
+        let address6 = cfg
+            .ipv6
+            .as_ref()
+            .filter(|_| configure)
+            .map(|v6| v6.mirror_of(address));
         let tap_cfg = TapConfig {
             name: tap_name.to_string(),
             mtu: cfg.mtu,
             address: configure.then_some((address, cfg.prefix_len, cfg.gateway)),
+            address6,
             offload,
             mac: None,
         };
@@ -672,7 +721,10 @@ pub fn attach_namespaces(
         let offloads = format!("{:#x}", tap.offloads);
         if configure {
             cfg.static_leases.push((address, tap.mac));
-            info!(netns = %ns, tap = %tap_name, %address, mac = %MacDisplay(tap.mac), %offloads, "attached network namespace");
+            if let (Some(v6), Some(a6)) = (cfg.ipv6.as_mut(), address6) {
+                v6.static_guests.push((address, a6));
+            }
+            info!(netns = %ns, tap = %tap_name, %address, address6 = ?address6, mac = %MacDisplay(tap.mac), %offloads, "attached network namespace");
         } else {
             info!(netns = %ns, tap = %tap_name, mac = %MacDisplay(tap.mac), %offloads, "attached network namespace (unconfigured)");
         }

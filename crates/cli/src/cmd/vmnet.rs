@@ -140,6 +140,7 @@ pub fn attach(args: AttachArgs) -> Result<u8> {
             name: args.tap_name.clone(),
             mtu: args.mtu,
             address,
+            address6: None,
             // Only with a peer that speaks the virtio-net header too.
             offload,
             mac: Some(mac),

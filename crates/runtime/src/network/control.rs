@@ -53,6 +53,12 @@ pub enum Command {
     Cam(Reply<Vec<CamEntry>>),
     /// The TCP and UDP flow table.
     Flows(Reply<Vec<FlowInfo>>),
+    /// The IPv6 address the guest holding an IPv4 address has used most recently (for the
+    /// AAAA records of guest names).
+    GuestIpv6 {
+        ip: Ipv4Addr,
+        reply: Reply<Option<std::net::Ipv6Addr>>,
+    },
     /// One TCP dial to `guest` from inside the network: `Ok` once the guest accepts, an error
     /// when it refuses, is unknown, or has not answered by `deadline`.
     Probe {
@@ -107,6 +113,8 @@ pub struct PortStats {
     pub macs: Vec<[u8; 6]>,
     /// DHCP leases of those addresses.
     pub ips: Vec<Ipv4Addr>,
+    /// IPv6 addresses the port's guests have sent from, most recently used first.
+    pub ips6: Vec<std::net::Ipv6Addr>,
     pub tcp_flows: usize,
     pub udp_flows: usize,
 }
@@ -283,6 +291,7 @@ impl Network {
                 Command::Stats(reply) => reply(self.stats()),
                 Command::Cam(reply) => reply(self.stack.cam()),
                 Command::Flows(reply) => reply(self.stack.flows()),
+                Command::GuestIpv6 { ip, reply } => reply(self.stack.learned_guest_ipv6_of(ip)),
                 Command::Probe {
                     guest,
                     deadline,
@@ -334,6 +343,7 @@ impl Network {
                     .map(|l| l.ip)
                     .collect(),
                 macs,
+                ips6: self.stack.ipv6_addresses_of(*id),
                 tcp_flows: mine(limanet_netstack::FlowProtocol::Tcp),
                 udp_flows: mine(limanet_netstack::FlowProtocol::Udp),
             });

@@ -9,7 +9,7 @@ use limanet_netstack::MacDisplay;
 use limanet_runtime::{Command, Control, Forward, Reply};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
@@ -63,16 +63,39 @@ pub struct Context {
     /// The network, for checking guest addresses.
     pub network: Ipv4Addr,
     pub prefix_len: u8,
+    /// The network's IPv6 /64 prefix, if it has IPv6.
+    pub prefix6: Option<Ipv6Addr>,
 }
 
 impl Context {
-    fn in_subnet(&self, ip: Ipv4Addr) -> bool {
-        let mask = if self.prefix_len == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(self.prefix_len.min(32)))
+    /// A forward's guest address must be inside the network (either family).
+    fn check_guest(&self, ip: IpAddr) -> Result<(), String> {
+        let inside = match ip {
+            IpAddr::V4(ip) => {
+                let mask = if self.prefix_len == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - u32::from(self.prefix_len.min(32)))
+                };
+                u32::from(ip) & mask == u32::from(self.network) & mask
+            }
+            IpAddr::V6(ip) => self
+                .prefix6
+                .is_some_and(|p| ip.segments()[..4] == p.segments()[..4]),
         };
-        u32::from(ip) & mask == u32::from(self.network) & mask
+        if inside {
+            return Ok(());
+        }
+        Err(match (ip, self.prefix6) {
+            (IpAddr::V6(_), None) => format!("remote address {ip}: the network has no IPv6"),
+            (IpAddr::V6(_), Some(p)) => {
+                format!("remote address {ip} is outside the network {p}/64")
+            }
+            (IpAddr::V4(_), _) => format!(
+                "remote address {ip} is outside the network {}/{}",
+                self.network, self.prefix_len
+            ),
+        })
     }
 
     /// Sends a command and waits for its reply.
@@ -146,8 +169,17 @@ fn protocol(name: &str) -> Result<bool, Response> {
     }
 }
 
-/// Splits `host:port` as Go's `net.SplitHostPort` does for IPv4 and names.
+/// Splits `host:port` or `[host]:port` as Go's `net.SplitHostPort` does.
 fn split_host_port(s: &str) -> Result<(&str, &str), String> {
+    if let Some(rest) = s.strip_prefix('[') {
+        let Some((host, after)) = rest.split_once(']') else {
+            return Err(format!("address {s}: missing ']' in address"));
+        };
+        let Some(port) = after.strip_prefix(':') else {
+            return Err(format!("address {s}: missing port in address"));
+        };
+        return Ok((host, port));
+    }
     let Some((host, port)) = s.rsplit_once(':') else {
         return Err(format!("address {s}: missing port in address"));
     };
@@ -158,20 +190,20 @@ fn split_host_port(s: &str) -> Result<(&str, &str), String> {
 }
 
 /// A local (host) address to listen on: empty host = every interface (as Go's listen),
-/// `localhost` = 127.0.0.1.
-fn local_addr(s: &str) -> Result<SocketAddrV4, String> {
+/// `localhost` = 127.0.0.1; an IPv6 address in brackets.
+fn local_addr(s: &str) -> Result<SocketAddr, String> {
     let (host, port) = split_host_port(s)?;
     let ip = match host {
-        "" => Ipv4Addr::UNSPECIFIED,
-        "localhost" => Ipv4Addr::LOCALHOST,
+        "" => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
         h => h
             .parse()
-            .map_err(|_| format!("listen {s}: not an IPv4 address: {h}"))?,
+            .map_err(|_| format!("listen {s}: not an IP address: {h}"))?,
     };
     let port = port
         .parse::<u16>()
         .map_err(|_| format!("listen {s}: invalid port {port:?}"))?;
-    Ok(SocketAddrV4::new(ip, port))
+    Ok(SocketAddr::new(ip, port))
 }
 
 async fn expose(ctx: &Context, body: &[u8]) -> Result<Response, Response> {
@@ -191,7 +223,7 @@ async fn expose(ctx: &Context, body: &[u8]) -> Result<Response, Response> {
         ));
     }
     let proto = if udp { "udp" } else { "tcp" };
-    let guest: Ipv4Addr = remote_host
+    let guest: IpAddr = remote_host
         .parse()
         .map_err(|_| Response::error(500, "invalid remote addr"))?;
     let guest_port: u16 = remote_port
@@ -200,21 +232,14 @@ async fn expose(ctx: &Context, body: &[u8]) -> Result<Response, Response> {
     if guest_port == 0 {
         return Err(Response::error(500, "invalid remote port 0"));
     }
-    if !ctx.in_subnet(guest) {
-        return Err(Response::error(
-            500,
-            format!(
-                "remote address {guest} is outside the network {}/{}",
-                ctx.network, ctx.prefix_len
-            ),
-        ));
+    if let Err(e) = ctx.check_guest(guest) {
+        return Err(Response::error(500, e));
     }
     let host = local_addr(&req.local).map_err(|e| Response::error(500, e))?;
-    // The API's forwards are IPv4 on both sides (gvproxy's are).
     let forward = Forward {
         udp,
-        host: host.into(),
-        guest: Some(guest.into()),
+        host,
+        guest: Some(guest),
         guest_port,
     };
     match ctx.ask(|reply| Command::Expose { forward, reply }).await? {
@@ -235,11 +260,7 @@ async fn unexpose(ctx: &Context, body: &[u8]) -> Result<Response, Response> {
     // gvproxy looks the forward up by its local string; one that does not parse names none.
     let host = local_addr(&req.local).map_err(|_| Response::error(500, "proxy not found"))?;
     match ctx
-        .ask(|reply| Command::Unexpose {
-            udp,
-            host: host.into(),
-            reply,
-        })
+        .ask(|reply| Command::Unexpose { udp, host, reply })
         .await?
     {
         Ok(()) => Ok(Response::ok()),
@@ -515,7 +536,10 @@ mod tests {
             "127.0.0.1:80".parse().unwrap()
         );
         assert!(local_addr("127.0.0.1").is_err());
-        assert!(local_addr("[::1]:80").is_err());
+        assert_eq!(local_addr("[::1]:80").unwrap(), "[::1]:80".parse().unwrap());
+        assert!(local_addr("[::1:80").is_err());
+        assert!(local_addr("::1:80").is_err());
+        assert!(local_addr("[::1]80").is_err());
         assert!(local_addr("127.0.0.1:99999").is_err());
         assert_eq!(split_host_port(":22").unwrap(), ("", "22"));
     }

@@ -312,3 +312,82 @@ fn endpoint_group_gives_mode_0660() {
     assert_eq!(meta.gid(), 0);
     assert_eq!(api(&v2.ep, "GET", "/leases", None).status, 200);
 }
+
+/// The guest's global IPv6 address on tap0 (from SLAAC), once duplicate address detection
+/// is over (a tentative address cannot be bound), waiting for it up to 10 s.
+fn global_ipv6(ns: &Netns) -> std::net::Ipv6Addr {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = ns
+            .run(
+                "ip",
+                &["-6", "-o", "addr", "show", "dev", "tap0", "scope", "global"],
+            )
+            .unwrap_or_default();
+        let addr = out
+            .lines()
+            .find(|l| !l.contains("tentative"))
+            .unwrap_or("")
+            .split_whitespace()
+            .skip_while(|w| *w != "inet6")
+            .nth(1)
+            .and_then(|a| a.split('/').next()?.parse().ok());
+        if let Some(addr) = addr {
+            return addr;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no global IPv6 address on tap0: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Beyond gvproxy (whose forwards are IPv4 only): a forward from the host's `[::1]` to the
+/// guest's IPv6 address, exposed, listed, used and unexposed through the API; an IPv6 guest
+/// address outside the network's prefix is refused like an IPv4 one.
+#[test]
+fn expose_ipv6_forward_through_the_api() {
+    let env = Env::new("v2api6");
+    let guest = Netns::new("v2a6").expect("netns");
+    let v2 = start_v2(&env, "v2api6", &[&guest], &[]);
+    dhcp(&guest, None);
+    let ip6 = global_ipv6(&guest);
+    let _echo = TcpEchoServer::start(&guest, SocketAddr::from((ip6, 8080))).expect("echo");
+    let port = free_port(&env);
+    let local = format!("[::1]:{port}");
+    let r = expose(&v2.ep, &local, &format!("[{ip6}]:8080"), "tcp");
+    assert_eq!((r.status, r.body.as_str()), (200, ""), "expose [::1]");
+    let all = api(&v2.ep, "GET", "/services/forwarder/all", None);
+    assert!(
+        all.body.contains(&format!("\"local\":\"{local}\""))
+            && all.body.contains(&format!("\"remote\":\"[{ip6}]:8080\"")),
+        "{all:?}"
+    );
+    let echoed = env
+        .th
+        .host
+        .run_in(move || -> std::io::Result<Vec<u8>> {
+            let to = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+            let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(b"over six")?;
+            let mut buf = [0u8; 8];
+            s.read_exact(&mut buf)?;
+            Ok(buf.to_vec())
+        })
+        .expect("netns");
+    assert_eq!(
+        echoed.expect("echo through [::1]"),
+        b"over six",
+        "{}",
+        v2.daemon.logs()
+    );
+    let r = expose(&v2.ep, "[::1]:0", "[2001:db8::1]:8080", "tcp");
+    assert_eq!(r.status, 500, "outside the prefix: {r:?}");
+    assert!(r.body.contains("outside the network"), "{r:?}");
+    let r = expose(&v2.ep, "[::1:0", &format!("[{ip6}]:8080"), "tcp");
+    assert_eq!(r.status, 500, "bad local: {r:?}");
+    let r = unexpose(&v2.ep, &local, "tcp");
+    assert_eq!((r.status, r.body.as_str()), (200, ""), "unexpose [::1]");
+}

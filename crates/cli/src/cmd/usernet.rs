@@ -641,6 +641,7 @@ pub fn serve_api(
         zones,
         network: cfg.network,
         prefix_len: cfg.prefix_len,
+        prefix6: cfg.ipv6.as_ref().map(|v6| v6.prefix),
     };
     api.serve(ctx).context("cannot serve the HTTP API")
 }

@@ -571,11 +571,6 @@ impl Port {
         }
     }
 
-    /// Bytes of output queued and not yet written.
-    pub fn queued_bytes(&self) -> usize {
-        self.queued
-    }
-
     pub fn has_output(&self) -> bool {
         !self.wq.is_empty()
     }

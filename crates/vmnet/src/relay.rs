@@ -18,10 +18,6 @@ use tracing::{info, warn};
 
 /// Largest frame relayed from the socket (socket_vmnet's limit).
 const MAX_FRAME: usize = 64 * 1024;
-/// Output queued towards one side above which the relay stops reading the other side, so
-/// that the sender meets backpressure (its TAP queue, its socket buffer) instead of frames
-/// piling up here: a deep queue adds delay until the guest's TCP retransmits on timeout.
-const BACKLOG_MAX: usize = 512 << 10;
 const STOP: Token = Token(2);
 /// Full-size buffers kept for reading the TAP.
 const POOL_MAX: usize = 128;
@@ -65,12 +61,9 @@ pub fn relay(tap: OwnedFd, stream: OwnedFd, stop: OwnedFd, offload: bool) -> io:
     let mut pool: Vec<Vec<u8>> = Vec::new();
     let mut pending = [true, true];
     loop {
-        // Data left unread on a side whose peer is backlogged waits for the peer's writable
-        // event, not a busy loop.
-        let backlogged =
-            |ports: &[Port; 2], from: usize| ports[1 - from].queued_bytes() > BACKLOG_MAX;
-        let timeout = (0..2)
-            .any(|i| pending[i] && !backlogged(&ports, i))
+        let timeout = pending
+            .iter()
+            .any(|p| *p)
             .then_some(std::time::Duration::ZERO);
         if let Err(e) = poll.poll(&mut events, timeout) {
             if e.kind() == io::ErrorKind::Interrupted {
@@ -94,10 +87,9 @@ pub fn relay(tap: OwnedFd, stream: OwnedFd, stop: OwnedFd, offload: bool) -> io:
             }
         }
         for from in 0..2 {
-            if !pending[from] || backlogged(&ports, from) {
+            if !std::mem::take(&mut pending[from]) {
                 continue;
             }
-            pending[from] = false;
             let to = 1 - from;
             let mut frames: Vec<Vec<u8>> = Vec::new();
             let result = if from == TAP {

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use limanet_testkit::checksum::{sha256_reader, PatternReader};
 use limanet_testkit::servers::HttpServer;
-use limanet_testkit::{wait_for_path, ChildGuard, Netns};
+use limanet_testkit::{ChildGuard, Netns};
 use usernet_support::*;
 
 /// Reads an HTTP request head one byte at a time (nothing of the frames after it is consumed).
@@ -61,17 +61,16 @@ fn attach_gvproxy_connect_posts_connect_then_relays_frames() {
     let env = Env::new("gvconn");
     let guest = Netns::new("lngv").expect("netns");
     let sock = env.dir.join("qemu.sock");
-    let pidfile = env.dir.join("usernet.pid");
-    let mut cmd = env.limanet("usernet");
-    cmd.args(["--mode", "user-v2", "--subnet", "192.168.104.0/24"])
-        .arg("--listen-qemu")
-        .arg(&sock)
-        .arg("--pidfile")
-        .arg(&pidfile);
-    let daemon = ChildGuard::spawn("limanet-usernet", &mut cmd).expect("spawn usernet");
-    if let Err(e) = wait_for_path(&pidfile, Duration::from_secs(20)) {
-        panic!("limanet usernet did not start: {e}\n{}", daemon.logs());
-    }
+    let daemon = env.usernet_daemon(|cmd| {
+        cmd.args([
+            "--mode",
+            "user-v2",
+            "--subnet",
+            "192.168.104.0/24",
+            "--listen-qemu",
+        ])
+        .arg(&sock);
+    });
 
     let endpoint = env.dir.join("ep.sock");
     let requests = fake_gvproxy_endpoint(&endpoint, &sock);

@@ -432,22 +432,16 @@ fn user_v2_guests_reach_each_other_over_ipv6() {
 /// fake internet's IPv6 address and gets host.lima.internal's AAAA from the DNS over IPv6.
 #[test]
 fn qemu_guest_slaac_fetch_ping_and_aaaa() {
-    use limanet_testkit::{wait_for_path, ChildGuard, QemuGuest, QemuOptions};
+    use limanet_testkit::{QemuGuest, QemuOptions};
     let env = Env::new("ipv6qemu");
     let http =
         HttpServer::start(&env.th.host, "[::1]:0".parse().expect("addr"), None).expect("http");
     let port = http.addr().port();
     let sock = env.dir.join("qemu.sock");
     let sock_s = sock.to_string_lossy().into_owned();
-    let pidfile = env.dir.join("usernet.pid");
-    let mut cmd = env.limanet("usernet");
-    cmd.args(["--listen-qemu", &sock_s])
-        .arg("--pidfile")
-        .arg(&pidfile);
-    let daemon = ChildGuard::spawn("limanet-usernet", &mut cmd).expect("spawn usernet");
-    if let Err(e) = wait_for_path(&pidfile, Duration::from_secs(20)) {
-        panic!("limanet usernet did not start: {e}\n{}", daemon.logs());
-    }
+    let daemon = env.usernet_daemon(|cmd| {
+        cmd.args(["--listen-qemu", &sock_s]);
+    });
     let inet = TestHost::INTERNET_ADDR6;
     let script = format!(
         "i=0\n\

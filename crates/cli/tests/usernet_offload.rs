@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use limanet_testkit::checksum::{sha256_reader, PatternReader};
 use limanet_testkit::servers::HttpServer;
-use limanet_testkit::{wait_for_path, ChildGuard, Netns};
+use limanet_testkit::{ChildGuard, Netns};
 use usernet_support::*;
 
 const SIZE: u64 = 64 << 20;
@@ -110,24 +110,18 @@ fn guests_with_and_without_offloads_on_one_switch() {
     let a = Netns::new("lnoa").expect("netns a");
     let b = Netns::new("lnob").expect("netns b");
     let sock = env.dir.join("qemu.sock");
-    let pidfile = env.dir.join("usernet.pid");
-    let mut cmd = env.limanet("usernet");
-    cmd.args([
-        "--mode",
-        "user-v2",
-        "--subnet",
-        "192.168.104.0/24",
-        "--netns",
-    ])
-    .arg(a.path())
-    .arg("--listen-qemu")
-    .arg(&sock)
-    .arg("--pidfile")
-    .arg(&pidfile);
-    let daemon = ChildGuard::spawn("limanet-usernet", &mut cmd).expect("spawn usernet");
-    if let Err(e) = wait_for_path(&pidfile, Duration::from_secs(20)) {
-        panic!("limanet usernet did not start: {e}\n{}", daemon.logs());
-    }
+    let daemon = env.usernet_daemon(|cmd| {
+        cmd.args([
+            "--mode",
+            "user-v2",
+            "--subnet",
+            "192.168.104.0/24",
+            "--netns",
+        ])
+        .arg(a.path())
+        .arg("--listen-qemu")
+        .arg(&sock);
+    });
     let a_ip = std::net::IpAddr::from([192, 168, 104, 1]);
     let b_ip = std::net::IpAddr::from([192, 168, 104, 20]);
     a.wait_for_addr(a_ip, Duration::from_secs(10))

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use limanet_testkit::checksum::PatternReader;
 use limanet_testkit::servers::HttpServer;
-use limanet_testkit::{wait_for_path, ChildGuard, GuestOutput, QemuGuest, QemuOptions};
+use limanet_testkit::{GuestOutput, QemuGuest, QemuOptions};
 use usernet_support::*;
 
 const SIZE: u64 = 300_000;
@@ -23,16 +23,9 @@ fn guest_on(env: &Env, listen: &[&str], socket: &Path, backend: &str) {
     let http =
         HttpServer::start(&env.th.host, SocketAddr::from(([127, 0, 0, 1], 0)), None).expect("http");
     let port = http.addr().port();
-    let pidfile = env.dir.join("usernet.pid");
-    let mut cmd = env.limanet("usernet");
-    cmd.args(listen)
-        .arg("--pidfile")
-        .arg(&pidfile)
-        .args(["--instance", "qemu"]);
-    let daemon = ChildGuard::spawn("limanet-usernet", &mut cmd).expect("spawn usernet");
-    if let Err(e) = wait_for_path(&pidfile, Duration::from_secs(20)) {
-        panic!("limanet usernet did not start: {e}\n{}", daemon.logs());
-    }
+    let daemon = env.usernet_daemon(|cmd| {
+        cmd.args(listen).args(["--instance", "qemu"]);
+    });
     assert!(socket.exists(), "{} missing", socket.display());
 
     let script = format!(

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use limanet_testkit::checksum::PatternReader;
 use limanet_testkit::servers::HttpServer;
-use limanet_testkit::{wait_for, wait_for_path, ChildGuard, GuestOutput, QemuGuest, QemuOptions};
+use limanet_testkit::{wait_for, GuestOutput, QemuGuest, QemuOptions};
 use usernet_support::*;
 
 const BIG: u64 = 64 << 20;
@@ -68,17 +68,11 @@ fn vhost_user_guest_transfers_resolves_and_reconnects() {
         HttpServer::start(&env.th.host, SocketAddr::from(([127, 0, 0, 1], 0)), None).expect("http");
     let port = http.addr().port();
     let sock = env.dir.join("vhost.sock");
-    let pidfile = env.dir.join("usernet.pid");
-    let mut cmd = env.limanet("usernet");
-    cmd.arg("--listen-vhost-user")
-        .arg(&sock)
-        .arg("--pidfile")
-        .arg(&pidfile)
-        .args(["--instance", "qemu"]);
-    let daemon = ChildGuard::spawn("limanet-usernet", &mut cmd).expect("spawn usernet");
-    if let Err(e) = wait_for_path(&pidfile, Duration::from_secs(20)) {
-        panic!("limanet usernet did not start: {e}\n{}", daemon.logs());
-    }
+    let daemon = env.usernet_daemon(|cmd| {
+        cmd.arg("--listen-vhost-user")
+            .arg(&sock)
+            .args(["--instance", "qemu"]);
+    });
     assert!(sock.exists(), "{} missing", sock.display());
 
     // First guest: 64 MiB down, 64 MiB up (the upload is the server's own pattern, fetched
@@ -178,16 +172,10 @@ fn vhost_user_guest_on_a_user_v2_network() {
         HttpServer::start(&env.th.host, SocketAddr::from(([127, 0, 0, 1], 0)), None).expect("http");
     let port = http.addr().port();
     let sock = env.dir.join("vhost-v2.sock");
-    let pidfile = env.dir.join("usernet.pid");
-    let mut cmd = env.limanet("usernet");
-    cmd.args(["--mode", "user-v2", "--listen-vhost-user"])
-        .arg(&sock)
-        .arg("--pidfile")
-        .arg(&pidfile);
-    let daemon = ChildGuard::spawn("limanet-usernet", &mut cmd).expect("spawn usernet");
-    if let Err(e) = wait_for_path(&pidfile, Duration::from_secs(20)) {
-        panic!("limanet usernet did not start: {e}\n{}", daemon.logs());
-    }
+    let daemon = env.usernet_daemon(|cmd| {
+        cmd.args(["--mode", "user-v2", "--listen-vhost-user"])
+            .arg(&sock);
+    });
     // user-v2: the gateway (.2) also serves DNS, the first guest gets .1.
     let script = format!(
         "wget -q -O /tmp/data 'http://192.168.5.2:{port}/bytes/{SMALL}?seed=34' || exit 10\n\
@@ -218,16 +206,9 @@ fn vhost_user_guest_without_offloads_gets_plain_frames() {
         HttpServer::start(&env.th.host, SocketAddr::from(([127, 0, 0, 1], 0)), None).expect("http");
     let port = http.addr().port();
     let sock = env.dir.join("vhost.sock");
-    let pidfile = env.dir.join("usernet.pid");
-    let mut cmd = env.limanet("usernet");
-    cmd.arg("--listen-vhost-user")
-        .arg(&sock)
-        .arg("--pidfile")
-        .arg(&pidfile);
-    let daemon = ChildGuard::spawn("limanet-usernet", &mut cmd).expect("spawn usernet");
-    if let Err(e) = wait_for_path(&pidfile, Duration::from_secs(20)) {
-        panic!("limanet usernet did not start: {e}\n{}", daemon.logs());
-    }
+    let daemon = env.usernet_daemon(|cmd| {
+        cmd.arg("--listen-vhost-user").arg(&sock);
+    });
     // The guest's driver takes neither partial checksums nor super-segments, nor mergeable
     // buffers: limanet must segment and checksum what it sends (the guest's TCP would
     // otherwise stall on dropped frames), one frame per receive buffer.

@@ -212,6 +212,20 @@ impl Env {
         c
     }
 
+    /// Starts `limanet usernet` with the arguments `args` adds and a pid file in the test's
+    /// directory, and waits until it has written the pid file (it is then serving).
+    pub fn usernet_daemon(&self, args: impl FnOnce(&mut Command)) -> ChildGuard {
+        let pidfile = self.dir.join("usernet.pid");
+        let mut cmd = self.limanet("usernet");
+        args(&mut cmd);
+        cmd.arg("--pidfile").arg(&pidfile);
+        let daemon = ChildGuard::spawn("limanet-usernet", &mut cmd).expect("spawn usernet");
+        if let Err(e) = wait_for_path(&pidfile, Duration::from_secs(20)) {
+            panic!("limanet usernet did not start: {e}\n{}", daemon.logs());
+        }
+        daemon
+    }
+
     /// Runs `limanet run <args> -- sh -c <script>` to completion (at most `timeout`).
     pub fn run_sh(&self, args: &[&str], script: &str, timeout: Duration) -> RunOutput {
         let mut cmd = self.limanet("run");

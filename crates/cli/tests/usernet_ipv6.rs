@@ -34,29 +34,17 @@ fn text(o: &Output) -> String {
 fn wait_for_slaac(guest: &Netns, daemon_logs: impl Fn() -> String) -> Ipv6Addr {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let o = output_in(
-            guest,
-            "ip",
-            &["-6", "-o", "addr", "show", "dev", "tap0", "scope", "global"],
-        );
-        let out = String::from_utf8_lossy(&o.stdout).to_string();
-        let addr = out
-            .split_whitespace()
-            .skip_while(|w| *w != "inet6")
-            .nth(1)
-            .and_then(|a| a.split('/').next())
-            .and_then(|a| a.parse::<Ipv6Addr>().ok());
-        let tentative = out.contains("tentative");
+        let addr = guest.global_ipv6("tap0");
         // A configured guest has its address before the RA: wait for the route too.
         let route = output_in(guest, "ip", &["-6", "route", "show", "default"]);
         let routed = String::from_utf8_lossy(&route.stdout).contains("via");
-        if let (Some(a), false, true) = (addr, tentative, routed) {
+        if let (Some(a), true) = (addr, routed) {
             return a;
         }
         if Instant::now() > deadline {
             let routes = output_in(guest, "ip", &["-6", "route"]);
             panic!(
-                "no SLAAC address on tap0: {out}\nroutes: {}\nlimanet:\n{}",
+                "no SLAAC address on tap0 ({addr:?})\nroutes: {}\nlimanet:\n{}",
                 text(&routes),
                 daemon_logs()
             );

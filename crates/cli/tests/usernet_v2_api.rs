@@ -313,36 +313,6 @@ fn endpoint_group_gives_mode_0660() {
     assert_eq!(api(&v2.ep, "GET", "/leases", None).status, 200);
 }
 
-/// The guest's global IPv6 address on tap0 (from SLAAC), once duplicate address detection
-/// is over (a tentative address cannot be bound), waiting for it up to 10 s.
-fn global_ipv6(ns: &Netns) -> std::net::Ipv6Addr {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let out = ns
-            .run(
-                "ip",
-                &["-6", "-o", "addr", "show", "dev", "tap0", "scope", "global"],
-            )
-            .unwrap_or_default();
-        let addr = out
-            .lines()
-            .find(|l| !l.contains("tentative"))
-            .unwrap_or("")
-            .split_whitespace()
-            .skip_while(|w| *w != "inet6")
-            .nth(1)
-            .and_then(|a| a.split('/').next()?.parse().ok());
-        if let Some(addr) = addr {
-            return addr;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no global IPv6 address on tap0: {out}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// Beyond gvproxy (whose forwards are IPv4 only): a forward from the host's `[::1]` to the
 /// guest's IPv6 address, exposed, listed, used and unexposed through the API; an IPv6 guest
 /// address outside the network's prefix is refused like an IPv4 one.
@@ -352,7 +322,13 @@ fn expose_ipv6_forward_through_the_api() {
     let guest = Netns::new("v2a6").expect("netns");
     let v2 = start_v2(&env, "v2api6", &[&guest], &[]);
     dhcp(&guest, None);
-    let ip6 = global_ipv6(&guest);
+    let mut ip6 = None;
+    limanet_testkit::wait_for("a SLAAC address on tap0", Duration::from_secs(10), || {
+        ip6 = guest.global_ipv6("tap0");
+        ip6.is_some()
+    })
+    .expect("guest IPv6 address");
+    let ip6 = ip6.expect("checked");
     let _echo = TcpEchoServer::start(&guest, SocketAddr::from((ip6, 8080))).expect("echo");
     let port = free_port(&env);
     let local = format!("[::1]:{port}");

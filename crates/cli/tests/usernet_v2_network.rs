@@ -249,24 +249,13 @@ fn three_guests_leases_names_tcp_and_introspection() {
 fn wait_for_slaac(ns: &Netns, logs: impl Fn() -> String) -> std::net::Ipv6Addr {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let o = output_in(
-            ns,
-            "ip",
-            &["-6", "-o", "addr", "show", "dev", "tap0", "scope", "global"],
-        );
-        let out = String::from_utf8_lossy(&o.stdout).to_string();
-        let addr = out
-            .split_whitespace()
-            .skip_while(|w| *w != "inet6")
-            .nth(1)
-            .and_then(|a| a.split('/').next())
-            .and_then(|a| a.parse().ok());
-        if let (Some(a), false) = (addr, out.contains("tentative")) {
+        let addr = ns.global_ipv6("tap0");
+        if let Some(a) = addr {
             return a;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "no SLAAC address on tap0: {out}\n{}",
+            "no SLAAC address on tap0\n{}",
             logs()
         );
         std::thread::sleep(Duration::from_millis(100));

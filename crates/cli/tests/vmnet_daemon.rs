@@ -964,20 +964,6 @@ fn eth0_feature(ns: &Netns, feature: &str) -> String {
         .unwrap_or_else(|| panic!("no {feature} in ethtool output: {text}"))
 }
 
-fn skip_http_headers(r: &mut impl std::io::BufRead) -> std::io::Result<()> {
-    let mut status = String::new();
-    r.read_line(&mut status)?;
-    if !status.contains(" 200 ") {
-        return Err(std::io::Error::other(format!("HTTP status {status:?}")));
-    }
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line)? == 0 || line.trim().is_empty() {
-            return Ok(());
-        }
-    }
-}
-
 /// Downloads `BIG` bytes of pattern `seed` from `server` and uploads `BIG` bytes of pattern
 /// `seed + 1` to it, from inside `ns`; both checked by SHA-256.
 fn big_both_ways(ns: &Netns, server: SocketAddr, seed: u64, what: &str, logs: &dyn Fn() -> String) {
@@ -989,7 +975,7 @@ fn big_both_ways(ns: &Netns, server: SocketAddr, seed: u64, what: &str, logs: &d
             s.set_read_timeout(Some(Duration::from_secs(60)))?;
             write!(s, "GET /bytes/{BIG}?seed={seed} HTTP/1.0\r\n\r\n")?;
             let mut r = BufReader::new(s);
-            skip_http_headers(&mut r)?;
+            limanet_testkit::servers::skip_response_headers(&mut r)?;
             let (down, len) = sha256_reader(r)?;
             let mut s = TcpStream::connect_timeout(&server, Duration::from_secs(10))?;
             s.set_read_timeout(Some(Duration::from_secs(60)))?;
@@ -997,7 +983,7 @@ fn big_both_ways(ns: &Netns, server: SocketAddr, seed: u64, what: &str, logs: &d
             std::io::copy(&mut PatternReader::new(seed + 1, BIG), &mut s)?;
             s.shutdown(std::net::Shutdown::Write)?;
             let mut r = BufReader::new(s);
-            skip_http_headers(&mut r)?;
+            limanet_testkit::servers::skip_response_headers(&mut r)?;
             let mut up = String::new();
             r.read_to_string(&mut up)?;
             Ok((down, len, up.trim().to_string()))

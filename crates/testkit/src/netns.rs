@@ -170,6 +170,23 @@ impl Netns {
         )
     }
 
+    /// The first global IPv6 address on `dev` that duplicate address detection has cleared (a
+    /// tentative address cannot be bound yet), if any.
+    pub fn global_ipv6(&self, dev: &str) -> Option<Ipv6Addr> {
+        let out = self
+            .run(
+                "ip",
+                &["-6", "-o", "addr", "show", "dev", dev, "scope", "global"],
+            )
+            .ok()?;
+        out.lines()
+            .filter(|l| !l.contains("tentative"))
+            .find_map(|l| {
+                let mut words = l.split_whitespace().skip_while(|w| *w != "inet6");
+                words.nth(1)?.split('/').next()?.parse().ok()
+            })
+    }
+
     /// Pids of processes inside the namespace (`ip netns pids`).
     pub fn pids(&self) -> Result<Vec<i32>> {
         let out = run(Command::new("ip").args(["netns", "pids", &self.name]))?;

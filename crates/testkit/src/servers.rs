@@ -464,3 +464,19 @@ mod pktinfo {
         msg.msg_controllen
     }
 }
+
+/// Reads an HTTP/1.x response's status line and headers, failing unless the status is 200;
+/// the body follows in `r`.
+pub fn skip_response_headers(r: &mut impl std::io::BufRead) -> std::io::Result<()> {
+    let mut status = String::new();
+    r.read_line(&mut status)?;
+    if !status.contains(" 200 ") {
+        return Err(std::io::Error::other(format!("HTTP status {status:?}")));
+    }
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 || line.trim().is_empty() {
+            return Ok(());
+        }
+    }
+}

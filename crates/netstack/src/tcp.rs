@@ -15,7 +15,7 @@
 //! - No SACK, timestamps or PAWS: the link to the guest is a local socket that neither loses nor
 //!   reorders frames except under overload, where go-back-N retransmission is enough.
 //! - Guest segments that arrive after a gap (lost or reordered frames, e.g. on a datagram
-//!   transport under load) are held, within a small per-flow and per-network budget, until the
+//!   transport under load) are held, within a small per-flow and per-guest budget, until the
 //!   gap is filled; the guest learns of the gap from duplicate ACKs. This is the only data the
 //!   translator ever buffers.
 //! - No Nagle. ACKs are coalesced per batch of frames read from the guest; an ACK for less than
@@ -53,10 +53,13 @@ const SEGMENTS_PER_ROUND: usize = 32;
 /// comes well within it): saves a frame per request/response. Kept short because a guest using
 /// Nagle's algorithm holds its next small write until this ACK.
 const ACK_DELAY: Duration = Duration::from_millis(1);
-/// Guest segments held per flow (after a gap, or while the host socket is full), and their
-/// bytes held per network.
+/// Guest segments held per flow (after a gap, or while the host socket is full).
 const HELD_SEGMENTS_MAX: usize = 64;
-const HELD_BYTES_MAX: usize = 16 << 20;
+/// Bytes of held guest data (see [`HeldBudget`]): what each port may always hold, the most one
+/// port may hold (a full window of one flow), and the pool shared beyond the reserves.
+const HELD_RESERVED_PER_PORT: usize = 1 << 20;
+const HELD_PORT_MAX: usize = MAX_WINDOW;
+const HELD_SHARED_MAX: usize = 16 << 20;
 /// Largest held entry that contiguous segments are merged into: a partial send moves the rest
 /// of an entry, so entries stay small enough for that to be cheap.
 const HELD_CHUNK_MAX: usize = 256 << 10;
@@ -183,7 +186,7 @@ struct SendHalf {
 /// is the right edge last promised: `refresh_window` never offers a window past it, and
 /// offers none while `send_blocked` or after the guest's FIN. `held` is sorted by sequence
 /// number, each entry was within the window offered when it came (entries that in-order data
-/// overtook are dropped when released), and its bytes count in the table's `held_bytes`.
+/// overtook are dropped when released), and its bytes count in the table's per-port [`HeldBudget`].
 #[derive(Debug)]
 struct RecvHalf {
     /// Next sequence number expected from the guest (our ACK number).
@@ -293,8 +296,8 @@ pub struct TcpTable {
     /// Time of the current batch.
     batch_now: Option<Instant>,
     connecting: usize,
-    /// Payload bytes in all flows' `rcv.held` segments.
-    held_bytes: usize,
+    /// Payload bytes in the flows' `rcv.held` segments, per port.
+    held: HeldBudget,
     /// Where host data is first peeked (see `send_data`).
     probe: Vec<u8>,
     next_generation: u64,
@@ -317,7 +320,7 @@ impl TcpTable {
             batch: Vec::new(),
             batch_now: None,
             connecting: 0,
-            held_bytes: 0,
+            held: HeldBudget::default(),
             probe: Vec::new(),
             next_generation: 0,
             rng: seed | 1,
@@ -371,7 +374,8 @@ impl TcpTable {
 
     fn remove(&mut self, idx: usize) -> Option<Flow> {
         let flow = self.flows.get_mut(idx)?.take()?;
-        self.held_bytes -= flow.rcv.held.iter().map(|(_, d)| d.len()).sum::<usize>();
+        let held = flow.rcv.held.iter().map(|(_, d)| d.len()).sum();
+        self.held.give_back(flow.link.port, held);
         self.by_key.remove(&flow.key);
         self.by_sock.remove(&flow.sock);
         if flow.state == State::HostConnecting {
@@ -565,7 +569,7 @@ impl TcpTable {
                 // A gap: keep the segment for when it is filled; the duplicate ACK tells the
                 // guest what is missing.
                 self.stats.guest_out_of_order += 1;
-                hold(&mut self.held_bytes, flow, seg.seq, seg.payload);
+                hold(&mut self.held, flow, seg.seq, seg.payload);
                 ack_now = true;
             } else if offset as usize >= seg.payload.len() {
                 // Entirely old: the guest did not see our ACK.
@@ -577,7 +581,7 @@ impl TcpTable {
                 // recover a loss. Only what does not fit is dropped (and then acknowledged, so
                 // the guest learns the window is closed).
                 let data = &seg.payload[offset as usize..];
-                if !hold(&mut self.held_bytes, flow, flow.rcv.nxt, data) {
+                if !hold(&mut self.held, flow, flow.rcv.nxt, data) {
                     self.stats.guest_blocked += 1;
                     ack_now = true;
                 }
@@ -585,8 +589,8 @@ impl TcpTable {
                 let data = &seg.payload[offset as usize..];
                 let before = flow.rcv.nxt;
                 let sent = send_in_order(cx.host, flow, data).and_then(|()| {
-                    keep_unsent(&mut self.held_bytes, flow, before, data);
-                    release_held(cx.host, &mut self.held_bytes, flow)
+                    keep_unsent(&mut self.held, flow, before, data);
+                    release_held(cx.host, &mut self.held, flow)
                 });
                 match sent {
                     // A filled gap is acknowledged at once (RFC 5681, 4.2).
@@ -968,7 +972,7 @@ impl TcpTable {
         };
         if flow.rcv.send_blocked && flow.state == State::Established {
             flow.rcv.send_blocked = false;
-            if let Err(e) = release_held(cx.host, &mut self.held_bytes, flow) {
+            if let Err(e) = release_held(cx.host, &mut self.held, flow) {
                 debug!(error = %e, remote = %flow.key.remote, "host send failed, resetting");
                 self.reset(cx, idx);
                 return;
@@ -1297,11 +1301,57 @@ fn send_in_order(host: &mut impl Host, flow: &mut Flow, data: &[u8]) -> io::Resu
     Ok(())
 }
 
+/// Guest data held while host sockets are full (or after a gap), accounted per port. Each port
+/// may always hold [`HELD_RESERVED_PER_PORT`]; beyond that it draws on a pool shared by the
+/// network, up to [`HELD_PORT_MAX`]. Guests that fill the pool so slow only themselves (their
+/// excess is dropped and retransmitted): every other guest still has its reserve.
+#[derive(Debug, Default)]
+struct HeldBudget {
+    per_port: HashMap<PortId, usize>,
+    /// Bytes held beyond the ports' reserves.
+    shared: usize,
+}
+
+impl HeldBudget {
+    /// Accounts `n` more bytes held for `port`, if the budgets allow.
+    fn take(&mut self, port: PortId, n: usize) -> bool {
+        let held = self.per_port.get(&port).copied().unwrap_or(0);
+        let after = held + n;
+        let from_pool = beyond_reserve(after) - beyond_reserve(held);
+        if after > HELD_PORT_MAX || self.shared + from_pool > HELD_SHARED_MAX {
+            return false;
+        }
+        self.shared += from_pool;
+        self.per_port.insert(port, after);
+        true
+    }
+
+    /// `n` bytes held for `port` were sent or dropped.
+    fn give_back(&mut self, port: PortId, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let Some(held) = self.per_port.get_mut(&port) else {
+            return;
+        };
+        let after = held.saturating_sub(n);
+        self.shared -= beyond_reserve(*held) - beyond_reserve(after);
+        *held = after;
+        if after == 0 {
+            self.per_port.remove(&port);
+        }
+    }
+}
+
+fn beyond_reserve(held: usize) -> usize {
+    held.saturating_sub(HELD_RESERVED_PER_PORT)
+}
+
 /// Keeps a guest segment that arrived after a gap, or while the host socket is full, if it
 /// lies within the window we offered and the budgets allow; true if it is held (now or
 /// before). Data that continues the last held segment is appended to it, so a window's worth
 /// of in-order segments held while the socket is full costs one entry, not one per segment.
-fn hold(held_bytes: &mut usize, flow: &mut Flow, seq: SeqNumber, payload: &[u8]) -> bool {
+fn hold(budget: &mut HeldBudget, flow: &mut Flow, seq: SeqNumber, payload: &[u8]) -> bool {
     let ahead = (seq - flow.rcv.nxt) as usize;
     // The right edge we advertised last; `rcv.wnd` is zero while the socket is full, but
     // the guest may still be sending into the window it saw before.
@@ -1310,9 +1360,7 @@ fn hold(held_bytes: &mut usize, flow: &mut Flow, seq: SeqNumber, payload: &[u8])
     } else {
         0
     };
-    if ahead + payload.len() > edge.max(flow.rcv.wnd as usize)
-        || *held_bytes + payload.len() > HELD_BYTES_MAX
-    {
+    if ahead + payload.len() > edge.max(flow.rcv.wnd as usize) {
         return false;
     }
     let at = flow.rcv.held.partition_point(|(s, _)| *s < seq);
@@ -1324,21 +1372,20 @@ fn hold(held_bytes: &mut usize, flow: &mut Flow, seq: SeqNumber, payload: &[u8])
     {
         return true; // A retransmission of what is held already.
     }
-    if at == flow.rcv.held.len() {
-        if let Some((last_seq, last)) = flow.rcv.held.last_mut() {
-            if *last_seq + last.len() as u32 == seq && last.len() + payload.len() <= HELD_CHUNK_MAX
-            {
-                *held_bytes += payload.len();
-                last.extend_from_slice(payload);
-                return true;
-            }
-        }
-    }
-    if flow.rcv.held.len() >= HELD_SEGMENTS_MAX {
+    let appends = at == flow.rcv.held.len()
+        && flow.rcv.held.last().is_some_and(|(last_seq, last)| {
+            *last_seq + last.len() as u32 == seq && last.len() + payload.len() <= HELD_CHUNK_MAX
+        });
+    if !appends && flow.rcv.held.len() >= HELD_SEGMENTS_MAX {
         return false;
     }
-    *held_bytes += payload.len();
-    flow.rcv.held.insert(at, (seq, payload.to_vec()));
+    if !budget.take(flow.link.port, payload.len()) {
+        return false;
+    }
+    match flow.rcv.held.last_mut() {
+        Some((_, last)) if appends => last.extend_from_slice(payload),
+        _ => flow.rcv.held.insert(at, (seq, payload.to_vec())),
+    }
     true
 }
 
@@ -1346,7 +1393,7 @@ fn hold(held_bytes: &mut usize, flow: &mut Flow, seq: SeqNumber, payload: &[u8])
 /// the rest as a held segment for when the socket drains, within the held budgets: with
 /// 64 KiB super-segments from a port with offloads, making the guest resend it would cost a
 /// loss recovery each time the send buffer fills.
-fn keep_unsent(held_bytes: &mut usize, flow: &mut Flow, before: SeqNumber, data: &[u8]) {
+fn keep_unsent(budget: &mut HeldBudget, flow: &mut Flow, before: SeqNumber, data: &[u8]) {
     if !flow.rcv.send_blocked {
         return;
     }
@@ -1354,38 +1401,44 @@ fn keep_unsent(held_bytes: &mut usize, flow: &mut Flow, before: SeqNumber, data:
     let Some(rest) = data.get(taken..).filter(|r| !r.is_empty()) else {
         return;
     };
-    if flow.rcv.held.len() >= HELD_SEGMENTS_MAX || *held_bytes + rest.len() > HELD_BYTES_MAX {
+    if flow.rcv.held.len() >= HELD_SEGMENTS_MAX || !budget.take(flow.link.port, rest.len()) {
         return;
     }
     let at = flow.rcv.held.partition_point(|(s, _)| *s < flow.rcv.nxt);
-    *held_bytes += rest.len();
     flow.rcv.held.insert(at, (flow.rcv.nxt, rest.to_vec()));
 }
 
 /// Sends the held segments that the in-order stream has now reached; true if any data moved.
-fn release_held(host: &mut impl Host, held_bytes: &mut usize, flow: &mut Flow) -> io::Result<bool> {
+fn release_held(
+    host: &mut impl Host,
+    budget: &mut HeldBudget,
+    flow: &mut Flow,
+) -> io::Result<bool> {
     let mut moved = false;
     while let Some(&(seq, _)) = flow.rcv.held.first() {
         if flow.rcv.send_blocked || flow.rcv.nxt < seq {
             break;
         }
         let (seq, data) = flow.rcv.held.remove(0);
-        *held_bytes -= data.len();
         let skip = (flow.rcv.nxt - seq) as usize;
         if skip >= data.len() {
+            budget.give_back(flow.link.port, data.len());
             continue; // Covered by later in-order data.
         }
         let before = flow.rcv.nxt;
-        send_in_order(host, flow, &data[skip..])?;
+        let sent = send_in_order(host, flow, &data[skip..]);
+        let taken = skip + (flow.rcv.nxt - before) as usize;
         moved |= flow.rcv.nxt != before;
-        if flow.rcv.send_blocked {
-            // Keep the rest for when the socket drains.
-            let taken = skip + (flow.rcv.nxt - before) as usize;
-            *held_bytes += data.len() - taken;
+        if flow.rcv.send_blocked && sent.is_ok() {
+            // Keep the rest (already accounted) for when the socket drains.
+            budget.give_back(flow.link.port, taken);
             flow.rcv
                 .held
                 .insert(0, (flow.rcv.nxt, data[taken..].to_vec()));
+        } else {
+            budget.give_back(flow.link.port, data.len());
         }
+        sent?;
     }
     Ok(moved)
 }
@@ -1536,4 +1589,39 @@ fn send_reset_for(out: &mut Output, link: Link, key: FlowKey, seg: &Tcp) {
     let mut t = [0u8; TCP_HEADER_LEN];
     rst.emit(&mut t, key.remote.ip(), key.guest.ip(), TcpChecksum::Full);
     out.ip(link, key.remote.ip(), key.guest.ip(), wire::PROTO_TCP, &t);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: usize = 1 << 20;
+
+    #[test]
+    fn guests_that_fill_the_held_pool_leave_every_other_guest_its_reserve() {
+        let mut budget = HeldBudget::default();
+        let (a, b, c): (PortId, PortId, PortId) = (1, 2, 3);
+        // One port may hold one full window, not more.
+        assert!(budget.take(a, HELD_PORT_MAX));
+        assert!(!budget.take(a, 1));
+        // Two more greedy ports drain the shared pool ...
+        assert!(budget.take(b, HELD_PORT_MAX));
+        let left = HELD_SHARED_MAX - 2 * (HELD_PORT_MAX - HELD_RESERVED_PER_PORT);
+        assert!(budget.take(c, HELD_RESERVED_PER_PORT + left));
+        assert!(!budget.take(c, 1));
+        assert_eq!(budget.shared, HELD_SHARED_MAX);
+        // ... yet a fourth still has its reserve, and only that.
+        let honest: PortId = 4;
+        assert!(budget.take(honest, HELD_RESERVED_PER_PORT));
+        assert!(!budget.take(honest, 1));
+        // What is sent or dropped goes back to the pool, and emptied ports are forgotten.
+        budget.give_back(a, HELD_PORT_MAX);
+        assert!(budget.take(honest, 2 * MIB));
+        for (port, n) in [(b, HELD_PORT_MAX), (c, HELD_RESERVED_PER_PORT + left)] {
+            budget.give_back(port, n);
+        }
+        budget.give_back(honest, HELD_RESERVED_PER_PORT + 2 * MIB);
+        assert_eq!(budget.shared, 0);
+        assert!(budget.per_port.is_empty());
+    }
 }

@@ -63,6 +63,13 @@ const HELD_SHARED_MAX: usize = 16 << 20;
 /// Largest held entry that contiguous segments are merged into: a partial send moves the rest
 /// of an entry, so entries stay small enough for that to be cheap.
 const HELD_CHUNK_MAX: usize = 256 << 10;
+/// In-order guest segments smaller than this are gathered per flow during a batch and sent
+/// to the host in one call at its end (see `gather`): one system call and one wake-up of the
+/// receiving application per batch instead of per 1448 bytes. Larger ones (super-segments from
+/// ports with offloads) are sent at once, as copying them would cost more than it saves.
+const GATHER_BELOW: usize = 16 << 10;
+/// Most in-order guest data gathered per flow before it is sent.
+const GATHER_MAX: usize = 256 << 10;
 /// Largest TCP payload of one IPv4 packet (a super-segment for a port with offloads).
 const MAX_SUPER_PAYLOAD: usize = 65535 - IPV4_HEADER_LEN - TCP_HEADER_LEN;
 
@@ -182,7 +189,9 @@ struct SendHalf {
 /// The receiving half (guest → host): guest data sent straight to the host socket.
 ///
 /// Invariants: everything before `nxt` was taken by the host socket (so it may be
-/// acknowledged), nothing after it was. `edge` (`nxt` at the last window query plus `space`)
+/// acknowledged), nothing after it was. `gathered` continues the stream at `nxt`: in-order
+/// data of the current batch, sent (and only then acknowledged) at its end or before anything
+/// else touches the receive side. `edge` (`nxt` at the last window query plus `space`)
 /// is the right edge last promised: `refresh_window` never offers a window past it, and
 /// offers none while `send_blocked` or after the guest's FIN. `held` is sorted by sequence
 /// number, each entry was within the window offered when it came (entries that in-order data
@@ -212,6 +221,9 @@ struct RecvHalf {
     /// Guest segments that arrived after a gap, or while the host socket was full, in
     /// sequence order: (sequence number, payload).
     held: Vec<(SeqNumber, Vec<u8>)>,
+    /// In-order guest data of the current batch not yet sent to the host (see `gather`);
+    /// freed when sent, so idle flows keep no buffer.
+    gathered: Vec<u8>,
 }
 
 impl Flow {
@@ -435,6 +447,7 @@ impl TcpTable {
                 unacked: 0,
                 ack_deadline: None,
                 held: Vec::new(),
+                gathered: Vec::new(),
             },
             deadline: None,
             scheduled: None,
@@ -563,7 +576,16 @@ impl TcpTable {
             flow.snd.wnd = window;
         }
 
-        if !seg.payload.is_empty() && !flow.rcv.fin_from_guest {
+        let gathered = gather(flow, seg);
+        if gathered {
+            flow.rcv.gathered.extend_from_slice(seg.payload);
+        } else if let Err(e) = send_gathered(cx.host, &mut self.held, &mut self.stats, flow) {
+            debug!(error = %e, remote = %flow.key.remote, "host send failed, resetting");
+            self.reset(cx, idx);
+            return;
+        }
+
+        if !gathered && !seg.payload.is_empty() && !flow.rcv.fin_from_guest {
             let offset = flow.rcv.nxt - seg.seq;
             if flow.rcv.nxt < seg.seq {
                 // A gap: keep the segment for when it is filled; the duplicate ACK tells the
@@ -658,9 +680,14 @@ impl TcpTable {
         };
         let mut batch = std::mem::take(&mut self.batch);
         for &idx in &batch {
-            match self.flows.get_mut(idx).and_then(Option::as_mut) {
-                Some(flow) => flow.batched = false,
-                None => continue,
+            let Some(flow) = self.flows.get_mut(idx).and_then(Option::as_mut) else {
+                continue;
+            };
+            flow.batched = false;
+            if let Err(e) = send_gathered(cx.host, &mut self.held, &mut self.stats, flow) {
+                debug!(error = %e, remote = %flow.key.remote, "host send failed, resetting");
+                self.reset(cx, idx);
+                continue;
             }
             self.flush(cx, now, idx);
             let Some(flow) = self.flows.get_mut(idx).and_then(Option::as_mut) else {
@@ -1299,6 +1326,42 @@ fn send_in_order(host: &mut impl Host, flow: &mut Flow, data: &[u8]) -> io::Resu
         flow.rcv.send_blocked = true;
     }
     Ok(())
+}
+
+/// Whether `seg`'s payload is gathered for one send at the end of the batch rather than sent
+/// now: small, in order right after what is gathered already, with nothing held, the socket
+/// not known to be full, and no FIN (which must follow the data into the socket).
+fn gather(flow: &Flow, seg: &Tcp) -> bool {
+    let len = seg.payload.len();
+    len > 0
+        && len < GATHER_BELOW
+        && !seg.has(F::FIN)
+        && !flow.rcv.fin_from_guest
+        && !flow.rcv.send_blocked
+        && flow.rcv.held.is_empty()
+        && flow.rcv.gathered.len() + len <= GATHER_MAX
+        && seg.seq == flow.rcv.nxt + flow.rcv.gathered.len() as u32
+}
+
+/// Sends the data gathered in this batch; what the socket does not take is held like the
+/// rest of a partial send.
+fn send_gathered(
+    host: &mut impl Host,
+    budget: &mut HeldBudget,
+    stats: &mut TcpStats,
+    flow: &mut Flow,
+) -> io::Result<()> {
+    if flow.rcv.gathered.is_empty() {
+        return Ok(());
+    }
+    let data = std::mem::take(&mut flow.rcv.gathered);
+    let before = flow.rcv.nxt;
+    let sent = send_in_order(host, flow, &data);
+    if sent.is_ok() {
+        keep_unsent(budget, flow, before, &data);
+        stats.partial_sends += u64::from(flow.rcv.send_blocked);
+    }
+    sent
 }
 
 /// Guest data held while host sockets are full (or after a gap), accounted per port. Each port

@@ -478,6 +478,130 @@ fn tcp_guest_segments_after_a_gap_are_held_until_it_is_filled() {
     assert!(host.violations.is_empty());
 }
 
+/// The guest sends `segments` in one batch (one read round), then the batch ends.
+fn guest_batch(
+    stack: &mut Stack,
+    host: &mut FakeHost,
+    now: Instant,
+    port: PortId,
+    segments: &[Seg],
+) {
+    for seg in segments {
+        stack.handle_frame(host, now, port, &tcp_frame(seg));
+    }
+    stack.end_batch(host);
+}
+
+/// `n` in-order segments of `len` bytes from `c`, each a different byte value.
+fn in_order(c: &Conn, n: usize, len: usize) -> (Vec<Seg>, Vec<u8>) {
+    let mut all = Vec::new();
+    let segs = (0..n)
+        .map(|i| {
+            let payload = vec![i as u8; len];
+            let mut seg = c.seg(F::ACK | F::PSH, &payload);
+            seg.seq = c.gseq.wrapping_add(all.len() as u32);
+            all.extend_from_slice(&payload);
+            seg
+        })
+        .collect();
+    (segs, all)
+}
+
+#[test]
+fn tcp_a_batch_of_small_guest_segments_is_one_send() {
+    let (mut stack, mut host, port, now) = setup();
+    let c = open(&mut stack, &mut host, now, port, 40240, remote(80));
+    let (segs, all) = in_order(&c, 10, 1000);
+    let calls = host.send_calls;
+    guest_batch(&mut stack, &mut host, now, port, &segs);
+    assert_eq!(host.send_calls - calls, 1, "one send for the batch");
+    assert_eq!(host.sock(c.sock).send_buf, all, "in order, nothing lost");
+    let acks = drain_tcp(&mut stack);
+    assert_eq!(acks.len(), 1, "one ACK for the batch");
+    assert_eq!(acks[0].ack, c.gseq.wrapping_add(all.len() as u32));
+    assert!(host.violations.is_empty());
+}
+
+#[test]
+fn tcp_a_gathered_batch_the_socket_takes_in_part_is_held_and_acknowledged_in_part() {
+    let (mut stack, mut host, port, now) = setup();
+    host.tcp_capacity = 4500;
+    let mut c = open(&mut stack, &mut host, now, port, 40241, remote(80));
+    let (segs, all) = in_order(&c, 4, 1000);
+    // The guest's FIN, after all the data below.
+    let mut fin = c.seg(F::ACK | F::FIN, &[]);
+    fin.seq = c.gseq.wrapping_add(all.len() as u32);
+    guest_batch(&mut stack, &mut host, now, port, &segs);
+    // The socket (4500 bytes) took all 4000.
+    assert_eq!(host.sock(c.sock).send_buf, all);
+    let (more, rest) = in_order(
+        &Conn {
+            gseq: c.gseq.wrapping_add(all.len() as u32),
+            ..c
+        },
+        2,
+        400,
+    );
+    let mut fin2 = fin.clone();
+    fin2.seq = fin.seq.wrapping_add(rest.len() as u32);
+    guest_batch(
+        &mut stack,
+        &mut host,
+        now,
+        port,
+        &[more[0].clone(), more[1].clone(), fin2],
+    );
+    // 500 of the next 800 bytes fit: the ACK covers exactly those, with a zero window; the
+    // rest is held, and the FIN behind it waits.
+    assert_eq!(host.sock(c.sock).send_buf.len(), 4500);
+    assert!(
+        !host.sock(c.sock).shut_wr,
+        "FIN waits for the data before it"
+    );
+    let last = drain_tcp(&mut stack).pop().expect("an ACK");
+    c.gseq = c.gseq.wrapping_add(4500);
+    assert_eq!((last.ack, last.window), (c.gseq, 0));
+    // The socket drains: the held 300 bytes follow, then the guest's FIN (retransmitted).
+    host.drain_send(c.sock);
+    stack.on_tcp_writable(&mut host, c.sock);
+    host.drain_send(c.sock);
+    let mut fin3 = fin.clone();
+    fin3.seq = fin.seq.wrapping_add(rest.len() as u32);
+    guest_batch(&mut stack, &mut host, now, port, &[fin3]);
+    assert_eq!(host.sock(c.sock).delivered, [all, rest].concat());
+    assert!(host.sock(c.sock).shut_wr, "FIN after all the data");
+    assert!(host.violations.is_empty());
+}
+
+#[test]
+fn tcp_a_gap_after_gathered_data_acknowledges_the_gathered_data() {
+    let (mut stack, mut host, port, now) = setup();
+    let c = open(&mut stack, &mut host, now, port, 40242, remote(80));
+    let (segs, all) = in_order(&c, 3, 1000);
+    // Segment 2 is lost: 1 and 3 arrive in one batch.
+    guest_batch(
+        &mut stack,
+        &mut host,
+        now,
+        port,
+        &[segs[0].clone(), segs[2].clone()],
+    );
+    assert_eq!(host.sock(c.sock).send_buf, all[..1000]);
+    let acks = drain_tcp(&mut stack);
+    assert!(!acks.is_empty());
+    let first_ack = c.gseq.wrapping_add(1000);
+    assert!(
+        acks.iter().all(|a| a.ack == first_ack),
+        "never past the gap"
+    );
+    // The retransmission fills it: all three in order.
+    guest_batch(&mut stack, &mut host, now, port, &[segs[1].clone()]);
+    assert_eq!(host.sock(c.sock).send_buf, all);
+    let last = drain_tcp(&mut stack).pop().expect("an ACK");
+    assert_eq!(last.ack, c.gseq.wrapping_add(3000));
+    assert!(host.violations.is_empty());
+}
+
 #[test]
 fn tcp_lost_data_is_retransmitted_from_the_socket() {
     let (mut stack, mut host, port, now) = setup();

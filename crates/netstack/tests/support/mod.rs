@@ -85,6 +85,8 @@ pub struct FakeHost {
     pub violations: Vec<String>,
     /// Receive-side calls (`tcp_peek`, `tcp_consume`): each is a system call in the runtime.
     pub receive_calls: usize,
+    /// `tcp_send` calls: each is a system call in the runtime.
+    pub send_calls: usize,
 }
 
 impl Default for FakeHost {
@@ -102,6 +104,7 @@ impl Default for FakeHost {
             fail_icmp_open: false,
             violations: Vec::new(),
             receive_calls: 0,
+            send_calls: 0,
         }
     }
 }
@@ -188,6 +191,7 @@ impl Host for FakeHost {
     }
 
     fn tcp_send(&mut self, id: SockId, data: &[u8]) -> io::Result<usize> {
+        self.send_calls += 1;
         let Some(s) = self.live_tcp(id, "send") else {
             return Err(io::ErrorKind::NotConnected.into());
         };

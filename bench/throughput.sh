@@ -20,6 +20,7 @@
 #                iperf3 only; not in the default set
 #   limanet-base the binary in $LIMANET_BASE_BIN (e.g. a build of main), same command line: an
 #                old-vs-new comparison in one run; not in the default set
+#   limanet-base-nooffload  the same binary with --no-offload
 #
 # Directions: "g->h" = guest sends (iperf3 client), "h->g" = host sends (iperf3 -R).
 # Needs root. See bench/README.md for options and how to read the output.
@@ -381,11 +382,11 @@ run_peer() {
       fi
       end_guest
       ;;
-    limanet | limanet-nooffload | limanet-base)
+    limanet | limanet-nooffload | limanet-base | limanet-base-nooffload)
       new_guest limanet
       local extra=() bin=$limanet_bin
-      [ "$name" = limanet-nooffload ] && extra=(--no-offload)
-      [ "$name" = limanet-base ] && bin=${LIMANET_BASE_BIN:?limanet-base needs LIMANET_BASE_BIN}
+      [[ $name = *-nooffload ]] && extra=(--no-offload)
+      [[ $name = limanet-base* ]] && bin=${LIMANET_BASE_BIN:?limanet-base needs LIMANET_BASE_BIN}
       hx "$bin" usernet --mtu "$mtu" --netns "/run/netns/$g" "${extra[@]}" \
         >"$work/limanet.log" 2>&1 &
       pid=$!; bg_pids+=("$pid")

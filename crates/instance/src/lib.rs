@@ -2,7 +2,8 @@
 //! limanet's networks added) and the lifecycle of the network daemons they use.
 //!
 //! `limanet start NAME [--network lima:NET | --network socket:PATH]... [--dns IP]...
-//! [--host NAME=VALUE]... [--forward SPEC]... [--ssh-port PORT] [--foreground] -- QEMU-COMMAND...`:
+//! [--host NAME=VALUE]... [--forward SPEC]... [--ssh-port PORT] [--vhost-user] [--foreground]
+//! -- QEMU-COMMAND...`:
 //! * checks the name (Lima's `ValidateInstName`: the identifier rule, so it can never escape
 //!   `$LIMA_HOME`, and no `.yml`/`.yaml` suffix) and the
 //!   network entries (Lima's `--network` parsing and `validateNetwork`, §2);
@@ -14,6 +15,10 @@
 //!   `lima-NAME` in its DNS, `--host` entries, `--dns` servers announced by DHCP instead of the
 //!   embedded DNS), attached with `-netdev stream` (or `-netdev socket,fd=N` when the QEMU has
 //!   no stream netdev). `--dns` needs that own network, so it is refused with a user-v2 eth0.
+//! * with `--vhost-user`, that own network listens on `default_vhost.sock` instead and eth0
+//!   is attached over vhost-user: limanet adds a shared memfd memory backend of the user's
+//!   `-m` size (see [`qemu::vhost_user_memory_args`], which refuses what it cannot share) and
+//!   the chardev/netdev; a user-v2 eth0 is refused (one shared daemon, one QEMU per socket).
 //! * every further network `i` (0-based, in `--network` order) is `net<i+1>`: user-v2
 //!   networks and `socket:` paths through `-netdev socket,fd=N` with the socket connected by
 //!   limanet (Lima's `fd_connect`, fds 3, 4, ... in argument order), socket_vmnet networks

@@ -276,13 +276,14 @@ pub fn uses_kvm(user_args: &[String]) -> bool {
     while let Some(arg) = args.next() {
         match option_name(arg) {
             "-enable-kvm" => return true,
-            "-accel" => {
-                if args
-                    .next()
-                    .is_some_and(|v| v.split(',').next() == Some("kvm"))
-                {
-                    return true;
-                }
+            // `-accel kvm` or `-accel accel=kvm`.
+            "-accel"
+                if args.next().is_some_and(|v| {
+                    let first = v.split(',').next().unwrap_or_default();
+                    first.strip_prefix("accel=").unwrap_or(first) == "kvm"
+                }) =>
+            {
+                return true
             }
             "-machine" | "-M" => {
                 let accel = args.next().and_then(|v| {
@@ -541,6 +542,7 @@ mod tests {
             "--enable-kvm",
             "-accel kvm",
             "-accel kvm,kernel-irqchip=on",
+            "-accel accel=kvm",
             "-machine q35,accel=kvm",
             "-M pc,accel=kvm:tcg",
         ] {

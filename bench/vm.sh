@@ -67,5 +67,11 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "" && b != "" && b > 0) prin
   echo '```'
   grep '^BENCH-ROW' "$log" | sed 's/^BENCH-ROW //'
   echo '```'
+  echo
+  echo "What the guest saw per cell (eth0 packets as its stack counts them, TSO/GRO super-segments, and virtio interrupts), and limanet's counters:"
+  echo
+  echo '```'
+  grep -E '^BENCH-(DIAG|STATS)' "$log" | sed 's/^BENCH-//'
+  echo '```'
 } >"$out"
 cat "$out"

@@ -9,7 +9,8 @@
 //! `/proc/uptime` (all of it has arrived when wget exits).
 //!
 //! Prints one `BENCH-ROW <mode> <direction> <Mbit/s> <bytes> <seconds>` line per cell.
-//! `LIMANET_BIN` picks the limanet binary (default: this build's).
+//! `LIMANET_BIN` picks the limanet binary (default: this build's), `BENCH_LIMANET_ARGS` adds
+//! `limanet usernet` options (A/B runs).
 
 mod usernet_support;
 
@@ -169,6 +170,8 @@ fn vm_throughput_rows() {
     ];
     let only = std::env::var("BENCH_MODES").unwrap_or_default();
     let bin = std::env::var("LIMANET_BIN").unwrap_or_else(|_| LIMANET.to_string());
+    // Extra `limanet usernet` options for A/B runs, e.g. `--busy-poll 0`.
+    let extra = std::env::var("BENCH_LIMANET_ARGS").unwrap_or_default();
     for mode in modes {
         if !only.is_empty() && !only.split_whitespace().any(|m| m == mode.name) {
             continue;
@@ -180,6 +183,7 @@ fn vm_throughput_rows() {
                 .args(["--dns-upstream", "127.0.0.1:53", "--resolv-conf"])
                 .arg(&env.resolv)
                 .args(args)
+                .args(extra.split_whitespace())
                 .arg("--pidfile")
                 .arg(&pidfile);
             let d = ChildGuard::spawn("limanet-usernet", &mut cmd).expect("spawn usernet");

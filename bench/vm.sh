@@ -44,8 +44,11 @@ trap 'rm -f "$log"' EXIT
 rate() { awk -v m="$1" -v d="$2" '$1=="BENCH-ROW" && $2==m && $3==d {print $4}' "$log"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "" && b != "" && b > 0) printf "%.2f", a / b; else print "-" }'; }
 
+section=$(mktemp)
+trap 'rm -f "$log" "$section"' EXIT
 {
-  echo "# VM throughput (QEMU guest under TCG)"
+  echo
+  echo "## $(date -u +%Y-%m-%dT%H:%MZ)"
   echo
   echo "Run $(date -u +%Y-%m-%dT%H:%MZ) at $(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo '?'), \`bench/vm.sh\`, ${secs} s per cell, one round."
   echo "Machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), kernel $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg) (shared with other jobs)."
@@ -67,5 +70,14 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "" && b != "" && b > 0) prin
   echo '```'
   grep '^BENCH-ROW' "$log" | sed 's/^BENCH-ROW //'
   echo '```'
-} >"$out"
-cat "$out"
+  echo
+  echo "What the guest saw per cell (eth0 packets as its stack counts them, TSO/GRO super-segments, and virtio interrupts), and limanet's counters:"
+  echo
+  echo '```'
+  grep -E '^BENCH-(DIAG|STATS)' "$log" | sed 's/^BENCH-//'
+  echo '```'
+} >"$section"
+# Each run is a new dated section; earlier runs stay in the file.
+[ -s "$out" ] || echo "# VM throughput (QEMU guest under TCG)" >"$out"
+cat "$section" >>"$out"
+cat "$section"

@@ -9,7 +9,8 @@
 //! `/proc/uptime` (all of it has arrived when wget exits).
 //!
 //! Prints one `BENCH-ROW <mode> <direction> <Mbit/s> <bytes> <seconds>` line per cell.
-//! `LIMANET_BIN` picks the limanet binary (default: this build's).
+//! `LIMANET_BIN` picks the limanet binary (default: this build's), `BENCH_LIMANET_ARGS` adds
+//! `limanet usernet` options (A/B runs).
 
 mod usernet_support;
 
@@ -169,6 +170,8 @@ fn vm_throughput_rows() {
     ];
     let only = std::env::var("BENCH_MODES").unwrap_or_default();
     let bin = std::env::var("LIMANET_BIN").unwrap_or_else(|_| LIMANET.to_string());
+    // Extra `limanet usernet` options for A/B runs, e.g. `--busy-poll 0`.
+    let extra = std::env::var("BENCH_LIMANET_ARGS").unwrap_or_default();
     for mode in modes {
         if !only.is_empty() && !only.split_whitespace().any(|m| m == mode.name) {
             continue;
@@ -180,6 +183,7 @@ fn vm_throughput_rows() {
                 .args(["--dns-upstream", "127.0.0.1:53", "--resolv-conf"])
                 .arg(&env.resolv)
                 .args(args)
+                .args(extra.split_whitespace())
                 .arg("--pidfile")
                 .arg(&pidfile);
             let d = ChildGuard::spawn("limanet-usernet", &mut cmd).expect("spawn usernet");
@@ -189,13 +193,26 @@ fn vm_throughput_rows() {
             d
         });
         let gw = mode.gateway;
+        // LIMANET-DIAG: what the guest saw per direction (eth0 packets and bytes as its
+        // stack counts them, i.e. TSO/GRO super-segments, and interrupts of its virtio
+        // devices) and the offload features its driver acked.
         let script = format!(
-            "timeout {secs} nc {gw} {sink_port} < /dev/zero\n\
+            "diag() {{ set -- $(grep eth0: /proc/net/dev | tr ':' ' '); \
+               i=$(grep -i virtio /proc/interrupts | awk '{{s+=$2}} END {{print s+0}}'); \
+               echo \"$2 $3 ${{10}} ${{11}} $i\"; }}\n\
+             d0=$(diag)\n\
+             timeout {secs} nc {gw} {sink_port} < /dev/zero\n\
+             d1=$(diag)\n\
              sleep 1\n\
+             d2=$(diag)\n\
              a=$(cut -d' ' -f1 /proc/uptime)\n\
              wget -q -O /dev/null http://{gw}:{source_port}/\n\
              b=$(cut -d' ' -f1 /proc/uptime)\n\
-             echo LIMANET-RX start=$a end=$b\n"
+             d3=$(diag)\n\
+             echo LIMANET-RX start=$a end=$b\n\
+             echo LIMANET-DIAG g-h $d0 $d1\n\
+             echo LIMANET-DIAG h-g $d2 $d3\n\
+             echo LIMANET-DIAG features $(cat /sys/bus/virtio/devices/*/features 2>/dev/null | tr '\\n' ' ')\n"
         );
         let opts = QemuOptions { script, ..mode.nic };
         let out = QemuGuest::spawn(&opts).expect("run guest");
@@ -226,6 +243,13 @@ fn vm_throughput_rows() {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0.0)
         };
+        for diag in out
+            .console
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("LIMANET-DIAG "))
+        {
+            println!("BENCH-DIAG {} {}", mode.name, describe_diag(diag));
+        }
         let sent = source_results
             .recv_timeout(Duration::from_secs(10))
             .expect("source result");
@@ -240,4 +264,25 @@ fn row(mode: &str, dir: &str, bytes: u64, secs: f64) {
         0.0
     };
     println!("BENCH-ROW {mode} {dir} {mbit:.0} {bytes} {secs:.2}");
+}
+
+/// `g-h|h-g RXB RXP TXB TXP IRQ (before) RXB RXP TXB TXP IRQ (after)` as deltas with average
+/// packet sizes; other lines as they are.
+fn describe_diag(line: &str) -> String {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let n: Vec<u64> = f.iter().skip(1).filter_map(|v| v.parse().ok()).collect();
+    if n.len() != 10 {
+        return line.to_string();
+    }
+    let d = |i: usize| n[i + 5].saturating_sub(n[i]);
+    let avg = |b: u64, p: u64| b.checked_div(p).unwrap_or(0);
+    format!(
+        "{} guest-rx {} pkts avg {} B, guest-tx {} pkts avg {} B, virtio irqs {}",
+        f[0],
+        d(1),
+        avg(d(0), d(1)),
+        d(3),
+        avg(d(2), d(3)),
+        d(4)
+    )
 }

@@ -12,7 +12,8 @@ pub const UNIX_PATH_MAX: usize = 108;
 /// The fixed MAC of the user-v2 gateway.
 pub const GATEWAY_MAC: &str = "5a:94:ef:e4:0c:dd";
 
-/// The three sockets a user-v2 daemon listens on.
+/// The sockets of a user-mode network: the three a user-v2 daemon listens on, and the
+/// vhost-user socket of an instance's own network (`limanet start --vhost-user`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SockKind {
     /// QEMU stream socket (4-byte big-endian length + frame).
@@ -21,15 +22,18 @@ pub enum SockKind {
     Fd,
     /// HTTP API endpoint.
     Ep,
+    /// vhost-user-net socket (QEMU `-chardev socket` + `-netdev vhost-user`).
+    Vhost,
 }
 
 impl SockKind {
-    /// `qemu`, `fd` or `ep`.
+    /// `qemu`, `fd`, `ep` or `vhost`.
     pub fn as_str(self) -> &'static str {
         match self {
             SockKind::Qemu => "qemu",
             SockKind::Fd => "fd",
             SockKind::Ep => "ep",
+            SockKind::Vhost => "vhost",
         }
     }
 }

@@ -2,7 +2,8 @@
 //! limanet's networks added) and the lifecycle of the network daemons they use.
 //!
 //! `limanet start NAME [--network lima:NET | --network socket:PATH]... [--dns IP]...
-//! [--host NAME=VALUE]... [--forward SPEC]... [--ssh-port PORT] [--foreground] -- QEMU-COMMAND...`:
+//! [--host NAME=VALUE]... [--forward SPEC]... [--ssh-port PORT] [--vhost-user] [--foreground]
+//! -- QEMU-COMMAND...`:
 //! * checks the name (Lima's `ValidateInstName`: the identifier rule, so it can never escape
 //!   `$LIMA_HOME`, and no `.yml`/`.yaml` suffix) and the
 //!   network entries (Lima's `--network` parsing and `validateNetwork`, §2);
@@ -14,6 +15,10 @@
 //!   `lima-NAME` in its DNS, `--host` entries, `--dns` servers announced by DHCP instead of the
 //!   embedded DNS), attached with `-netdev stream` (or `-netdev socket,fd=N` when the QEMU has
 //!   no stream netdev). `--dns` needs that own network, so it is refused with a user-v2 eth0.
+//! * with `--vhost-user`, that own network listens on `default_vhost.sock` instead and eth0
+//!   is attached over vhost-user: limanet adds a shared memfd memory backend of the user's
+//!   `-m` size (see [`qemu::vhost_user_memory_args`], which refuses what it cannot share) and
+//!   the chardev/netdev; a user-v2 eth0 is refused (one shared daemon, one QEMU per socket).
 //! * every further network `i` (0-based, in `--network` order) is `net<i+1>`: user-v2
 //!   networks and `socket:` paths through `-netdev socket,fd=N` with the socket connected by
 //!   limanet (Lima's `fd_connect`, fds 3, 4, ... in argument order), socket_vmnet networks
@@ -85,6 +90,9 @@ pub struct StartOptions {
     pub ssh_port: Option<u16>,
     /// Keep QEMU on this terminal and return its exit code.
     pub foreground: bool,
+    /// Attach eth0 to the instance's own network over vhost-user (shared guest memory)
+    /// instead of a stream socket.
+    pub vhost_user: bool,
     /// The QEMU command line.
     pub qemu: Vec<String>,
 }
@@ -107,6 +115,9 @@ impl StartOptions {
         if let Some(port) = self.ssh_port {
             out.push("--ssh-port".to_owned());
             out.push(port.to_string());
+        }
+        if self.vhost_user {
+            out.push("--vhost-user".to_owned());
         }
         out.push("--".to_owned());
         out.extend(self.qemu.iter().cloned());
@@ -175,11 +186,21 @@ fn plan(args: &StartOptions) -> anyhow::Result<supervisor::Plan> {
     let cfg = networks::load(&home)?;
     let dir = home.instance_dir(&args.name);
     let paths = InstancePaths::new(dir.clone());
-    let nics = nics(&home, &cfg, &paths, &args.networks)?;
-    if !args.dns.is_empty() && !matches!(nics[0].attachment, Attachment::Usernet { .. }) {
+    let nics = nics(&home, &cfg, &paths, &args.networks, args.vhost_user)?;
+    let own_eth0 = matches!(nics[0].attachment, Attachment::Usernet { .. });
+    if !args.dns.is_empty() && !own_eth0 {
         // The DNS servers are announced by the instance's own network, which a user-v2 eth0
         // replaces; the shared user-v2 daemon announces its gateway to every guest.
         bail!("--dns needs the instance's own network on eth0, but eth0 is on the user-v2 network (its DNS is the network's gateway)");
+    }
+    if args.vhost_user {
+        if !own_eth0 {
+            // The shared user-v2 daemon is started once for all its instances, and a
+            // vhost-user socket serves one QEMU: it would need a socket per instance.
+            bail!("--vhost-user needs the instance's own network on eth0, but eth0 is on the user-v2 network; serve user-v2 over vhost-user with `limanet usernet --mode user-v2 --listen-vhost-user PATH` instead");
+        }
+        // Checked here so a bad `-m` is reported before any daemon starts.
+        qemu::vhost_user_memory_args(args.qemu.get(1..).unwrap_or_default())?;
     }
     Ok(supervisor::Plan {
         home,
@@ -218,6 +239,7 @@ fn nics(
     cfg: &NetworksConfig,
     paths: &InstancePaths,
     flags: &[String],
+    vhost_user: bool,
 ) -> anyhow::Result<Vec<Nic>> {
     let flags = flags
         .iter()
@@ -248,7 +270,16 @@ fn nics(
             mac: eth0_mac,
             netdev: "net0".to_owned(),
             attachment: Attachment::Usernet {
-                socket: unet::sock(&paths.dir, "", SockKind::Qemu)?,
+                socket: unet::sock(
+                    &paths.dir,
+                    "",
+                    if vhost_user {
+                        SockKind::Vhost
+                    } else {
+                        SockKind::Qemu
+                    },
+                )?,
+                vhost_user,
             },
             address: Some(ETH0_ADDRESS.to_owned()),
         },

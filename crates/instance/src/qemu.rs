@@ -100,11 +100,28 @@ pub enum Netdev {
         /// The unix stream socket limanet connects to.
         path: PathBuf,
     },
+    /// `-chardev socket,path=PATH -netdev vhost-user`: limanet serves the guest's virtqueues
+    /// from shared guest memory (see [`vhost_user_memory_args`]).
+    VhostUser {
+        /// The vhost-user socket limanet listens on.
+        path: PathBuf,
+        /// Add `vectors=0` to the device: QEMU 7.2 under TCG crashes (SIGSEGV in
+        /// `msix_set_vector_notifiers`) starting vhost on an MSI-X virtio-net.
+        no_msix: bool,
+    },
 }
 
-/// The `-netdev` and `-device` arguments of one NIC. `next_fd` is the fd number the next
-/// `fd_connect` gets in QEMU (starting at 3) and is advanced when this NIC uses one.
-pub fn nic_args(id: &str, netdev: &Netdev, mac: &str, next_fd: &mut RawFd) -> [String; 4] {
+/// A path as a QEMU option value: commas are doubled, as QEMU's option parser wants.
+fn opt_path(path: &Path) -> String {
+    path.display().to_string().replace(',', ",,")
+}
+
+/// The `-netdev` and `-device` arguments of one NIC (and its `-chardev` for vhost-user).
+/// `next_fd` is the fd number the next `fd_connect` gets in QEMU (starting at 3) and is
+/// advanced when this NIC uses one.
+pub fn nic_args(id: &str, netdev: &Netdev, mac: &str, next_fd: &mut RawFd) -> Vec<String> {
+    let mut device = format!("virtio-net-pci,netdev={id},mac={mac}");
+    let mut out = Vec::new();
     let spec = match netdev {
         Netdev::Stream { path, reconnect } => {
             let mut s = format!(
@@ -122,13 +139,167 @@ pub fn nic_args(id: &str, netdev: &Netdev, mac: &str, next_fd: &mut RawFd) -> [S
             *next_fd += 1;
             format!("socket,id={id},fd={fd}")
         }
+        Netdev::VhostUser { path, no_msix } => {
+            out.push("-chardev".to_owned());
+            out.push(format!("socket,id=chr-{id},path={}", opt_path(path)));
+            if *no_msix {
+                device.push_str(",vectors=0");
+            }
+            format!("vhost-user,id={id},chardev=chr-{id}")
+        }
     };
-    [
-        "-netdev".to_owned(),
-        spec,
-        "-device".to_owned(),
-        format!("virtio-net-pci,netdev={id},mac={mac}"),
-    ]
+    out.extend(["-netdev".to_owned(), spec, "-device".to_owned(), device]);
+    out
+}
+
+/// The id of the memory backend limanet adds for vhost-user.
+pub const VHOST_MEMORY_ID: &str = "limanet-mem";
+
+/// The arguments that put the guest's RAM in a shared memfd, as a vhost-user backend needs
+/// (it maps the guest's memory to reach the virtqueues): `-object
+/// memory-backend-memfd,id=limanet-mem,size=<-m>,share=on -machine memory-backend=limanet-mem`.
+///
+/// The size is the user's `-m` (a backend of another size is refused by QEMU). Refused, with
+/// an error that says why: no `-m` (limanet does not guess the machine's default), `maxmem`
+/// (hotplugged memory would not be shared), and memory options limanet's would conflict with
+/// (`-numa`, `-mem-path`, a `memory-backend=` of the user's own).
+pub fn vhost_user_memory_args(user_args: &[String]) -> anyhow::Result<Vec<String>> {
+    let size = memory_size(user_args)?;
+    let mut args = user_args.iter();
+    while let Some(arg) = args.next() {
+        match option_name(arg) {
+            "-numa" | "-mem-path" => bail!(
+                "--vhost-user puts the guest's RAM in a shared memory backend of its own, \
+                 which `{arg}` conflicts with; drop `{arg}` or attach without --vhost-user"
+            ),
+            "-machine" | "-M" => {
+                let value = args.next().map(String::as_str).unwrap_or_default();
+                if value.split(',').any(|kv| kv.starts_with("memory-backend=")) {
+                    bail!(
+                        "--vhost-user adds its own shared memory backend (`-machine \
+                         memory-backend={VHOST_MEMORY_ID}`), which conflicts with `{arg} \
+                         {value}`; drop `memory-backend=` or attach without --vhost-user"
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(vec![
+        "-object".to_owned(),
+        format!("memory-backend-memfd,id={VHOST_MEMORY_ID},size={size},share=on"),
+        "-machine".to_owned(),
+        format!("memory-backend={VHOST_MEMORY_ID}"),
+    ])
+}
+
+/// The guest's RAM in bytes from the user's `-m [size=]SIZE[,slots=N,maxmem=SIZE]` (QEMU's
+/// syntax: a bare number is MiB; `B`, `K`, `M`, `G`, `T` suffixes; fractions such as `1.5G`),
+/// rounded up to 8 KiB as QEMU does.
+pub fn memory_size(user_args: &[String]) -> anyhow::Result<u64> {
+    let mut value = None;
+    let mut args = user_args.iter();
+    while let Some(arg) = args.next() {
+        if option_name(arg) == "-m" {
+            let v = args.next().context("`-m` without a value")?;
+            if value.replace(v).is_some() {
+                bail!("--vhost-user needs one `-m` option, the QEMU command has several");
+            }
+        }
+    }
+    let value = value.context(
+        "--vhost-user needs the guest's memory size to share it with limanet: add `-m SIZE` \
+         (e.g. `-m 1G`) to the QEMU command",
+    )?;
+    let mut size = None;
+    for (i, part) in value.split(',').enumerate() {
+        match part.split_once('=') {
+            None if i == 0 => size = Some(part),
+            Some(("size", v)) => size = Some(v),
+            Some(("slots", _)) => {}
+            Some(("maxmem", _)) => bail!(
+                "--vhost-user cannot share hotplugged memory: drop `maxmem` from `-m {value}`"
+            ),
+            _ => bail!("cannot read the memory size from `-m {value}`"),
+        }
+    }
+    let text = size.with_context(|| format!("cannot read the memory size from `-m {value}`"))?;
+    let bytes = parse_mib_size(text)
+        .with_context(|| format!("cannot read the memory size from `-m {value}`"))?;
+    Ok(bytes.div_ceil(8192) * 8192)
+}
+
+/// QEMU's `qemu_strtosz_MiB`: `NUM[.FRAC][B|K|M|G|T|P|E]`, MiB without a suffix.
+fn parse_mib_size(text: &str) -> anyhow::Result<u64> {
+    let (num, unit) = match text.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], Some(c.to_ascii_uppercase())),
+        _ => (text, None),
+    };
+    let shift = match unit {
+        None | Some('M') => 20,
+        Some('B') => 0,
+        Some('K') => 10,
+        Some('G') => 30,
+        Some('T') => 40,
+        Some('P') => 50,
+        Some('E') => 60,
+        Some(c) => bail!("unknown size suffix `{c}`"),
+    };
+    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(int) || !(frac.is_empty() || digits(frac)) || (shift == 0 && !frac.is_empty()) {
+        bail!("not a size");
+    }
+    let int: u128 = int.parse().context("not a size")?;
+    let mut bytes = int << shift;
+    if !frac.is_empty() && frac.len() <= 18 {
+        let f: u128 = frac.parse().context("not a size")?;
+        bytes += (f << shift) / 10u128.pow(frac.len() as u32);
+    }
+    let bytes = u64::try_from(bytes).ok().filter(|&b| b > 0);
+    bytes.context("size out of range")
+}
+
+/// A QEMU option as `-name`: QEMU takes `--name` too.
+fn option_name(arg: &str) -> &str {
+    if arg.starts_with("--") {
+        &arg[1..]
+    } else {
+        arg
+    }
+}
+
+/// Whether the user's command line runs the guest under KVM (`-enable-kvm`, `-accel kvm`,
+/// `-machine accel=kvm`); QEMU's default accelerator is TCG.
+pub fn uses_kvm(user_args: &[String]) -> bool {
+    let mut args = user_args.iter();
+    while let Some(arg) = args.next() {
+        match option_name(arg) {
+            "-enable-kvm" => return true,
+            // `-accel kvm` or `-accel accel=kvm`.
+            "-accel"
+                if args.next().is_some_and(|v| {
+                    let first = v.split(',').next().unwrap_or_default();
+                    first.strip_prefix("accel=").unwrap_or(first) == "kvm"
+                }) =>
+            {
+                return true
+            }
+            "-machine" | "-M" => {
+                let accel = args.next().and_then(|v| {
+                    v.split(',')
+                        .find_map(|kv| kv.strip_prefix("accel="))
+                        .map(str::to_owned)
+                });
+                // `accel=kvm:tcg` tries KVM first.
+                if accel.is_some_and(|a| a.split(':').next() == Some("kvm")) {
+                    return true;
+                }
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 /// Sockets connected for QEMU (Lima's `fd_connect`), in fd order 3, 4, ...
@@ -266,6 +437,126 @@ mod tests {
             "stream,id=net3,server=off,addr.type=unix,addr.path=/run/lima/socket_vmnet.shared,reconnect=1"
         );
         assert_eq!(fd, 5);
+    }
+
+    fn argv(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn vhost_user_nic_arguments() {
+        let mut fd = FIRST_FD;
+        let vhost = Netdev::VhostUser {
+            path: "/l/a,b/default_vhost.sock".into(),
+            no_msix: true,
+        };
+        assert_eq!(
+            nic_args("net0", &vhost, "52:55:55:00:00:01", &mut fd),
+            [
+                "-chardev",
+                "socket,id=chr-net0,path=/l/a,,b/default_vhost.sock",
+                "-netdev",
+                "vhost-user,id=net0,chardev=chr-net0",
+                "-device",
+                "virtio-net-pci,netdev=net0,mac=52:55:55:00:00:01,vectors=0"
+            ]
+        );
+        assert_eq!(fd, FIRST_FD, "vhost-user passes no fd");
+        let kvm = Netdev::VhostUser {
+            path: "/s".into(),
+            no_msix: false,
+        };
+        assert_eq!(
+            nic_args("net0", &kvm, "m", &mut fd)[5],
+            "virtio-net-pci,netdev=net0,mac=m"
+        );
+    }
+
+    #[test]
+    fn memory_sizes_follow_qemu() -> anyhow::Result<()> {
+        const MIB: u64 = 1 << 20;
+        for (m, want) in [
+            ("256", 256 * MIB),
+            ("1G", 1 << 30),
+            ("1g", 1 << 30),
+            ("512M", 512 * MIB),
+            ("size=2G", 2 << 30),
+            ("1.5G", 1536 * MIB),
+            ("2G,slots=2", 2 << 30),
+            ("262144K", 256 * MIB),
+            ("1000000B", 1_007_616), // rounded up to 8 KiB, as QEMU does
+        ] {
+            assert_eq!(memory_size(&argv(&format!("-m {m}")))?, want, "-m {m}");
+        }
+        assert_eq!(memory_size(&argv("-accel tcg --m 64"))?, 64 * MIB);
+        for (args, want) in [
+            ("-accel tcg", "add `-m SIZE`"),
+            ("-m", "without a value"),
+            ("-m 1G -m 2G", "several"),
+            ("-m 1G,maxmem=4G", "maxmem"),
+            ("-m 1X", "cannot read the memory size"),
+            ("-m 0", "cannot read the memory size"),
+            ("-m 1.5B", "cannot read the memory size"),
+            ("-m lots", "cannot read the memory size"),
+            ("-m 1G,foo=1", "cannot read the memory size"),
+        ] {
+            let err = format!("{:#}", memory_size(&argv(args)).err().context(args)?);
+            assert!(err.contains(want), "{args}: {err}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn vhost_user_memory_backend_and_conflicts() -> anyhow::Result<()> {
+        assert_eq!(
+            vhost_user_memory_args(&argv("-machine q35,accel=tcg -m 1G"))?,
+            [
+                "-object",
+                "memory-backend-memfd,id=limanet-mem,size=1073741824,share=on",
+                "-machine",
+                "memory-backend=limanet-mem"
+            ]
+        );
+        for (args, want) in [
+            ("-m 1G -numa node,memdev=x", "`-numa` conflicts"),
+            ("-m 1G --numa node", "`--numa` conflicts"),
+            ("-m 1G -mem-path /dev/hugepages", "`-mem-path` conflicts"),
+            (
+                "-m 1G -M pc,memory-backend=ram0",
+                "conflicts with `-M pc,memory-backend=ram0`",
+            ),
+        ] {
+            let err = format!(
+                "{:#}",
+                vhost_user_memory_args(&argv(args)).err().context(args)?
+            );
+            assert!(err.contains(want), "{args}: {err}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn kvm_detection() {
+        for yes in [
+            "-enable-kvm",
+            "--enable-kvm",
+            "-accel kvm",
+            "-accel kvm,kernel-irqchip=on",
+            "-accel accel=kvm",
+            "-machine q35,accel=kvm",
+            "-M pc,accel=kvm:tcg",
+        ] {
+            assert!(uses_kvm(&argv(yes)), "{yes}");
+        }
+        for no in [
+            "",
+            "-accel tcg",
+            "-machine q35",
+            "-M accel=tcg:kvm",
+            "-m kvm",
+        ] {
+            assert!(!uses_kvm(&argv(no)), "{no}");
+        }
     }
 
     #[test]

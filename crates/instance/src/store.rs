@@ -8,6 +8,7 @@
 //! | `qemu.pid` | QEMU's pid, written by limanet once QEMU runs |
 //! | `qemu.stdout.log`, `qemu.stderr.log` | QEMU's output (background mode) |
 //! | `default_qemu.sock`, `usernet.pid` | the instance's own user-mode network (eth0; socket named as Lima's per-instance gvisor sockets) |
+//! | `default_vhost.sock` | its vhost-user socket instead, with `limanet start --vhost-user` |
 //! | `usernet.stdout.log`, `usernet.stderr.log` | its output |
 //!
 //! `limanet.json` is replaced atomically (write to a temporary file, then rename), so readers
@@ -27,8 +28,12 @@ pub const STATE_FILE: &str = "limanet.json";
 pub enum Attachment {
     /// eth0: the instance's own user-mode network (`limanet usernet`, 192.168.5.0/24).
     Usernet {
-        /// The QEMU stream socket of the instance's usernet.
+        /// The socket of the instance's usernet QEMU attaches to: its stream socket
+        /// (`default_qemu.sock`), or its vhost-user socket (`default_vhost.sock`).
         socket: PathBuf,
+        /// Attached over vhost-user (`limanet start --vhost-user`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        vhost_user: bool,
     },
     /// A network defined in networks.yaml (`--network lima:NAME`).
     Lima {

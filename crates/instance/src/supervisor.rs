@@ -180,8 +180,19 @@ fn run(
     let mut args: Vec<String> = user_args.to_vec();
     let mut fds = ExtraFds::default();
     let mut next_fd = FIRST_FD;
+    if plan.nics.iter().any(|n| {
+        matches!(
+            n.attachment,
+            Attachment::Usernet {
+                vhost_user: true,
+                ..
+            }
+        )
+    }) {
+        args.extend(qemu::vhost_user_memory_args(user_args)?);
+    }
     for nic in &plan.nics {
-        let netdev = netdev_for(nic, caps);
+        let netdev = netdev_for(nic, caps, user_args);
         if let Netdev::FdConnect { path } = &netdev {
             fds.connect(path)
                 .with_context(|| format!("cannot attach {} to {}", nic.interface, describe(nic)))?;
@@ -377,15 +388,23 @@ fn reap(qemu_pid: u32) -> anyhow::Result<Option<ExitStatus>> {
     }
 }
 
-fn netdev_for(nic: &Nic, caps: qemu::Caps) -> Netdev {
+fn netdev_for(nic: &Nic, caps: qemu::Caps, user_args: &[String]) -> Netdev {
     match &nic.attachment {
+        Attachment::Usernet {
+            socket,
+            vhost_user: true,
+        } => Netdev::VhostUser {
+            path: socket.clone(),
+            // Only TCG crashes on it; KVM guests keep MSI-X.
+            no_msix: !qemu::uses_kvm(user_args),
+        },
         // Lima attaches eth0 through QEMU's own stream client; a QEMU without `-netdev
         // stream` (or a wrapper that does not answer the probe) gets the connected fd.
-        Attachment::Usernet { socket } if caps.stream => Netdev::Stream {
+        Attachment::Usernet { socket, .. } if caps.stream => Netdev::Stream {
             path: socket.clone(),
             reconnect: None,
         },
-        Attachment::Usernet { socket } => Netdev::FdConnect {
+        Attachment::Usernet { socket, .. } => Netdev::FdConnect {
             path: socket.clone(),
         },
         // Lima: user-v2 networks always through fd_connect.
@@ -406,6 +425,9 @@ fn netdev_for(nic: &Nic, caps: qemu::Caps) -> Netdev {
 /// A NIC's network in words, for messages and `limanet list`.
 pub fn describe(nic: &Nic) -> String {
     match &nic.attachment {
+        Attachment::Usernet {
+            vhost_user: true, ..
+        } => "usernet (vhost-user)".to_owned(),
         Attachment::Usernet { .. } => "usernet".to_owned(),
         Attachment::Lima { network, .. } => format!("lima:{network}"),
         Attachment::Socket { socket } => format!("socket:{}", socket.display()),
@@ -418,7 +440,7 @@ fn start_own_usernet(plan: &Plan) -> anyhow::Result<()> {
     let paths = &plan.paths;
     stop_own_usernet(paths);
     let eth0 = plan.nics.first().context("no eth0")?;
-    let Attachment::Usernet { socket } = &eth0.attachment else {
+    let Attachment::Usernet { socket, vhost_user } = &eth0.attachment else {
         // eth0 is on a user-v2 network (Lima's FirstUsernetIndex): no network of its own.
         return Ok(());
     };
@@ -426,7 +448,12 @@ fn start_own_usernet(plan: &Plan) -> anyhow::Result<()> {
     let mut argv = vec![
         exe.display().to_string(),
         "usernet".into(),
-        "--listen-qemu".into(),
+        if *vhost_user {
+            "--listen-vhost-user"
+        } else {
+            "--listen-qemu"
+        }
+        .into(),
         socket.display().to_string(),
         "--lease".into(),
         format!("{}={}", crate::ETH0_ADDRESS, eth0.mac),

@@ -575,14 +575,25 @@ impl NetBackend {
                         .fetch_add(1, Ordering::Relaxed);
                     delivered = true;
                 }
-                RxOutcome::NoBuffers => {
+                RxOutcome::NoBuffers { posted } => {
+                    lock(&self.port.to_guest).push_front(f);
+                    // The guest refills its ring as it takes what it got, which it may only
+                    // do on an interrupt: signal this round's frames before waiting (retrying
+                    // without it could wait for a guest that waits for us).
+                    if delivered
+                        && state
+                            .get_queue_mut()
+                            .needs_notification(&*mem)
+                            .map_err(queue_err)?
+                    {
+                        state.signal_used_queue()?;
+                    }
+                    delivered = false;
                     // Ask for a kick when buffers come; retry at once if some came meanwhile.
-                    let more = queue.enable_notification(&*mem).map_err(queue_err)?;
-                    if more {
-                        lock(&self.port.to_guest).push_front(f);
+                    let queue = state.get_queue_mut();
+                    if wait_for_rx_buffers(queue, &mem, posted).map_err(queue_err)? {
                         continue;
                     }
-                    lock(&self.port.to_guest).push_front(f);
                     break;
                 }
             }
@@ -683,11 +694,36 @@ fn read_tx_chain(
     Ok(GuestFrame { vnet, frame })
 }
 
+/// Asks the guest to kick when it adds RX buffers, after a frame found the `posted` ones too
+/// few; returns whether more came since (then retry at once). The crate's
+/// `enable_notification` publishes our next position as `avail_event`, but with buffers posted
+/// ([`put_rx_frame`] rewinds over them) the guest's avail index is already past it, and a guest
+/// with `EVENT_IDX` kicks only when its index crosses `avail_event`: it would never kick again,
+/// and the frame would wait for the next one from the network. So publish the guest's current
+/// index instead.
+fn wait_for_rx_buffers(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    posted: u16,
+) -> Result<bool, virtio_queue::Error> {
+    let next = queue.next_avail();
+    let seen = queue.avail_idx(mem, Ordering::Acquire)?.0;
+    queue.set_next_avail(seen);
+    // Also re-checks the index after publishing, as the guest may have added buffers between.
+    let after = queue.enable_notification(mem);
+    queue.set_next_avail(next);
+    Ok(after? || seen.wrapping_sub(next) > posted)
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum RxOutcome {
     Delivered,
-    /// Not enough RX buffers: nothing consumed, try again after the guest's next kick.
-    NoBuffers,
+    /// Not enough RX buffers (`posted`, all there were, too few): nothing consumed, try again
+    /// after the guest's next kick.
+    NoBuffers {
+        /// The buffers that were posted and too few.
+        posted: u16,
+    },
     /// The frame cannot be delivered (malformed chain, larger than a non-mergeable buffer).
     Dropped,
 }
@@ -717,7 +753,8 @@ fn put_rx_frame(
             for _ in 0..writers.len() {
                 queue.go_to_previous_position();
             }
-            return Ok(RxOutcome::NoBuffers);
+            let posted = u16::try_from(writers.len()).unwrap_or(u16::MAX);
+            return Ok(RxOutcome::NoBuffers { posted });
         };
         let head = chain.head_index();
         let usable = chain
@@ -949,12 +986,52 @@ mod tests {
         assert_eq!(&got[HDR_V1_LEN..HDR_V1_LEN + frame.len()], &frame[..]);
         // Not enough buffers left for another such frame: nothing is consumed.
         let outcome = put_rx_frame(&mut q, &mem, v1(), &hdr, &frame);
-        assert_eq!(outcome, Ok(RxOutcome::NoBuffers));
+        assert_eq!(outcome, Ok(RxOutcome::NoBuffers { posted: 1 }));
         assert_eq!(vq.used().idx().load(), 3);
         // A small one still fits the last buffer.
         let outcome = put_rx_frame(&mut q, &mem, v1(), &VnetHeader::default(), &frame[..60]);
         assert_eq!(outcome, Ok(RxOutcome::Delivered));
         assert_eq!(vq.used().idx().load(), 4);
+    }
+
+    #[test]
+    fn too_few_rx_buffers_ask_for_a_kick_past_the_posted_ones() {
+        let mem = memory();
+        let vq = MockSplitQueue::new(&mem, 16);
+        // Two 1 KiB buffers posted; a 3000-byte frame needs three.
+        vq.add_desc_chains(
+            &[
+                desc(DATA, 1024, VRING_DESC_F_WRITE),
+                desc(DATA + 0x1000, 1024, VRING_DESC_F_WRITE),
+            ],
+            0,
+        )
+        .unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        q.set_event_idx(true);
+        let frame = vec![7u8; 3000];
+        let hdr = VnetHeader::default();
+        assert_eq!(
+            put_rx_frame(&mut q, &mem, v1(), &hdr, &frame),
+            Ok(RxOutcome::NoBuffers { posted: 2 })
+        );
+        assert_eq!(q.next_avail(), 0, "the posted buffers stay for the frame");
+        assert_eq!(wait_for_rx_buffers(&mut q, &mem, 2), Ok(false));
+        // avail_event (after the used ring's 16 elements) is the guest's index, 2, so its
+        // next buffer (index 2 → 3) crosses it and kicks; our own position is kept.
+        let avail_event = GuestAddress(vq.used_addr().0 + 4 + 8 * 16);
+        assert_eq!(mem.read_obj::<u16>(avail_event).unwrap(), 2);
+        assert_eq!(q.next_avail(), 0);
+        // A buffer added since the frame looked is noticed at once.
+        vq.add_desc_chains(&[desc(DATA + 0x2000, 1024, VRING_DESC_F_WRITE)], 2)
+            .unwrap();
+        assert_eq!(wait_for_rx_buffers(&mut q, &mem, 2), Ok(true));
+        assert_eq!(mem.read_obj::<u16>(avail_event).unwrap(), 3);
+        assert_eq!(
+            put_rx_frame(&mut q, &mem, v1(), &hdr, &frame),
+            Ok(RxOutcome::Delivered)
+        );
+        assert_eq!(vq.used().idx().load(), 3);
     }
 
     #[test]

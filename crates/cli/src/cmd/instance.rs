@@ -37,6 +37,11 @@ pub struct StartArgs {
     /// Stay attached: QEMU uses this terminal, and `limanet start` returns QEMU's exit code.
     #[arg(long)]
     pub foreground: bool,
+    /// Attach eth0 to the instance's own network over vhost-user: QEMU shares the guest's RAM
+    /// (a memfd backend of the `-m` size, added by limanet) and limanet serves its virtio-net
+    /// queues directly, with offloads. Needs `-m SIZE`; not with a user-v2 eth0.
+    #[arg(long = "vhost-user")]
+    pub vhost_user: bool,
     /// Internal: run as the instance's background supervisor.
     #[arg(long, hide = true)]
     pub supervisor: bool,
@@ -55,6 +60,7 @@ impl StartArgs {
             forwards: self.forwards,
             ssh_port: self.ssh_port,
             foreground: self.foreground,
+            vhost_user: self.vhost_user,
             qemu: self.qemu,
         }
     }

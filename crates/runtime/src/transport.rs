@@ -140,10 +140,11 @@ pub struct Port {
     vnet_hdr: bool,
     /// A stream port whose first frame is still to come, and that answers a hello.
     hello_awaited: bool,
-    /// Features a hello may get (`stream_offload::FEATURE_*`).
-    offered: u32,
+    /// Features a hello may get (`stream_offload::FEATURE_*`; all fit in a byte so far, and
+    /// `Port` is kept small).
+    offered: u8,
     /// Features the client negotiated (0: none).
-    features: u32,
+    features: u8,
     /// The client negotiated passing its TAP: nothing more is read from the stream here (the
     /// next message carries a descriptor, which `read` would lose).
     tap_awaited: bool,
@@ -223,13 +224,13 @@ impl Port {
     pub fn offer_features(&mut self, features: u32) {
         if matches!(self.io, Io::Stream(_)) {
             self.hello_awaited = true;
-            self.offered = features;
+            self.offered = (features & 0xff) as u8;
         }
     }
 
     /// The features the client negotiated (0: none).
     pub fn features(&self) -> u32 {
-        self.features
+        u32::from(self.features)
     }
 
     /// True once the client negotiated passing its TAP: the port then reads nothing more, and
@@ -480,9 +481,10 @@ impl Port {
                 continue;
             }
             if std::mem::take(&mut self.hello_awaited) {
-                let ack = stream_offload::answer(record, self.offered);
+                let ack = stream_offload::answer(record, u32::from(self.offered));
                 if let Some(ack) = ack {
-                    self.features = stream_offload::parse(&ack).map_or(0, |c| c.features);
+                    self.features = stream_offload::parse(&ack)
+                        .map_or(0, |c| (c.features & u32::from(self.offered)) as u8);
                     info!(port = %self.name, "offloads negotiated");
                     // Plain, and the last plain frame: everything queued after carries a header.
                     if self.queue(ack).is_some() {
@@ -490,7 +492,7 @@ impl Port {
                     }
                     self.vnet_hdr = true;
                     self.negotiated = true;
-                    if self.features & stream_offload::FEATURE_TAP_FD != 0 {
+                    if self.features() & stream_offload::FEATURE_TAP_FD != 0 {
                         // The descriptor comes next, in a message `read` must not consume.
                         self.tap_awaited = true;
                         break;

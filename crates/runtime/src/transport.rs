@@ -962,6 +962,43 @@ mod tests {
     }
 
     #[test]
+    fn a_hello_that_offers_its_tap_stops_the_reads_until_the_server_takes_it() {
+        use limanet_netstack::stream_offload::{self as so, Kind};
+        let both = so::FEATURE_VNET_HDR_V1 | so::FEATURE_TAP_FD;
+        let (mut port, mut peer) = stream_pair();
+        port.offer_features(both);
+        let mac = [2, 0, 0, 0, 0, 7];
+        let mut bytes = record(&so::build(Kind::Hello, mac, both));
+        // Whatever follows the hello stays unread: it belongs to the server's own `recvmsg`.
+        bytes.extend(record(&so::build(Kind::TapFd, mac, both)));
+        peer.write_all(&bytes).unwrap();
+        let mut got = 0;
+        let status = port
+            .read_frames_with(1514, &mut [], |_, _| got += 1)
+            .unwrap();
+        assert_eq!((status, got), (ReadStatus::Drained, 0));
+        assert!(port.take_negotiated() && port.tap_awaited());
+        assert_eq!(port.features(), both);
+        // Read with the hello (one `read`), so unparsed: the server refuses such a client.
+        assert_eq!(port.unparsed(), 64);
+        let status = port
+            .read_frames_with(1514, &mut [], |_, _| got += 1)
+            .unwrap();
+        assert_eq!((status, got), (ReadStatus::Drained, 0));
+        port.flush(drop).unwrap();
+        let ack = so::parse(&read_record(&mut peer)).unwrap();
+        assert_eq!((ack.kind, ack.features), (Kind::Ack, both));
+        // A server that offers only the header grants only that.
+        let (mut port, mut peer) = stream_pair();
+        port.offer_offloads();
+        peer.write_all(&record(&so::build(Kind::Hello, mac, both)))
+            .unwrap();
+        port.read_frames_with(1514, &mut [], |_, _| {}).unwrap();
+        assert_eq!(port.features(), so::FEATURE_VNET_HDR_V1);
+        assert!(!port.tap_awaited());
+    }
+
+    #[test]
     fn a_hello_switches_the_stream_to_offload_records() {
         use limanet_netstack::stream_offload::{self as so, Kind};
         let (mut port, mut peer) = stream_pair();

@@ -297,11 +297,11 @@ impl Daemon {
     }
 
     fn read(&mut self, idx: usize, now: Instant) {
-        // Out of the table while it is read, so its frames are switched straight from its
-        // read buffer (see `send`); whatever is sent back to it meanwhile waits in `replies`.
         if self.awaiting_tap(idx) {
             return self.receive_tap(idx);
         }
+        // Out of the table while it is read, so its frames are switched straight from its
+        // read buffer (see `send`); whatever is sent back to it meanwhile waits in `replies`.
         let Some(mut slot) = self.ports.get_mut(idx).and_then(Option::take) else {
             return;
         };

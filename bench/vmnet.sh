@@ -154,6 +154,11 @@ for n in $CLIENTS; do
 done
 echo "vmnet with 2 plain VMs (attach --no-offload)..." >&2
 PLAIN=$(ATTACH_FLAGS=--no-offload run_vmnet 2)
+RELAYED="- -"
+if "$LIMANET" attach --help 2>/dev/null | grep -q -- --no-pass-tap; then
+  echo "vmnet with 2 relayed VMs (attach --no-pass-tap)..." >&2
+  RELAYED=$(ATTACH_FLAGS=--no-pass-tap run_vmnet 2)
+fi
 echo "usernet..." >&2
 USERNET_AFTER=$(run_usernet)
 
@@ -162,7 +167,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b == 0) p
 first=${CLIENTS%% *}
 last=${CLIENTS##* }
 {
-  echo "# limanet vmnet throughput"
+  echo "## $(date -u +%Y-%m-%d): $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
   echo
   echo "Run $(date -u +%Y-%m-%dT%H:%MZ) at $(git rev-parse --short HEAD 2>/dev/null || echo '?'), \`bench/vmnet.sh\`, ${SECONDS_PER_CELL} s per cell, one round."
   echo "Machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), kernel $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg) (shared with other jobs)."
@@ -180,6 +185,17 @@ last=${CLIENTS##* }
   read -r vhn _ <<<"${VM[$last]}"
   echo "host→VM with $last VMs attached / with $first: $(ratio "$vhn" "$vh1") (socket_vmnet: 0.23 at 4, lima-vm/socket_vmnet#58)."
   read -r ph pv <<<"$PLAIN"
+  read -r rh rv <<<"$RELAYED"
+  echo "With 2 relayed clients (\`attach --no-pass-tap\`: attach relays its TAP over the socket, as before the daemon took TAPs, and as with a daemon that does not): host→VM $rh, VM→VM $rv Gbit/s."
   echo "With 2 plain clients (\`attach --no-offload\`, frames as QEMU and socket_vmnet clients send them): host→VM $ph, VM→VM $pv Gbit/s."
   echo "limanet usernet guest→host at MTU 1500 in the same run: $USERNET_BEFORE Gbit/s before the vmnet cells, $USERNET_AFTER after (VM→VM through the switch should not be below it)."
-} | tee "$OUT"
+} >"$WORK/section.md"
+cat "$WORK/section.md"
+# Newest section first, earlier ones kept.
+{
+  echo "# limanet vmnet throughput"
+  echo
+  cat "$WORK/section.md"
+  if [ -f "$OUT" ]; then echo; sed '1{/^# /d}' "$OUT" | sed '1{/^$/d}'; fi
+} >"$WORK/out.md"
+cp "$WORK/out.md" "$OUT"

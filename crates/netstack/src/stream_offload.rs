@@ -14,6 +14,13 @@
 //! changes. A server that does not know the hello (socket_vmnet, QEMU, gvproxy) treats it as
 //! one odd frame (nobody's kernel accepts the EtherType) and never acks: the client stays plain.
 //!
+//! With [`FEATURE_TAP_FD`] in the ack as well, the client hands the server its TAP instead of
+//! relaying: its next and last record is a control frame of kind [`Kind::TapFd`], sent in one
+//! `sendmsg` with the TAP's descriptor (opened with `IFF_VNET_HDR`) as `SCM_RIGHTS`. The server
+//! then reads and writes the TAP itself; the connection carries nothing more and only ties the
+//! TAP's life to the client's: when it closes, the server drops the TAP. A server that does not
+//! offer the feature acks without it, and the client relays as before.
+//!
 //! Headers from the peer are not trusted: [`parse_record`] rejects any that describe something
 //! the receiver cannot handle, and the caller drops that frame (and counts it).
 
@@ -31,6 +38,9 @@ pub const MAGIC: [u8; 8] = *b"LIMANET\0";
 pub const VERSION: u8 = 1;
 /// Feature bit: records carry a `virtio_net_hdr_v1` before the frame.
 pub const FEATURE_VNET_HDR_V1: u32 = 1;
+/// Feature bit: the client passes its TAP's descriptor after the ack (see the module docs).
+/// Only together with [`FEATURE_VNET_HDR_V1`].
+pub const FEATURE_TAP_FD: u32 = 2;
 /// Length of the header on the wire: `struct virtio_net_hdr_v1` (`virtio_net_hdr` plus
 /// `num_buffers`, which is ignored on receipt and sent as 0).
 pub const WIRE_HDR_LEN: usize = VNET_HDR_LEN + 2;
@@ -46,6 +56,8 @@ const PAYLOAD_LEN: usize = MAGIC.len() + 1 + 1 + 4;
 pub enum Kind {
     Hello = 1,
     Ack = 2,
+    /// The record that carries the client's TAP descriptor.
+    TapFd = 3,
 }
 
 /// A parsed hello or ack.
@@ -57,7 +69,7 @@ pub struct Control {
     pub features: u32,
 }
 
-/// Builds a hello (client) or ack (server) frame for the client with `mac`.
+/// Builds a hello (client), ack (server) or TAP-passing (client) frame for the client with `mac`.
 pub fn build(kind: Kind, mac: MacAddr, features: u32) -> Vec<u8> {
     let mut f = Vec::with_capacity(MIN_FRAME);
     f.extend_from_slice(&mac);
@@ -84,6 +96,7 @@ pub fn parse(frame: &[u8]) -> Option<Control> {
     let kind = match rest[1] {
         1 => Kind::Hello,
         2 => Kind::Ack,
+        3 => Kind::TapFd,
         _ => return None,
     };
     let mut mac = [0u8; 6];
@@ -187,6 +200,21 @@ mod tests {
             answer(&build(Kind::Hello, MAC, 0), FEATURE_VNET_HDR_V1),
             None
         );
+    }
+
+    #[test]
+    fn tap_passing_is_acked_only_by_servers_that_offer_it() {
+        let both = FEATURE_VNET_HDR_V1 | FEATURE_TAP_FD;
+        let hello = build(Kind::Hello, MAC, both);
+        let features = |ack: Option<Vec<u8>>| ack.and_then(|a| parse(&a)).map(|c| c.features);
+        // An older server (or usernet) knows only the header: the client relays.
+        assert_eq!(features(answer(&hello, FEATURE_VNET_HDR_V1)), Some(1));
+        assert_eq!(features(answer(&hello, both)), Some(both));
+        // The TAP alone (no header feature) is not a valid offer.
+        assert_eq!(answer(&build(Kind::Hello, MAC, FEATURE_TAP_FD), both), None);
+        let tap = build(Kind::TapFd, MAC, both);
+        assert_eq!(parse(&tap).map(|c| c.kind), Some(Kind::TapFd));
+        assert_eq!(answer(&tap, both), None, "only a hello is answered");
     }
 
     #[test]

@@ -20,4 +20,6 @@ pub use network::{
     Command, Control, ControlClosed, Exit, Forward, Listen, Network, NetworkError, NetworkStats,
     Options, PacketPort, PortCounters, PortStats, Reply,
 };
-pub use tap::{create_tap_in, open_netns, set_vnet_hdr_len, Tap, TapConfig};
+pub use tap::{
+    adopt_passed_tap, create_tap_in, open_netns, set_vnet_hdr_len, PassedTap, Tap, TapConfig,
+};

@@ -198,9 +198,16 @@ pub fn allowed_syscalls() -> Vec<libc::c_long> {
 
 /// The ioctl requests allowed after setup: non-blocking and close-on-exec flags (the standard
 /// library sets them with ioctl), a socket's queued bytes (TIOCOUTQ/TIOCINQ), and the terminal
-/// query logging may make. Interface configuration (SIOCS*, TUNSET*) is setup only.
+/// query logging may make, and the TUN requests that adopt a TAP a client passed. Interface
+/// configuration (SIOCS*, TUNSETIFF) is setup only.
 #[allow(clippy::unnecessary_cast)] // the requests are c_ulong, 32 bits on some targets
-const IOCTLS: [u64; 6] = [
+const IOCTLS: [u64; 10] = [
+    // A TAP a client passed (the vmnet daemon): checked, its header length and offloads set.
+    // Only TUN descriptors take these, and the process holds only its own and clients' TAPs.
+    libc::TUNGETIFF as u64,
+    libc::TUNSETVNETHDRSZ as u64,
+    libc::TUNGETVNETHDRSZ as u64,
+    libc::TUNSETOFFLOAD as u64,
     libc::FIONBIO as u64,
     libc::FIOCLEX as u64,
     libc::FIONCLEX as u64,

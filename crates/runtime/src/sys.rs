@@ -433,6 +433,87 @@ pub fn recv_fd(fd: RawFd) -> io::Result<Option<OwnedFd>> {
     Ok(received.into_iter().next())
 }
 
+/// Receives up to `buf.len()` bytes and at most one descriptor (`SCM_RIGHTS`; extras are
+/// closed) with one non-blocking `recvmsg`: the bytes read and the descriptor, if any.
+pub fn recv_with_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    let mut control = [0u64; 16];
+    // SAFETY: zeroed msghdr is valid; buffers are live for the call.
+    let mut msg: libc::msghdr = unsafe { zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = size_of::<[u64; 16]>() as _;
+    // SAFETY: msg initialised above.
+    let n = cvt_size(unsafe {
+        libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC)
+    })?;
+    let mut received: Vec<OwnedFd> = Vec::new();
+    // SAFETY: iterating the control buffer the kernel filled, with the libc CMSG macros.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let payload = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let count = payload / size_of::<RawFd>();
+                let first = libc::CMSG_DATA(cmsg) as *const RawFd;
+                for i in 0..count {
+                    let raw = std::ptr::read_unaligned(first.add(i));
+                    received.push(OwnedFd::from_raw_fd(raw));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok((n, received.into_iter().next()))
+}
+
+/// Sends `data` with one descriptor (`SCM_RIGHTS`) in one blocking `sendmsg`; the whole of
+/// `data` or an error.
+pub fn send_with_fd(fd: RawFd, data: &[u8], pass: RawFd) -> io::Result<()> {
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(size_of::<RawFd>() as u32) } as usize;
+    let mut control = [0u64; 4];
+    // SAFETY: zeroed msghdr is valid; buffers are live for the call.
+    let mut msg: libc::msghdr = unsafe { zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = space as _;
+    // SAFETY: the control buffer holds one cmsghdr with room for one descriptor (space <= 32).
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut RawFd, pass);
+    }
+    loop {
+        // SAFETY: msg fully initialised; MSG_NOSIGNAL avoids SIGPIPE on a vanished peer.
+        let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n as usize != data.len() {
+            return Err(io::Error::other(
+                "short write of a descriptor-passing message",
+            ));
+        }
+        return Ok(());
+    }
+}
+
 /// Socket type (`SO_TYPE`), to check what a client passed us.
 pub fn socket_type(fd: RawFd) -> io::Result<libc::c_int> {
     getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)

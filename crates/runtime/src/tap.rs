@@ -108,6 +108,60 @@ pub fn set_vnet_hdr_len(tap: &OwnedFd, len: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// A TAP another process opened and passed us (`limanet attach` hands its TAP to the vmnet
+/// daemon), now set up for our reader.
+#[derive(Debug)]
+pub struct PassedTap {
+    /// The interface's name, in its own namespace (for logs).
+    pub name: String,
+    /// The `TUN_F_*` offloads the kernel accepted.
+    pub offloads: u32,
+}
+
+/// Checks that `fd` is a TAP opened with a virtio-net header and no packet information, then
+/// sets the header length to [`limanet_netstack::vnet::VNET_HDR_LEN`] and enables offloads
+/// ourselves, whatever the sender did. The device is checked first (the tun misc device,
+/// 10:200), so no TUN ioctl ever reaches another kind of file.
+pub fn adopt_passed_tap(fd: &OwnedFd) -> io::Result<PassedTap> {
+    let refuse = |why: String| io::Error::new(io::ErrorKind::InvalidInput, why);
+    // SAFETY: fstat on a descriptor we hold, into a zeroed struct.
+    let mut st: libc::stat = unsafe { zeroed() };
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let is_tun = st.st_mode & libc::S_IFMT == libc::S_IFCHR
+        && libc::major(st.st_rdev) == 10
+        && libc::minor(st.st_rdev) == 200;
+    if !is_tun {
+        return Err(refuse("not a /dev/net/tun descriptor".into()));
+    }
+    // SAFETY: all-zero ifreq is valid.
+    let mut req: libc::ifreq = unsafe { zeroed() };
+    ioctl(
+        fd.as_raw_fd(),
+        libc::TUNGETIFF as libc::c_ulong,
+        &mut req,
+        "TUNGETIFF",
+    )?;
+    let name: String = req
+        .ifr_name
+        .iter()
+        .take_while(|c| **c != 0)
+        .map(|c| *c as u8 as char)
+        .collect();
+    // SAFETY: TUNGETIFF filled the flags member.
+    let flags = i32::from(unsafe { req.ifr_ifru.ifru_flags }) & 0xffff;
+    let needed = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
+    if flags & needed != needed || flags & libc::IFF_TUN != 0 {
+        return Err(refuse(format!(
+            "{name:?} is not a TAP with a virtio-net header (flags {flags:#x})"
+        )));
+    }
+    set_vnet_hdr_len(fd, limanet_netstack::vnet::VNET_HDR_LEN)?;
+    let offloads = enable_offloads(fd, &name);
+    Ok(PassedTap { name, offloads })
+}
+
 fn ifreq(name: &str) -> io::Result<libc::ifreq> {
     // SAFETY: all-zero ifreq is valid.
     let mut req: libc::ifreq = unsafe { zeroed() };

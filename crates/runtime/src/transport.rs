@@ -140,6 +140,17 @@ pub struct Port {
     vnet_hdr: bool,
     /// A stream port whose first frame is still to come, and that answers a hello.
     hello_awaited: bool,
+    /// Features a hello may get (`stream_offload::FEATURE_*`; all fit in a byte so far, and
+    /// `Port` is kept small).
+    offered: u8,
+    /// Features the client negotiated (0: none).
+    features: u8,
+    /// The client negotiated passing its TAP: nothing more is read from the stream here (the
+    /// next message carries a descriptor, which `read` would lose).
+    tap_awaited: bool,
+    /// Headers read from this packet port come from an untrusted kernel side (a TAP a client
+    /// passed): checked as stream records' are.
+    check_headers: bool,
     /// The offload extension was negotiated and nobody asked yet ([`Port::take_negotiated`]).
     negotiated: bool,
     /// Frames dropped because their virtio-net header from the peer was refused.
@@ -178,6 +189,10 @@ impl Port {
             wq_vnet: VecDeque::new(),
             vnet_hdr: false,
             hello_awaited: false,
+            offered: 0,
+            features: 0,
+            tap_awaited: false,
+            check_headers: false,
             negotiated: false,
             bad_headers: 0,
             whead: 0,
@@ -201,9 +216,39 @@ impl Port {
     /// Lets the client of a stream port (server side) negotiate the offload extension with a
     /// hello as its first frame. Call before the first read.
     pub fn offer_offloads(&mut self) {
+        self.offer_features(stream_offload::FEATURE_VNET_HDR_V1);
+    }
+
+    /// [`Port::offer_offloads`] with the features this server supports (with
+    /// `stream_offload::FEATURE_TAP_FD`, see [`Port::tap_awaited`]).
+    pub fn offer_features(&mut self, features: u32) {
         if matches!(self.io, Io::Stream(_)) {
             self.hello_awaited = true;
+            self.offered = (features & 0xff) as u8;
         }
+    }
+
+    /// The features the client negotiated (0: none).
+    pub fn features(&self) -> u32 {
+        u32::from(self.features)
+    }
+
+    /// True once the client negotiated passing its TAP: the port then reads nothing more, and
+    /// the server receives the descriptor itself (`sys::recv_with_fd`).
+    pub fn tap_awaited(&self) -> bool {
+        self.tap_awaited
+    }
+
+    /// Bytes read from the stream but not yet parsed (a client that passes its TAP must have
+    /// sent nothing after its hello).
+    pub fn unparsed(&self) -> usize {
+        self.rlen - self.rstart
+    }
+
+    /// Checks every virtio-net header read from this packet port as a stream record's
+    /// (`stream_offload::check`): for a TAP a client passed, whose namespace is not ours.
+    pub fn check_vnet_headers(&mut self) {
+        self.check_headers = true;
     }
 
     /// True once after the client negotiated offloads (the ack is queued: flush the port).
@@ -245,6 +290,7 @@ impl Port {
         mut on_frame: impl FnMut(&[u8], Option<&VnetHeader>),
     ) -> Result<ReadStatus, PortError> {
         match &self.io {
+            Io::Stream(_) if self.tap_awaited => Ok(ReadStatus::Drained),
             Io::Stream(fd) => {
                 let fd = fd.as_raw_fd();
                 for _ in 0..READS_PER_EVENT {
@@ -289,6 +335,9 @@ impl Port {
                     }
                     self.rlen += n as usize;
                     self.parse_stream(max_frame, &mut on_frame)?;
+                    if self.tap_awaited {
+                        return Ok(ReadStatus::Drained);
+                    }
                 }
                 Ok(ReadStatus::More)
             }
@@ -339,6 +388,16 @@ impl Port {
                         self.dropped += 1;
                         debug!(port = %self.name, len = frame.len(), max = limit, "dropping oversize frame");
                         continue;
+                    }
+                    if self.check_headers {
+                        if let Err(e) = stream_offload::check(&hdr, frame.len()) {
+                            self.dropped += 1;
+                            self.bad_headers += 1;
+                            if self.bad_headers.is_power_of_two() {
+                                warn!(port = %self.name, error = %e, count = self.bad_headers, "dropping frames with a bad virtio-net header");
+                            }
+                            continue;
+                        }
                     }
                     on_frame(frame, Some(&hdr));
                 }
@@ -422,8 +481,10 @@ impl Port {
                 continue;
             }
             if std::mem::take(&mut self.hello_awaited) {
-                let ack = stream_offload::answer(record, stream_offload::FEATURE_VNET_HDR_V1);
+                let ack = stream_offload::answer(record, u32::from(self.offered));
                 if let Some(ack) = ack {
+                    self.features = stream_offload::parse(&ack)
+                        .map_or(0, |c| (c.features & u32::from(self.offered)) as u8);
                     info!(port = %self.name, "offloads negotiated");
                     // Plain, and the last plain frame: everything queued after carries a header.
                     if self.queue(ack).is_some() {
@@ -431,6 +492,11 @@ impl Port {
                     }
                     self.vnet_hdr = true;
                     self.negotiated = true;
+                    if self.features() & stream_offload::FEATURE_TAP_FD != 0 {
+                        // The descriptor comes next, in a message `read` must not consume.
+                        self.tap_awaited = true;
+                        break;
+                    }
                     continue;
                 }
             }
@@ -893,6 +959,43 @@ mod tests {
         let mut buf = vec![0u8; u32::from_be_bytes(len) as usize];
         peer.read_exact(&mut buf).unwrap();
         buf
+    }
+
+    #[test]
+    fn a_hello_that_offers_its_tap_stops_the_reads_until_the_server_takes_it() {
+        use limanet_netstack::stream_offload::{self as so, Kind};
+        let both = so::FEATURE_VNET_HDR_V1 | so::FEATURE_TAP_FD;
+        let (mut port, mut peer) = stream_pair();
+        port.offer_features(both);
+        let mac = [2, 0, 0, 0, 0, 7];
+        let mut bytes = record(&so::build(Kind::Hello, mac, both));
+        // Whatever follows the hello stays unread: it belongs to the server's own `recvmsg`.
+        bytes.extend(record(&so::build(Kind::TapFd, mac, both)));
+        peer.write_all(&bytes).unwrap();
+        let mut got = 0;
+        let status = port
+            .read_frames_with(1514, &mut [], |_, _| got += 1)
+            .unwrap();
+        assert_eq!((status, got), (ReadStatus::Drained, 0));
+        assert!(port.take_negotiated() && port.tap_awaited());
+        assert_eq!(port.features(), both);
+        // Read with the hello (one `read`), so unparsed: the server refuses such a client.
+        assert_eq!(port.unparsed(), 64);
+        let status = port
+            .read_frames_with(1514, &mut [], |_, _| got += 1)
+            .unwrap();
+        assert_eq!((status, got), (ReadStatus::Drained, 0));
+        port.flush(drop).unwrap();
+        let ack = so::parse(&read_record(&mut peer)).unwrap();
+        assert_eq!((ack.kind, ack.features), (Kind::Ack, both));
+        // A server that offers only the header grants only that.
+        let (mut port, mut peer) = stream_pair();
+        port.offer_offloads();
+        peer.write_all(&record(&so::build(Kind::Hello, mac, both)))
+            .unwrap();
+        port.read_frames_with(1514, &mut [], |_, _| {}).unwrap();
+        assert_eq!(port.features(), so::FEATURE_VNET_HDR_V1);
+        assert!(!port.tap_awaited());
     }
 
     #[test]

@@ -12,9 +12,19 @@
 //! virtio-net header, so TCP super-segments and partial checksums travel between them whole.
 //! Frames carry their offload state to ports that have offloads; ports without them (QEMU,
 //! socket_vmnet-style clients) get them cut into packets with complete checksums, in software.
+//!
+//! Passed TAPs: a client that negotiated `stream_offload::FEATURE_TAP_FD` too (`limanet
+//! attach`) sends its TAP's descriptor instead of relaying frames. The TAP, once checked
+//! (`limanet_runtime::adopt_passed_tap`), becomes that client's port, read and written here
+//! directly (two copies per frame between two such VMs instead of six, in one process instead
+//! of three), with the same MAC rules, queue bound and header checks as any client's. The
+//! connection stays open only to tie the TAP to the client: when it closes, the port and the
+//! TAP go. Anything else on the connection (data, a descriptor that is no TAP) disconnects the
+//! client with one log line.
 
 use crate::gateway::{dhcp_request, Gateway};
 use crate::switch::{MacTable, Route, TableLimits, Verdict};
+use limanet_netstack::stream_offload::{self, Kind, FEATURE_TAP_FD, FEATURE_VNET_HDR_V1};
 use limanet_netstack::vnet::{self, VnetHeader};
 use limanet_runtime::transport::{Io, Port, PortError, QueueBudget, ReadStatus, MAX_OFFLOAD_READ};
 use mio::unix::SourceFd;
@@ -35,6 +45,8 @@ const MAX_CLIENTS: usize = 1024;
 const LISTENER: Token = Token(0);
 const STOP: Token = Token(1);
 const FIRST_PORT: usize = 2;
+/// Tokens of the connections whose client passed its TAP: this bit plus the port's index.
+const CONTROL: usize = 1 << 40;
 const HOST: usize = 0;
 /// Output queue per client: with 4 MiB socket buffers, enough for bursts at full speed; a
 /// stalled client costs at most this much (times [`MAX_CLIENTS`] in the very worst case).
@@ -59,6 +71,8 @@ fn keep(pool: &mut Vec<Vec<u8>>, b: Vec<u8>) {
 
 struct Slot {
     port: Port,
+    /// The client's connection once its TAP is the port: it only signals the client's end.
+    control: Option<OwnedFd>,
 }
 
 /// Counters, for logs and tests.
@@ -158,13 +172,16 @@ impl Daemon {
         };
         let mut port = Port::with_budget(io, name, std::rc::Rc::clone(&self.budget));
         port.set_queue_limit(CLIENT_QUEUE_BYTES);
-        port.offer_offloads();
+        port.offer_features(FEATURE_VNET_HDR_V1 | FEATURE_TAP_FD);
         self.poll.registry().register(
             &mut SourceFd(&port.raw_fd()),
             Token(FIRST_PORT + idx),
             Interest::READABLE | Interest::WRITABLE,
         )?;
-        self.ports[idx] = Some(Slot { port });
+        self.ports[idx] = Some(Slot {
+            port,
+            control: None,
+        });
         // Edge-triggered: data that arrived before registration raises no event.
         self.pending.insert(idx);
         Ok(idx)
@@ -194,6 +211,7 @@ impl Daemon {
                         self.log_stats();
                         return Ok(());
                     }
+                    Token(t) if t & CONTROL != 0 => self.control_event(t & !CONTROL),
                     Token(t) => {
                         let idx = t - FIRST_PORT;
                         if event.is_writable() {
@@ -279,6 +297,9 @@ impl Daemon {
     }
 
     fn read(&mut self, idx: usize, now: Instant) {
+        if self.awaiting_tap(idx) {
+            return self.receive_tap(idx);
+        }
         // Out of the table while it is read, so its frames are switched straight from its
         // read buffer (see `send`); whatever is sent back to it meanwhile waits in `replies`.
         let Some(mut slot) = self.ports.get_mut(idx).and_then(Option::take) else {
@@ -298,9 +319,13 @@ impl Daemon {
         self.scratch = scratch;
         let zero_length = idx != HOST && slot.port.zero_length_frames > 0;
         if slot.port.take_negotiated() {
-            info!(port = %slot.port.name, "client negotiated offloads");
+            info!(port = %slot.port.name, tap = slot.port.tap_awaited(), "client negotiated offloads");
             // The ack waits in the port's queue.
             self.dirty.push(idx);
+            if slot.port.tap_awaited() {
+                // Its descriptor may have arrived with the hello's readiness event already.
+                self.pending.insert(idx);
+            }
         }
         self.ports[idx] = Some(slot);
         for reply in std::mem::take(&mut self.replies) {
@@ -399,6 +424,9 @@ impl Daemon {
         let Some(Some(slot)) = self.ports.get(to) else {
             return;
         };
+        if slot.port.tap_awaited() {
+            return;
+        }
         if slot.port.vnet_hdr() {
             return self.send(to, frame, Some(hdr));
         }
@@ -431,6 +459,10 @@ impl Daemon {
         let Some(Some(slot)) = self.ports.get_mut(to) else {
             return;
         };
+        // A client between its ack and its TAP gets nothing: it reads no more frames.
+        if slot.port.tap_awaited() {
+            return;
+        }
         let idle = !slot.port.has_output();
         let pool = &mut self.pool;
         if let Some(refused) = slot
@@ -476,6 +508,120 @@ impl Daemon {
         }
     }
 
+    fn awaiting_tap(&self, idx: usize) -> bool {
+        matches!(self.ports.get(idx), Some(Some(s)) if s.port.tap_awaited())
+    }
+
+    /// Receives the TAP a client that negotiated passing it sends (one control record with
+    /// the descriptor), checks it and makes it the client's port.
+    fn receive_tap(&mut self, idx: usize) {
+        let Some(Some(slot)) = self.ports.get(idx) else {
+            return;
+        };
+        if slot.port.unparsed() > 0 {
+            return self.remove(idx, Some("data after the hello that offered a TAP".into()));
+        }
+        let fd = slot.port.raw_fd();
+        // One record: a 4-byte length and a control frame of the minimum frame size.
+        let mut buf = [0u8; 128];
+        let (n, tap) = match limanet_runtime::sys::recv_with_fd(fd, &mut buf) {
+            Ok(v) => v,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                self.pending.insert(idx);
+                return;
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return self.remove(idx, None),
+            Err(e) => return self.remove(idx, Some(format!("receiving its TAP: {e}"))),
+        };
+        if n == 0 && tap.is_none() {
+            return self.remove(idx, None);
+        }
+        let record_ok = n > 4
+            && usize::try_from(u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]))
+                .is_ok_and(|len| len == n - 4)
+            && stream_offload::parse(&buf[4..n]).is_some_and(|c| c.kind == Kind::TapFd);
+        let Some(tap) = tap.filter(|_| record_ok) else {
+            return self.remove(idx, Some("expected its TAP's descriptor".into()));
+        };
+        let passed = match limanet_runtime::adopt_passed_tap(&tap) {
+            Ok(p) => p,
+            Err(e) => return self.remove(idx, Some(format!("refused the passed descriptor: {e}"))),
+        };
+        if let Err(e) = self.make_tap_port(idx, tap, &passed.name) {
+            return self.remove(idx, Some(format!("cannot use its TAP: {e}")));
+        }
+        if let Some(Some(slot)) = self.ports.get(idx) {
+            info!(
+                client = %slot.port.name,
+                offloads = format!("{:#x}", passed.offloads),
+                "client passed its TAP: switched here directly"
+            );
+        }
+    }
+
+    /// Swaps client `idx`'s stream port for a port on its TAP; the stream stays as the
+    /// control connection.
+    fn make_tap_port(&mut self, idx: usize, tap: OwnedFd, tap_name: &str) -> io::Result<()> {
+        let Some(Some(slot)) = self.ports.get_mut(idx) else {
+            return Ok(());
+        };
+        limanet_runtime::sys::set_nonblocking(tap.as_raw_fd())?;
+        let name = format!("{}({tap_name})", slot.port.name);
+        let mut port = Port::with_budget(Io::Packet(tap), name, std::rc::Rc::clone(&self.budget));
+        port.set_queue_limit(CLIENT_QUEUE_BYTES);
+        port.set_vnet_hdr();
+        port.check_vnet_headers();
+        let registry = self.poll.registry();
+        registry.deregister(&mut SourceFd(&slot.port.raw_fd()))?;
+        registry.register(
+            &mut SourceFd(&slot.port.raw_fd()),
+            Token(CONTROL | idx),
+            Interest::READABLE,
+        )?;
+        registry.register(
+            &mut SourceFd(&port.raw_fd()),
+            Token(FIRST_PORT + idx),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        let mut old = std::mem::replace(&mut slot.port, port);
+        let pool = &mut self.pool;
+        old.drain(|b| keep(pool, b));
+        if let Io::Stream(stream) = old.io {
+            slot.control = Some(stream);
+        }
+        // Edge-triggered: frames the namespace sent already raise no event.
+        self.pending.insert(idx);
+        Ok(())
+    }
+
+    /// The connection of a client whose TAP is its port: closed means the client is gone;
+    /// anything sent on it is a protocol error.
+    fn control_event(&mut self, idx: usize) {
+        let Some(Some(Slot {
+            control: Some(control),
+            ..
+        })) = self.ports.get(idx)
+        else {
+            return;
+        };
+        let mut b = [0u8; 64];
+        // SAFETY: reading into a live local buffer.
+        let n = unsafe { libc::read(control.as_raw_fd(), b.as_mut_ptr().cast(), b.len()) };
+        if n == 0 {
+            return self.remove(idx, None);
+        }
+        if n > 0 {
+            return self.remove(idx, Some("data on the connection after its TAP".into()));
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => {}
+            io::ErrorKind::ConnectionReset => self.remove(idx, None),
+            _ => self.remove(idx, Some(format!("connection: {e}"))),
+        }
+    }
+
     /// Closes a port; `error` is the protocol or I/O error that made us close it.
     fn remove(&mut self, idx: usize, error: Option<String>) {
         let Some(Some(mut slot)) = self.ports.get_mut(idx).map(Option::take) else {
@@ -485,6 +631,12 @@ impl Daemon {
             .poll
             .registry()
             .deregister(&mut SourceFd(&slot.port.raw_fd()));
+        if let Some(control) = &slot.control {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&control.as_raw_fd()));
+        }
         self.pending.remove(&idx);
         self.table.forget_port(idx);
         let pool = &mut self.pool;

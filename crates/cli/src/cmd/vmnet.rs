@@ -7,7 +7,7 @@ use limanet_netstack::stream_offload::{self, Kind, WIRE_HDR_LEN};
 use limanet_netstack::wire::MacAddr;
 use limanet_vmnet::Parsed;
 use std::ffi::OsString;
-use std::os::fd::IntoRawFd;
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -111,6 +111,11 @@ pub struct AttachArgs {
     /// usernet) and answers the offer; other servers see one ignored frame.
     #[arg(long)]
     pub no_offload: bool,
+    /// Relay frames even when the server offers to take the TAP itself (by default a vmnet
+    /// daemon that offers it gets the TAP's descriptor and reads it directly; `attach` then
+    /// only keeps the connection open).
+    #[arg(long)]
+    pub no_pass_tap: bool,
     /// A stream socket (QEMU framing): a vmnet socket, `limanet usernet --listen-qemu`, ...
     pub socket: PathBuf,
 }
@@ -132,8 +137,19 @@ pub fn attach(args: AttachArgs) -> Result<u8> {
     }
     let netns = limanet_runtime::open_netns(&args.netns)?;
     let mac = random_mac()?;
-    let offload = !args.no_offload
-        && negotiate_offloads(&stream, mac, OFFLOAD_ACK_WAIT).context("offload negotiation")?;
+    let wanted = stream_offload::FEATURE_VNET_HDR_V1
+        | if args.no_pass_tap {
+            0
+        } else {
+            stream_offload::FEATURE_TAP_FD
+        };
+    let features = if args.no_offload {
+        0
+    } else {
+        negotiate_offloads(&stream, mac, wanted, OFFLOAD_ACK_WAIT).context("offload negotiation")?
+    };
+    let offload = features & stream_offload::FEATURE_VNET_HDR_V1 != 0;
+    let pass_tap = offload && features & stream_offload::FEATURE_TAP_FD != 0;
     let tap = limanet_runtime::create_tap_in(
         &netns,
         &limanet_runtime::TapConfig {
@@ -158,14 +174,77 @@ pub fn attach(args: AttachArgs) -> Result<u8> {
         mac = %limanet_netstack::MacDisplay(tap.mac),
         socket = %args.socket.display(),
         offload,
+        pass_tap,
         "attached"
     );
+    if pass_tap {
+        let record = tap_record(mac);
+        limanet_runtime::sys::send_with_fd(stream.as_raw_fd(), &record, tap.fd.as_raw_fd())
+            .context("cannot pass the TAP to the server")?;
+        // Our copy goes: the server's is the TAP's last, so it vanishes with the connection.
+        drop(tap);
+        let why = wait_for_end(&stream, &signals)?;
+        info!(reason = %why, "detached");
+        return Ok(0);
+    }
     if offload {
         limanet_runtime::set_vnet_hdr_len(&tap.fd, WIRE_HDR_LEN)?;
     }
     let why = limanet_vmnet::relay::relay(tap.fd, stream.into(), signals, offload)?;
     info!(reason = %why, "detached");
     Ok(0)
+}
+
+/// The record that goes with the TAP's descriptor.
+fn tap_record(mac: MacAddr) -> Vec<u8> {
+    let frame = stream_offload::build(
+        Kind::TapFd,
+        mac,
+        stream_offload::FEATURE_VNET_HDR_V1 | stream_offload::FEATURE_TAP_FD,
+    );
+    let mut record = (frame.len() as u32).to_be_bytes().to_vec();
+    record.extend_from_slice(&frame);
+    record
+}
+
+/// Once the server has the TAP: waits until it closes the connection or a termination signal
+/// arrives (then the connection closes with us, and the server drops the TAP).
+fn wait_for_end(stream: &UnixStream, signals: &OwnedFd) -> Result<String> {
+    use std::io::Read;
+    let mut fds = [
+        libc::pollfd {
+            fd: stream.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: signals.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: polling two live descriptors through a local array.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e.into());
+        }
+        if fds[1].revents != 0 {
+            return Ok("termination signal".into());
+        }
+        if fds[0].revents != 0 {
+            let mut b = [0u8; 256];
+            return Ok(match (&*stream).read(&mut b) {
+                Ok(0) => "the server closed the connection".into(),
+                Ok(_) => "the server sent data after taking the TAP".into(),
+                Err(e) => format!("connection: {e}"),
+            });
+        }
+    }
 }
 
 /// How long `attach` waits for a server to answer its offload hello before going on plain.
@@ -190,10 +269,16 @@ fn random_mac() -> Result<MacAddr> {
 /// Offers the stream protocol's offload extension (a hello as the first frame) and waits up to
 /// `wait` for the ack. Frames the server sends before the ack are plain and dropped (nothing is
 /// attached yet). Reads exactly one record at a time, so whatever follows the ack stays in the
-/// socket for the relay. False: no ack in time (socket_vmnet, QEMU-style peers), stay plain.
-fn negotiate_offloads(stream: &UnixStream, mac: MacAddr, wait: Duration) -> Result<bool> {
+/// socket for the relay. Returns the features the ack grants (`wanted` at most); 0: no ack in
+/// time (socket_vmnet, QEMU-style peers), stay plain.
+fn negotiate_offloads(
+    stream: &UnixStream,
+    mac: MacAddr,
+    wanted: u32,
+    wait: Duration,
+) -> Result<u32> {
     use std::io::{Read, Write};
-    let hello = stream_offload::build(Kind::Hello, mac, stream_offload::FEATURE_VNET_HDR_V1);
+    let hello = stream_offload::build(Kind::Hello, mac, wanted);
     let mut record = (hello.len() as u32).to_be_bytes().to_vec();
     record.extend_from_slice(&hello);
     let mut s = stream;
@@ -208,7 +293,7 @@ fn negotiate_offloads(stream: &UnixStream, mac: MacAddr, wait: Duration) -> Resu
         let timeout = if now < deadline {
             deadline - now
         } else if pending.is_empty() {
-            break false;
+            break 0;
         } else {
             MID_RECORD_GRACE
         };
@@ -247,16 +332,17 @@ fn negotiate_offloads(stream: &UnixStream, mac: MacAddr, wait: Duration) -> Resu
             continue;
         }
         let ack = stream_offload::parse(&pending[4..])
-            .is_some_and(|c| c.kind == Kind::Ack && c.mac == mac);
+            .filter(|c| c.kind == Kind::Ack && c.mac == mac)
+            .map(|c| c.features & wanted);
         pending.clear();
         need = 4;
-        if ack {
-            break true;
+        if let Some(features) = ack {
+            break features;
         }
         debug!("frame before the offload ack dropped");
     };
     stream.set_read_timeout(None)?;
-    if !acked {
+    if acked == 0 {
         info!("the server did not answer the offload offer: plain frames");
     }
     Ok(acked)

@@ -590,3 +590,131 @@ impl HostSockets {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+    use std::time::Duration;
+
+    fn plan(lens: &[usize]) -> Vec<(Range<usize>, u16)> {
+        let a = socket2::SockAddr::from(SocketAddr::from(([127, 0, 0, 1], 9)));
+        let queue: Vec<_> = lens.iter().map(|&l| (&a, l)).collect();
+        gso_batches(&queue)
+            .into_iter()
+            .map(|b| (b.items, b.segment))
+            .collect()
+    }
+
+    #[test]
+    fn runs_of_equal_sizes_end_at_a_shorter_or_longer_datagram() {
+        assert_eq!(
+            plan(&[100, 100, 100, 40, 100, 200, 200]),
+            [(0..4, 100), (4..5, 0), (5..7, 200)]
+        );
+        assert_eq!(plan(&[5]), [(0..1, 0)]);
+        assert_eq!(plan(&[]), []);
+        // Zero-length datagrams never join a run (the kernel would not cut one out).
+        assert_eq!(
+            plan(&[0, 0, 10, 0]),
+            [(0..1, 0), (1..2, 0), (2..3, 0), (3..4, 0)]
+        );
+    }
+
+    #[test]
+    fn runs_respect_the_kernels_segment_and_byte_limits() {
+        let b = plan(&[64; 150]);
+        assert_eq!(b, [(0..64, 64), (64..128, 64), (128..150, 64)]);
+        // 44 × 1472 B fit one IPv4 packet's 65,507 bytes, 45 do not.
+        let b = plan(&[1472; 50]);
+        assert_eq!(b, [(0..44, 1472), (44..50, 1472)]);
+    }
+
+    #[test]
+    fn runs_never_mix_destinations() {
+        let a = socket2::SockAddr::from(SocketAddr::from(([127, 0, 0, 1], 9)));
+        let b = socket2::SockAddr::from(SocketAddr::from(([127, 0, 0, 1], 10)));
+        let queue = [(&a, 10), (&a, 10), (&b, 10), (&b, 10), (&a, 10)];
+        let got: Vec<_> = gso_batches(&queue).into_iter().map(|b| b.items).collect();
+        assert_eq!(got, [0..2, 2..4, 4..5]);
+    }
+
+    /// Queues `sizes` (after one datagram sent at once, which proves the destination) on a
+    /// fresh UDP flow socket to a loopback receiver, flushes, and returns what arrived and
+    /// whether the socket still uses GSO. `refuse_gso` makes the kernel refuse GSO sends
+    /// (a socket without UDP checksums cannot have them).
+    fn flush_to_loopback(ipv6: bool, sizes: &[usize], refuse_gso: bool) -> (Vec<Vec<u8>>, bool) {
+        let poll = mio::Poll::new().expect("poll");
+        let registry = poll.registry().try_clone().expect("registry");
+        let mut host = HostSockets::new(registry, 16);
+        let rx = UdpSocket::bind(if ipv6 { "[::1]:0" } else { "127.0.0.1:0" }).expect("bind");
+        rx.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let dst = rx.local_addr().expect("addr");
+        let id = host.udp_open(ipv6).expect("udp socket");
+        if refuse_gso {
+            let fd = host.fd(id).expect("fd");
+            let one: libc::c_int = 1;
+            // SAFETY: a valid socket and an int option.
+            let r = unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_NO_CHECK,
+                    &one as *const libc::c_int as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(r, 0, "SO_NO_CHECK");
+        }
+        host.udp_send_to(id, dst, b"first").expect("first send");
+        for (i, &len) in sizes.iter().enumerate() {
+            let payload: Vec<u8> = (0..len).map(|k| (i * 31 + k) as u8).collect();
+            host.udp_send_to(id, dst, &payload).expect("queue");
+        }
+        host.flush_udp();
+        assert_eq!(host.udp_send_dropped, 0);
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        for _ in 0..=sizes.len() {
+            let n = rx.recv(&mut buf).expect("datagram");
+            got.push(buf[..n].to_vec());
+        }
+        let gso = matches!(
+            host.get(id),
+            Some(Entry {
+                kind: Kind::Udp { gso: true, .. },
+                ..
+            })
+        );
+        (got, gso)
+    }
+
+    fn expected(sizes: &[usize]) -> Vec<Vec<u8>> {
+        let mut want = vec![b"first".to_vec()];
+        for (i, &len) in sizes.iter().enumerate() {
+            want.push((0..len).map(|k| (i * 31 + k) as u8).collect());
+        }
+        want
+    }
+
+    const MIXED: &[usize] = &[
+        1400, 1400, 1400, 700, 1400, 64, 64, 64, 64, 1472, 64, 0, 8, 8, 9, 9, 1, 300, 300, 300,
+    ];
+
+    #[test]
+    fn gso_sends_keep_boundaries_and_order_ipv4_and_ipv6() {
+        for ipv6 in [false, true] {
+            let (got, gso) = flush_to_loopback(ipv6, MIXED, false);
+            assert_eq!(got, expected(MIXED), "ipv6 {ipv6}");
+            assert!(gso, "GSO still on (ipv6 {ipv6})");
+        }
+    }
+
+    #[test]
+    fn a_refused_gso_send_goes_out_one_datagram_at_a_time() {
+        let (got, gso) = flush_to_loopback(false, MIXED, true);
+        assert_eq!(got, expected(MIXED));
+        assert!(!gso, "GSO turned off for the socket");
+    }
+}

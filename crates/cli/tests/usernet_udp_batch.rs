@@ -14,14 +14,14 @@ use usernet_support::*;
 /// run, sizes that all differ, runs longer than one GSO send may carry (64 datagrams, 64 KiB).
 /// `max` is the largest payload that fits the MTU unfragmented.
 fn bursts(max: usize) -> Vec<Vec<usize>> {
-    let mut b = Vec::new();
-    b.push([vec![1400; 20], vec![700], vec![1400; 5]].concat());
-    b.push([vec![64; 30], vec![max], vec![64; 10], vec![8]].concat());
-    b.push((0..40).map(|i| 8 + i * 37).collect());
-    b.push(vec![max; 50]);
-    b.push(vec![64; 100]);
-    b.push([vec![512; 3], vec![max; 2], vec![512; 3], vec![9, 9, 8]].concat());
-    b
+    vec![
+        [vec![1400; 20], vec![700], vec![1400; 5]].concat(),
+        [vec![64; 30], vec![max], vec![64; 10], vec![8]].concat(),
+        (0..40).map(|i| 8 + i * 37).collect(),
+        vec![max; 50],
+        vec![64; 100],
+        [vec![512; 3], vec![max; 2], vec![512; 3], vec![9, 9, 8]].concat(),
+    ]
 }
 
 /// Payload `seq` of `len` (≥ 8) bytes: the sequence number, the length, then a pattern.

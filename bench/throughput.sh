@@ -35,6 +35,8 @@ peers=${BENCH_PEERS:-"loopback veth slirp4netns pasta limanet"}
 out=${BENCH_OUT:-$root/bench/results/throughput.md}
 limanet_bin=${LIMANET_BIN:-}
 udp_on=${BENCH_UDP:-1}
+# BENCH_UDP_ONLY=1: only the UDP cells (for quick UDP A/B runs); the table shows the rest empty.
+udp_only=${BENCH_UDP_ONLY:-0}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}
 
 usage() {
@@ -247,9 +249,11 @@ rr() {
 # measure NAME MTU TARGET [HELPER_PID]
 measure() {
   local name=$1 mtu=$2 target=$3 helper=${4:-}
-  iperf "$name" "$mtu" g2h "$target"
-  iperf "$name" "$mtu" h2g "$target" -R
-  rr "$name" "$mtu" "$target" "$helper"
+  if [ "$udp_only" != 1 ]; then
+    iperf "$name" "$mtu" g2h "$target"
+    iperf "$name" "$mtu" h2g "$target" -R
+    rr "$name" "$mtu" "$target" "$helper"
+  fi
   if [ "$udp_on" = 1 ]; then
     udp "$name" "$mtu" 64 "$target"
     udp "$name" "$mtu" 1400 "$target"

@@ -8,6 +8,7 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use std::io;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::ops::Range;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use tracing::{debug, warn};
 
@@ -47,6 +48,9 @@ pub enum Kind {
         /// datagram to a new destination is sent at once, so that a destination without a
         /// route is reported to the guest (ICMP unreachable) by the send's error.
         proven: Option<SocketAddr>,
+        /// Runs of equal-sized datagrams leave as one UDP GSO send; false once the kernel
+        /// refused one for this socket (no `UDP_SEGMENT`, a path MTU below the size, ...).
+        gso: bool,
     },
     /// An ICMP echo socket; raw sockets deliver the IP header too.
     Icmp { raw: bool },
@@ -101,7 +105,78 @@ pub struct HostSockets {
 #[derive(Default)]
 struct PendingUdp {
     data: Vec<u8>,
-    items: Vec<(SockId, socket2::SockAddr, std::ops::Range<usize>)>,
+    items: Vec<QueuedUdp>,
+}
+
+/// A queued datagram: its socket, destination and where its payload lies in
+/// [`PendingUdp::data`].
+type QueuedUdp = (SockId, socket2::SockAddr, Range<usize>);
+
+/// Most datagrams in one UDP GSO send (the kernel's `UDP_MAX_SEGMENTS` was 64 before 6.9).
+const GSO_MAX_SEGMENTS: usize = 64;
+/// Most payload bytes in one UDP GSO send: the whole run must fit one IPv4 packet's length.
+const GSO_MAX_BYTES: usize = 65_507;
+
+/// A run of queued datagrams (`items`, indices into a socket's queue) sent as one message;
+/// `segment` is the size of each but the last (0: a single datagram, no GSO).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Batch {
+    items: Range<usize>,
+    segment: u16,
+}
+
+/// Cuts a socket's queue (destination and length of each datagram, in order) into GSO runs:
+/// consecutive datagrams to one destination, all of the first one's size except perhaps a
+/// shorter last one (the kernel cuts a GSO message into `segment`-byte datagrams, so this
+/// is what keeps every datagram's boundaries), within the kernel's limits. Order is kept.
+fn gso_batches(queue: &[(&socket2::SockAddr, usize)]) -> Vec<Batch> {
+    let mut batches = Vec::new();
+    let mut start = 0;
+    while start < queue.len() {
+        let (addr, size) = queue[start];
+        let mut end = start + 1;
+        let mut bytes = size;
+        if size > 0 && size <= usize::from(u16::MAX) {
+            while end < queue.len() && end - start < GSO_MAX_SEGMENTS {
+                let (a, len) = queue[end];
+                if a != addr || len > size || len == 0 || bytes + len > GSO_MAX_BYTES {
+                    break;
+                }
+                bytes += len;
+                end += 1;
+                if len < size {
+                    break; // A shorter datagram can only end a run.
+                }
+            }
+        }
+        let segment = if end - start > 1 { size as u16 } else { 0 };
+        batches.push(Batch {
+            items: start..end,
+            segment,
+        });
+        start = end;
+    }
+    batches
+}
+
+/// One message per datagram.
+fn single_batches(n: usize) -> Vec<Batch> {
+    (0..n)
+        .map(|i| Batch {
+            items: i..i + 1,
+            segment: 0,
+        })
+        .collect()
+}
+
+/// Errors with which the kernel refuses a UDP GSO send it would take one datagram at a time:
+/// no `UDP_SEGMENT` (old kernel), a segment above the path MTU, a device without checksum
+/// offload (EIO).
+fn gso_refused(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::EIO | libc::ENOPROTOOPT | libc::EOPNOTSUPP | libc::EMSGSIZE)
+    )
 }
 
 impl HostSockets {
@@ -122,9 +197,11 @@ impl HostSockets {
     }
 
     /// Sends the datagrams queued by `udp_send_to` during this round: each socket's run of
-    /// them in one `sendmmsg` (a flood from the guest then costs one system call and one
-    /// wake-up of the receiver per round, not per datagram). Call once per round, after the
-    /// guest frames are handled; ids stay valid until the next poll.
+    /// them in one `sendmmsg`, and within it each run of equal-sized datagrams to one
+    /// destination as one UDP GSO message (a flood from the guest then costs one system call
+    /// and one wake-up of the receiver per round, and one trip through the host's IP stack per
+    /// run, not per datagram). Call once per round, after the guest frames are handled; ids
+    /// stay valid until the next poll.
     pub fn flush_udp(&mut self) {
         let mut pending = std::mem::take(&mut self.udp_pending);
         let mut start = 0;
@@ -135,11 +212,7 @@ impl HostSockets {
                     .iter()
                     .take_while(|i| i.0 == id)
                     .count();
-            let msgs: Vec<(&socket2::SockAddr, &[u8])> = pending.items[start..end]
-                .iter()
-                .map(|(_, addr, range)| (addr, &pending.data[range.clone()]))
-                .collect();
-            self.send_queued(id, &msgs);
+            self.send_queued(id, &pending.data, &pending.items[start..end]);
             start = end;
         }
         pending.items.clear();
@@ -147,22 +220,64 @@ impl HostSockets {
         self.udp_pending = pending; // Keep the allocations.
     }
 
-    fn send_queued(&mut self, id: SockId, msgs: &[(&socket2::SockAddr, &[u8])]) {
-        let Ok(fd) = self.fd(id) else {
-            self.udp_send_dropped += msgs.len() as u64; // The flow closed this round.
-            return;
+    /// Sends one socket's queued datagrams (`items`, payloads in `data`).
+    fn send_queued(&mut self, id: SockId, data: &[u8], items: &[QueuedUdp]) {
+        let (fd, gso) = match self.get(id) {
+            Some(Entry {
+                fd,
+                kind: Kind::Udp { gso, .. },
+            }) => (fd.as_raw_fd(), *gso),
+            Some(Entry { fd, .. }) => (fd.as_raw_fd(), false),
+            None => {
+                self.udp_send_dropped += items.len() as u64; // The flow closed this round.
+                return;
+            }
+        };
+        let lens: Vec<(&socket2::SockAddr, usize)> =
+            items.iter().map(|(_, a, r)| (a, r.len())).collect();
+        let mut batches = if gso {
+            gso_batches(&lens)
+        } else {
+            single_batches(lens.len())
         };
         let mut sent = 0;
-        while sent < msgs.len() {
-            match sys::send_many(fd, &msgs[sent..]) {
+        while sent < batches.len() {
+            let msgs: Vec<sys::UdpMsg<'_>> = batches[sent..]
+                .iter()
+                .map(|b| {
+                    let first = &items[b.items.start].2;
+                    let last = &items[b.items.end - 1].2;
+                    sys::UdpMsg {
+                        addr: &items[b.items.start].1,
+                        // A run's payloads lie back to back in `data`.
+                        data: &data[first.start..last.end],
+                        segment: b.segment,
+                    }
+                })
+                .collect();
+            match sys::send_batches(fd, &msgs) {
                 Ok(0) => break,
                 Ok(n) => sent += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if batches[sent].segment != 0 && gso_refused(&e) => {
+                    // Send the rest one datagram at a time, now and from now on.
+                    debug!(error = %e, "UDP GSO refused; sending datagrams one by one");
+                    if let Some(Entry {
+                        kind: Kind::Udp { gso, .. },
+                        ..
+                    }) = self.get_mut(id)
+                    {
+                        *gso = false;
+                    }
+                    let from = batches[sent].items.start;
+                    batches = single_batches(items.len());
+                    sent = from;
+                }
                 Err(e) => {
-                    // The first unsent one failed: drop it, and let the next datagram to this
+                    // The first unsent run failed: drop it, and let the next datagram to this
                     // socket go out at once, so the guest hears about the error.
                     debug!(error = %e, "batched UDP send failed");
-                    self.udp_send_dropped += 1;
+                    self.udp_send_dropped += batches[sent].items.len() as u64;
                     sent += 1;
                     if let Some(Entry {
                         kind: Kind::Udp { proven, .. },
@@ -174,7 +289,10 @@ impl HostSockets {
                 }
             }
         }
-        self.udp_send_dropped += (msgs.len() - sent) as u64;
+        self.udp_send_dropped += batches[sent.min(batches.len())..]
+            .iter()
+            .map(|b| b.items.len() as u64)
+            .sum::<u64>();
     }
 
     pub fn get(&self, id: SockId) -> Option<&Entry> {
@@ -392,7 +510,14 @@ impl Host for HostSockets {
 
     fn udp_open(&mut self, ipv6: bool) -> io::Result<SockId> {
         let fd = sys::udp_socket(ipv6)?;
-        self.insert(fd, Kind::Udp { ipv6, proven: None })
+        self.insert(
+            fd,
+            Kind::Udp {
+                ipv6,
+                proven: None,
+                gso: true,
+            },
+        )
     }
 
     fn udp_send_to(&mut self, id: SockId, dst: SocketAddr, data: &[u8]) -> io::Result<()> {
@@ -400,7 +525,7 @@ impl Host for HostSockets {
             .get_mut(id)
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
         let fd = entry.fd.as_raw_fd();
-        let Kind::Udp { ipv6, proven } = &mut entry.kind else {
+        let Kind::Udp { ipv6, proven, .. } = &mut entry.kind else {
             return sys::send_to(fd, data, dst).map(|_| ());
         };
         let dst = match dst {
@@ -463,5 +588,133 @@ impl HostSockets {
         if !self.peek_off_supported {
             warn!("SO_PEEK_OFF is not supported: retransmissions will re-read from the start of the queue");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+    use std::time::Duration;
+
+    fn plan(lens: &[usize]) -> Vec<(Range<usize>, u16)> {
+        let a = socket2::SockAddr::from(SocketAddr::from(([127, 0, 0, 1], 9)));
+        let queue: Vec<_> = lens.iter().map(|&l| (&a, l)).collect();
+        gso_batches(&queue)
+            .into_iter()
+            .map(|b| (b.items, b.segment))
+            .collect()
+    }
+
+    #[test]
+    fn runs_of_equal_sizes_end_at_a_shorter_or_longer_datagram() {
+        assert_eq!(
+            plan(&[100, 100, 100, 40, 100, 200, 200]),
+            [(0..4, 100), (4..5, 0), (5..7, 200)]
+        );
+        assert_eq!(plan(&[5]), [(0..1, 0)]);
+        assert_eq!(plan(&[]), []);
+        // Zero-length datagrams never join a run (the kernel would not cut one out).
+        assert_eq!(
+            plan(&[0, 0, 10, 0]),
+            [(0..1, 0), (1..2, 0), (2..3, 0), (3..4, 0)]
+        );
+    }
+
+    #[test]
+    fn runs_respect_the_kernels_segment_and_byte_limits() {
+        let b = plan(&[64; 150]);
+        assert_eq!(b, [(0..64, 64), (64..128, 64), (128..150, 64)]);
+        // 44 × 1472 B fit one IPv4 packet's 65,507 bytes, 45 do not.
+        let b = plan(&[1472; 50]);
+        assert_eq!(b, [(0..44, 1472), (44..50, 1472)]);
+    }
+
+    #[test]
+    fn runs_never_mix_destinations() {
+        let a = socket2::SockAddr::from(SocketAddr::from(([127, 0, 0, 1], 9)));
+        let b = socket2::SockAddr::from(SocketAddr::from(([127, 0, 0, 1], 10)));
+        let queue = [(&a, 10), (&a, 10), (&b, 10), (&b, 10), (&a, 10)];
+        let got: Vec<_> = gso_batches(&queue).into_iter().map(|b| b.items).collect();
+        assert_eq!(got, [0..2, 2..4, 4..5]);
+    }
+
+    /// Queues `sizes` (after one datagram sent at once, which proves the destination) on a
+    /// fresh UDP flow socket to a loopback receiver, flushes, and returns what arrived and
+    /// whether the socket still uses GSO. `refuse_gso` makes the kernel refuse GSO sends
+    /// (a socket without UDP checksums cannot have them).
+    fn flush_to_loopback(ipv6: bool, sizes: &[usize], refuse_gso: bool) -> (Vec<Vec<u8>>, bool) {
+        let poll = mio::Poll::new().expect("poll");
+        let registry = poll.registry().try_clone().expect("registry");
+        let mut host = HostSockets::new(registry, 16);
+        let rx = UdpSocket::bind(if ipv6 { "[::1]:0" } else { "127.0.0.1:0" }).expect("bind");
+        rx.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let dst = rx.local_addr().expect("addr");
+        let id = host.udp_open(ipv6).expect("udp socket");
+        if refuse_gso {
+            let fd = host.fd(id).expect("fd");
+            let one: libc::c_int = 1;
+            // SAFETY: a valid socket and an int option.
+            let r = unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_NO_CHECK,
+                    &one as *const libc::c_int as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(r, 0, "SO_NO_CHECK");
+        }
+        host.udp_send_to(id, dst, b"first").expect("first send");
+        for (i, &len) in sizes.iter().enumerate() {
+            let payload: Vec<u8> = (0..len).map(|k| (i * 31 + k) as u8).collect();
+            host.udp_send_to(id, dst, &payload).expect("queue");
+        }
+        host.flush_udp();
+        assert_eq!(host.udp_send_dropped, 0);
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        for _ in 0..=sizes.len() {
+            let n = rx.recv(&mut buf).expect("datagram");
+            got.push(buf[..n].to_vec());
+        }
+        let gso = matches!(
+            host.get(id),
+            Some(Entry {
+                kind: Kind::Udp { gso: true, .. },
+                ..
+            })
+        );
+        (got, gso)
+    }
+
+    fn expected(sizes: &[usize]) -> Vec<Vec<u8>> {
+        let mut want = vec![b"first".to_vec()];
+        for (i, &len) in sizes.iter().enumerate() {
+            want.push((0..len).map(|k| (i * 31 + k) as u8).collect());
+        }
+        want
+    }
+
+    const MIXED: &[usize] = &[
+        1400, 1400, 1400, 700, 1400, 64, 64, 64, 64, 1472, 64, 0, 8, 8, 9, 9, 1, 300, 300, 300,
+    ];
+
+    #[test]
+    fn gso_sends_keep_boundaries_and_order_ipv4_and_ipv6() {
+        for ipv6 in [false, true] {
+            let (got, gso) = flush_to_loopback(ipv6, MIXED, false);
+            assert_eq!(got, expected(MIXED), "ipv6 {ipv6}");
+            assert!(gso, "GSO still on (ipv6 {ipv6})");
+        }
+    }
+
+    #[test]
+    fn a_refused_gso_send_goes_out_one_datagram_at_a_time() {
+        let (got, gso) = flush_to_loopback(false, MIXED, true);
+        assert_eq!(got, expected(MIXED));
+        assert!(!gso, "GSO turned off for the socket");
     }
 }

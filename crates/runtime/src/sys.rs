@@ -225,32 +225,57 @@ pub fn icmp_socket(raw: bool, ipv6: bool) -> io::Result<OwnedFd> {
     Ok(socket.into())
 }
 
-/// Sends a datagram to `dst`. An IPv4 destination through an IPv6 socket goes as a mapped
-/// address.
-/// Sends the datagrams `msgs` (destination, payload) on `fd` with one `sendmmsg`: how many the
-/// kernel took from the front, or the error of the first one if it took none.
-pub fn send_many(fd: RawFd, msgs: &[(&socket2::SockAddr, &[u8])]) -> io::Result<usize> {
+/// One message of [`send_batches`]: a datagram, or with `segment` non-zero a run of datagrams
+/// of `segment` bytes back to back in `data` (the last may be shorter), which the kernel cuts
+/// apart (UDP GSO, `UDP_SEGMENT`), so the run costs one trip through the IP stack.
+pub struct UdpMsg<'a> {
+    pub addr: &'a socket2::SockAddr,
+    pub data: &'a [u8],
+    pub segment: u16,
+}
+
+/// Room for one `UDP_SEGMENT` control message, in u64s so it is aligned for `cmsghdr`.
+const GSO_CMSG_WORDS: usize = 4;
+
+/// Sends `msgs` on `fd` with one `sendmmsg`: how many messages the kernel took from the front,
+/// or the error of the first one if it took none.
+pub fn send_batches(fd: RawFd, msgs: &[UdpMsg<'_>]) -> io::Result<usize> {
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as usize;
+    debug_assert!(space <= GSO_CMSG_WORDS * 8);
     let mut iovs: Vec<libc::iovec> = msgs
         .iter()
-        .map(|(_, data)| libc::iovec {
-            iov_base: data.as_ptr() as *mut libc::c_void,
-            iov_len: data.len(),
+        .map(|m| libc::iovec {
+            iov_base: m.data.as_ptr() as *mut libc::c_void,
+            iov_len: m.data.len(),
         })
         .collect();
-    let mut headers: Vec<libc::mmsghdr> = msgs
-        .iter()
-        .zip(iovs.iter_mut())
-        .map(|((addr, _), iov)| {
-            // SAFETY: an all-zero msghdr is valid (no control data, no flags).
-            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            h.msg_hdr.msg_name = addr.as_ptr() as *mut libc::c_void;
-            h.msg_hdr.msg_namelen = addr.len();
-            h.msg_hdr.msg_iov = iov;
-            h.msg_hdr.msg_iovlen = 1;
-            h
-        })
-        .collect();
-    // SAFETY: every header points at an iovec, payload and address that outlive the call.
+    let mut controls: Vec<[u64; GSO_CMSG_WORDS]> = vec![[0; GSO_CMSG_WORDS]; msgs.len()];
+    let mut headers: Vec<libc::mmsghdr> = Vec::with_capacity(msgs.len());
+    for ((m, iov), control) in msgs.iter().zip(iovs.iter_mut()).zip(controls.iter_mut()) {
+        // SAFETY: an all-zero msghdr is valid (no control data, no flags).
+        let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+        h.msg_hdr.msg_name = m.addr.as_ptr() as *mut libc::c_void;
+        h.msg_hdr.msg_namelen = m.addr.len();
+        h.msg_hdr.msg_iov = iov;
+        h.msg_hdr.msg_iovlen = 1;
+        if m.segment != 0 {
+            h.msg_hdr.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+            h.msg_hdr.msg_controllen = space as _;
+            // SAFETY: the control buffer is aligned and has room for one u16 cmsg (checked
+            // above), so the first header and its data lie inside it.
+            unsafe {
+                let cmsg = libc::CMSG_FIRSTHDR(&h.msg_hdr);
+                (*cmsg).cmsg_level = libc::SOL_UDP;
+                (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as _;
+                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut u16, m.segment);
+            }
+        }
+        headers.push(h);
+    }
+    // SAFETY: every header points at an iovec, payload, address and control buffer that
+    // outlive the call.
     let n = cvt(unsafe {
         libc::sendmmsg(
             fd,
@@ -262,6 +287,8 @@ pub fn send_many(fd: RawFd, msgs: &[(&socket2::SockAddr, &[u8])]) -> io::Result<
     Ok(n as usize)
 }
 
+/// Sends a datagram to `dst`. An IPv4 destination through an IPv6 socket goes as a mapped
+/// address.
 pub fn send_to(fd: RawFd, data: &[u8], dst: SocketAddr) -> io::Result<usize> {
     let dst = match dst {
         SocketAddr::V4(v4) if socket_family(fd)? == libc::AF_INET6 => SocketAddr::V6(

@@ -9,7 +9,11 @@
 # Needs root (mount namespace), dnsperf and dnsmasq (scripts/install-deps). Nothing leaves loopback.
 # Env: DURATION (s per run, default 10), ROUNDS (default 2; runs alternate limanet/dnsmasq),
 #      OUT (markdown file to write, default: stdout only), LIMANET_BIN (a limanet binary to
-#      measure instead of building the release one, e.g. to compare two versions in one run).
+#      measure instead of building the release one, e.g. to compare two versions in one run),
+#      PIN (default 1 with 2+ CPUs: dnsperf and the stub upstream run on CPU 0, the server
+#      measured (limanet or dnsmasq, all its threads) on CPU 1, so dnsperf, which needs about a
+#      core, does not take CPU from the server and the rate measures the server where it can;
+#      PIN=0: no pinning, as before 2026-12-03 evening).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION=${DURATION:-10}
@@ -34,10 +38,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
+PIN=${PIN:-$([ "$(nproc)" -ge 2 ] && echo 1 || echo 0)}
+client_cpu=(); server_cpu=()
+if [ "$PIN" = 1 ]; then client_cpu=(taskset -c 0); server_cpu=(taskset -c 1); fi
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 STUB_IP=127.53.$((RANDOM % 200 + 20)).$((RANDOM % 200 + 20))
-"$STUB_BIN" "$STUB_IP:53" 2>"$work/stub.log" &
+"${client_cpu[@]}" "$STUB_BIN" "$STUB_IP:53" 2>"$work/stub.log" &
 pids+=($!)
 
 : >"$work/hosts"; : >"$work/q-hosts"; : >"$work/q-fwd"
@@ -50,7 +58,7 @@ done
 printf 'nameserver %s\noptions timeout:1 attempts:1\n' "$STUB_IP" >"$work/resolv.conf"
 echo "hosts: files dns" >"$work/nsswitch.conf"
 
-unshare -m --propagation private sh -c '
+"${server_cpu[@]}" unshare -m --propagation private sh -c '
   mount --bind "$1" /etc/resolv.conf && mount --bind "$2" /etc/hosts && mount --bind "$3" /etc/nsswitch.conf
   exec "$4" --log warn dns' sh "$work/resolv.conf" "$work/hosts" "$work/nsswitch.conf" "$BIN" >"$work/limanet.out" 2>"$work/limanet.log" &
 pids+=($!)
@@ -59,7 +67,7 @@ for _ in $(seq 50); do [ -s "$work/limanet.out" ] && break; sleep 0.1; done
 LIMANET_PORT=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["udp"].rsplit(":",1)[1])' "$work/limanet.out")
 
 DNSMASQ_PORT=$(free_port)
-dnsmasq -k --conf-file=/dev/null --no-resolv --no-hosts --addn-hosts="$work/hosts" \
+"${server_cpu[@]}" dnsmasq -k --conf-file=/dev/null --no-resolv --no-hosts --addn-hosts="$work/hosts" \
   --server="$STUB_IP" --listen-address=127.0.0.1 --bind-interfaces --port="$DNSMASQ_PORT" \
   --cache-size=0 --dns-forward-max=1000 --pid-file= --log-facility="$work/dnsmasq.log" &
 pids+=($!)
@@ -74,7 +82,7 @@ done
 
 # run PORT QUERYFILE → "qps latency_ms"
 run() {
-  dnsperf -s 127.0.0.1 -p "$1" -d "$2" -l "$DURATION" -q 200 -c 4 2>&1 |
+  "${client_cpu[@]}" dnsperf -s 127.0.0.1 -p "$1" -d "$2" -l "$DURATION" -q 200 -c 4 2>&1 |
     awk '/Queries per second:/ {q=$4} /Average Latency \(s\):/ {l=$4*1000} /Queries lost:/ {lost=$3} END {printf "%.0f %.3f %s\n", q, l, lost}'
 }
 
@@ -116,6 +124,7 @@ PY
   done
   echo
   echo "dnsperf -q 200 -c 4, ${DURATION}s per run, ${ROUNDS} alternating rounds averaged; $(nproc) CPUs;"
+  if [ "$PIN" = 1 ]; then echo "pinned: dnsperf and the stub on CPU 0, the server on CPU 1 (taskset);"; else echo "not pinned;"; fi
   echo "q per CPU-s: queries answered per second of the server's own CPU time (all its threads);"
   echo "lost queries per run: limanet hosts:${lost[limanet-hosts]} fwd:${lost[limanet-fwd]}; dnsmasq hosts:${lost[dnsmasq-hosts]} fwd:${lost[dnsmasq-fwd]}"
 }

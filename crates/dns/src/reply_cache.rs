@@ -113,16 +113,20 @@ impl ReplyCache {
     /// The cached reply for `key`, with `id` in place, if it is fresh and was built from the
     /// static hosts of `generation`.
     pub fn get(&self, key: &[u8], id: [u8; 2], generation: u64, now: Instant) -> Option<Vec<u8>> {
-        let entries = self.lock();
-        let cached = entries.get(key)?;
-        if cached.generation != generation
-            || now.saturating_duration_since(cached.stored) >= REPLY_CACHE_TTL
-        {
-            return None;
+        let mut reply = Vec::new();
+        self.batch(generation, now)
+            .reply_into(key, id, &mut reply)
+            .then_some(reply)
+    }
+
+    /// Holds the cache for a batch of look-ups made at `now` against `generation`: one lock
+    /// and one clock reading per batch of datagrams rather than per query.
+    pub fn batch(&self, generation: u64, now: Instant) -> Batch<'_> {
+        Batch {
+            entries: self.lock(),
+            generation,
+            now,
         }
-        let mut reply = cached.reply.clone();
-        reply[..2].copy_from_slice(&id);
-        Some(reply)
     }
 
     /// Remembers a reply built locally. When the cache is full, expired entries go first; if
@@ -159,6 +163,35 @@ impl ReplyCache {
     /// Whether nothing is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// The locked cache for a batch of look-ups (see [`ReplyCache::batch`]); hold it briefly.
+pub struct Batch<'a> {
+    entries: std::sync::MutexGuard<'a, HashMap<CacheKey, Cached>>,
+    generation: u64,
+    now: Instant,
+}
+
+impl Batch<'_> {
+    /// Writes the fresh cached reply for `key`, with `id` in place, into `out` (replacing what
+    /// it held, reusing its allocation) and returns true; false when there is none.
+    pub fn reply_into(&self, key: &[u8], id: [u8; 2], out: &mut Vec<u8>) -> bool {
+        let Some(cached) = self.entries.get(key) else {
+            return false;
+        };
+        if cached.generation != self.generation
+            || self.now.saturating_duration_since(cached.stored) >= REPLY_CACHE_TTL
+        {
+            return false;
+        }
+        out.clear();
+        out.extend_from_slice(&cached.reply);
+        // put() keeps only replies of at least a header, so this always matches.
+        if let Some(head) = out.get_mut(..2) {
+            head.copy_from_slice(&id);
+        }
+        true
     }
 }
 
@@ -240,5 +273,45 @@ mod tests {
         cache.put(late.clone(), &[0; 12], 7, t0 + REPLY_CACHE_TTL);
         assert!(cache.get(&late, [0, 0], 7, t0 + REPLY_CACHE_TTL).is_some());
         assert!(cache.len() <= REPLY_CACHE_MAX);
+    }
+
+    #[test]
+    fn batch_lookups_reuse_the_buffer_and_apply_the_same_rules() {
+        let cache = ReplyCache::default();
+        let t0 = Instant::now();
+        let key = cache_key(&query(1, "a.example.", None), false).unwrap();
+        let other = cache_key(&query(1, "b.example.", None), false).unwrap();
+        cache.put(
+            key.clone(),
+            &[0xaa, 0xbb, 0x81, 0x80, 0, 1, 0, 0, 0, 0, 0, 0],
+            3,
+            t0,
+        );
+        let mut out = vec![9; 40];
+        let capacity = out.capacity();
+        {
+            let batch = cache.batch(3, t0);
+            assert!(batch.reply_into(&key, [0x12, 0x34], &mut out));
+            assert_eq!(out, [0x12, 0x34, 0x81, 0x80, 0, 1, 0, 0, 0, 0, 0, 0]);
+            assert_eq!(out.capacity(), capacity, "no new allocation");
+            assert!(batch.reply_into(&key, [0x56, 0x78], &mut out));
+            assert_eq!(&out[..2], &[0x56, 0x78], "each query gets its own id");
+            out.clear();
+            assert!(!batch.reply_into(&other, [0, 0], &mut out), "unknown name");
+            assert!(out.is_empty(), "a miss leaves the buffer alone");
+        }
+        assert!(
+            !cache.batch(4, t0).reply_into(&key, [0, 0], &mut out),
+            "hosts edited"
+        );
+        assert!(
+            !cache
+                .batch(3, t0 + REPLY_CACHE_TTL)
+                .reply_into(&key, [0, 0], &mut out),
+            "expired"
+        );
+        // The lock is released with the batch: the cache is usable again.
+        cache.put(other.clone(), &[0; 12], 3, t0);
+        assert_eq!(cache.len(), 2);
     }
 }

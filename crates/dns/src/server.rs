@@ -412,7 +412,11 @@ async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
     let slots = Arc::new(Semaphore::new(shared.limits.udp_in_flight));
     let fd = socket.as_raw_fd();
     let mut batch = RecvBatch::new();
-    let mut cached: Vec<(Vec<u8>, RawPeer)> = Vec::with_capacity(BATCH);
+    // Reply buffers reused from batch to batch (no allocation per cached answer); the first
+    // `hits` hold this batch's replies.
+    let mut cached: Vec<(Vec<u8>, RawPeer)> = (0..BATCH)
+        .map(|_| (Vec::with_capacity(512), RawPeer::default()))
+        .collect();
     let mut key = Vec::with_capacity(512);
     loop {
         if let Err(err) = socket.readable().await {
@@ -436,41 +440,52 @@ async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
                 continue;
             }
         };
-        for i in 0..n {
-            let (bytes, raw_peer) = batch.get(i);
-            // A name asked again within a second: answered in this batch, without a task.
-            if let Some(reply) = shared.cached_reply(bytes, false, &mut key) {
-                cached.push((reply, raw_peer));
-                continue;
-            }
-            let Some(peer) = raw_peer.socket_addr() else {
-                continue;
-            };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                if let Some(suppressed) = shared.dropped_log.allow() {
-                    tracing::warn!(%peer, limit = shared.limits.udp_in_flight, suppressed, "too many UDP queries in flight; dropping");
-                }
-                continue;
-            };
-            let bytes = bytes.to_vec();
-            let socket = socket.clone();
-            let shared = shared.clone();
-            tokio::spawn(async move {
-                if let Some(reply) = respond(&shared, &bytes, peer, false).await {
-                    if let Err(err) = socket.send_to(&reply, peer).await {
-                        tracing::debug!(%peer, %err, "UDP send failed");
+        let mut hits = 0;
+        {
+            // One lock, clock reading and generation for the whole batch.
+            let replies = shared
+                .replies
+                .batch(shared.answers_generation(), Instant::now());
+            for i in 0..n {
+                let (bytes, raw_peer) = batch.get(i);
+                // A name asked again within a second: answered in this batch, without a task.
+                if cache_key_into(bytes, false, &mut key) {
+                    let (reply, peer) = &mut cached[hits];
+                    if replies.reply_into(&key, [bytes[0], bytes[1]], reply) {
+                        *peer = raw_peer;
+                        hits += 1;
+                        continue;
                     }
                 }
-                drop(permit);
-            });
+                let Some(peer) = raw_peer.socket_addr() else {
+                    continue;
+                };
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    if let Some(suppressed) = shared.dropped_log.allow() {
+                        tracing::warn!(%peer, limit = shared.limits.udp_in_flight, suppressed, "too many UDP queries in flight; dropping");
+                    }
+                    continue;
+                };
+                let bytes = bytes.to_vec();
+                let socket = socket.clone();
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    if let Some(reply) = respond(&shared, &bytes, peer, false).await {
+                        if let Err(err) = socket.send_to(&reply, peer).await {
+                            tracing::debug!(%peer, %err, "UDP send failed");
+                        }
+                    }
+                    drop(permit);
+                });
+            }
         }
-        send_cached(&socket, &mut cached).await;
+        send_cached(&socket, &cached[..hits]).await;
     }
 }
 
 /// Sends the replies answered from the cache, waiting for buffer space if the socket is full;
 /// one that the kernel refuses (e.g. an unreachable peer) is dropped, not retried.
-async fn send_cached(socket: &UdpSocket, replies: &mut Vec<(Vec<u8>, RawPeer)>) {
+async fn send_cached(socket: &UdpSocket, replies: &[(Vec<u8>, RawPeer)]) {
     let fd = socket.as_raw_fd();
     let mut start = 0;
     while start < replies.len() {
@@ -487,7 +502,6 @@ async fn send_cached(socket: &UdpSocket, replies: &mut Vec<(Vec<u8>, RawPeer)>) 
             }
         }
     }
-    replies.clear();
 }
 
 async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {

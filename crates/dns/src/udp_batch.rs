@@ -20,6 +20,16 @@ pub struct RawPeer {
     len: libc::socklen_t,
 }
 
+impl Default for RawPeer {
+    fn default() -> Self {
+        Self {
+            // SAFETY: sockaddr_storage is plain data; all-zero is a valid (AF_UNSPEC) value.
+            addr: unsafe { zeroed() },
+            len: 0,
+        }
+    }
+}
+
 impl RawPeer {
     /// The address as a `SocketAddr` (None for a family other than IPv4/IPv6).
     pub fn socket_addr(&self) -> Option<SocketAddr> {
@@ -58,11 +68,7 @@ pub struct RecvBatch {
 
 impl RecvBatch {
     pub fn new() -> Self {
-        // SAFETY: sockaddr_storage is plain data; all-zero is a valid (AF_UNSPEC) value.
-        let empty = RawPeer {
-            addr: unsafe { zeroed() },
-            len: 0,
-        };
+        let empty = RawPeer::default();
         Self {
             data: vec![0; BATCH * DATAGRAM],
             lens: [0; BATCH],

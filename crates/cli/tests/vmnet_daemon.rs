@@ -965,43 +965,9 @@ fn eth0_feature(ns: &Netns, feature: &str) -> String {
         .unwrap_or_else(|| panic!("no {feature} in ethtool output: {text}"))
 }
 
-/// Downloads `BIG` bytes of pattern `seed` from `server` and uploads `BIG` bytes of pattern
-/// `seed + 1` to it, from inside `ns`; both checked by SHA-256.
+/// Downloads and uploads `BIG` bytes from inside `ns`, checked by SHA-256.
 fn big_both_ways(ns: &Netns, server: SocketAddr, seed: u64, what: &str, logs: &dyn Fn() -> String) {
-    use limanet_testkit::checksum::{sha256_reader, PatternReader};
-    use std::io::BufReader;
-    let got = ns
-        .run_in(move || -> std::io::Result<(String, u64, String)> {
-            let mut s = TcpStream::connect_timeout(&server, Duration::from_secs(10))?;
-            s.set_read_timeout(Some(Duration::from_secs(60)))?;
-            write!(s, "GET /bytes/{BIG}?seed={seed} HTTP/1.0\r\n\r\n")?;
-            let mut r = BufReader::new(s);
-            limanet_testkit::servers::skip_response_headers(&mut r)?;
-            let (down, len) = sha256_reader(r)?;
-            let mut s = TcpStream::connect_timeout(&server, Duration::from_secs(10))?;
-            s.set_read_timeout(Some(Duration::from_secs(60)))?;
-            write!(s, "POST /upload HTTP/1.0\r\nContent-Length: {BIG}\r\n\r\n")?;
-            std::io::copy(&mut PatternReader::new(seed + 1, BIG), &mut s)?;
-            s.shutdown(std::net::Shutdown::Write)?;
-            let mut r = BufReader::new(s);
-            limanet_testkit::servers::skip_response_headers(&mut r)?;
-            let mut up = String::new();
-            r.read_to_string(&mut up)?;
-            Ok((down, len, up.trim().to_string()))
-        })
-        .expect("run_in");
-    let (down, len, up) = got.unwrap_or_else(|e| panic!("{what}: {e}\n{}", logs()));
-    assert_eq!(len, BIG, "{what}: download length");
-    assert_eq!(
-        down,
-        PatternReader::new(seed, BIG).sha256(),
-        "{what}: download"
-    );
-    assert_eq!(
-        up,
-        PatternReader::new(seed + 1, BIG).sha256(),
-        "{what}: upload"
-    );
+    limanet_testkit::servers::transfer_both_ways(ns, server, BIG, seed, what, logs);
 }
 
 /// One network, a VM whose `limanet attach` negotiated the stream protocol's offload

@@ -421,43 +421,7 @@ pub fn writev(fd: RawFd, bufs: &[&[u8]]) -> io::Result<usize> {
 /// or when the message carried no descriptor.
 pub fn recv_fd(fd: RawFd) -> io::Result<Option<OwnedFd>> {
     let mut data = [0u8; 64];
-    let mut iov = libc::iovec {
-        iov_base: data.as_mut_ptr() as *mut libc::c_void,
-        iov_len: data.len(),
-    };
-    // Room for a handful of descriptors; extras are closed.
-    let mut control = [0u64; 16];
-    // SAFETY: zeroed msghdr is valid; buffers are live for the call.
-    let mut msg: libc::msghdr = unsafe { zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-    msg.msg_controllen = size_of::<[u64; 16]>() as _;
-    // SAFETY: msg initialised above.
-    let n = cvt_size(unsafe {
-        libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC)
-    })?;
-    let mut received: Vec<OwnedFd> = Vec::new();
-    // SAFETY: iterating the control buffer the kernel filled, with the libc CMSG macros.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let payload = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                let count = payload / size_of::<RawFd>();
-                let first = libc::CMSG_DATA(cmsg) as *const RawFd;
-                for i in 0..count {
-                    let raw = std::ptr::read_unaligned(first.add(i));
-                    received.push(OwnedFd::from_raw_fd(raw));
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
-    }
-    if n == 0 && received.is_empty() {
-        return Ok(None);
-    }
-    Ok(received.into_iter().next())
+    Ok(recv_with_fd(fd, &mut data)?.1)
 }
 
 /// Receives up to `buf.len()` bytes and at most one descriptor (`SCM_RIGHTS`; extras are

@@ -480,3 +480,51 @@ pub fn skip_response_headers(r: &mut impl std::io::BufRead) -> std::io::Result<(
         }
     }
 }
+
+/// Downloads `bytes` bytes of pattern `seed` from `server` (an [`HttpServer`]) and uploads
+/// `bytes` bytes of pattern `seed + 1` to it, from inside `ns`; both checked by SHA-256. Panics
+/// with `what` and `logs()` on a failure.
+pub fn transfer_both_ways(
+    ns: &Netns,
+    server: SocketAddr,
+    bytes: u64,
+    seed: u64,
+    what: &str,
+    logs: &dyn Fn() -> String,
+) {
+    let got = ns
+        .run_in(move || -> std::io::Result<(String, u64, String)> {
+            let mut s = TcpStream::connect_timeout(&server, Duration::from_secs(10))?;
+            s.set_read_timeout(Some(Duration::from_secs(60)))?;
+            write!(s, "GET /bytes/{bytes}?seed={seed} HTTP/1.0\r\n\r\n")?;
+            let mut r = BufReader::new(s);
+            skip_response_headers(&mut r)?;
+            let (down, len) = sha256_reader(r)?;
+            let mut s = TcpStream::connect_timeout(&server, Duration::from_secs(10))?;
+            s.set_read_timeout(Some(Duration::from_secs(60)))?;
+            write!(
+                s,
+                "POST /upload HTTP/1.0\r\nContent-Length: {bytes}\r\n\r\n"
+            )?;
+            std::io::copy(&mut PatternReader::new(seed + 1, bytes), &mut s)?;
+            s.shutdown(std::net::Shutdown::Write)?;
+            let mut r = BufReader::new(s);
+            skip_response_headers(&mut r)?;
+            let mut up = String::new();
+            r.read_to_string(&mut up)?;
+            Ok((down, len, up.trim().to_string()))
+        })
+        .expect("run_in");
+    let (down, len, up) = got.unwrap_or_else(|e| panic!("{what}: {e}\n{}", logs()));
+    assert_eq!(len, bytes, "{what}: download length");
+    assert_eq!(
+        down,
+        PatternReader::new(seed, bytes).sha256(),
+        "{what}: download"
+    );
+    assert_eq!(
+        up,
+        PatternReader::new(seed + 1, bytes).sha256(),
+        "{what}: upload"
+    );
+}

@@ -5,7 +5,7 @@
 
 mod usernet_support;
 
-use std::net::{Ipv6Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use usernet_support::*;
@@ -89,45 +89,38 @@ fn send_and_check(
     }
 }
 
-/// IPv4: guest → 192.168.5.2 → the host's 127.0.0.1.
-#[test]
-fn udp_bursts_keep_boundaries_and_order_ipv4() {
-    let env = Env::new("udpb4");
+/// A burst test from a fresh guest to a receiver bound to `host_bind` in the host netns, through
+/// the gateway address `gateway`, with datagrams of up to `max_len` bytes.
+fn bursts_through(tag: &str, host_bind: &str, guest_bind: &str, gateway: IpAddr, max_len: usize) {
+    let env = Env::new(tag);
     let rx = env
         .th
         .host
-        .run_in(|| UdpSocket::bind("127.0.0.1:0"))
+        .run_in(|| UdpSocket::bind(host_bind))
         .expect("netns")
         .expect("bind receiver");
     let port = rx.local_addr().expect("addr").port();
     let u = env.usernet(&[]);
     let tx = u
         .guest()
-        .run_in(|| UdpSocket::bind("0.0.0.0:0"))
+        .run_in(|| UdpSocket::bind(guest_bind))
         .expect("netns")
         .expect("bind sender");
-    let dst = SocketAddr::from(([192, 168, 5, 2], port));
-    send_and_check(&tx, dst, 1472, &rx, || u.daemon.logs());
+    send_and_check(&tx, SocketAddr::new(gateway, port), max_len, &rx, || {
+        u.daemon.logs()
+    });
+}
+
+/// IPv4: guest → 192.168.5.2 → the host's 127.0.0.1.
+#[test]
+fn udp_bursts_keep_boundaries_and_order_ipv4() {
+    let gateway = IpAddr::from([192, 168, 5, 2]);
+    bursts_through("udpb4", "127.0.0.1:0", "0.0.0.0:0", gateway, 1472);
 }
 
 /// IPv6: guest → [fd00:192:168:5::2] → the host's [::1].
 #[test]
 fn udp_bursts_keep_boundaries_and_order_ipv6() {
-    let env = Env::new("udpb6");
-    let rx = env
-        .th
-        .host
-        .run_in(|| UdpSocket::bind("[::1]:0"))
-        .expect("netns")
-        .expect("bind receiver");
-    let port = rx.local_addr().expect("addr").port();
-    let u = env.usernet(&[]);
-    let tx = u
-        .guest()
-        .run_in(|| UdpSocket::bind("[::]:0"))
-        .expect("netns")
-        .expect("bind sender");
-    let gateway: Ipv6Addr = "fd00:192:168:5::2".parse().expect("addr");
-    let dst = SocketAddr::from((gateway, port));
-    send_and_check(&tx, dst, 1452, &rx, || u.daemon.logs());
+    let gateway: IpAddr = "fd00:192:168:5::2".parse().expect("addr");
+    bursts_through("udpb6", "[::1]:0", "[::]:0", gateway, 1452);
 }

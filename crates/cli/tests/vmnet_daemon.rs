@@ -2,45 +2,15 @@
 //! "host" namespace (so its bridge, TAP, nftables table and sysctls never touch the machine), and
 //! "VMs" are network namespaces put on the network with `limanet attach`.
 
+mod vmnet_support;
+
 use limanet_testkit::{ChildGuard, Netns, TestHost};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
-
-const LIMANET: &str = env!("CARGO_BIN_EXE_limanet");
-
-fn require_root() {
-    // SAFETY: geteuid has no failure mode.
-    if unsafe { libc::geteuid() } != 0 {
-        panic!("these tests need root (network namespaces, bridges, nftables)");
-    }
-}
-
-/// A scratch directory for the socket and pid file, removed on drop.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(tag: &str) -> Self {
-        let d = PathBuf::from(format!("/run/lnvtest-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).expect("create test dir");
-        Dir(d)
-    }
-    fn sock(&self) -> PathBuf {
-        self.0.join("vmnet.sock")
-    }
-    fn pid(&self) -> PathBuf {
-        self.0.join("vmnet.pid")
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use vmnet_support::*;
 
 fn names(dir: &Dir) -> limanet_vmnet::backend::Names {
     limanet_vmnet::backend::Names::for_socket(&dir.sock())
@@ -96,15 +66,6 @@ fn attach_with(sock: &Path, address: Option<(&str, &str)>, flags: &[&str]) -> Vm
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", guard.logs()));
     Vm { ns, _attach: guard }
-}
-
-fn ping(ns: &Netns, ip: &str) -> bool {
-    ns.run("ping", &["-c", "1", "-W", "2", ip]).is_ok()
-}
-
-fn ping_ok(ns: &Netns, ip: &str) {
-    let ok = (0..5).any(|_| ping(ns, ip));
-    assert!(ok, "ping {ip} from {} failed", ns.name());
 }
 
 fn echo_roundtrip(from: &Netns, to: SocketAddr) {

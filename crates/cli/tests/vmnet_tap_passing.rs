@@ -3,47 +3,17 @@
 //! to attach's, and descriptors that are no usable TAP refused without harm to anyone else.
 //! Runs inside a testkit `TestHost`, as `vmnet_daemon` does.
 
+mod vmnet_support;
+
 use limanet_netstack::stream_offload::{self as so, Kind};
 use limanet_testkit::{ChildGuard, Netns, TestHost};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
-
-const LIMANET: &str = env!("CARGO_BIN_EXE_limanet");
-
-fn require_root() {
-    // SAFETY: geteuid has no failure mode.
-    if unsafe { libc::geteuid() } != 0 {
-        panic!("these tests need root (network namespaces, bridges, nftables)");
-    }
-}
-
-/// A scratch directory for the socket and pid file, removed on drop.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(tag: &str) -> Self {
-        let d = PathBuf::from(format!("/run/lnvtap-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).expect("create test dir");
-        Dir(d)
-    }
-    fn sock(&self) -> PathBuf {
-        self.0.join("vmnet.sock")
-    }
-    fn pid(&self) -> PathBuf {
-        self.0.join("vmnet.pid")
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use vmnet_support::*;
 
 /// Starts a host-mode daemon on 192.168.`net`.0/24 in `ns`; waits for its pid file.
 fn start_daemon(ns: &Netns, dir: &Dir, net: u8) -> ChildGuard {
@@ -96,11 +66,6 @@ fn attach(sock: &Path, address: &str, gateway: &str, flags: &[&str]) -> Vm {
 
 fn link_exists(ns: &Netns, name: &str) -> bool {
     ns.run("ip", &["link", "show", name]).is_ok()
-}
-
-fn ping_ok(ns: &Netns, ip: &str) {
-    let ok = (0..5).any(|_| ns.run("ping", &["-c", "1", "-W", "2", ip]).is_ok());
-    assert!(ok, "ping {ip} from {} failed", ns.name());
 }
 
 /// Stops the daemon with SIGTERM; its logs.

@@ -151,6 +151,35 @@ fn dns_hosts_file_and_static_hosts_over_udp_and_tcp() {
     assert_eq!(stub.count("filehost.test."), 0);
 }
 
+/// A name getaddrinfo answered is reused for the 5 s TTL it is served with, counted down in
+/// later answers, and an edit to /etc/hosts shows within about two seconds all the same (the
+/// files are checked once a second, a built reply lives one second).
+#[test]
+fn dns_host_answers_count_their_ttl_down_and_follow_hosts_file_edits() {
+    let stub = Stub::start(stub_table());
+    let dns = start(&stub, &[]);
+    let d = dig(dns.udp, "filehost.test", "A", &[]);
+    assert_eq!(d.answers, ["filehost.test. 5 IN A 192.0.2.10"], "{}", d.raw);
+    std::thread::sleep(Duration::from_millis(2300));
+    let d = dig(dns.udp, "filehost.test", "A", &[]);
+    let ttl = d.answers.first().and_then(|a| a.split_whitespace().nth(1));
+    assert!(
+        matches!(ttl, Some("3" | "2")),
+        "TTL counted down after 2.3 s: {}",
+        d.raw
+    );
+    let hosts = dns.dir.0.join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 localhost\n192.0.2.99 filehost.test\n").expect("edit hosts");
+    std::thread::sleep(Duration::from_millis(2200));
+    let d = dig(dns.udp, "filehost.test", "A", &[]);
+    assert_eq!(d.answers, ["filehost.test. 5 IN A 192.0.2.99"], "{}", d.raw);
+    assert_eq!(
+        stub.count("filehost.test."),
+        0,
+        "answered from the hosts file"
+    );
+}
+
 #[test]
 fn dns_aaaa_with_ipv6_on() {
     let stub = Stub::start(stub_table());

@@ -32,12 +32,13 @@ pub struct LookupError(pub String);
 /// The host's resolver, as the handler sees it.
 pub trait Lookup: Send + Sync {
     /// Addresses of `name` (canonical, with trailing dot) as the system resolver sees them
-    /// (getaddrinfo: /etc/hosts, nsswitch, DNS), only IPv6 ones when `ipv6`, else only IPv4.
+    /// (getaddrinfo: /etc/hosts, nsswitch, DNS), only IPv6 ones when `ipv6`, else only IPv4,
+    /// and the TTL to serve them with (at most [`LOCAL_TTL`]: less for a result cached a while).
     fn addresses<'a>(
         &'a self,
         name: &'a str,
         ipv6: bool,
-    ) -> BoxFuture<'a, Result<Vec<IpAddr>, LookupError>>;
+    ) -> BoxFuture<'a, Result<(Vec<IpAddr>, u32), LookupError>>;
 
     /// Records of type `rtype` (TXT, NS, MX or SRV) for `name`, from the resolver that
     /// resolv.conf configures, after following any CNAME chain.
@@ -142,23 +143,25 @@ impl<L: Lookup + ?Sized> Handler<L> {
         if let Some(bytes) = self.zone_reply(&owner, question.query_type, &mut reply) {
             return Outcome::Reply(bytes);
         }
+        let with_local_ttl =
+            |answers: Result<Vec<RData>, LookupError>| answers.map(|records| (records, LOCAL_TTL));
         let answers = match question.query_type {
-            RecordType::AAAA if !self.ipv6 => Ok(Vec::new()),
+            RecordType::AAAA if !self.ipv6 => Ok((Vec::new(), LOCAL_TTL)),
             RecordType::A | RecordType::AAAA => {
                 self.address_answers(&owner, question.query_type == RecordType::AAAA)
                     .await
             }
-            RecordType::CNAME => self.cname_answer(&owner).await,
-            RecordType::TXT => self.txt_answers(&owner).await,
+            RecordType::CNAME => with_local_ttl(self.cname_answer(&owner).await),
+            RecordType::TXT => with_local_ttl(self.txt_answers(&owner).await),
             rtype @ (RecordType::NS | RecordType::MX | RecordType::SRV) => {
-                self.other_answers(&owner, rtype).await
+                with_local_ttl(self.other_answers(&owner, rtype).await)
             }
             _ => return Outcome::Forward,
         };
         match answers {
-            Ok(records) => {
+            Ok((records, ttl)) => {
                 for data in records {
-                    reply.add_answer(Record::from_rdata(owner.clone(), LOCAL_TTL, data));
+                    reply.add_answer(Record::from_rdata(owner.clone(), ttl, data));
                 }
                 Outcome::Reply(encode(&reply))
             }
@@ -222,18 +225,23 @@ impl<L: Lookup + ?Sized> Handler<L> {
         guests.ipv6_of(v4).await
     }
 
-    async fn address_answers(&self, owner: &Name, v6: bool) -> Result<Vec<RData>, LookupError> {
+    /// A or AAAA records for `owner`, and their TTL.
+    async fn address_answers(
+        &self,
+        owner: &Name,
+        v6: bool,
+    ) -> Result<(Vec<RData>, u32), LookupError> {
         let (target, static_ip, static_family) = self.hosts.with(|h| {
             let target = h.resolve_alias(&owner.to_ascii());
             let ip = h.address(&target);
             let family = h.address_of_family(&target, v6);
             (target, ip, family)
         });
-        let addresses = match (static_family, static_ip) {
-            (Some(ip), _) => vec![ip],
+        let (addresses, ttl) = match (static_family, static_ip) {
+            (Some(ip), _) => (vec![ip], LOCAL_TTL),
             // A static name with an address of the other family only: NODATA rather than a
             // forward that would leak a private name upstream (Lima forwards).
-            (None, Some(ip)) => vec![ip],
+            (None, Some(ip)) => (vec![ip], LOCAL_TTL),
             (None, None) => self.lookup.addresses(&target, v6).await?,
         };
         let records: Vec<RData> = addresses
@@ -250,7 +258,7 @@ impl<L: Lookup + ?Sized> Handler<L> {
                 if v6 { "IPv6" } else { "IPv4" }
             )));
         }
-        Ok(records)
+        Ok((records, ttl))
     }
 
     async fn cname_answer(&self, owner: &Name) -> Result<Vec<RData>, LookupError> {
@@ -348,13 +356,15 @@ impl Lookup for TableLookup {
         &'a self,
         name: &'a str,
         ipv6: bool,
-    ) -> BoxFuture<'a, Result<Vec<IpAddr>, LookupError>> {
+    ) -> BoxFuture<'a, Result<(Vec<IpAddr>, u32), LookupError>> {
         let result = match self.addresses.get(&canonical(name)) {
-            Some(ips) => Ok(ips
-                .iter()
-                .copied()
-                .filter(|ip| ip.is_ipv6() == ipv6)
-                .collect()),
+            Some(ips) => Ok((
+                ips.iter()
+                    .copied()
+                    .filter(|ip| ip.is_ipv6() == ipv6)
+                    .collect(),
+                LOCAL_TTL,
+            )),
             None => Err(LookupError(format!("{name}: not found"))),
         };
         Box::pin(std::future::ready(result))

@@ -11,17 +11,24 @@ use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode}
 use hickory_proto::rr::{Name, RData, RecordType};
 use tokio::sync::Semaphore;
 
-use crate::handler::{BoxFuture, Lookup, LookupError};
+use crate::handler::{BoxFuture, Lookup, LookupError, LOCAL_TTL};
 use crate::hosts::canonical;
 use crate::upstream::Upstreams;
 
 /// Most CNAME links followed in one answer (loops in upstream data end here).
 const MAX_CNAME_CHAIN: usize = 16;
 
-/// How long a getaddrinfo result is reused. Answers carry TTL 5, so clients already see data up
-/// to 5 s old; reusing a result for 1 s more keeps /etc/hosts and resolver changes visible
-/// within a second while sparing the files backend from re-parsing /etc/hosts on every query.
-const ADDRESS_CACHE_TTL: Duration = Duration::from_secs(1);
+/// How long a getaddrinfo result is reused: the TTL it is served with (Lima's 5 s), counted
+/// down in the answers (see [`ttl_left`]), so a guest never holds it longer than one that asked
+/// first. The resolver's files are watched as well ([`ResolverFiles`]): an edit to /etc/hosts,
+/// nsswitch.conf or resolv.conf drops every result within a second. This spares glibc's files
+/// backend from re-parsing /etc/hosts for each name once a second.
+const ADDRESS_CACHE_TTL: Duration = Duration::from_secs(LOCAL_TTL as u64);
+
+/// The files whose edits change what getaddrinfo answers.
+const RESOLVER_FILES: [&str; 3] = ["/etc/hosts", "/etc/nsswitch.conf", "/etc/resolv.conf"];
+/// How often they are checked (one `stat` each).
+const RESOLVER_FILES_CHECK: Duration = Duration::from_secs(1);
 
 /// Most cached getaddrinfo results (bounded memory under floods of distinct names).
 const ADDRESS_CACHE_MAX: usize = 4096;
@@ -35,8 +42,48 @@ pub struct SystemLookup {
     upstreams: Arc<Upstreams>,
     /// Bounds concurrent getaddrinfo calls (each holds a blocking-pool thread).
     getaddrinfo_slots: Arc<Semaphore>,
-    /// Recent successful getaddrinfo results (see [`ADDRESS_CACHE_TTL`]).
-    cache: Mutex<AddressCache>,
+    /// Recent getaddrinfo results (see [`ADDRESS_CACHE_TTL`]), and the state of the files they
+    /// came from.
+    cache: Mutex<(AddressCache, ResolverFiles)>,
+}
+
+/// What the resolver's files looked like (modification time, size, inode of each), and when
+/// they were last looked at.
+#[derive(Debug, Default)]
+struct ResolverFiles {
+    checked: Option<Instant>,
+    seen: Vec<Option<(std::time::SystemTime, u64, u64)>>,
+}
+
+impl ResolverFiles {
+    /// Whether the files changed since the last check; looks at most once per
+    /// [`RESOLVER_FILES_CHECK`].
+    fn changed(&mut self, paths: &[&str], now: Instant) -> bool {
+        if self
+            .checked
+            .is_some_and(|at| now.duration_since(at) < RESOLVER_FILES_CHECK)
+        {
+            return false;
+        }
+        self.checked = Some(now);
+        let seen: Vec<_> = paths
+            .iter()
+            .map(|p| {
+                use std::os::unix::fs::MetadataExt;
+                let m = std::fs::metadata(p).ok()?;
+                Some((m.modified().ok()?, m.len(), m.ino()))
+            })
+            .collect();
+        let changed = !self.seen.is_empty() && seen != self.seen;
+        self.seen = seen;
+        changed
+    }
+}
+
+/// The TTL left of a result looked up `age` ago: counted down from [`LOCAL_TTL`], at least 1.
+fn ttl_left(age: Duration) -> u32 {
+    let age = u32::try_from(age.as_secs()).unwrap_or(u32::MAX);
+    LOCAL_TTL.saturating_sub(age).max(1)
 }
 
 impl SystemLookup {
@@ -45,7 +92,7 @@ impl SystemLookup {
         Self {
             upstreams,
             getaddrinfo_slots: Arc::new(Semaphore::new(max_blocking.max(1))),
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new((HashMap::new(), ResolverFiles::default())),
         }
     }
 
@@ -107,19 +154,32 @@ impl SystemLookup {
 }
 
 impl SystemLookup {
-    fn cache(&self) -> std::sync::MutexGuard<'_, AddressCache> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, (AddressCache, ResolverFiles)> {
         // Each critical section is one map operation: a poisoned lock holds consistent data.
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn cached(&self, key: &(String, bool)) -> Option<Result<Vec<IpAddr>, LookupError>> {
-        let cache = self.cache();
+    /// A result still within its TTL, with the TTL it has left.
+    fn cached(&self, key: &(String, bool)) -> Option<Result<(Vec<IpAddr>, u32), LookupError>> {
+        let mut guard = self.cache();
+        let (cache, files) = &mut *guard;
+        let now = Instant::now();
+        if files.changed(&RESOLVER_FILES, now) {
+            cache.clear();
+        }
         let (at, result) = cache.get(key)?;
-        (at.elapsed() < ADDRESS_CACHE_TTL).then(|| result.clone().map_err(LookupError))
+        let age = now.duration_since(*at);
+        (age < ADDRESS_CACHE_TTL).then(|| {
+            result
+                .clone()
+                .map(|ips| (ips, ttl_left(age)))
+                .map_err(LookupError)
+        })
     }
 
     fn remember(&self, key: (String, bool), result: &Result<Vec<IpAddr>, LookupError>) {
-        let mut cache = self.cache();
+        let mut guard = self.cache();
+        let cache = &mut guard.0;
         if cache.len() >= ADDRESS_CACHE_MAX {
             cache.retain(|_, (at, _)| at.elapsed() < ADDRESS_CACHE_TTL);
             if cache.len() >= ADDRESS_CACHE_MAX {
@@ -139,7 +199,7 @@ impl Lookup for SystemLookup {
         &'a self,
         name: &'a str,
         ipv6: bool,
-    ) -> BoxFuture<'a, Result<Vec<IpAddr>, LookupError>> {
+    ) -> BoxFuture<'a, Result<(Vec<IpAddr>, u32), LookupError>> {
         Box::pin(async move {
             let key = (name.to_string(), ipv6);
             if let Some(hit) = self.cached(&key) {
@@ -155,7 +215,7 @@ impl Lookup for SystemLookup {
                 .await
                 .map_err(|e| LookupError(format!("getaddrinfo task for {name} failed: {e}")))?;
             self.remember(key, &result);
-            result
+            result.map(|ips| (ips, LOCAL_TTL))
         })
     }
 
@@ -236,6 +296,44 @@ pub fn getaddrinfo(name: &str, ipv6: bool) -> Result<Vec<IpAddr>, LookupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cached_results_are_served_with_the_ttl_they_have_left() {
+        assert_eq!(ttl_left(Duration::ZERO), LOCAL_TTL);
+        assert_eq!(ttl_left(Duration::from_millis(999)), LOCAL_TTL);
+        assert_eq!(ttl_left(Duration::from_millis(2500)), LOCAL_TTL - 2);
+        // Never 0 (a guest would not cache it at all) while the entry is still served.
+        assert_eq!(ttl_left(ADDRESS_CACHE_TTL - Duration::from_millis(1)), 1);
+        assert_eq!(ttl_left(Duration::from_secs(u64::MAX)), 1);
+    }
+
+    #[test]
+    fn resolver_file_edits_are_noticed_within_a_check_interval() {
+        let dir = std::env::temp_dir().join(format!("limanet-dns-files-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let hosts = dir.join("hosts");
+        std::fs::write(&hosts, "127.0.0.1 a\n").expect("write");
+        let paths = [hosts.to_str().expect("utf-8"), "/nonexistent/limanet-test"];
+        let mut files = ResolverFiles::default();
+        let t0 = Instant::now();
+        assert!(!files.changed(&paths, t0), "the first look is no change");
+        std::fs::write(&hosts, "127.0.0.1 a b\n").expect("edit");
+        assert!(
+            !files.changed(&paths, t0 + Duration::from_millis(500)),
+            "not looked at again within the interval"
+        );
+        assert!(files.changed(&paths, t0 + RESOLVER_FILES_CHECK), "the edit");
+        assert!(
+            !files.changed(&paths, t0 + 2 * RESOLVER_FILES_CHECK),
+            "no edit since"
+        );
+        std::fs::remove_file(&hosts).expect("remove");
+        assert!(
+            files.changed(&paths, t0 + 3 * RESOLVER_FILES_CHECK),
+            "removal"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn getaddrinfo_numeric_and_bad_names() {

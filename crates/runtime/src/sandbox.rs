@@ -198,16 +198,10 @@ pub fn allowed_syscalls() -> Vec<libc::c_long> {
 
 /// The ioctl requests allowed after setup: non-blocking and close-on-exec flags (the standard
 /// library sets them with ioctl), a socket's queued bytes (TIOCOUTQ/TIOCINQ), and the terminal
-/// query logging may make, and the TUN requests that adopt a TAP a client passed. Interface
-/// configuration (SIOCS*, TUNSETIFF) is setup only.
+/// query logging may make. Interface configuration (SIOCS*, TUNSET*) is setup only, apart from
+/// [`TAP_ADOPTION_IOCTLS`].
 #[allow(clippy::unnecessary_cast)] // the requests are c_ulong, 32 bits on some targets
-const IOCTLS: [u64; 10] = [
-    // A TAP a client passed (the vmnet daemon): checked, its header length and offloads set.
-    // Only TUN descriptors take these, and the process holds only its own and clients' TAPs.
-    libc::TUNGETIFF as u64,
-    libc::TUNSETVNETHDRSZ as u64,
-    libc::TUNGETVNETHDRSZ as u64,
-    libc::TUNSETOFFLOAD as u64,
+const IOCTLS: [u64; 6] = [
     libc::FIONBIO as u64,
     libc::FIOCLEX as u64,
     libc::FIONCLEX as u64,
@@ -216,9 +210,26 @@ const IOCTLS: [u64; 10] = [
     libc::TCGETS as u64,
 ];
 
+/// What adopting a TAP a client passed takes (the vmnet daemon): checking it, setting its
+/// header length and offloads. Only TUN descriptors take these requests.
+#[allow(clippy::unnecessary_cast)]
+const TAP_ADOPTION_IOCTLS: [u64; 4] = [
+    libc::TUNGETIFF as u64,
+    libc::TUNSETVNETHDRSZ as u64,
+    libc::TUNGETVNETHDRSZ as u64,
+    libc::TUNSETOFFLOAD as u64,
+];
+
+/// Whether the confined process takes TAPs its clients pass (see [`TAP_ADOPTION_IOCTLS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassedTaps {
+    Refused,
+    Adopted,
+}
+
 /// Installs the seccomp allow-list on every thread of the process (TSYNC). Call once setup is
 /// complete: sockets bound, namespaces attached, DNS started, pid file written.
-pub fn confine_syscalls() -> Result<(), SandboxError> {
+pub fn confine_syscalls(passed_taps: PassedTaps) -> Result<(), SandboxError> {
     let err = |e: &dyn std::fmt::Display| SandboxError::Seccomp(e.to_string());
     let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| err(&e))?;
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = allowed_syscalls()
@@ -239,8 +250,13 @@ pub fn confine_syscalls() -> Result<(), SandboxError> {
     };
     rules.insert(libc::SYS_openat, read_only(2)?);
     // ioctl: only the requests the data plane makes after setup (the request is argument 1).
+    let adoption: &[u64] = match passed_taps {
+        PassedTaps::Adopted => &TAP_ADOPTION_IOCTLS,
+        PassedTaps::Refused => &[],
+    };
     let ioctls = IOCTLS
         .iter()
+        .chain(adoption)
         .map(|&request| {
             let cond = SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, request)
                 .map_err(|e| err(&e))?;

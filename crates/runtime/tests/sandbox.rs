@@ -18,7 +18,8 @@ fn sandbox_child() {
     let stale = dir.join("stale.sock");
     std::fs::write(&stale, "x").unwrap();
     let fs = limanet_runtime::sandbox::confine_filesystem(std::slice::from_ref(&dir)).unwrap();
-    limanet_runtime::sandbox::confine_syscalls().unwrap();
+    limanet_runtime::sandbox::confine_syscalls(limanet_runtime::sandbox::PassedTaps::Refused)
+        .unwrap();
     println!("LANDLOCK={fs:?}");
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     println!(
@@ -54,6 +55,18 @@ fn sandbox_child() {
     println!(
         "IFCONFIG={}",
         if get_flags < 0 {
+            format!("refused: {}", std::io::Error::last_os_error())
+        } else {
+            "ran".into()
+        }
+    );
+    // TUN requests only for a process that adopts passed TAPs (the vmnet daemon): on this
+    // socket the kernel would answer EBADFD, the filter answers EPERM first.
+    let mut tun: libc::ifreq = unsafe { std::mem::zeroed() };
+    let tun_query = unsafe { libc::ioctl(fd, libc::TUNGETIFF as _, &mut tun) };
+    println!(
+        "TUNGETIFF={}",
+        if tun_query < 0 {
             format!("refused: {}", std::io::Error::last_os_error())
         } else {
             "ran".into()
@@ -117,6 +130,10 @@ fn sandbox_refuses_exec_and_new_files_and_traffic_flows() {
     assert_eq!(value("NONBLOCK"), "ok");
     assert!(
         value("IFCONFIG").contains("Operation not permitted"),
+        "{text}"
+    );
+    assert!(
+        value("TUNGETIFF").contains("Operation not permitted"),
         "{text}"
     );
     assert!(value("EXEC").starts_with("refused"), "{text}");

@@ -148,7 +148,7 @@ pub fn run(opts: &VmnetOptions) -> Result<(), ServiceError> {
         .map(|p| PidFile::create_as(p, PidFormat::Bare))
         .transpose()?;
     if !opts.no_sandbox {
-        limanet_runtime::sandbox::confine_syscalls()?;
+        limanet_runtime::sandbox::confine_syscalls(limanet_runtime::sandbox::PassedTaps::Adopted)?;
     }
     info!(
         mode = %opts.mode,

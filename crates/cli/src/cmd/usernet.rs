@@ -465,7 +465,9 @@ impl NetworkArgs {
     /// Installs the seccomp allow-list on every thread, once setup is complete.
     pub fn confine_syscalls(&self) -> Result<()> {
         if !self.no_sandbox {
-            limanet_runtime::sandbox::confine_syscalls()?;
+            limanet_runtime::sandbox::confine_syscalls(
+                limanet_runtime::sandbox::PassedTaps::Refused,
+            )?;
         }
         Ok(())
     }

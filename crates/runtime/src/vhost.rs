@@ -527,13 +527,7 @@ impl NetBackend {
             }
         }
         self.port.tx_paused.store(paused, Ordering::Release);
-        if state
-            .get_queue_mut()
-            .needs_notification(&*mem)
-            .map_err(queue_err)?
-        {
-            state.signal_used_queue()?;
-        }
+        notify_guest(&mut state, &mem)?;
         drop(state);
         if !frames.is_empty() {
             let mut q = lock(&self.port.to_loop);
@@ -580,13 +574,8 @@ impl NetBackend {
                     // The guest refills its ring as it takes what it got, which it may only
                     // do on an interrupt: signal this round's frames before waiting (retrying
                     // without it could wait for a guest that waits for us).
-                    if delivered
-                        && state
-                            .get_queue_mut()
-                            .needs_notification(&*mem)
-                            .map_err(queue_err)?
-                    {
-                        state.signal_used_queue()?;
+                    if delivered {
+                        notify_guest(&mut state, &mem)?;
                     }
                     delivered = false;
                     // Ask for a kick when buffers come; retry at once if some came meanwhile.
@@ -598,13 +587,8 @@ impl NetBackend {
                 }
             }
         }
-        if delivered
-            && state
-                .get_queue_mut()
-                .needs_notification(&*mem)
-                .map_err(queue_err)?
-        {
-            state.signal_used_queue()?;
+        if delivered {
+            notify_guest(&mut state, &mem)?;
         }
         drop(state);
         let q = lock(&self.port.to_guest);
@@ -618,6 +602,21 @@ impl NetBackend {
         }
         Ok(())
     }
+}
+
+/// Interrupts the guest for the buffers used so far, unless it asked not to be yet (EVENT_IDX).
+fn notify_guest(
+    state: &mut vhost_user_backend::VringState<Memory>,
+    mem: &GuestMemoryMmap,
+) -> io::Result<()> {
+    if state
+        .get_queue_mut()
+        .needs_notification(mem)
+        .map_err(queue_err)?
+    {
+        state.signal_used_queue()?;
+    }
+    Ok(())
 }
 
 fn queue_err(e: virtio_queue::Error) -> io::Error {

@@ -16,58 +16,6 @@ fn names(dir: &Dir) -> limanet_vmnet::backend::Names {
     limanet_vmnet::backend::Names::for_socket(&dir.sock())
 }
 
-/// Starts the daemon in `ns` with socket_vmnet's flags; waits for its pid file (readiness).
-fn start_daemon(ns: &Netns, dir: &Dir, flags: &[&str]) -> ChildGuard {
-    let mut args = vec!["vmnet".to_string()];
-    args.extend(flags.iter().map(|s| s.to_string()));
-    args.push(format!("--pidfile={}", dir.pid().display()));
-    args.push("--socket-group=root".into());
-    args.push(dir.sock().display().to_string());
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut d = ns.spawn("vmnet", LIMANET, &argv).expect("spawn daemon");
-    // Its own pid (a killed daemon's pid file may still be there).
-    let pid = d.id().to_string();
-    let written = || std::fs::read_to_string(dir.pid()).is_ok_and(|p| p == pid);
-    let ok = limanet_testkit::wait_for("vmnet pid file", Duration::from_secs(20), || {
-        written() || d.try_wait().ok().flatten().is_some()
-    });
-    assert!(
-        ok.is_ok() && written(),
-        "daemon did not start:\n{}",
-        d.logs()
-    );
-    d
-}
-
-/// A "VM": a namespace with a TAP on the network through `limanet attach`.
-struct Vm {
-    ns: Netns,
-    _attach: ChildGuard,
-}
-
-fn attach(sock: &Path, address: Option<(&str, &str)>) -> Vm {
-    attach_with(sock, address, &[])
-}
-
-fn attach_with(sock: &Path, address: Option<(&str, &str)>, flags: &[&str]) -> Vm {
-    let ns = Netns::new("vm").expect("vm netns");
-    let path = ns.path().display().to_string();
-    let sock = sock.display().to_string();
-    let mut args = vec!["attach", "--netns", &path, "--tap-name", "eth0"];
-    args.extend(flags);
-    if let Some((a, gw)) = &address {
-        args.extend(["--address", a, "--gateway", gw]);
-    }
-    args.push(&sock);
-    let guard = ChildGuard::spawn("attach", std::process::Command::new(LIMANET).args(&args))
-        .expect("spawn attach");
-    limanet_testkit::wait_for("TAP in the VM", Duration::from_secs(10), || {
-        ns.run("ip", &["link", "show", "eth0"]).is_ok()
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", guard.logs()));
-    Vm { ns, _attach: guard }
-}
-
 fn echo_roundtrip(from: &Netns, to: SocketAddr) {
     let got = from
         .run_in(move || {

@@ -16,52 +16,16 @@ use std::time::Duration;
 use vmnet_support::*;
 
 /// Starts a host-mode daemon on 192.168.`net`.0/24 in `ns`; waits for its pid file.
-fn start_daemon(ns: &Netns, dir: &Dir, net: u8) -> ChildGuard {
-    let args = [
-        "vmnet".to_string(),
-        "--vmnet-mode=host".into(),
-        format!("--vmnet-gateway=192.168.{net}.1"),
-        format!("--vmnet-dhcp-end=192.168.{net}.254"),
-        "--vmnet-mask=255.255.255.0".into(),
-        format!("--pidfile={}", dir.pid().display()),
-        "--socket-group=root".into(),
-        dir.sock().display().to_string(),
+fn start_host_daemon(ns: &Netns, dir: &Dir, net: u8) -> ChildGuard {
+    let gateway = format!("--vmnet-gateway=192.168.{net}.1");
+    let end = format!("--vmnet-dhcp-end=192.168.{net}.254");
+    let flags = [
+        "--vmnet-mode=host",
+        &gateway,
+        &end,
+        "--vmnet-mask=255.255.255.0",
     ];
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut d = ns.spawn("vmnet", LIMANET, &argv).expect("spawn daemon");
-    let pid = d.id().to_string();
-    let written = || std::fs::read_to_string(dir.pid()).is_ok_and(|p| p == pid);
-    let ok = limanet_testkit::wait_for("vmnet pid file", Duration::from_secs(20), || {
-        written() || d.try_wait().ok().flatten().is_some()
-    });
-    assert!(
-        ok.is_ok() && written(),
-        "daemon did not start:\n{}",
-        d.logs()
-    );
-    d
-}
-
-/// A "VM": a namespace with a TAP on the network through `limanet attach`.
-struct Vm {
-    ns: Netns,
-    attach: ChildGuard,
-}
-
-fn attach(sock: &Path, address: &str, gateway: &str, flags: &[&str]) -> Vm {
-    let ns = Netns::new("vm").expect("vm netns");
-    let path = ns.path().display().to_string();
-    let sock = sock.display().to_string();
-    let mut args = vec!["attach", "--netns", &path, "--tap-name", "eth0"];
-    args.extend(flags);
-    args.extend(["--address", address, "--gateway", gateway, &sock]);
-    let attach = ChildGuard::spawn("attach", std::process::Command::new(LIMANET).args(&args))
-        .expect("spawn attach");
-    limanet_testkit::wait_for("TAP in the VM", Duration::from_secs(10), || {
-        link_exists(&ns, "eth0")
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", attach.logs()));
-    Vm { ns, attach }
+    start_daemon(ns, dir, &flags)
 }
 
 fn link_exists(ns: &Netns, name: &str) -> bool {
@@ -97,12 +61,20 @@ fn passed_taps_relayed_and_plain_clients_share_a_switch() {
     require_root();
     let th = TestHost::new().expect("test host");
     let dir = Dir::new("mix");
-    let d = start_daemon(&th.host, &dir, 112);
+    let d = start_host_daemon(&th.host, &dir, 112);
     let gw = "192.168.112.1";
-    let a = attach(&dir.sock(), "192.168.112.10/24", gw, &[]);
-    let b = attach(&dir.sock(), "192.168.112.11/24", gw, &[]);
-    let relayed = attach(&dir.sock(), "192.168.112.12/24", gw, &["--no-pass-tap"]);
-    let plain = attach(&dir.sock(), "192.168.112.13/24", gw, &["--no-offload"]);
+    let a = attach_with(&dir.sock(), Some(("192.168.112.10/24", gw)), &[]);
+    let b = attach_with(&dir.sock(), Some(("192.168.112.11/24", gw)), &[]);
+    let relayed = attach_with(
+        &dir.sock(),
+        Some(("192.168.112.12/24", gw)),
+        &["--no-pass-tap"],
+    );
+    let plain = attach_with(
+        &dir.sock(),
+        Some(("192.168.112.13/24", gw)),
+        &["--no-offload"],
+    );
     let logs = || d.logs();
     let ip = |last: u8| Ipv4Addr::new(192, 168, 112, last);
     let http_a = HttpServer::start(&a.ns, SocketAddr::from((ip(10), 0)), None).expect("http");
@@ -139,11 +111,11 @@ fn the_tap_goes_with_its_attach() {
     require_root();
     let th = TestHost::new().expect("test host");
     let dir = Dir::new("kill");
-    let d = start_daemon(&th.host, &dir, 113);
+    let d = start_host_daemon(&th.host, &dir, 113);
     let gw = "192.168.113.1";
-    let mut killed = attach(&dir.sock(), "192.168.113.10/24", gw, &[]);
-    let mut stopped = attach(&dir.sock(), "192.168.113.11/24", gw, &[]);
-    let other = attach(&dir.sock(), "192.168.113.12/24", gw, &[]);
+    let mut killed = attach_with(&dir.sock(), Some(("192.168.113.10/24", gw)), &[]);
+    let mut stopped = attach_with(&dir.sock(), Some(("192.168.113.11/24", gw)), &[]);
+    let other = attach_with(&dir.sock(), Some(("192.168.113.12/24", gw)), &[]);
     ping_ok(&killed.ns, gw);
     ping_ok(&stopped.ns, "192.168.113.12");
     for (vm, signal) in [(&mut killed, libc::SIGKILL), (&mut stopped, libc::SIGTERM)] {
@@ -231,9 +203,9 @@ fn descriptors_that_are_no_usable_tap_are_refused() {
     require_root();
     let th = TestHost::new().expect("test host");
     let dir = Dir::new("notap");
-    let d = start_daemon(&th.host, &dir, 114);
+    let d = start_host_daemon(&th.host, &dir, 114);
     let gw = "192.168.114.1";
-    let vm = attach(&dir.sock(), "192.168.114.10/24", gw, &[]);
+    let vm = attach_with(&dir.sock(), Some(("192.168.114.10/24", gw)), &[]);
     let junk = Netns::new("junk").expect("netns");
     let tap_record = record(&so::build(Kind::TapFd, MAC, 3));
     let mut pipe = [0i32; 2];
